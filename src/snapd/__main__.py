@@ -1,0 +1,5 @@
+import sys
+
+from snapd.cli import main
+
+sys.exit(main())
