@@ -1,0 +1,49 @@
+"""The store: the catalog of cores (SQLite + files), retention, the pause switch, /proc context.
+
+Imports :mod:`snapd.core.info` records only; never bcc, never the rules.
+"""
+
+from __future__ import annotations
+
+from snapd.store.catalog import (
+    COMPLETE,
+    CORES_DIR,
+    DB_NAME,
+    PARTIAL_PREFIX,
+    PENDING,
+    Catalog,
+    Entry,
+    RecoveryReport,
+    iso_utc,
+)
+from snapd.store.errors import CoreBusy, NoSuchCore, StoreError, TemplateError, UnsafePath
+from snapd.store.pause import PauseState, PauseSwitch
+from snapd.store.retention import ByteLimit, Retention, RuleLimit, parse_age, parse_size
+from snapd.store.template import DEFAULT_TEMPLATE, expand, validate_template
+
+__all__ = [
+    "COMPLETE",
+    "CORES_DIR",
+    "DB_NAME",
+    "DEFAULT_TEMPLATE",
+    "PARTIAL_PREFIX",
+    "PENDING",
+    "ByteLimit",
+    "Catalog",
+    "CoreBusy",
+    "Entry",
+    "NoSuchCore",
+    "PauseState",
+    "PauseSwitch",
+    "RecoveryReport",
+    "Retention",
+    "RuleLimit",
+    "StoreError",
+    "TemplateError",
+    "UnsafePath",
+    "expand",
+    "iso_utc",
+    "parse_age",
+    "parse_size",
+    "validate_template",
+]
