@@ -71,6 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"snapd {name}: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # `snapd inspect core | head`: the reader left; say nothing more (and let the
+        # interpreter's final flush go to /dev/null rather than raise again).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (KeyboardInterrupt, Terminated) as err:
         if os.environ.get("SNAPD_DEBUG") == "1":
             raise

@@ -1,0 +1,165 @@
+"""Copying target memory into the core file: big batches, straight into an mmapped output.
+
+``process_vm_readv`` into a MAP_SHARED mapping of the output file is one copy from the target's
+pages into the page cache (~3.8 GB/s here, vs ~1.1 GB/s for read-then-write). A run that fails
+part-way (a page that cannot be read: PROT_NONE without FOLL_FORCE, beyond EOF of a file
+mapping, a guard page) leaves a one-page hole and the copy goes on after it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from snapd.errors import TargetGone
+from snapd.freeze import ptrace as pt
+from snapd.procfs import PAGE_SIZE
+
+WINDOW = 64 << 20  # bytes of output file mapped at a time
+
+#: (local address, remote address, length)
+Pair = tuple[int, int, int]
+
+
+class Reader(Protocol):
+    pid: int
+
+    def copy(self, pairs: Sequence[Pair]) -> int:
+        """Copy in order; return bytes copied before the first unreadable page."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class VmReader:
+    """process_vm_readv(2): batches of up to IOV_MAX runs per system call."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def copy(self, pairs: Sequence[Pair]) -> int:
+        try:
+            return pt.process_vm_readv(self.pid, list(pairs))
+        except OSError as err:
+            if err.errno == errno.ESRCH:
+                raise TargetGone(self.pid, "the dump") from err
+            if err.errno in (errno.EFAULT, errno.EIO, errno.ENOMEM, errno.EPERM):
+                return 0
+            raise
+
+    def close(self) -> None:
+        pass
+
+
+class MemReader:
+    """/proc/PID/mem: reads PROT_NONE pages too (FOLL_FORCE), and does not pin pages.
+
+    Used for mappings process_vm_readv cannot read, and for a forked snapshot child, where
+    pinning would force a copy of every copy-on-write page (see docs/fork-snapshot.md).
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        try:
+            self.fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError as err:
+            raise TargetGone(pid, "the dump") from err
+
+    def copy(self, pairs: Sequence[Pair]) -> int:
+        done = 0
+        for laddr, raddr, length in pairs:
+            view = memoryview((ctypes.c_char * length).from_address(laddr)).cast("B")
+            pos = 0
+            while pos < length:
+                try:
+                    n = os.preadv(self.fd, [view[pos:]], raddr + pos)
+                except OSError as err:
+                    if err.errno == errno.ESRCH:
+                        raise TargetGone(self.pid, "the dump") from err
+                    n = 0
+                if n <= 0:
+                    return done + pos
+                pos += n
+            done += length
+        return done
+
+    def read(self, addr: int, length: int) -> bytes | None:
+        try:
+            return os.pread(self.fd, length, addr)
+        except OSError:
+            return None
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def copy_runs(
+    reader: Reader,
+    fd: int,
+    runs: Sequence[tuple[int, int, int]],
+    progress: Callable[[int], None] | None = None,
+) -> tuple[int, int]:
+    """Copy ``runs`` of ``(file_offset, remote_addr, length)`` (page-aligned, file order).
+
+    Returns ``(bytes_copied, pages_skipped)``.
+    """
+    copied = skipped = 0
+    i = 0
+    while i < len(runs):
+        # One window of the output file: as many runs as fit, the last one maybe split.
+        wstart = runs[i][0] & ~(PAGE_SIZE - 1)
+        wend = wstart + WINDOW
+        batch: list[tuple[int, int, int]] = []
+        while i < len(runs) and runs[i][0] < wend:
+            off, addr, length = runs[i]
+            if off + length > wend:
+                cut = wend - off
+                batch.append((off, addr, cut))
+                runs = [*runs[: i + 1], (off + cut, addr + cut, length - cut), *runs[i + 1 :]]
+                i += 1
+                break
+            batch.append(runs[i])
+            i += 1
+        span = batch[-1][0] + batch[-1][2] - wstart
+        base = pt.mmap_file(fd, wstart, span)
+        try:
+            c, s = _copy_window(reader, base - wstart, batch)
+        finally:
+            pt.munmap(base, span)
+        copied += c
+        skipped += s
+        if progress:
+            progress(copied)
+    return copied, skipped
+
+
+def _copy_window(reader: Reader, delta: int, batch: list[tuple[int, int, int]]) -> tuple[int, int]:
+    pairs: list[Pair] = [(off + delta, addr, length) for off, addr, length in batch]
+    copied = skipped = 0
+    j = 0
+    while j < len(pairs):
+        chunk = pairs[j : j + pt.IOV_MAX]
+        want = sum(p[2] for p in chunk)
+        n = reader.copy(chunk)
+        copied += n
+        if n >= want:
+            j += len(chunk)
+            continue
+        # Find the pair and page where the copy stopped; skip that page (a hole) and go on.
+        for k, (laddr, raddr, length) in enumerate(chunk):
+            if n < length:
+                bad = n & ~(PAGE_SIZE - 1)
+                copied -= n - bad  # a partial page is rewritten from its start next time
+                rest = bad + PAGE_SIZE
+                skipped += 1
+                if rest < length:
+                    pairs[j + k] = (laddr + rest, raddr + rest, length - rest)
+                    j += k
+                else:
+                    j += k + 1
+                break
+            n -= length
+    return copied, skipped

@@ -1,0 +1,265 @@
+"""Halting every thread of a live process with PTRACE_SEIZE + PTRACE_INTERRUPT.
+
+Why not SIGSTOP / PTRACE_ATTACH: those put the process in a group-stop that its parent sees with
+waitpid(WUNTRACED) and job control acts on, and a tracer that dies can leave it stopped.
+A seized tracee stopped by PTRACE_INTERRUPT is in a ptrace-stop private to us; if we die, the
+kernel detaches it and it runs on (kernel/ptrace.c exit_ptrace -> __ptrace_detach).
+See ptrace(2) "Attaching and detaching" and "PTRACE_INTERRUPT".
+
+Thread enumeration is race-free: we seize with PTRACE_O_TRACECLONE, so a thread created by a
+seized thread is auto-attached and reported (PTRACE_EVENT_CLONE); threads created by
+not-yet-seized threads are found by listing /proc/PID/task again until a full pass finds
+nothing new (once every known thread is stopped, none can create another).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from dataclasses import dataclass, field
+
+from snapd import procfs
+from snapd.errors import AlreadyTraced, KernelThread, NotPermitted, SnapdError, TargetError, TargetGone, Zombie
+from snapd.freeze import ptrace as pt
+from snapd.freeze.ptrace import Event, Opt
+
+DEFAULT_TIMEOUT = 5.0
+
+
+class FreezeTimeout(TargetError):
+    def __init__(self, pid: int, tids: list[int], timeout: float) -> None:
+        shown = ", ".join(map(str, tids[:8]))
+        super().__init__(
+            pid,
+            f"thread(s) {shown} did not stop within {timeout:g}s (uninterruptible sleep?); "
+            "target released untouched",
+        )
+        self.tids = tids
+
+
+@dataclass
+class Thread:
+    """One halted thread and what it was doing when it stopped."""
+
+    tid: int
+    stopped: bool = False
+    #: a signal whose delivery we intercepted; re-injected at detach so it is not lost
+    pending_signal: int = 0
+    #: the thread exited while we held it
+    gone: bool = False
+
+
+@dataclass
+class Halted:
+    """Every thread of ``pid`` halted; use as a context manager so resume() always runs."""
+
+    pid: int
+    threads: dict[int, Thread] = field(default_factory=dict)
+    halted_at: float = 0.0  # time.monotonic() when the last thread stopped
+    started_at: float = 0.0  # time.monotonic() when the first thread was seized
+    resumed_at: float = 0.0
+    wall_time: float = 0.0  # time.time() at halt
+
+    @property
+    def tids(self) -> list[int]:
+        """Live threads, the thread-group leader first (it is the "current" thread of a core)."""
+        live = [t.tid for t in self.threads.values() if not t.gone]
+        return sorted(live, key=lambda t: (t != self.pid, t))
+
+    @property
+    def freeze_seconds(self) -> float:
+        end = self.resumed_at or time.monotonic()
+        return end - self.started_at if self.started_at else 0.0
+
+    def resume(self) -> None:
+        """Detach every thread (idempotent). Never raises for threads that have gone."""
+        if self.resumed_at:
+            return
+        self.resumed_at = time.monotonic()
+        release(self.threads)
+
+    def __enter__(self) -> Halted:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.resume()
+
+
+def precheck(pid: int) -> procfs.Stat:
+    """Refuse targets that cannot be dumped, before touching them."""
+    st = procfs.stat(pid)
+    if st.flags & procfs.PF_KTHREAD:
+        raise KernelThread(pid, st.comm)
+    if st.state in ("Z", "X") and st.num_threads <= 1:
+        raise Zombie(pid, st.comm)
+    tracer = int(procfs.status(pid).get("TracerPid", "0"))
+    if tracer and tracer != os.getpid():
+        raise AlreadyTraced(pid, tracer, procfs.comm(tracer))
+    return st
+
+
+def halt(pid: int, timeout: float = DEFAULT_TIMEOUT) -> Halted:
+    """Seize and stop every thread of ``pid``. On failure, everything seized is released."""
+    precheck(pid)
+    h = Halted(pid)
+    h.started_at = time.monotonic()
+    h.wall_time = time.time()
+    try:
+        _halt_all(h, timeout)
+    except BaseException:
+        h.resume()
+        raise
+    h.halted_at = time.monotonic()
+    return h
+
+
+def _traced_by_us(pid: int, tid: int) -> bool:
+    try:
+        return int(procfs.status(pid, tid).get("TracerPid", "0")) == os.getpid()
+    except SnapdError:
+        return False
+
+
+def _task_is_zombie(pid: int, tid: int) -> bool:
+    try:
+        return procfs.stat(pid, tid).state in ("Z", "X")
+    except SnapdError:
+        return True
+
+
+def _halt_all(h: Halted, timeout: float) -> None:
+    pid = h.pid
+    deadline = time.monotonic() + timeout
+    while True:
+        new = [t for t in procfs.tids(pid) if t not in h.threads]
+        if not new:
+            return
+        for tid in new:
+            # A zombie leader (main called pthread_exit) cannot be waited for until the whole
+            # group exits (kernel/exit.c delay_group_leader): never seize it.
+            if tid == pid and _task_is_zombie(pid, tid):
+                h.threads[tid] = Thread(tid, gone=True)
+                continue
+            try:
+                pt.seize(tid, Opt.TRACECLONE)
+                pt.interrupt(tid)
+            except OSError as err:
+                if err.errno == errno.ESRCH:
+                    if tid == pid:
+                        raise TargetGone(pid, "attach") from err
+                    continue  # the thread exited between listing and seizing
+                if err.errno == errno.EPERM and _traced_by_us(pid, tid):
+                    # Auto-attached by TRACECLONE; its PTRACE_EVENT_CLONE report is still queued.
+                    h.threads[tid] = Thread(tid)
+                    continue
+                if err.errno == errno.EPERM:
+                    tracer = int(procfs.status(pid).get("TracerPid", "0") or 0)
+                    if tracer and tracer != os.getpid():
+                        raise AlreadyTraced(pid, tracer, procfs.comm(tracer)) from err
+                    raise NotPermitted(pid) from err
+                raise
+            h.threads[tid] = Thread(tid)
+        _wait_stopped(h, deadline, timeout)
+
+
+def _wait_stopped(h: Halted, deadline: float, timeout: float) -> None:
+    """Collect the stop of every seized thread, polling with WNOHANG up to ``deadline``.
+
+    Polling rather than blocking: a thread in uninterruptible sleep (D) does not stop until it
+    leaves it, and we must not hang on it with the others halted.
+    """
+    delay = 20e-6
+    while True:
+        waiting = [t for t in h.threads.values() if not t.stopped and not t.gone]
+        if not waiting:
+            return
+        progressed = False
+        for t in waiting:
+            try:
+                wpid, status = os.waitpid(t.tid, pt.WALL | os.WNOHANG)
+            except ChildProcessError:
+                t.gone = True  # exited and reaped by someone: nothing to release
+                progressed = True
+                continue
+            if wpid == 0:
+                continue
+            progressed = True
+            _note_stop(h, t, status)
+        if progressed:
+            delay = 20e-6
+            continue
+        if time.monotonic() > deadline:
+            raise FreezeTimeout(h.pid, [t.tid for t in waiting], timeout)
+        time.sleep(delay)
+        delay = min(delay * 2, 2e-3)
+
+
+def _note_stop(h: Halted, t: Thread, status: int) -> None:
+    if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+        t.gone = True
+        if t.tid == h.pid:
+            raise TargetGone(h.pid, "attach")
+        return
+    if not os.WIFSTOPPED(status):
+        return
+    sig = os.WSTOPSIG(status)
+    event = pt.stop_event(status)
+    t.stopped = True
+    if event == Event.CLONE:
+        # The new thread is already traced by us (TRACECLONE); its own initial stop follows.
+        child = pt.get_eventmsg(t.tid)
+        if child not in h.threads:
+            h.threads[child] = Thread(child)
+    elif event == 0 and sig != pt.SIGTRAP:
+        # A signal arrived before our interrupt: it is held in signal-delivery-stop. Keep it and
+        # hand it back at detach (PTRACE_DETACH's data), so the target receives it as if we had
+        # never been there.
+        t.pending_signal = sig
+
+
+def release(threads: dict[int, Thread], timeout: float = 2.0) -> list[int]:
+    """Detach every seized thread; returns tids that could not be detached (should be none).
+
+    A thread seized but not yet stopped cannot be detached (ptrace requests need a stopped
+    tracee), so it is interrupted and collected first.
+    """
+    failed: list[int] = []
+    for t in threads.values():
+        if t.gone:
+            continue
+        if not t.stopped:
+            try:
+                pt.interrupt(t.tid)
+            except OSError:
+                continue
+            end = time.monotonic() + timeout
+            while time.monotonic() < end:
+                try:
+                    wpid, status = os.waitpid(t.tid, pt.WALL | os.WNOHANG)
+                except ChildProcessError:
+                    t.gone = True
+                    break
+                if wpid:
+                    if os.WIFSTOPPED(status):
+                        t.stopped = True
+                        sig = os.WSTOPSIG(status)
+                        if pt.stop_event(status) == 0 and sig != pt.SIGTRAP:
+                            t.pending_signal = sig
+                    else:
+                        t.gone = True
+                    break
+                time.sleep(1e-4)
+            if t.gone or not t.stopped:
+                if not t.gone:
+                    failed.append(t.tid)
+                continue
+        try:
+            pt.detach(t.tid, t.pending_signal)
+        except OSError as err:
+            if err.errno != errno.ESRCH:
+                failed.append(t.tid)
+        t.stopped = False
+        t.gone = True
+    return failed
+
