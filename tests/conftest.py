@@ -6,6 +6,7 @@ Kernel tests (marker ``kernel``) need root: unprivileged they skip with a reason
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -124,10 +125,8 @@ class Victim:
 
     def kill(self) -> None:
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         self.proc.wait(timeout=10)
         for f in (self.proc.stdout, self.proc.stdin):
             if f:
@@ -145,7 +144,7 @@ def spawn() -> Iterator[Callable[..., Victim]]:
         return v
 
     yield start
-    for v in started:
+    for v in reversed(started):  # a tracer before its tracee: a traced zombie waits for it
         v.kill()
 
 

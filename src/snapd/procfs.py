@@ -39,7 +39,7 @@ def proc_call(pid: int, fn: Callable[[], T]) -> T:
 
 def read_bytes(path: str) -> bytes:
     with open(path, "rb", buffering=0) as f:
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             b = f.read(1 << 16)
             if not b:
@@ -231,11 +231,15 @@ def parse_smaps(text: str) -> list[Mapping]:
 
 
 def smaps(pid: int) -> list[Mapping]:
-    return proc_call(pid, lambda: parse_smaps(read_bytes(f"/proc/{pid}/smaps").decode("utf-8", "surrogateescape")))
+    return proc_call(
+        pid, lambda: parse_smaps(read_bytes(f"/proc/{pid}/smaps").decode("utf-8", "surrogateescape"))
+    )
 
 
 def maps(pid: int) -> list[Mapping]:
-    return proc_call(pid, lambda: parse_maps(read_bytes(f"/proc/{pid}/maps").decode("utf-8", "surrogateescape")))
+    return proc_call(
+        pid, lambda: parse_maps(read_bytes(f"/proc/{pid}/maps").decode("utf-8", "surrogateescape"))
+    )
 
 
 def iter_pids() -> Iterator[int]:

@@ -9,15 +9,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import proc_state, thread_states, wait_for
 
+from conftest import proc_state, thread_states, wait_for
 from snapd.core.inspect import read_core
 
 pytestmark = pytest.mark.kernel
 
 
-def gcore(snapd_cmd: list[str], *args: object, check: bool = True, **kw: object) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([*snapd_cmd, "gcore", *map(str, args)], capture_output=True, text=True, timeout=120, **kw)  # type: ignore[call-overload]
+def gcore(
+    snapd_cmd: list[str], *args: object, check: bool = True, **kw: object
+) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(
+        [*snapd_cmd, "gcore", *map(str, args)], capture_output=True, text=True, timeout=120, **kw
+    )  # type: ignore[call-overload]
     if check:
         assert r.returncode == 0, r.stderr
     return r
@@ -49,8 +53,14 @@ def test_threads_backtraces_globals_tls(compile_victim, spawn, snapd_cmd, tmp_pa
     assert_running(v)
     tids = sorted(int(t) for t in os.listdir(f"/proc/{v.pid}/task"))
 
-    out = gdb(exe, core, "info threads", "thread apply all bt", "print/x snapd_global",
-              "thread apply all print snapd_tls")
+    out = gdb(
+        exe,
+        core,
+        "info threads",
+        "thread apply all bt",
+        "print/x snapd_global",
+        "thread apply all print snapd_tls",
+    )
     for tid in tids:
         assert f"LWP {tid}" in out, out
     for fn in ("worker_alpha", "worker_beta", "worker_gamma", "main_wait"):
@@ -80,8 +90,12 @@ def test_matches_gdb_gcore(compile_victim, spawn, snapd_cmd, tmp_path):
     exe = compile_victim("threads")
     v = spawn([exe])
     gcore(snapd_cmd, "-o", tmp_path / "ours", v.pid)
-    subprocess.run(["gdb", "-nx", "-batch", "-p", str(v.pid), "-ex", f"gcore {tmp_path}/theirs"],
-                   capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        ["gdb", "-nx", "-batch", "-p", str(v.pid), "-ex", f"gcore {tmp_path}/theirs"],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     ours, theirs = read_core(str(tmp_path / f"ours.{v.pid}")), read_core(str(tmp_path / "theirs"))
     assert sorted(t.tid for t in ours.threads) == sorted(t.tid for t in theirs.threads)
     assert {(t.tid, t.pc) for t in ours.threads} == {(t.tid, t.pc) for t in theirs.threads}

@@ -22,8 +22,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", dest="prefix", default="core", help="write PREFIX.PID (default: core)")
     p.add_argument("-c", dest="content", default="default", help="content to include (default: default)")
-    p.add_argument("--snapshot", choices=SNAPSHOT_MODES, default="frozen",
-                   help="frozen: halt for the whole dump; fork: halt only to fork a copy")
+    p.add_argument(
+        "--snapshot",
+        choices=SNAPSHOT_MODES,
+        default="frozen",
+        help="frozen: halt for the whole dump; fork: halt only to fork a copy",
+    )
     p.add_argument("pids", nargs="+", metavar="PID", help="process id(s)")
     return p
 

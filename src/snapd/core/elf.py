@@ -46,7 +46,9 @@ class Phdr:
     align: int
 
     def pack(self) -> bytes:
-        return _PHDR.pack(self.type, self.flags, self.offset, self.vaddr, 0, self.filesz, self.memsz, self.align)
+        return _PHDR.pack(
+            self.type, self.flags, self.offset, self.vaddr, 0, self.filesz, self.memsz, self.align
+        )
 
 
 def ehdr(phnum: int, shoff: int = 0) -> bytes:

@@ -11,15 +11,18 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from elftools.elf.elffile import ELFFile
 from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
 
 from snapd.core.notes import NT_SNAPD_INFO
 from snapd.errors import SnapdError
 from snapd.freeze.ptrace import NT
 
 AT_SYSINFO_EHDR = 33
-_NT_NAMES = {int(v): f"NT_{v.name}" for v in NT} | {NT_SNAPD_INFO: "NT_SNAPD_INFO", 0x205: "NT_X86_XSAVE_LAYOUT"}
+_NT_NAMES = {int(v): f"NT_{v.name}" for v in NT} | {
+    NT_SNAPD_INFO: "NT_SNAPD_INFO",
+    0x205: "NT_X86_XSAVE_LAYOUT",
+}
 
 
 class CoreFileError(SnapdError):
@@ -66,7 +69,7 @@ def _cstr(b: bytes) -> str:
 
 def read_core(path: str) -> CoreView:
     try:
-        f = open(path, "rb")
+        f = open(path, "rb")  # noqa: SIM115 (closed by the with below; open errors are ours)
     except OSError as err:
         raise CoreFileError(path, err.strerror or str(err)) from err
     with f:
@@ -81,7 +84,7 @@ def read_core(path: str) -> CoreView:
             loads = []
             for seg in elf.iter_segments():
                 if seg["p_type"] == "PT_NOTE":
-                    for n in seg.iter_notes():
+                    for n in seg.iter_notes():  # type: ignore[attr-defined]
                         raw: bytes = n["n_descdata"]
                         ntype = _type_number(n["n_type"])
                         key = _NT_NAMES.get(ntype, f"{n['n_name']}:{ntype:#x}")

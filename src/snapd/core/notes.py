@@ -9,6 +9,7 @@ BFD attaches each one to the thread of the NT_PRSTATUS before it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import struct
@@ -72,10 +73,8 @@ def capture_thread(pid: int, tid: int, pending_signal: int) -> ThreadRegs:
         xstate = b""
     siginfo = bytes(pt.SIGINFO_SIZE)
     if pending_signal:
-        try:
+        with contextlib.suppress(OSError):
             siginfo = pt.get_siginfo(tid)
-        except OSError:
-            pass
     sigmask = pt.get_sigmask(tid)
     st = procfs.stat(pid, tid)
     status = procfs.status(pid, tid)

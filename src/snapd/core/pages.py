@@ -107,7 +107,7 @@ class PageMap:
             arg.start = pos
             arg.end = end
             arg.walk_end = 0
-            n = fcntl.ioctl(self.fd, PAGEMAP_SCAN, arg)  # type: ignore[call-overload]
+            n = fcntl.ioctl(self.fd, PAGEMAP_SCAN, arg)
             for i in range(n):
                 r = self._vec[i]
                 if last and last[1] == r.start:

@@ -178,4 +178,3 @@ def elf_checker(read: Callable[[int, int], bytes | None]) -> Callable[[Mapping],
         return cache[m.start]
 
     return is_elf
-

@@ -8,6 +8,7 @@ no reader mistakes for a core. The target is resumed on every path, before the s
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -76,8 +77,8 @@ def capture(h: Halted, state: str, current_tid: int | None = None) -> Snapshot:
     pid = h.pid
     tids = h.tids
     if current_tid in tids:
-        tids.remove(current_tid)  # type: ignore[arg-type]
-        tids.insert(0, current_tid)  # type: ignore[arg-type]
+        tids.remove(current_tid)
+        tids.insert(0, current_tid)
     threads = []
     for tid in tids:
         try:
@@ -214,8 +215,7 @@ def _create_temp(path: str) -> tuple[int, str]:
     tmp = os.path.join(d, f"{PARTIAL_PREFIX}{os.path.basename(path)}.{secrets.token_hex(4)}")
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        if not os.path.isdir(d):
-            raise FileNotFoundError(errno.ENOENT, "no such directory", d)
+        os.stat(d)  # EACCES on a parent is "permission denied", not "no such directory"
         return os.open(tmp, flags, 0o600), tmp
     except OSError as err:
         raise OutputError(path, err) from err
@@ -264,11 +264,7 @@ def _reserve(fd: int, path: str, segs: list[Segment], total: int) -> None:
 
 def _copy_plan(segs: Iterable[Segment]) -> list[tuple[int, int, int]]:
     """(file offset, address, length) of every run, in file order."""
-    return [
-        (s.offset + (a - s.mapping.start), a, b - a)
-        for s in segs
-        for a, b in s.runs
-    ]
+    return [(s.offset + (a - s.mapping.start), a, b - a) for s in segs for a, b in s.runs]
 
 
 def write_core(
@@ -316,10 +312,8 @@ def write_core(
     finally:
         os.close(fd)
         if not published:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
     segs, threads, copied, comm, exe = info
     return CoreInfo(
         pid=pid,
@@ -387,4 +381,3 @@ def _dump(
     finally:
         mem.close()
     return segs, len(snap.threads), copied, snap.proc.comm, snap.exe
-

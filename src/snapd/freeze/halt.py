@@ -20,7 +20,15 @@ import time
 from dataclasses import dataclass, field
 
 from snapd import procfs
-from snapd.errors import AlreadyTraced, KernelThread, NotPermitted, SnapdError, TargetError, TargetGone, Zombie
+from snapd.errors import (
+    AlreadyTraced,
+    KernelThread,
+    NotPermitted,
+    SnapdError,
+    TargetError,
+    TargetGone,
+    Zombie,
+)
 from snapd.freeze import ptrace as pt
 from snapd.freeze.ptrace import Event, Opt
 
@@ -96,6 +104,12 @@ def precheck(pid: int) -> procfs.Stat:
     tracer = int(procfs.status(pid).get("TracerPid", "0"))
     if tracer and tracer != os.getpid():
         raise AlreadyTraced(pid, tracer, procfs.comm(tracer))
+    # /proc/PID/auxv needs the same ptrace access check as attaching (PTRACE_MODE_READ,
+    # fs/proc/base.c proc_mem_open): learn "not permitted" before creating any file.
+    try:
+        procfs.auxv(pid)
+    except NotPermitted as err:
+        raise NotPermitted(pid) from err
     return st
 
 
@@ -262,4 +276,3 @@ def release(threads: dict[int, Thread], timeout: float = 2.0) -> list[int]:
         t.stopped = False
         t.gone = True
     return failed
-
