@@ -24,8 +24,11 @@ from snapd.ctl.protocol import DEFAULT_GROUP, DEFAULT_SOCKET, MAX_REPLY, CtlErro
 from snapd.store.retention import parse_age
 
 _REL = re.compile(
-    r"^\s*\d+(?:\.\d+)?\s*(s|sec|m|min|h|d|w)(\s+\d+(?:\.\d+)?\s*(s|sec|m|min|h|d|w))*\s*$"
+    r"^\s*\d+(?:\.\d+)?\s*(sec|min|s|m|h|d|w)(\s+\d+(?:\.\d+)?\s*(sec|min|s|m|h|d|w))*\s*$"
 )
+
+
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 def safe(value: object) -> str:
@@ -33,8 +36,8 @@ def safe(value: object) -> str:
     formatting characters become backslash escapes; a backslash is doubled."""
     out = []
     for ch in str(value):
-        if ch == "\\":
-            out.append("\\\\")
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
         elif ch.isprintable():
             out.append(ch)
         else:

@@ -18,7 +18,7 @@ _DEFAULT_CAP = 4 * GiB
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTPE]?)(i?B?)?\s*$", re.IGNORECASE)
 _PCT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
-_AGE = re.compile(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)?", re.IGNORECASE)
+_AGE = re.compile(r"(\d+(?:\.\d+)?)\s*(sec|min|s|m|h|d|w)?(?![a-z])", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50, "E": 1 << 60}
 _AGE_UNITS = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
