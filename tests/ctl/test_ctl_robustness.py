@@ -26,14 +26,21 @@ def raw(path: str) -> socket.socket:
     return s
 
 
+_pending: dict[int, bytes] = {}
+
+
 def read_line(s: socket.socket) -> dict[str, object]:
-    buf = b""
-    while not buf.endswith(b"\n"):
+    """One reply line; bytes of later replies already received are kept for the next call."""
+    buf = _pending.pop(s.fileno(), b"")
+    while b"\n" not in buf:
         chunk = s.recv(65536)
         if not chunk:
             break
         buf += chunk
-    out: dict[str, object] = json.loads(buf)
+    line, _, rest = buf.partition(b"\n")
+    if rest:
+        _pending[s.fileno()] = rest
+    out: dict[str, object] = json.loads(line)
     return out
 
 
