@@ -37,6 +37,11 @@ AGGREGATES: dict[str, str] = {
     "none": "nothing (headers and notes only)",
 }
 
+#: Names that change how, not what.
+MODIFIERS: dict[str, str] = {
+    "haltshared": "fork snapshots: copy shared mappings while halted (consistent, longer freeze)",
+}
+
 _TOKEN = re.compile(r"([+-]?)([a-z]+)")
 
 
@@ -57,7 +62,7 @@ class ContentSpec:
 
 
 def valid_names() -> str:
-    return ", ".join([*AGGREGATES, *CLASSES])
+    return ", ".join([*AGGREGATES, *CLASSES, *MODIFIERS])
 
 
 def parse_spec(text: str) -> ContentSpec:
@@ -74,7 +79,7 @@ def parse_spec(text: str) -> ContentSpec:
                 text, f"unexpected {s[pos:]!r}; join classes with '+' or '-' (e.g. default-shm)"
             )
         op, name = m.group(1) or "+", m.group(2)
-        if name not in CLASSES and name not in AGGREGATES:
+        if name not in CLASSES and name not in AGGREGATES and name not in MODIFIERS:
             raise ContentError(text, f"unknown class '{name}'; valid: {valid_names()}")
         terms.append((op, name))
         pos = m.end()

@@ -7,13 +7,13 @@ import os
 import sys
 import time
 
-from snapd.content import AGGREGATES, CLASSES, parse_spec
+from snapd.content import AGGREGATES, CLASSES, MODIFIERS, parse_spec
 from snapd.core.writer import SNAPSHOT_MODES, write_core
 from snapd.errors import ContentError, SnapdError
 
 
 def _parser() -> argparse.ArgumentParser:
-    classes = "\n".join(f"  {k:<9} {v}" for k, v in {**AGGREGATES, **CLASSES}.items())
+    classes = "\n".join(f"  {k:<10} {v}" for k, v in {**AGGREGATES, **CLASSES, **MODIFIERS}.items())
     p = argparse.ArgumentParser(
         prog="snapd gcore",
         description="Write an ELF core file of each running process PID, which keeps running.",
@@ -27,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=SNAPSHOT_MODES,
         default="frozen",
         help="frozen: halt for the whole dump; fork: halt only to fork a copy",
+    )
+    p.add_argument(
+        "--sync",
+        action="store_true",
+        help="fsync the core before publishing it (durable across a crash; slower)",
     )
     p.add_argument("pids", nargs="+", metavar="PID", help="process id(s)")
     return p
@@ -82,7 +87,9 @@ def main(argv: list[str]) -> int:
         path = f"{args.prefix}.{pid}"
         meter = _Progress(path) if tty else None
         try:
-            write_core(pid, path, content=spec, snapshot=args.snapshot, progress=meter)
+            # Like gcore(1) and the kernel, no fsync unless asked: the rename is atomic either
+            # way, and the daemon, whose catalog must survive a crash, always syncs.
+            info = write_core(pid, path, content=spec, snapshot=args.snapshot, progress=meter, sync=args.sync)
         except SnapdError as err:
             if os.environ.get("SNAPD_DEBUG") == "1":
                 raise
@@ -93,5 +100,10 @@ def main(argv: list[str]) -> int:
             continue
         if meter:
             meter.clear()
+        if info.fallback:
+            print(
+                f"snapd gcore: warning: pid {pid}: no fork snapshot: {info.fallback}; dumped in frozen mode",
+                file=sys.stderr,
+            )
         print(f"snapd gcore: {path} dumped")
     return 1 if failed else 0

@@ -71,6 +71,13 @@ class MemReader:
     def copy(self, pairs: Sequence[Pair]) -> int:
         done = 0
         for laddr, raddr, length in pairs:
+            if raddr + length > 1 << 63:
+                # pread's offset is a signed off_t: [vsyscall] (0xffffffffff600000) is beyond it.
+                n = VmReader(self.pid).copy([(laddr, raddr, length)])
+                if n < length:
+                    return done + n
+                done += length
+                continue
             view = memoryview((ctypes.c_char * length).from_address(laddr)).cast("B")
             pos = 0
             while pos < length:
@@ -85,6 +92,12 @@ class MemReader:
                 pos += n
             done += length
         return done
+
+    def __enter__(self) -> MemReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def read(self, addr: int, length: int) -> bytes | None:
         try:

@@ -12,20 +12,22 @@ import contextlib
 import errno
 import os
 import secrets
+import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from snapd import procfs
 from snapd.content import ContentSpec, parse_spec
-from snapd.core import elf, notes, select
+from snapd.core import elf, fork, notes, select
 from snapd.core.elf import PF, PT, Phdr
 from snapd.core.info import CoreInfo
 from snapd.core.memory import MemReader, Reader, VmReader, copy_runs
 from snapd.core.pages import PageMap
 from snapd.core.select import Amount
-from snapd.errors import OutputError, SnapshotError, TargetGone
-from snapd.freeze import Halted, halt
+from snapd.errors import OutputError, SnapdError, SnapshotError, TargetGone
+from snapd.freeze import Halted, halt, precheck
+from snapd.freeze import ptrace as pt
 from snapd.freeze.halt import DEFAULT_TIMEOUT
 from snapd.procfs import Mapping
 
@@ -118,23 +120,28 @@ def capture(h: Halted, state: str, current_tid: int | None = None) -> Snapshot:
     )
 
 
-def plan(snap: Snapshot, spec: ContentSpec, mem: MemReader, pagemap: PageMap) -> list[Segment]:
-    """Decide every segment's class, amount and the runs of pages worth copying."""
+def plan(snap: Snapshot, spec: ContentSpec, mem: MemReader) -> list[Segment]:
+    """Decide every segment's class and how much of it goes in the file (no runs yet)."""
     stack_ptrs = {t.sp for t in snap.threads}
     is_elf = select.elf_checker(mem.read)
     segs = []
     for m in snap.mappings:
         cls = select.classify(snap.pid, m, stack_ptrs)
         amount = select.decide(spec, m, cls, snap.coredump_filter, is_elf)
-        seg = Segment(m, cls, amount)
-        if amount == Amount.ELFHDR:
-            seg.filesz = elf.PAGE
-            seg.runs = [(m.start, m.start + elf.PAGE)]
-        elif amount == Amount.WHOLE:
-            seg.filesz = m.size
-            seg.runs = _runs(snap.pid, m, cls, pagemap)
-        segs.append(seg)
+        filesz = {Amount.NONE: 0, Amount.ELFHDR: elf.PAGE, Amount.WHOLE: m.size}[amount]
+        segs.append(Segment(m, cls, amount, filesz=filesz))
     return segs
+
+
+def fill_runs(pid: int, segs: Iterable[Segment]) -> None:
+    """Find the runs worth copying: present pages of anonymous memory, data of shmem objects."""
+    with PageMap(pid) as pagemap:
+        for seg in segs:
+            m = seg.mapping
+            if seg.amount == Amount.ELFHDR:
+                seg.runs = [(m.start, m.start + elf.PAGE)]
+            elif seg.amount == Amount.WHOLE:
+                seg.runs = _runs(pid, m, seg.cls, pagemap)
 
 
 def _runs(pid: int, m: Mapping, cls: str, pagemap: PageMap) -> list[tuple[int, int]]:
@@ -182,7 +189,7 @@ def _shmem_data(pid: int, m: Mapping) -> list[tuple[int, int]]:
 
 
 def layout(
-    snap: Snapshot, segs: list[Segment], spec: ContentSpec, mode: str
+    snap: Snapshot, segs: list[Segment], spec: ContentSpec, mode: str, live: list[int]
 ) -> tuple[bytes, bytes, int, int]:
     """Assign file offsets; return (ELF + program headers, notes, file size, section header offset)."""
     info: dict[str, object] = {
@@ -191,7 +198,7 @@ def layout(
         "snapshot": mode,
         "time": snap.wall_time,
         "classes": [s.cls for s in segs],
-        "shared_live": [],
+        "shared_live": live,
     }
     note_data = notes.build(snap.threads, snap.proc, snap.auxv, snap.mappings, info)
     phnum = 1 + len(segs)
@@ -210,61 +217,100 @@ def layout(
     return head, note_data, total, shoff
 
 
-def _create_temp(path: str) -> tuple[int, str]:
-    d = os.path.dirname(path) or "."
-    tmp = os.path.join(d, f"{PARTIAL_PREFIX}{os.path.basename(path)}.{secrets.token_hex(4)}")
-    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        os.stat(d)  # EACCES on a parent is "permission denied", not "no such directory"
-        return os.open(tmp, flags, 0o600), tmp
-    except OSError as err:
-        raise OutputError(path, err) from err
+class CoreFile:
+    """The temp file a core is built in, published by rename/link only when complete."""
 
+    def __init__(self, path: str) -> None:
+        self.path = path
+        d = os.path.dirname(path) or "."
+        self.tmp = os.path.join(d, f"{PARTIAL_PREFIX}{os.path.basename(path)}.{secrets.token_hex(4)}")
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            os.stat(d)  # EACCES on a parent is "permission denied", not "no such directory"
+            self.fd = os.open(self.tmp, flags, 0o600)
+        except OSError as err:
+            raise OutputError(path, err) from err
+        self.published = False
 
-def _publish(fd: int, tmp: str, path: str, replace: bool, sync: bool) -> None:
-    try:
-        if sync:
-            os.fsync(fd)
-        if replace:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path, follow_symlinks=False)  # never overwrites, never follows
-            os.unlink(tmp)
-        if sync:
-            dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    def write_headers(self, head: bytes, note_data: bytes, total: int, shoff: int, nsegs: int) -> None:
+        try:
+            os.ftruncate(self.fd, total)  # sparse: only what we copy takes blocks
+            os.pwrite(self.fd, head, 0)
+            os.pwrite(self.fd, note_data, len(head))
+            if shoff:
+                os.pwrite(self.fd, elf.xnum_shdr(1 + nsegs), shoff)
+        except OSError as err:
+            raise OutputError(self.path, err) from err
+
+    def reserve(self, runs: list[tuple[int, int, int]]) -> None:
+        """Reserve blocks for every run we will copy (fallocate mode 0).
+
+        This turns "disk full" into a clean error before any copying, instead of a SIGBUS when
+        a write through the mapping finds no block (mm/filemap.c, page_mkwrite).
+        """
+        for off, _addr, length in runs:
             try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-    except OSError as err:
-        raise OutputError(path, err) from err
-
-
-def _reserve(fd: int, path: str, segs: list[Segment], total: int) -> None:
-    """Size the file (sparse) and reserve blocks for every run we will copy.
-
-    Reserving first turns "disk full" into a clean error before any copying, instead of a
-    SIGBUS when a write through the mapping finds no block (mm/filemap.c, page_mkwrite).
-    """
-    try:
-        os.ftruncate(fd, total)
-    except OSError as err:
-        raise OutputError(path, err) from err
-    from snapd.freeze.ptrace import fallocate
-
-    for s in segs:
-        for a, b in s.runs:
-            try:
-                fallocate(fd, s.offset + (a - s.mapping.start), b - a)
+                pt.fallocate(self.fd, off, length)
             except OSError as err:
                 if err.errno in (errno.EOPNOTSUPP, errno.ENOSYS):
                     return
-                raise OutputError(path, err) from err
+                raise OutputError(self.path, err) from err
+
+    def copy(
+        self, reader: Reader, runs: list[tuple[int, int, int]], progress: Callable[[int], None] | None
+    ) -> int:
+        self.reserve(runs)
+        try:
+            return copy_runs(reader, self.fd, runs, progress)[0]
+        except OSError as err:
+            raise OutputError(self.path, err) from err
+
+    def publish(self, replace: bool, sync: bool) -> os.stat_result:
+        try:
+            if sync:
+                os.fsync(self.fd)
+            if replace:
+                os.replace(self.tmp, self.path)
+            else:
+                os.link(self.tmp, self.path, follow_symlinks=False)  # never overwrites, never follows
+                os.unlink(self.tmp)
+            self.published = True
+            if sync:
+                dfd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+            return os.fstat(self.fd)
+        except OSError as err:
+            raise OutputError(self.path, err) from err
+
+    def close(self) -> None:
+        os.close(self.fd)
+        if not self.published:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp)
 
 
-def _copy_plan(segs: Iterable[Segment]) -> list[tuple[int, int, int]]:
+def copy_plan(segs: Iterable[Segment]) -> list[tuple[int, int, int]]:
     """(file offset, address, length) of every run, in file order."""
     return [(s.offset + (a - s.mapping.start), a, b - a) for s in segs for a, b in s.runs]
+
+
+def _forced(s: Segment) -> bool:
+    """PROT_NONE mappings need /proc/PID/mem (FOLL_FORCE); process_vm_readv cannot read them."""
+    return not s.mapping.readable
+
+
+@dataclass
+class _Result:
+    segs: list[Segment]
+    threads: int
+    copied: int
+    comm: str
+    exe: str
+    mode: str
+    fallback: str
 
 
 def write_core(
@@ -282,102 +328,150 @@ def write_core(
 ) -> CoreInfo:
     """Write an ELF core of live process ``pid`` to ``path`` and return what was written.
 
-    ``halted``: a target the caller already halted (the daemon's ``stop: kernel``); the caller
-    then resumes it. Otherwise the target is halted here and resumed on every path.
+    ``snapshot``: "frozen" halts the target for the whole copy; "fork" halts it only to fork a
+    copy-on-write child that is then copied at leisure (falling back to "frozen", with the reason
+    in ``CoreInfo.fallback``, when a fork is unsafe). ``halted``: a target the caller already
+    halted (the daemon's ``stop: kernel``). Either way the target is resumed before this returns,
+    on every path, and as early as the snapshot allows.
     """
     spec = content if isinstance(content, ContentSpec) else parse_spec(content)
     if snapshot not in SNAPSHOT_MODES:
         raise SnapshotError(f"unknown snapshot mode '{snapshot}'; use one of: {', '.join(SNAPSHOT_MODES)}")
-    if snapshot == "fork":
-        raise SnapshotError(
-            "--snapshot fork is not available yet (it lands with the fork-snapshot issue); "
-            "use --snapshot frozen"
-        )
     path = os.path.abspath(path)
     t0 = time.monotonic()
-    pre = halted is None and _prestate(pid)
-    fd, tmp = _create_temp(path)
-    published = False
+    state = precheck(pid).state if halted is None else "R"
+    out = CoreFile(path)
     try:
         h = halted or halt(pid, timeout=timeout)
         try:
-            info = _dump(h, fd, path, spec, pre or "R", current_tid, progress)
+            res = _dump(h, out, spec, snapshot, state, current_tid, progress)
         finally:
-            if halted is None:
-                h.resume()
-        freeze = h.freeze_seconds
-        _publish(fd, tmp, path, replace, sync)
-        published = True
-        st = os.fstat(fd)
+            h.resume()
+        st = out.publish(replace, sync)
     finally:
-        os.close(fd)
-        if not published:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-    segs, threads, copied, comm, exe = info
+        out.close()
     return CoreInfo(
         pid=pid,
         path=path,
-        comm=comm,
-        exe=exe,
-        threads=threads,
-        mappings=len(segs),
-        dumped_mappings=sum(1 for s in segs if s.filesz),
+        comm=res.comm,
+        exe=res.exe,
+        threads=res.threads,
+        mappings=len(res.segs),
+        dumped_mappings=sum(1 for s in res.segs if s.filesz),
         apparent_size=st.st_size,
         disk_bytes=st.st_blocks * 512,
-        memory_bytes=copied,
+        memory_bytes=res.copied,
         content=str(spec),
-        snapshot=snapshot,
+        snapshot=res.mode,
         started=h.wall_time,
-        freeze_seconds=freeze,
+        freeze_seconds=h.freeze_seconds,
         elapsed_seconds=time.monotonic() - t0,
+        fallback=res.fallback,
     )
 
 
-def _prestate(pid: int) -> str:
-    from snapd.freeze import precheck
-
-    return precheck(pid).state
+def _target_alive(pid: int) -> bool:
+    try:
+        return procfs.stat(pid).state not in ("Z", "X")
+    except SnapdError:
+        return False
 
 
 def _dump(
     h: Halted,
-    fd: int,
-    path: str,
+    out: CoreFile,
     spec: ContentSpec,
+    mode: str,
     state: str,
     current_tid: int | None,
     progress: Progress | None,
-) -> tuple[list[Segment], int, int, str, str]:
+) -> _Result:
+    # SIGKILL cannot be held off by a ptrace-stop: a target can die at any point here, and
+    # /proc files of a dying process read as empty or vanish. Name that, not the parse error.
+    try:
+        return _dump_unchecked(h, out, spec, mode, state, current_tid, progress)
+    except (OSError, ValueError, IndexError, struct.error) as err:
+        if _target_alive(h.pid):
+            raise
+        raise TargetGone(h.pid, "the dump") from err
+
+
+def _dump_unchecked(
+    h: Halted,
+    out: CoreFile,
+    spec: ContentSpec,
+    mode: str,
+    state: str,
+    current_tid: int | None,
+    progress: Progress | None,
+) -> _Result:
     pid = h.pid
     snap = capture(h, state, current_tid)
-    mem = MemReader(pid)
+    with MemReader(pid) as mem:
+        segs = plan(snap, spec, mem)
+    fallback = ""
+    child: fork.Child | None = None
+    if mode == "fork":
+        try:
+            child = fork.fork_child(h, snap, spec)
+        except fork.ForkUnsafe as why:
+            fallback = str(why)
+            mode = "frozen"
     try:
-        with PageMap(pid) as pagemap:
-            segs = plan(snap, spec, mem, pagemap)
-        head, note_data, total, shoff = layout(snap, segs, spec, "frozen")
-        _reserve(fd, path, segs, total)
-        try:
-            os.pwrite(fd, head, 0)
-            os.pwrite(fd, note_data, len(head))
-            if shoff:
-                os.pwrite(fd, elf.xnum_shdr(1 + len(segs)), shoff)
-        except OSError as err:
-            raise OutputError(path, err) from err
-        # process_vm_readv for what it can read; /proc/PID/mem for PROT_NONE mappings it cannot.
-        # (/proc/PID/mem offsets are signed for us: [vsyscall] up at 0xffffffffff600000 is not.)
-        forced_segs = [s for s in segs if not s.mapping.readable and s.mapping.start < 1 << 63]
-        readable = _copy_plan(s for s in segs if s not in forced_segs)
-        forced = _copy_plan(forced_segs)
-        want = sum(r[2] for r in readable) + sum(r[2] for r in forced)
-        cb = (lambda done: progress(done, want)) if progress else None
-        reader: Reader = VmReader(pid)
-        try:
-            copied, _ = copy_runs(reader, fd, readable, cb)
-            if forced:
-                copied += copy_runs(mem, fd, forced)[0]
-        except OSError as err:
-            raise OutputError(path, err) from err
+        if child is None:
+            return _frozen(h, out, snap, segs, spec, progress, fallback)
+        return _from_child(h, out, snap, segs, spec, child, progress)
     finally:
-        mem.close()
-    return segs, len(snap.threads), copied, snap.proc.comm, snap.exe
+        if child is not None:
+            child.dispose()
+
+
+def _frozen(
+    h: Halted,
+    out: CoreFile,
+    snap: Snapshot,
+    segs: list[Segment],
+    spec: ContentSpec,
+    progress: Progress | None,
+    fallback: str,
+) -> _Result:
+    """Everything copied from the halted target; resumed after the last byte."""
+    fill_runs(h.pid, segs)
+    out.write_headers(*layout(snap, segs, spec, "frozen", []), len(segs))
+    fast = copy_plan(s for s in segs if not _forced(s))
+    forced = copy_plan(s for s in segs if _forced(s))
+    want = sum(r[2] for r in fast) + sum(r[2] for r in forced)
+    cb = (lambda done: progress(done, want)) if progress else None
+    copied = out.copy(VmReader(h.pid), fast, cb)
+    if forced:
+        with MemReader(h.pid) as mem:
+            copied += out.copy(mem, forced, None)
+    h.resume()
+    return _Result(segs, len(snap.threads), copied, snap.proc.comm, snap.exe, "frozen", fallback)
+
+
+def _from_child(
+    h: Halted,
+    out: CoreFile,
+    snap: Snapshot,
+    segs: list[Segment],
+    spec: ContentSpec,
+    child: fork.Child,
+    progress: Progress | None,
+) -> _Result:
+    """Halted: copy what the child lacks (DONTFORK, WIPEONFORK, shared memory if asked), resume.
+    Then copy everything else from the child, whose memory is the target's at the fork."""
+    early = [s for s in segs if s.filesz and fork.needs_parent(s.mapping, spec)]
+    late = [s for s in segs if s.filesz and s not in early]
+    live = [i for i, s in enumerate(segs) if s in late and s.mapping.shared]
+    fill_runs(h.pid, early)
+    copied = out.copy(VmReader(h.pid), copy_plan(early), None) if early else 0
+    h.resume()
+    out.write_headers(*layout(snap, segs, spec, "fork", live), len(segs))
+    fill_runs(child.pid, late)
+    runs = copy_plan(late)
+    want = sum(r[2] for r in runs)
+    cb = (lambda done: progress(done, want)) if progress else None
+    with MemReader(child.pid) as mem:
+        copied += out.copy(mem, runs, cb)
+    return _Result(segs, len(snap.threads), copied, snap.proc.comm, snap.exe, "fork", "")

@@ -56,6 +56,8 @@ class Thread:
     pending_signal: int = 0
     #: the thread exited while we held it
     gone: bool = False
+    #: PTRACE_EVENT_* of the stop we hold it in (STOP: our interrupt)
+    event: int = 0
 
 
 @dataclass
@@ -220,6 +222,7 @@ def _note_stop(h: Halted, t: Thread, status: int) -> None:
     sig = os.WSTOPSIG(status)
     event = pt.stop_event(status)
     t.stopped = True
+    t.event = event
     if event == Event.CLONE:
         # The new thread is already traced by us (TRACECLONE); its own initial stop follows.
         child = pt.get_eventmsg(t.tid)

@@ -47,6 +47,7 @@ class Opt(IntFlag):
     TRACECLONE = 0x08
     TRACEEXEC = 0x10
     TRACEEXIT = 0x40
+    EXITKILL = 1 << 20  # only ever for a fork snapshot's child, never for a target
 
 
 class Event(IntEnum):

@@ -1,0 +1,130 @@
+"""Fork snapshots: the target halted only long enough to fork a copy-on-write child.
+
+The child (docs/fork-snapshot.md):
+- is made by injecting ``clone(CLONE_FILES, exit signal 0)`` into one halted thread: no SIGCHLD,
+  invisible to the target's plain wait() (it needs __WALL/__WCLONE), and no second fd table
+  holding the target's files open;
+- is born traced (PTRACE_O_TRACECLONE) and halted, with PTRACE_O_EXITKILL so that it cannot
+  outlive snapd, and never runs a user instruction;
+- is read through /proc/CHILD/mem, which does not pin pages: process_vm_readv would, and pinning
+  a COW-shared page forces a copy of it (mm/gup.c, FOLL_PIN on an anonymous page);
+- is SIGKILLed and reaped by us, and its zombie then reaped by the target through one more
+  injected wait4(WNOHANG) in a short halt of a single thread.
+
+What a fork does not carry over is copied from the halted parent: MADV_DONTFORK mappings (absent
+in the child) and MADV_WIPEONFORK ones (zero in the child). Shared mappings are the same pages
+in both: copied from the child they are live, not a snapshot, unless the spec has ``haltshared``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import TYPE_CHECKING
+
+from snapd import procfs
+from snapd.content import ContentSpec
+from snapd.errors import SnapdError
+from snapd.freeze import Halted, inject, seccomp
+from snapd.freeze.ptrace import Event
+from snapd.procfs import Mapping
+
+if TYPE_CHECKING:
+    from snapd.core.writer import Snapshot
+
+CLONE_ARGS = (inject.CLONE_FILES, 0, 0, 0, 0)  # flags (exit signal 0), stack, ptid, ctid, tls
+RETRIES = 3
+EAGAIN, ENOMEM, ERESTARTNOINTR = 11, 12, 513
+
+
+class ForkUnsafe(SnapdError):
+    """A fork snapshot cannot be taken safely; the reason is the message."""
+
+
+def needs_parent(m: Mapping, spec: ContentSpec) -> bool:
+    """Copy this mapping from the halted parent rather than from the child?"""
+    if m.vmflags & {"dc", "wf"}:  # VM_DONTCOPY (MADV_DONTFORK), VM_WIPEONFORK
+        return True
+    return m.shared and spec.mentions("haltshared")
+
+
+class Child:
+    def __init__(self, target: int, child: inject.SnapshotChild, insn: int, tids: list[int]) -> None:
+        self.target = target
+        self.child = child
+        self.insn = insn
+        self.tids = tids
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
+
+    def dispose(self) -> None:
+        """Kill the child and have the target reap it; leaves no zombie, sends no SIGCHLD."""
+        self.child.kill()
+        with contextlib.suppress(SnapdError, OSError):
+            inject.reap_in_target(self.target, self.child.vpid, self.insn, self.tids)
+
+
+def _uses_userfaultfd(pid: int) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return True  # cannot tell: assume the worst
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:[userfaultfd]":
+                return True
+    return False
+
+
+def _injection_thread(h: Halted) -> int | None:
+    """A thread halted by our interrupt with no signal in flight, the main thread preferred."""
+    for tid in h.tids:
+        t = h.threads[tid]
+        if t.stopped and not t.gone and t.event == Event.STOP and not t.pending_signal:
+            return tid
+    return None
+
+
+def fork_child(h: Halted, snap: Snapshot, spec: ContentSpec) -> Child:
+    """Fork the halted target; raise ForkUnsafe (target untouched) when that is not safe."""
+    pid = h.pid
+    if snap.proc.state == "T":
+        raise ForkUnsafe("the target is stopped by job control")
+    vdso = next((m for m in snap.mappings if m.path == "[vdso]"), None)
+    insn = inject.find_syscall_insn(pid, vdso.start, vdso.end) if vdso else None
+    if insn is None:
+        raise ForkUnsafe("no syscall instruction found in its [vdso]")
+    tid = _injection_thread(h)
+    if tid is None:
+        raise ForkUnsafe("no thread is in a state where a system call can be injected")
+    mode = procfs.status(pid).get("Seccomp", "0")
+    if mode == "1":
+        raise ForkUnsafe("it runs in seccomp strict mode, where clone() kills")
+    if mode == "2":
+        ok, why = seccomp.allows(tid, inject.NR_CLONE, insn, CLONE_ARGS)
+        if not ok:
+            raise ForkUnsafe(why)
+    if _uses_userfaultfd(pid):
+        raise ForkUnsafe("it uses userfaultfd, whose fork events could deadlock")
+    regs = next(t.regs for t in snap.threads if t.tid == tid)
+    for _ in range(RETRIES):
+        ret, child_pid = inject.inject(pid, tid, regs, insn, inject.NR_CLONE, CLONE_ARGS)
+        if ret > 0 and child_pid:
+            sc = inject.SnapshotChild(pid, child_pid, ret)
+            try:
+                sc.adopt()
+            except BaseException:
+                sc.kill()
+                inject.reap_in_target(pid, ret, insn, [tid])
+                raise
+            return Child(pid, sc, insn, h.tids)
+        if ret != -ERESTARTNOINTR:  # a signal raced the clone: try again
+            break
+    reasons = {
+        -EAGAIN: "EAGAIN: RLIMIT_NPROC or pids.max reached",
+        -ENOMEM: "ENOMEM: memory overcommit refused",
+    }
+    why = reasons.get(ret) or (os.strerror(-ret) if ret < 0 else f"returned {ret}")
+    raise ForkUnsafe(f"clone() failed in the target ({why})")

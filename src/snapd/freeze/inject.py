@@ -1,0 +1,212 @@
+"""Making a halted target run one system call of ours: the fork snapshot's clone, then wait4.
+
+The thread's registers and signal mask are saved, all signals blocked (PTRACE_SETSIGMASK), rip
+pointed at a ``syscall`` instruction in its [vdso], and the call stepped through with
+PTRACE_SYSCALL (enter-stop, PTRACE_EVENT_CLONE, exit-stop). ``orig_rax = -1`` keeps the kernel's
+syscall-restart logic away from our call (arch/x86/kernel/signal.c arch_do_signal_or_restart).
+
+Restoring is subtle: the thread may have been halted inside an interrupted system call (read,
+nanosleep...), its rax holding -ERESTART*. Resumed from the original ptrace stop, the kernel would
+restart that call; resumed from our syscall-exit-stop it would not, and the program would see
+errno 512. So we do the restart ourselves when restoring: rax = orig_rax (or restart_syscall for
+-ERESTART_RESTARTBLOCK), rip -= 2, orig_rax = -1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import struct
+import time
+
+from snapd.errors import SnapdError, TargetError, TargetGone
+from snapd.freeze import ptrace as pt
+from snapd.freeze.ptrace import Event, Opt
+
+# struct user_regs_struct indexes
+R10, R9, R8, RAX, RDX, RSI, RDI, ORIG_RAX, RIP = 7, 8, 9, 10, 12, 13, 14, 15, 16
+MASK64 = (1 << 64) - 1
+
+NR_CLONE = 56
+NR_WAIT4 = 61
+NR_RESTART_SYSCALL = 219
+CLONE_FILES = 0x00000400
+WALL_WNOHANG = 0x40000000 | 0x1  # __WALL | WNOHANG
+
+ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND, ERESTART_RESTARTBLOCK = 512, 513, 514, 516
+SYSCALL_STOP = signal.SIGTRAP | 0x80  # with PTRACE_O_TRACESYSGOOD
+
+
+class InjectError(TargetError):
+    """The injected call could not be made; the thread was restored."""
+
+
+def _signed(v: int) -> int:
+    return v - (1 << 64) if v & (1 << 63) else v
+
+
+def unpack(regs: bytes) -> list[int]:
+    return list(struct.unpack("<27Q", regs))
+
+
+def pack(r: list[int]) -> bytes:
+    return struct.pack("<27Q", *(v & MASK64 for v in r))
+
+
+def resumable(regs: bytes) -> bytes:
+    """Registers to restore after an injection, with a pending syscall restart done by hand."""
+    r = unpack(regs)
+    orig, ret = _signed(r[ORIG_RAX]), _signed(r[RAX])
+    if orig >= 0 and -ret in (ERESTARTSYS, ERESTARTNOINTR, ERESTARTNOHAND):
+        r[RAX] = orig
+        r[RIP] -= 2
+        r[ORIG_RAX] = MASK64
+    elif orig >= 0 and -ret == ERESTART_RESTARTBLOCK:
+        r[RAX] = NR_RESTART_SYSCALL
+        r[RIP] -= 2
+        r[ORIG_RAX] = MASK64
+    return pack(r)
+
+
+def find_syscall_insn(pid: int, vdso_start: int, vdso_end: int) -> int | None:
+    """Address of a ``syscall`` (0f 05) instruction in the target's [vdso]."""
+    try:
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.pread(fd, vdso_end - vdso_start, vdso_start)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    i = data.find(b"\x0f\x05")
+    return vdso_start + i if i >= 0 else None
+
+
+def _wait(pid: int, tid: int, timeout: float = 5.0) -> int:
+    """Wait for ``tid``'s next stop (or death), polling so that a stuck thread cannot hang us."""
+    end = time.monotonic() + timeout
+    delay = 10e-6
+    while True:
+        try:
+            wpid, status = os.waitpid(tid, pt.WALL | os.WNOHANG)
+        except ChildProcessError as err:
+            raise TargetGone(pid, "the snapshot") from err
+        if wpid:
+            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                raise TargetGone(pid, "the snapshot")
+            return status
+        if time.monotonic() > end:
+            raise InjectError(pid, f"thread {tid} did not stop in the injected system call")
+        time.sleep(delay)
+        delay = min(delay * 2, 1e-3)
+
+
+def inject(
+    pid: int, tid: int, saved_regs: bytes, insn: int, nr: int, args: tuple[int, ...]
+) -> tuple[int, int | None]:
+    """Run system call ``nr(args)`` in halted thread ``tid``; return (result, traced child or None).
+
+    The thread is left halted, registers and signal mask as they were (see module docstring).
+    """
+    saved_mask = pt.get_sigmask(tid)
+    moved = False
+    child: int | None = None
+    r = unpack(saved_regs)
+    r[RIP] = insn
+    r[RAX] = nr
+    r[ORIG_RAX] = MASK64
+    for reg, val in zip((RDI, RSI, RDX, R10, R8, R9), (*args, 0, 0, 0, 0, 0, 0), strict=False):
+        r[reg] = val
+    try:
+        pt.set_sigmask(tid, MASK64)
+        pt.ptrace(pt.Req.SETOPTIONS, tid, 0, Opt.TRACECLONE | Opt.TRACESYSGOOD)
+        pt.set_regs(tid, pack(r))
+        moved = True
+        pt.syscall_step(tid)
+        status = _wait(pid, tid)
+        if os.WSTOPSIG(status) != SYSCALL_STOP:
+            raise InjectError(pid, f"thread {tid} stopped with {status:#x} instead of entering the call")
+        pt.syscall_step(tid)
+        while True:
+            status = _wait(pid, tid)
+            if pt.stop_event(status) in (Event.CLONE, Event.FORK, Event.VFORK):
+                child = pt.get_eventmsg(tid)
+                pt.syscall_step(tid)
+                continue
+            if os.WSTOPSIG(status) == SYSCALL_STOP:
+                break
+            raise InjectError(pid, f"thread {tid} stopped with {status:#x} inside the injected call")
+        result = _signed(unpack(pt.get_regs(tid))[RAX])
+    finally:
+        with contextlib.suppress(OSError):
+            pt.set_regs(tid, resumable(saved_regs) if moved else saved_regs)
+            pt.set_sigmask(tid, saved_mask)
+            pt.ptrace(pt.Req.SETOPTIONS, tid, 0, Opt.TRACECLONE)
+    return result, child
+
+
+class SnapshotChild:
+    """The copy-on-write child of a fork snapshot: traced, halted, never runs user code."""
+
+    def __init__(self, target: int, pid: int, vpid: int) -> None:
+        self.target = target
+        self.pid = pid  # in our pid namespace
+        self.vpid = vpid  # in the target's, for its wait4
+        self.reaped = False
+
+    def adopt(self) -> None:
+        """Collect the child's first stop, and make sure it dies with us (PTRACE_O_EXITKILL):
+        were snapd to die, a detached child would run the target's code a second time."""
+        status = _wait(self.target, self.pid)
+        if not os.WIFSTOPPED(status):
+            raise InjectError(self.target, "the snapshot child did not start")
+        pt.ptrace(pt.Req.SETOPTIONS, self.pid, 0, Opt.EXITKILL | Opt.TRACECLONE)
+
+    def kill(self) -> None:
+        """SIGKILL and wait. Its zombie then belongs to the target: see reap_in_target()."""
+        if self.reaped:
+            return
+        self.reaped = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            while True:
+                _, status = os.waitpid(self.pid, pt.WALL)
+                if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                    break
+
+
+def reap_in_target(pid: int, child_vpid: int, insn: int, tids: list[int]) -> bool:
+    """Make the target reap our dead child: halt one of its threads for a wait4(..., WNOHANG).
+
+    The child was created with exit signal 0, so the target got no SIGCHLD and its plain wait()
+    never sees it (__WALL or __WCLONE is needed, kernel/exit.c eligible_child); but its zombie is
+    the target's child until reaped. Only one thread is halted, for a millisecond or two.
+    """
+    for tid in tids:
+        try:
+            pt.seize(tid, 0)
+        except OSError as err:
+            if err.errno in (errno.ESRCH, errno.EPERM):
+                continue
+            raise
+        try:
+            pt.interrupt(tid)
+            status = _wait(pid, tid)
+            sig = os.WSTOPSIG(status) if pt.stop_event(status) == 0 else 0
+            if sig and sig != signal.SIGTRAP:
+                pt.detach(tid, sig)  # a signal is being delivered here: try another thread
+                continue
+            regs = pt.get_regs(tid)
+            ret, _ = inject(pid, tid, regs, insn, NR_WAIT4, (child_vpid, 0, WALL_WNOHANG, 0))
+            pt.detach(tid, 0)
+            return ret == child_vpid
+        except (SnapdError, OSError):
+            with contextlib.suppress(OSError):
+                pt.detach(tid, 0)
+            continue
+    return False
