@@ -10,9 +10,10 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from store_helpers import wait_for
 
-from snapd.store import PARTIAL_PREFIX, Catalog, Entry
+from snapd.store import PARTIAL_PREFIX, Catalog, Entry, StoreError
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -154,3 +155,15 @@ def test_sigkill_during_churn_repeatedly(state_dir: Path, spawn: Callable[..., o
             for e in entries:
                 if e.complete:
                     assert os.path.getsize(e.path) == e.size
+
+
+def test_one_owner_per_state_dir(state_dir: Path, catalog: Catalog, take: Callable[..., Entry]) -> None:
+    e = catalog.reserve(rule="r", pid=1)  # a dump in progress in the owning daemon
+    partial = Path(catalog.cores_dir) / f"{PARTIAL_PREFIX}1.x"
+    partial.write_bytes(b"being written")
+    with pytest.raises(StoreError, match="in use by another snapd daemon"):
+        Catalog(state_dir)
+    assert partial.exists() and catalog.get(e.id).pending, "nothing recovered under a live owner"
+    with Catalog(state_dir, recover=False) as reader:
+        assert reader.list(include_pending=True)[0].id == e.id
+    assert partial.exists()

@@ -15,11 +15,11 @@ DATA = b"\x7fELF" + os.urandom(64 * 1024)
 
 
 @pytest.fixture
-def make(state_dir: Path) -> Callable[[Retention], Catalog]:
+def make(tmp_path: Path) -> Callable[[Retention], Catalog]:
     opened: list[Catalog] = []
 
     def go(ret: Retention) -> Catalog:
-        c = Catalog(state_dir, ret)
+        c = Catalog(tmp_path / "retention-state", ret)
         opened.append(c)
         return c
 

@@ -17,6 +17,7 @@ import builtins
 import contextlib
 import datetime as _dt
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -162,7 +163,12 @@ class RecoveryReport:
 
 
 class Catalog:
-    """The embedded catalog in ``state_dir`` (created 0700 if missing)."""
+    """The embedded catalog in ``state_dir`` (created 0700 if missing).
+
+    With ``recover`` (the daemon's way), the state dir is locked for as long as the catalog is
+    open and start-up recovery runs; ``recover=False`` opens it alongside a running daemon,
+    e.g. to read it, and must not be used to take cores.
+    """
 
     def __init__(
         self,
@@ -178,6 +184,8 @@ class Catalog:
         self._lock = threading.RLock()
         self._state_fd = fsutil.open_dir(self.state_dir, 0o700)
         try:
+            if recover:
+                self._lock_state_dir()
             self._cores_fd = fsutil.open_dir(
                 CORES_DIR, 0o700, at=self._state_fd, label=self.cores_dir
             )
@@ -192,6 +200,18 @@ class Catalog:
             self.recover()
 
     # -- opening ------------------------------------------------------------------------------
+
+    def _lock_state_dir(self) -> None:
+        # Recovery deletes partial files and fails pending entries: only the one owner of the
+        # state dir may do that, never while another process is dumping into it. flock(2) on
+        # the directory fd is held as long as the catalog is open and dropped if we die.
+        try:
+            fcntl.flock(self._state_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise StoreError(
+                f"{self.state_dir}: in use by another snapd daemon; "
+                "stop it, or open the catalog with recover=False to only read"
+            ) from err
 
     def _check_db_files(self) -> None:
         for suffix in ("", "-wal", "-shm", "-journal"):
