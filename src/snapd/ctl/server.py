@@ -145,7 +145,12 @@ class _Conn:
 
 
 class CtlServer:
-    """``CtlServer(path, handler, catalog)``: bind the socket (0660 root:``group``) now."""
+    """``CtlServer(path, handler, catalog)``: bind the socket (0660 root:``group``) now.
+
+    Embed: ``selector.register(server.fileno(), EVENT_READ)``; call ``server.handle()`` when it
+    is readable, and also on the daemon's periodic tick (idle clients expire there). All calls
+    from the loop's thread; handlers may complete Futures from any thread.
+    """
 
     def __init__(
         self,
