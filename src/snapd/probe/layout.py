@@ -1,0 +1,109 @@
+"""Constants shared by probe.bpf.c and Python, defined once here and passed to C as -D flags.
+
+This module imports nothing from bcc, so that the rule compiler (snapd.rules.expr) can size its
+tables from it without loading BPF.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum, IntFlag
+
+MAX_RULES = 64  # one bit per rule in a u64 mask
+MAX_INSNS = 16  # postfix predicate program length
+MAX_STACK = 32  # boolean stack depth (bits of one register; far below 64)
+WIN_SLOTS = 128  # count/within ring: the largest `count` that may take `within`
+CPU_BUCKETS = 16  # sliding window of the cpu trigger, in buckets
+MAX_TARGETS = 65536
+MAX_INFLIGHT = 16384
+MAX_WINDOWS = 4096
+RINGBUF_PAGES = 256  # 1 MiB with 4 KiB pages
+PATH_MAX = 256  # exec filenames hashed for `exe`; longer ones never match in the kernel
+GLOB_MAX = 30  # pattern positions in a u32 shift-and state (plus the accept bit)
+CPU_SAMPLE_PERIOD_NS = 10_101_010  # ~99 Hz per CPU, off the common 100 Hz timer beat
+SIGNAL_STOP = 19  # SIGSTOP on every Linux architecture snapd supports (x86_64, arm64)
+
+
+class Insn(IntEnum):
+    CMP = 1
+    AND = 2
+    OR = 3
+    NOT = 4
+
+
+class Field(IntEnum):
+    ARG0 = 0
+    ARG1 = 1
+    ARG2 = 2
+    ARG3 = 3
+    ARG4 = 4
+    ARG5 = 5
+    RET = 6
+    ERRNO = 7
+    LATENCY = 8
+    PID = 9
+    TID = 10
+    UID = 11
+
+
+class Op(IntEnum):
+    EQ = 0
+    NE = 1
+    LT = 2
+    LE = 3
+    GT = 4
+    GE = 5
+
+
+class RuleFlag(IntFlag):
+    PID = 1
+    UID = 2
+    EXE = 4
+    CGROUP = 8
+    COMM = 16
+    STOP_KERNEL = 32
+    CPU = 64
+
+
+class EventFlag(IntFlag):
+    EXIT = 1
+    STOPPED = 2
+    CPU = 4
+    TICK = 8
+
+
+class Global(IntEnum):
+    ACTIVE = 0  # any rule loaded: the exec probe classifies new processes
+    PID_RULES = 1  # mask of rules with a pid selector (children do not inherit them)
+    CPU_RULES = 2  # mask of rules with a cpu trigger
+    NR = 3
+
+
+class Counter(IntEnum):
+    SEEN = 0  # a targeted process hit a rule's syscall (before the predicate)
+    FIRED = 1
+    DROPPED = 2  # ring buffer full
+    NR = 3
+
+
+def cflags() -> list[str]:
+    """The -D flags that give probe.bpf.c every constant above."""
+    out = [
+        f"-DSNAPD_MAX_RULES={MAX_RULES}",
+        f"-DSNAPD_MAX_INSNS={MAX_INSNS}",
+        f"-DSNAPD_WIN_SLOTS={WIN_SLOTS}",
+        f"-DSNAPD_CPU_BUCKETS={CPU_BUCKETS}",
+        f"-DSNAPD_MAX_TARGETS={MAX_TARGETS}",
+        f"-DSNAPD_MAX_INFLIGHT={MAX_INFLIGHT}",
+        f"-DSNAPD_MAX_WINDOWS={MAX_WINDOWS}",
+        f"-DSNAPD_RINGBUF_PAGES={RINGBUF_PAGES}",
+        f"-DSNAPD_PATH_MAX={PATH_MAX}",
+        f"-DSIGNAL_STOP={SIGNAL_STOP}",
+    ]
+    for enum in (Insn, Op):
+        out += [f"-D{enum.__name__.upper()}_{m.name}={m.value}" for m in enum]
+    out += [f"-DFIELD_{m.name}={m.value}" for m in Field]
+    out += [f"-DRF_{m.name}={m.value}" for m in RuleFlag]  # type: ignore[union-attr]
+    out += [f"-DEF_{m.name}={m.value}" for m in EventFlag]  # type: ignore[union-attr]
+    out += [f"-DGLOBAL_{m.name}={m.value}" for m in Global]
+    out += [f"-DCTR_{m.name}={m.value}" for m in Counter]
+    return out

@@ -1,0 +1,619 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//
+// snapd's one BPF program set, shared by every loaded rule.
+//
+// Nothing in this file comes from a rule: a rule is a row in the `rules` array map, written by
+// snapd.probe.probes from validated, typed values. The `when` predicate arrives as a small postfix
+// program (struct insn) that eval_pred() interprets with a bounded loop; the constants below are
+// passed as -D flags from snapd.probe.layout so Python and C share one definition.
+//
+// Data flow:
+//   sched_process_exec/fork/exit  -> keep `targets` (tgid -> bitmask of rule slots) current
+//   syscalls:sys_enter_X / exit_X -> target check, predicate, count/within, ring buffer
+//   perf cpu-clock sampler        -> per-process on-CPU share over a sliding window
+//   perf cpu-clock ticks          -> `every` timers
+// Only firings reach user space, through the `events` ring buffer.
+
+#include <uapi/linux/ptrace.h>
+#include <uapi/linux/bpf_perf_event.h>
+
+#ifndef SNAPD_MAX_RULES
+#error "built by snapd.probe: SNAPD_* constants come from snapd/probe/layout.py"
+#endif
+
+struct insn {
+    u8 kind;      // INSN_CMP, INSN_AND, INSN_OR, INSN_NOT
+    u8 field;     // FIELD_* for INSN_CMP
+    u8 op;        // OP_* for INSN_CMP
+    u8 pad[5];
+    s64 k;        // the constant of INSN_CMP
+};
+
+struct rule_cfg {
+    u32 gen;             // 0: slot free; else bumped on every load so stale events are dropped
+    u32 flags;           // RF_*
+    u32 pid;             // RF_PID: tgid must equal it
+    u32 uid;             // RF_UID: real uid must equal it
+    u32 cg_level;        // RF_CGROUP: ancestor level of cg_id
+    u32 count;           // fire on the count-th match (0 and 1: every match)
+    u64 cg_id;
+    u64 exe_hash[2];     // RF_EXE: FNV-1a of the exec filename, literal and resolved
+    u64 within_ns;       // 0: no window (plain count)
+    u64 cpu_bucket_ns;   // RF_CPU: window / CPU_BUCKETS
+    u64 cpu_threshold;   // RF_CPU: samples within the window that fire
+    u32 n_insns;
+    u32 glob_len;        // RF_COMM: accept state (pattern length, '*' runs collapsed)
+    u32 glob_star;       // RF_COMM: bit p set when pattern[p] == '*'
+    u32 pad;
+    struct insn insns[SNAPD_MAX_INSNS];
+    u32 glob_chars[256]; // RF_COMM: bit p set when pattern[p] is that byte or '?'
+};
+
+struct sysmask {
+    u64 enter;           // rules evaluated at sys_enter of this syscall
+    u64 exit;            // rules evaluated at sys_exit (predicate uses ret/errno/latency)
+};
+
+struct inflight {
+    u64 ts;
+    u64 mask;
+    s64 args[6];
+};
+
+struct wkey {
+    u32 slot;
+    u32 tgid;
+};
+
+struct wstate {
+    u32 gen;
+    u32 head;
+    u32 n;
+    u32 pad;
+    u64 ts[SNAPD_WIN_SLOTS];
+};
+
+struct cpustate {
+    u32 gen;
+    u32 pad;
+    u64 epoch[SNAPD_CPU_BUCKETS];
+    u64 cnt[SNAPD_CPU_BUCKETS];
+};
+
+struct event {
+    u64 ts;
+    s64 args[6];
+    s64 ret;
+    u64 value;
+    u32 pid;
+    u32 tid;
+    u32 slot;
+    u32 gen;
+    s32 nr;
+    u32 flags;           // EF_*
+    char comm[16];
+};
+
+// The first 16 bytes of a syscalls:sys_{enter,exit}_* record; the rest (args / ret) is read with
+// bpf_probe_read_kernel so that the program's ctx footprint fits every syscall's format
+// (kernel/events/core.c perf_event_set_bpf_prog rejects programs reading past a format's end).
+struct sys_ctx {
+    u64 hdr;
+    s32 nr;
+    u32 pad;
+};
+
+BPF_ARRAY(rules, struct rule_cfg, SNAPD_MAX_RULES);
+BPF_HASH(targets, u32, u64, SNAPD_MAX_TARGETS);
+BPF_HASH(sysmasks, u32, struct sysmask, 1024);
+BPF_HASH(ticks, u64, u64, SNAPD_MAX_RULES);
+BPF_ARRAY(globals, u64, GLOBAL_NR);
+BPF_PERCPU_ARRAY(counters, u64, CTR_NR);
+BPF_TABLE("lru_hash", u32, struct inflight, inflight, SNAPD_MAX_INFLIGHT);
+BPF_TABLE("lru_hash", struct wkey, struct wstate, windows, SNAPD_MAX_WINDOWS);
+BPF_TABLE("lru_hash", struct wkey, struct cpustate, cpuwin, SNAPD_MAX_WINDOWS);
+BPF_RINGBUF_OUTPUT(events, SNAPD_RINGBUF_PAGES);
+// Per-CPU scratch space for values too big for the 512-byte BPF stack.
+struct path_buf {
+    char s[SNAPD_PATH_MAX];
+};
+BPF_PERCPU_ARRAY(scratch_path, struct path_buf, 1);
+BPF_PERCPU_ARRAY(scratch_wstate, struct wstate, 1);
+BPF_PERCPU_ARRAY(scratch_cpu, struct cpustate, 1);
+BPF_PERCPU_ARRAY(scratch_u64, u64, 1);
+
+// Returns v, but as a value the verifier cannot know. A predicate's result is one of 2^n
+// constants along 2^n paths; branching on it directly would make the verifier keep every path
+// apart (kernel/bpf/verifier.c: a branch marks its register "precise", and states differing in a
+// precise register are never pruned). Passing it through map memory ends that tracking.
+static __always_inline u64 opaque(u64 v)
+{
+    u32 zero = 0;
+    u64 *p = scratch_u64.lookup(&zero);
+    if (!p)
+        return 0;
+    *(volatile u64 *)p = v;
+    return *(volatile u64 *)p;
+}
+
+static __always_inline void count_up(u32 which)
+{
+    u64 *c = counters.lookup(&which);
+    if (c)
+        (*c)++;
+}
+
+// Values a predicate may read, gathered once per syscall event into per-CPU map memory and
+// indexed by FIELD_* (a masked index into a map value needs no branch).
+struct fields {
+    s64 v[16];
+};
+BPF_PERCPU_ARRAY(scratch_fields, struct fields, 1);
+
+// Hides x from clang's pattern matching, which would turn the arithmetic below back into
+// compare-and-branch (BPF has no setcc or select instruction).
+#define HIDE(x) asm volatile("" : "+r"(x))
+
+// 1 when x == 0, without a branch: (x | -x) has its sign bit set exactly when x != 0.
+static __always_inline u64 is_zero(u64 x)
+{
+    u64 nz = (x | -x) >> 63;
+    HIDE(nz);
+    return nz ^ 1;
+}
+
+// Signed a < b without a branch (and without overflow: Hacker's Delight 2-12).
+static __always_inline u64 is_less(s64 a, s64 b)
+{
+    u64 d = (u64)a - (u64)b;
+    u64 lt = (d ^ (((u64)a ^ (u64)b) & (d ^ (u64)a))) >> 63;
+    HIDE(lt);
+    return lt;
+}
+
+// The predicate interpreter is branch-free apart from its bounded loop, so the verifier walks one
+// path per instruction instead of one per (field, operator, outcome) combination.
+static __always_inline int eval_pred(const struct rule_cfg *r, const struct fields *f)
+{
+    u32 n = r->n_insns;
+    if (n == 0)
+        return 1;
+    u64 st = 0;
+    // A real (verifier-bounded) loop: clang's unrolling with a run-time trip count produces
+    // index arithmetic the verifier cannot bound, so the index is masked instead.
+#pragma clang loop unroll(disable)
+    for (u32 j = 0; j < SNAPD_MAX_INSNS; j++) {
+        if (j >= n)
+            break;
+        const struct insn *in = &r->insns[j & (SNAPD_MAX_INSNS - 1)];
+        u64 kind = in->kind, op = in->op;
+        s64 a = f->v[in->field & 15], k = in->k;
+        HIDE(kind);
+        HIDE(op);
+        u64 eq = is_zero((u64)(a ^ k));
+        u64 lt = is_less(a, k);
+        // bit OP_x of `res` is the outcome of `a OP_x k`
+        u64 res = (eq << OP_EQ) | ((eq ^ 1) << OP_NE) | (lt << OP_LT) | ((lt | eq) << OP_LE) |
+                  (((lt | eq) ^ 1) << OP_GT) | ((lt ^ 1) << OP_GE);
+        u64 cmp = (st << 1) | ((res >> (op & 7)) & 1);
+        u64 top = st & 1, next = (st >> 1) & 1;
+        u64 conj = ((st >> 2) << 1) | (top & next);
+        u64 disj = ((st >> 2) << 1) | (top | next);
+        u64 neg = st ^ 1;
+        st = (cmp & -is_zero(kind - INSN_CMP)) | (conj & -is_zero(kind - INSN_AND)) |
+             (disj & -is_zero(kind - INSN_OR)) | (neg & -is_zero(kind - INSN_NOT));
+    }
+    return opaque(st) & 1;
+}
+
+// count/within: a ring of the last `count` match times per (rule, process); it fires when the
+// oldest of them is no more than `within` ago, then starts over.
+static __always_inline int window_hit(u32 slot, const struct rule_cfg *r, u32 tgid, u64 now)
+{
+    u32 count = r->count;
+    if (count <= 1)
+        return 1;
+    struct wkey k = {.slot = slot, .tgid = tgid};
+    struct wstate *w = windows.lookup(&k);
+    if (!w || w->gen != r->gen) {
+        struct wstate *z;
+        u32 zero = 0;
+        // A wstate is too big for the BPF stack: start from a per-CPU scratch slot. Its ts[] may
+        // hold old times; none is read before `count` new ones are written (n starts at 0).
+        z = (struct wstate *)scratch_wstate.lookup(&zero);
+        if (!z)
+            return 0;
+        z->gen = r->gen;
+        z->head = 0;
+        z->n = 0;
+        windows.update(&k, z);
+        w = windows.lookup(&k);
+        if (!w)
+            return 0;
+    }
+    if (r->within_ns == 0) {
+        u32 n = w->n + 1;
+        if (n < count) {
+            w->n = n;
+            return 0;
+        }
+        w->n = 0;
+        return 1;
+    }
+    u32 idx = w->head;
+    if (idx >= count || idx >= SNAPD_WIN_SLOTS)
+        idx = 0;
+    w->ts[idx & (SNAPD_WIN_SLOTS - 1)] = now;
+    u32 next = idx + 1;
+    if (next >= count)
+        next = 0;
+    w->head = next;
+    if (w->n < count)
+        w->n++;
+    if (w->n < count)
+        return 0;
+    u64 oldest = w->ts[next & (SNAPD_WIN_SLOTS - 1)];
+    if (now - oldest > r->within_ns)
+        return 0;
+    w->n = 0;
+    return 1;
+}
+
+static __always_inline void emit(u32 slot, const struct rule_cfg *r, u64 pid_tgid, s32 nr,
+                                 const struct fields *f, u64 now, u32 flags, u64 value)
+{
+    struct event *e = events.ringbuf_reserve(sizeof(struct event));
+    if (!e) {
+        count_up(CTR_DROPPED);
+        return;
+    }
+    e->ts = now;
+    __builtin_memcpy(e->args, f->v, sizeof(e->args));
+    e->ret = f->v[FIELD_RET];
+    e->value = value;
+    e->pid = pid_tgid >> 32;
+    e->tid = (u32)pid_tgid;
+    e->slot = slot;
+    e->gen = r->gen;
+    e->nr = nr;
+    bpf_get_current_comm(e->comm, sizeof(e->comm));
+    if (r->flags & RF_STOP_KERNEL) {
+        // DTrace stop(): the whole thread group stops when this thread returns to user mode,
+        // so /proc/PID/syscall still names this syscall (kernel/signal.c do_signal_stop).
+        if (bpf_send_signal(SIGNAL_STOP) == 0)
+            flags |= EF_STOPPED;
+    }
+    e->flags = flags;
+    events.ringbuf_submit(e, 0);
+    count_up(CTR_FIRED);
+}
+
+// One syscall event's evaluation state, handed from the sys_enter/sys_exit program to
+// snapd_eval, which takes one rule per (tail) call: verifying one rule body once instead of a
+// loop over every slot keeps the program far below the verifier's 1M-instruction budget.
+struct evalstate {
+    u64 mask;            // rules still to evaluate
+    u64 pid_tgid;
+    u64 now;
+    s32 nr;
+    u32 flags;
+};
+BPF_PERCPU_ARRAY(scratch_eval, struct evalstate, 1);
+BPF_PROG_ARRAY(evalprog, 1);
+
+int snapd_eval(struct sys_ctx *ctx)
+{
+    u32 zero = 0;
+    struct evalstate *es = scratch_eval.lookup(&zero);
+    struct fields *f = scratch_fields.lookup(&zero);
+    if (!es || !f)
+        return 0;
+    u64 mask = es->mask;
+    if (!mask)
+        return 0;
+    u64 low = mask & -mask;
+    es->mask = mask & (mask - 1);
+    u32 slot = __builtin_popcountll(low - 1) & (SNAPD_MAX_RULES - 1);
+    struct rule_cfg *r = rules.lookup(&slot);
+    if (r && r->gen != 0) {
+        count_up(CTR_SEEN);
+        u64 pid_tgid = es->pid_tgid, now = es->now;
+        if (eval_pred(r, f) && window_hit(slot, r, pid_tgid >> 32, now))
+            emit(slot, r, pid_tgid, es->nr, f, now, es->flags, 0);
+    }
+    // At most 33 tail calls per event (include/linux/bpf.h MAX_TAIL_CALL_CNT): more rules
+    // than that on one syscall of one process are not evaluated; snapd.probe refuses them.
+    if (es->mask)
+        evalprog.call(ctx, 0);
+    return 0;
+}
+
+static __always_inline void eval_rules(struct sys_ctx *ctx, u64 mask, u64 pid_tgid, s32 nr,
+                                       u64 now, u32 flags)
+{
+    u32 zero = 0;
+    struct evalstate *es = scratch_eval.lookup(&zero);
+    if (!es)
+        return;
+    es->mask = mask;
+    es->pid_tgid = pid_tgid;
+    es->now = now;
+    es->nr = nr;
+    es->flags = flags;
+    evalprog.call(ctx, 0);
+}
+
+int snapd_sys_enter(struct sys_ctx *ctx)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32;
+    u64 *tm = targets.lookup(&tgid);
+    if (!tm)
+        return 0;
+    u32 nr = ctx->nr;
+    struct sysmask *sm = sysmasks.lookup(&nr);
+    if (!sm)
+        return 0;
+    u64 en = *tm & sm->enter, ex = *tm & sm->exit;
+    if (!(en | ex))
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    if (ex) {
+        struct inflight in = {.ts = now, .mask = ex};
+        bpf_probe_read_kernel(in.args, sizeof(in.args), (void *)ctx + sizeof(struct sys_ctx));
+        u32 tid = (u32)pid_tgid;
+        inflight.update(&tid, &in);
+    }
+    if (!en)
+        return 0;
+    u32 zero = 0;
+    struct fields *f = scratch_fields.lookup(&zero);
+    if (!f)
+        return 0;
+    bpf_probe_read_kernel(f->v, 6 * sizeof(s64), (void *)ctx + sizeof(struct sys_ctx));
+    f->v[FIELD_RET] = 0;
+    f->v[FIELD_ERRNO] = 0;
+    f->v[FIELD_LATENCY] = 0;
+    f->v[FIELD_PID] = tgid;
+    f->v[FIELD_TID] = (u32)pid_tgid;
+    f->v[FIELD_UID] = (u32)bpf_get_current_uid_gid();
+    eval_rules(ctx, en, pid_tgid, nr, now, 0);
+    return 0;
+}
+
+int snapd_sys_exit(struct sys_ctx *ctx)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tid = (u32)pid_tgid;
+    struct inflight *in = inflight.lookup(&tid);
+    if (!in)
+        return 0;
+    u32 zero = 0;
+    struct fields *f = scratch_fields.lookup(&zero);
+    if (!f)
+        return 0;
+    __builtin_memcpy(f->v, in->args, sizeof(in->args));
+    u64 start = in->ts, mask = in->mask;
+    inflight.delete(&tid);
+    u32 tgid = pid_tgid >> 32;
+    u64 *tm = targets.lookup(&tgid);
+    if (!tm)
+        return 0;
+    mask &= *tm;
+    if (!mask)
+        return 0;
+    s32 nr = ctx->nr;
+    u64 now = bpf_ktime_get_ns();
+    s64 ret = 0;
+    bpf_probe_read_kernel(&ret, sizeof(ret), (void *)ctx + sizeof(struct sys_ctx));
+    f->v[FIELD_RET] = ret;
+    // include/linux/err.h IS_ERR_VALUE: errors are -1..-4095
+    f->v[FIELD_ERRNO] = (ret < 0 && ret >= -4095) ? -ret : 0;
+    f->v[FIELD_LATENCY] = now - start;
+    f->v[FIELD_PID] = tgid;
+    f->v[FIELD_TID] = tid;
+    f->v[FIELD_UID] = (u32)bpf_get_current_uid_gid();
+    eval_rules(ctx, mask, pid_tgid, nr, now, EF_EXIT);
+    return 0;
+}
+
+// ---- target tracking -----------------------------------------------------------------------
+
+static __always_inline int glob_match(const struct rule_cfg *r, const char *comm)
+{
+    // Shift-and over a glob with '*' and '?': bit p of `st` means pattern[0..p) matched so far.
+    u32 star = r->glob_star;
+    u32 st = 1;
+    st |= (st & star) << 1;
+    u32 live = ~0u;  // all ones until comm's NUL, then zero: later steps keep st
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        u8 c = comm[i];
+        live &= -(u32)is_less(0, c);
+        u32 nst = ((st & r->glob_chars[c]) << 1) | (st & star);
+        nst |= (nst & star) << 1;
+        st = (nst & live) | (st & ~live);
+    }
+    return opaque(st >> r->glob_len) & 1;
+}
+
+static __always_inline u64 classify(u32 tgid, u32 uid, u64 exe_hash, const char *comm)
+{
+    u64 bits = 0;
+    for (u32 i = 0; i < SNAPD_MAX_RULES; i++) {
+        u32 slot = i;
+        struct rule_cfg *r = rules.lookup(&slot);
+        if (!r || r->gen == 0)
+            continue;
+        u32 fl = r->flags;
+        if ((fl & RF_PID) && r->pid != tgid)
+            continue;
+        if ((fl & RF_UID) && r->uid != uid)
+            continue;
+        if ((fl & RF_EXE) && exe_hash != r->exe_hash[0] && exe_hash != r->exe_hash[1])
+            continue;
+        if ((fl & RF_CGROUP) && bpf_get_current_ancestor_cgroup_id(r->cg_level) != r->cg_id)
+            continue;
+        if ((fl & RF_COMM) && !glob_match(r, comm))
+            continue;
+        bits |= 1ULL << i;
+    }
+    return bits;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    u32 zero = 0;
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32;
+    u64 *active = globals.lookup(&zero);  // GLOBAL_ACTIVE == 0
+    if (!active || *active == 0)
+        return 0;
+    char comm[16] = {};
+    bpf_get_current_comm(comm, sizeof(comm));
+    struct path_buf *pb = scratch_path.lookup(&zero);
+    if (!pb)
+        return 0;
+    char *path = pb->s;
+    u32 loc = args->data_loc_filename;
+    long len = bpf_probe_read_kernel_str(path, SNAPD_PATH_MAX, (void *)args + (loc & 0xffff));
+    // FNV-1a 64 over the bytes before the NUL; snapd.probe.targets.fnv1a computes the same.
+    u64 h = 14695981039346656037ULL;
+    for (u32 i = 0; i < SNAPD_PATH_MAX; i++) {
+        if ((long)i >= len - 1)
+            break;
+        h ^= (u8)path[i];
+        h *= 1099511628211ULL;
+    }
+    u64 bits = opaque(classify(tgid, (u32)bpf_get_current_uid_gid(), h, comm));
+    if (bits)
+        targets.update(&tgid, &bits);
+    else
+        targets.delete(&tgid);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    u32 child = args->child_pid;
+    u64 *pm = targets.lookup(&parent);
+    u32 which = GLOBAL_PID_RULES;
+    u64 *pidrules = globals.lookup(&which);
+    u64 bits = 0;
+    // A child has its parent's comm, exe, uid and cgroup: it inherits every rule but pid ones.
+    if (pm && pidrules)
+        bits = *pm & ~*pidrules;
+    if (bits)
+        targets.update(&child, &bits);
+    else
+        targets.delete(&child);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tid = (u32)pid_tgid, tgid = pid_tgid >> 32;
+    inflight.delete(&tid);
+    if (tid != tgid)
+        targets.delete(&tid);  // a thread's entry, made by the fork probe
+    if (args->group_dead)
+        targets.delete(&tgid);
+    return 0;
+}
+
+// ---- perf-event programs -----------------------------------------------------------------------
+
+int snapd_cpu_sample(struct bpf_perf_event_data *ctx)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32;
+    if (tgid == 0)
+        return 0;
+    u64 *tm = targets.lookup(&tgid);
+    if (!tm)
+        return 0;
+    u32 which = GLOBAL_CPU_RULES;
+    u64 *cm = globals.lookup(&which);
+    if (!cm)
+        return 0;
+    u64 mask = *tm & *cm;
+    if (!mask)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    for (u32 i = 0; i < SNAPD_MAX_RULES; i++) {
+        if (!((mask >> i) & 1))
+            continue;
+        u32 slot = i;
+        struct rule_cfg *r = rules.lookup(&slot);
+        if (!r || r->gen == 0 || r->cpu_bucket_ns == 0)
+            continue;
+        struct wkey k = {.slot = slot, .tgid = tgid};
+        struct cpustate *c = cpuwin.lookup(&k);
+        if (!c || c->gen != r->gen) {
+            u32 zero = 0;
+            struct cpustate *z = scratch_cpu.lookup(&zero);
+            if (!z)
+                continue;
+            z->gen = r->gen;
+#pragma unroll
+            for (int j = 0; j < SNAPD_CPU_BUCKETS; j++) {
+                z->epoch[j] = 0;
+                z->cnt[j] = 0;
+            }
+            cpuwin.update(&k, z);
+            c = cpuwin.lookup(&k);
+            if (!c)
+                continue;
+        }
+        u64 epoch = now / r->cpu_bucket_ns;
+        u32 b = epoch % SNAPD_CPU_BUCKETS;
+        if (c->epoch[b] != epoch) {
+            c->epoch[b] = epoch;
+            c->cnt[b] = 0;
+        }
+        __sync_fetch_and_add(&c->cnt[b], 1);
+        u64 sum = 0;
+#pragma unroll
+        for (int j = 0; j < SNAPD_CPU_BUCKETS; j++) {
+            if (c->epoch[j] + SNAPD_CPU_BUCKETS > epoch)
+                sum += c->cnt[j];
+        }
+        if (sum < r->cpu_threshold)
+            continue;
+#pragma unroll
+        for (int j = 0; j < SNAPD_CPU_BUCKETS; j++)
+            c->cnt[j] = 0;
+        u32 zero = 0;
+        struct fields *f = scratch_fields.lookup(&zero);
+        if (!f)
+            continue;
+        __builtin_memset(f->v, 0, 8 * sizeof(s64));
+        emit(slot, r, pid_tgid, -1, f, now, EF_CPU, sum);
+    }
+    return 0;
+}
+
+int snapd_tick(struct bpf_perf_event_data *ctx)
+{
+    u64 period = ctx->sample_period;
+    u64 *m = ticks.lookup(&period);
+    if (!m || *m == 0)
+        return 0;
+    struct event *e = events.ringbuf_reserve(sizeof(struct event));
+    if (!e) {
+        count_up(CTR_DROPPED);
+        return 0;
+    }
+    __builtin_memset(e->args, 0, sizeof(e->args));
+    __builtin_memset(e->comm, 0, sizeof(e->comm));
+    e->pid = e->tid = e->slot = e->gen = 0;
+    e->ts = bpf_ktime_get_ns();
+    e->value = *m;          // the rules (bitmask) this period serves
+    e->ret = period;
+    e->nr = -1;
+    e->flags = EF_TICK;
+    events.ringbuf_submit(e, 0);
+    return 0;
+}
