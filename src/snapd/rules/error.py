@@ -1,0 +1,19 @@
+"""RuleError: one problem in one rule file, at a line and column."""
+
+from __future__ import annotations
+
+from snapd.errors import SnapdError
+
+
+class RuleError(SnapdError):
+    """``str()`` is ``path:line:col: msg`` (line and column count from 1)."""
+
+    def __init__(self, path: str, line: int, col: int, msg: str) -> None:
+        super().__init__(f"{path}:{line}:{col}: {msg}")
+        self.path = path
+        self.line = line
+        self.col = col
+        self.msg = msg
+
+    def __reduce__(self) -> tuple[type[RuleError], tuple[str, int, int, str]]:
+        return (RuleError, (self.path, self.line, self.col, self.msg))

@@ -1,0 +1,379 @@
+"""The `when` language: tokenizer, recursive-descent parser, AST and postfix compiler.
+
+Grammar (lowest precedence first)::
+
+    expr  := conj ("or" conj)*
+    conj  := neg ("and" neg)*
+    neg   := "not" neg | "(" expr ")" | cmp
+    cmp   := operand OP operand          OP: == != < <= > >=
+    operand := NAME | INT | DURATION | ERRNO | "-" (INT | ERRNO)
+
+One side of a comparison is a name (arg0..arg5, ret, errno, latency, pid, tid, uid), the other a
+constant. Nothing here is ever evaluated by Python or pasted into C: :func:`compile_expr` turns the
+AST into a list of fixed-shape instructions that probe.bpf.c interprets (``eval_pred``), a
+boolean stack machine of at most :data:`MAX_INSNS` steps.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import re
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import NamedTuple
+
+MAX_INSNS = 16  # instructions per predicate (probe.bpf.c SNAPD_MAX_INSNS)
+MAX_STACK = 32  # boolean stack depth: bits of one register, with room to spare
+MAX_TEXT = 1024  # characters of `when` text
+S64_MIN, S64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+class Insn(IntEnum):
+    CMP = 1
+    AND = 2
+    OR = 3
+    NOT = 4
+
+
+class Field(IntEnum):
+    ARG0 = 0
+    ARG1 = 1
+    ARG2 = 2
+    ARG3 = 3
+    ARG4 = 4
+    ARG5 = 5
+    RET = 6
+    ERRNO = 7
+    LATENCY = 8
+    PID = 9
+    TID = 10
+    UID = 11
+
+
+class Op(IntEnum):
+    EQ = 0
+    NE = 1
+    LT = 2
+    LE = 3
+    GT = 4
+    GE = 5
+
+
+OPS = {"==": Op.EQ, "!=": Op.NE, "<": Op.LT, "<=": Op.LE, ">": Op.GT, ">=": Op.GE}
+OP_TEXT = {v: k for k, v in OPS.items()}
+# a OP b  ==  b MIRROR[OP] a
+MIRROR = {Op.EQ: Op.EQ, Op.NE: Op.NE, Op.LT: Op.GT, Op.LE: Op.GE, Op.GT: Op.LT, Op.GE: Op.LE}
+NAMES = {f.name.lower(): f for f in Field}
+EXIT_FIELDS = frozenset({Field.RET, Field.ERRNO, Field.LATENCY})
+KEYWORDS = frozenset({"and", "or", "not"})
+_DURATION_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000,
+                "h": 3_600_000_000_000}
+
+
+class ExprError(Exception):
+    """A problem at character offset ``pos`` (0-based) of the expression text."""
+
+    def __init__(self, pos: int, msg: str) -> None:
+        super().__init__(msg)
+        self.pos = pos
+        self.msg = msg
+
+
+class Token(NamedTuple):
+    kind: str  # "name", "int", "dur", "op", "(", ")", "-", "end"
+    text: str
+    pos: int
+    value: int = 0
+
+
+_TOKEN = re.compile(
+    r"\s*(?:(?P<num>0[xX][0-9a-fA-F]+|[0-9]+)(?P<unit>[a-zA-Z]+)?"
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<op>==|!=|<=|>=|<|>)|(?P<punct>[()-]))"
+)
+
+
+def tokenize(text: str) -> list[Token]:
+    out: list[Token] = []
+    pos = 0
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos >= len(text):
+            out.append(Token("end", "", pos))
+            return out
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            ch = text[pos]
+            hint = " (use 'and', 'or', 'not')" if ch in "&|!=" else ""
+            raise ExprError(pos, f"unexpected character {ch!r}{hint}")
+        start = m.start("num") if m.group("num") else m.start(m.lastgroup or 0)
+        if m.group("num"):
+            num, unit = m.group("num"), m.group("unit")
+            value = int(num, 16) if num[:2].lower() == "0x" else int(num, 10)
+            if unit is None:
+                out.append(Token("int", m.group(0).strip(), start, value))
+            elif unit in _DURATION_NS and not num.lower().startswith("0x"):
+                out.append(Token("dur", m.group(0).strip(), start, value * _DURATION_NS[unit]))
+            else:
+                raise ExprError(start, f"bad unit {unit!r} in {m.group(0).strip()!r}; durations take "
+                                + ", ".join(_DURATION_NS))
+        elif m.group("name"):
+            out.append(Token("name", m.group("name"), start))
+        elif m.group("op"):
+            out.append(Token("op", m.group("op"), start))
+        else:
+            p = m.group("punct")
+            out.append(Token(p, p, start))
+        pos = m.end()
+
+
+@dataclass(frozen=True)
+class Expr:
+    def uses_exit(self) -> bool:
+        raise NotImplementedError
+
+    def fields(self) -> frozenset[Field]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Cmp(Expr):
+    field: Field
+    op: Op
+    value: int
+
+    def uses_exit(self) -> bool:
+        return self.field in EXIT_FIELDS
+
+    def fields(self) -> frozenset[Field]:
+        return frozenset({self.field})
+
+    def __str__(self) -> str:
+        return f"{self.field.name.lower()} {OP_TEXT[self.op]} {self.value}"
+
+
+@dataclass(frozen=True)
+class And(Expr):
+    left: Expr
+    right: Expr
+
+    def uses_exit(self) -> bool:
+        return self.left.uses_exit() or self.right.uses_exit()
+
+    def fields(self) -> frozenset[Field]:
+        return self.left.fields() | self.right.fields()
+
+    def __str__(self) -> str:
+        return f"({self.left} and {self.right})"
+
+
+@dataclass(frozen=True)
+class Or(Expr):
+    left: Expr
+    right: Expr
+
+    def uses_exit(self) -> bool:
+        return self.left.uses_exit() or self.right.uses_exit()
+
+    def fields(self) -> frozenset[Field]:
+        return self.left.fields() | self.right.fields()
+
+    def __str__(self) -> str:
+        return f"({self.left} or {self.right})"
+
+
+@dataclass(frozen=True)
+class Not(Expr):
+    operand: Expr
+
+    def uses_exit(self) -> bool:
+        return self.operand.uses_exit()
+
+    def fields(self) -> frozenset[Field]:
+        return self.operand.fields()
+
+    def __str__(self) -> str:
+        return f"not {self.operand}"
+
+
+class _Operand(NamedTuple):
+    kind: str  # "field", "int", "dur", "errno"
+    pos: int
+    field: Field | None = None
+    value: int = 0
+
+
+class _Parser:
+    def __init__(self, text: str) -> None:
+        self.toks = tokenize(text)
+        self.i = 0
+        self.depth = 0
+
+    def peek(self) -> Token:
+        return self.toks[self.i]
+
+    def take(self) -> Token:
+        t = self.toks[self.i]
+        if t.kind != "end":
+            self.i += 1
+        return t
+
+    def is_word(self, word: str) -> bool:
+        t = self.peek()
+        return t.kind == "name" and t.text == word
+
+    def parse(self) -> Expr:
+        e = self.disj()
+        t = self.peek()
+        if t.kind != "end":
+            raise ExprError(t.pos, f"unexpected {t.text!r}; expected 'and', 'or' or the end")
+        return e
+
+    def disj(self) -> Expr:
+        e = self.conj()
+        while self.is_word("or"):
+            self.take()
+            e = Or(e, self.conj())
+        return e
+
+    def conj(self) -> Expr:
+        e = self.neg()
+        while self.is_word("and"):
+            self.take()
+            e = And(e, self.neg())
+        return e
+
+    def neg(self) -> Expr:
+        self.depth += 1
+        if self.depth > 64:
+            raise ExprError(self.peek().pos, "expression nested too deeply")
+        try:
+            if self.is_word("not"):
+                self.take()
+                return Not(self.neg())
+            if self.peek().kind == "(":
+                open_tok = self.take()
+                e = self.disj()
+                t = self.take()
+                if t.kind != ")":
+                    raise ExprError(t.pos if t.kind != "end" else open_tok.pos,
+                                    "unbalanced '(': missing ')'")
+                return e
+            return self.cmp()
+        finally:
+            self.depth -= 1
+
+    def operand(self) -> _Operand:
+        t = self.take()
+        if t.kind == "-":
+            n = self.take()
+            if n.kind == "int":
+                return _Operand("int", t.pos, value=-n.value)
+            if n.kind == "name" and n.text.startswith("E") and n.text.isupper():
+                return _Operand("int", t.pos, value=-self.errno_value(n))
+            raise ExprError(n.pos, "'-' must be followed by a number or an errno name")
+        if t.kind == "int":
+            return _Operand("int", t.pos, value=t.value)
+        if t.kind == "dur":
+            return _Operand("dur", t.pos, value=t.value)
+        if t.kind == "name":
+            if t.text in NAMES:
+                return _Operand("field", t.pos, field=NAMES[t.text])
+            if t.text in KEYWORDS:
+                raise ExprError(t.pos, f"expected a comparison before {t.text!r}")
+            if t.text.isupper() and t.text.startswith("E"):
+                return _Operand("errno", t.pos, value=self.errno_value(t))
+            raise ExprError(t.pos, f"unknown name {t.text!r}; use arg0..arg5, ret, errno, latency, "
+                            "pid, tid, uid, numbers, durations (500ms) or errno names (EPIPE)")
+        if t.kind == "end":
+            raise ExprError(t.pos, "expression ends early; expected a name or a number")
+        raise ExprError(t.pos, f"unexpected {t.text!r}; expected a name or a number")
+
+    @staticmethod
+    def errno_value(t: Token) -> int:
+        value = getattr(_errno, t.text, None)
+        if not isinstance(value, int) or t.text not in _errno.errorcode.values():
+            raise ExprError(t.pos, f"unknown errno name {t.text!r}")
+        return value
+
+    def cmp(self) -> Expr:
+        left = self.operand()
+        t = self.peek()
+        if t.kind != "op":
+            what = repr(t.text) if t.kind != "end" else "the end"
+            raise ExprError(t.pos, f"expected a comparison (== != < <= > >=) before {what}")
+        self.take()
+        op = OPS[t.text]
+        right = self.operand()
+        nxt = self.peek()
+        if nxt.kind == "op":
+            raise ExprError(nxt.pos, "comparisons do not chain; join them with 'and'")
+        if left.kind == "field" and right.kind != "field":
+            field_side, const, cop = left, right, op
+        elif right.kind == "field" and left.kind != "field":
+            field_side, const, cop = right, left, MIRROR[op]
+        elif left.kind == "field":
+            raise ExprError(right.pos, "compare a name with a constant, not with another name")
+        else:
+            raise ExprError(left.pos, "a comparison needs a name (arg0..arg5, ret, errno, "
+                            "latency, pid, tid, uid) on one side")
+        assert field_side.field is not None
+        fld = field_side.field
+        if const.kind == "dur" and fld != Field.LATENCY:
+            raise ExprError(const.pos, "a duration only compares with latency")
+        if fld == Field.LATENCY and const.kind == "errno":
+            raise ExprError(const.pos, "latency compares with a duration such as 500ms")
+        if const.kind == "errno" and fld not in (Field.ERRNO, Field.RET):
+            raise ExprError(const.pos, "an errno name compares with errno (or ret, negated)")
+        if not S64_MIN <= const.value <= S64_MAX:
+            raise ExprError(const.pos, "number out of range for a signed 64-bit value")
+        return Cmp(fld, cop, const.value)
+
+
+def parse(text: str) -> Expr:
+    """Parse ``text``; raise :class:`ExprError` (with a character offset) when it is wrong."""
+    if len(text) > MAX_TEXT:
+        raise ExprError(MAX_TEXT, f"expression longer than {MAX_TEXT} characters")
+    if not text.strip():
+        raise ExprError(0, "empty expression")
+    return _Parser(text).parse()
+
+
+class Instruction(NamedTuple):
+    kind: Insn
+    field: int = 0
+    op: int = 0
+    k: int = 0
+
+
+def compile_expr(expr: Expr) -> list[Instruction]:
+    """Postfix code for ``eval_pred``; raises ExprError(0, ...) when it does not fit."""
+    out: list[Instruction] = []
+    depth = 0
+    max_depth = 0
+
+    def emit(e: Expr) -> None:
+        nonlocal depth, max_depth
+        if isinstance(e, Cmp):
+            out.append(Instruction(Insn.CMP, int(e.field), int(e.op), e.value))
+            depth += 1
+        elif isinstance(e, Not):
+            emit(e.operand)
+            out.append(Instruction(Insn.NOT))
+        elif isinstance(e, (And, Or)):
+            emit(e.left)
+            emit(e.right)
+            out.append(Instruction(Insn.AND if isinstance(e, And) else Insn.OR))
+            depth -= 1
+        else:  # pragma: no cover - the parser makes only these
+            raise TypeError(type(e).__name__)
+        max_depth = max(max_depth, depth)
+
+    emit(expr)
+    if len(out) > MAX_INSNS or max_depth > MAX_STACK:
+        raise ExprError(
+            0,
+            f"expression too large for the in-kernel predicate: it needs {len(out)} steps "
+            f"(comparisons, and/or/not), at most {MAX_INSNS} fit",
+        )
+    return out

@@ -1,0 +1,154 @@
+"""The typed rule: what a validated rule file means, as frozen dataclasses.
+
+Every value here has been checked by :mod:`snapd.rules.loader`; later stages (probe, daemon) trust
+these types and never look at YAML.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from enum import Enum
+
+from snapd.content import ContentSpec
+from snapd.rules.expr import Expr
+
+
+class StopMode(str, Enum):
+    PTRACE = "ptrace"  # the daemon halts the target with ptrace (default)
+    KERNEL = "kernel"  # the probe sends SIGSTOP with bpf_send_signal (DTrace stop())
+
+
+class SnapshotMode(str, Enum):
+    FROZEN = "frozen"
+    FORK = "fork"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Process selectors; all given ones must match. ``comm`` may be a glob (``*`` and ``?``)."""
+
+    pid: int | None = None
+    comm: str | None = None
+    exe: str | None = None
+    unit: str | None = None
+    cgroup: str | None = None
+    uid: int | None = None
+
+
+@dataclass(frozen=True)
+class SyscallTrigger:
+    syscalls: tuple[str, ...]
+    when: Expr | None = None
+    when_text: str | None = None
+    count: int = 1  # fire on the count-th match (per process)
+    within_ns: int | None = None  # ... inside this sliding window
+
+    @property
+    def at_exit(self) -> bool:
+        """True when the predicate needs the syscall's result (ret, errno or latency)."""
+        return self.when is not None and self.when.uses_exit()
+
+
+@dataclass(frozen=True)
+class EveryTrigger:
+    period_ns: int
+
+
+@dataclass(frozen=True)
+class CpuTrigger:
+    above_pct: float  # share of one CPU, in percent (may exceed 100 for threaded targets)
+    for_ns: int
+
+
+@dataclass(frozen=True)
+class RssTrigger:
+    above_bytes: int
+
+
+@dataclass(frozen=True)
+class ThreadsTrigger:
+    above: int
+
+
+@dataclass(frozen=True)
+class FdsTrigger:
+    above: int
+
+
+Trigger = SyscallTrigger | EveryTrigger | CpuTrigger | RssTrigger | ThreadsTrigger | FdsTrigger
+
+TRIGGER_KINDS: dict[type, str] = {
+    SyscallTrigger: "syscall",
+    EveryTrigger: "every",
+    CpuTrigger: "cpu",
+    RssTrigger: "rss",
+    ThreadsTrigger: "threads",
+    FdsTrigger: "fds",
+}
+
+
+def trigger_kind(trigger: Trigger) -> str:
+    return TRIGGER_KINDS[type(trigger)]
+
+
+@dataclass(frozen=True)
+class CoreAction:
+    content: ContentSpec
+    name: str = "core.%r.%p.%t"
+    repeat: int = 1
+    interval_ns: int = 5_000_000_000
+
+
+@dataclass(frozen=True)
+class Action:
+    stop: StopMode = StopMode.PTRACE
+    snapshot: SnapshotMode = SnapshotMode.FROZEN
+    core: CoreAction = field(default_factory=lambda: CoreAction(ContentSpec("default", (("+", "default"),))))
+    run: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_cores: int = 3  # per rule, until the rule file changes
+    min_interval_ns: int = 300_000_000_000  # per target process
+
+
+@dataclass(frozen=True)
+class ActiveWindow:
+    """A local-time window ``HH:MM-HH:MM``; ``end <= start`` crosses midnight."""
+
+    start_min: int
+    end_min: int
+
+    def contains(self, when: _dt.time) -> bool:
+        m = when.hour * 60 + when.minute
+        if self.start_min < self.end_min:
+            return self.start_min <= m < self.end_min
+        return m >= self.start_min or m < self.end_min
+
+    def __str__(self) -> str:
+        s, e = self.start_min, self.end_min
+        return f"{s // 60:02d}:{s % 60:02d}-{e // 60:02d}:{e % 60:02d}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    target: Target
+    trigger: Trigger
+    action: Action = field(default_factory=Action)
+    limits: Limits = field(default_factory=Limits)
+    description: str = ""
+    active: ActiveWindow | None = None
+    path: str = ""  # the file it came from ("" when built in code)
+
+    @property
+    def kind(self) -> str:
+        return trigger_kind(self.trigger)
+
+    def is_active(self, now: _dt.datetime | None = None) -> bool:
+        """Whether the rule's `active` window (local time) includes ``now``."""
+        if self.active is None:
+            return True
+        return self.active.contains((now or _dt.datetime.now()).time())
