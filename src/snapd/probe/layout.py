@@ -1,57 +1,27 @@
 """Constants shared by probe.bpf.c and Python, defined once here and passed to C as -D flags.
 
-This module imports nothing from bcc, so that the rule compiler (snapd.rules.expr) can size its
-tables from it without loading BPF.
+This module imports nothing from bcc.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum, IntFlag
 
+# The predicate encoding and the rule-language limits belong to snapd.rules (an earlier stage);
+# the probe only sizes its maps from them.
+from snapd.rules.expr import MAX_INSNS, Field, Insn, Op
+from snapd.rules.loader import GLOB_MAX, WIN_SLOTS
+
 MAX_RULES = 64  # one bit per rule in a u64 mask
-MAX_INSNS = 16  # postfix predicate program length
-MAX_STACK = 32  # boolean stack depth (bits of one register; far below 64)
-WIN_SLOTS = 128  # count/within ring: the largest `count` that may take `within`
+MAX_CHAIN = 32  # rules evaluated per syscall event: one tail call each (MAX_TAIL_CALL_CNT 33)
 CPU_BUCKETS = 16  # sliding window of the cpu trigger, in buckets
 MAX_TARGETS = 65536
 MAX_INFLIGHT = 16384
 MAX_WINDOWS = 4096
 RINGBUF_PAGES = 256  # 1 MiB with 4 KiB pages
 PATH_MAX = 256  # exec filenames hashed for `exe`; longer ones never match in the kernel
-GLOB_MAX = 30  # pattern positions in a u32 shift-and state (plus the accept bit)
 CPU_SAMPLE_PERIOD_NS = 10_101_010  # ~99 Hz per CPU, off the common 100 Hz timer beat
 SIGNAL_STOP = 19  # SIGSTOP on every Linux architecture snapd supports (x86_64, arm64)
-
-
-class Insn(IntEnum):
-    CMP = 1
-    AND = 2
-    OR = 3
-    NOT = 4
-
-
-class Field(IntEnum):
-    ARG0 = 0
-    ARG1 = 1
-    ARG2 = 2
-    ARG3 = 3
-    ARG4 = 4
-    ARG5 = 5
-    RET = 6
-    ERRNO = 7
-    LATENCY = 8
-    PID = 9
-    TID = 10
-    UID = 11
-
-
-class Op(IntEnum):
-    EQ = 0
-    NE = 1
-    LT = 2
-    LE = 3
-    GT = 4
-    GE = 5
 
 
 class RuleFlag(IntFlag):
@@ -102,8 +72,11 @@ def cflags() -> list[str]:
     for enum in (Insn, Op):
         out += [f"-D{enum.__name__.upper()}_{m.name}={m.value}" for m in enum]
     out += [f"-DFIELD_{m.name}={m.value}" for m in Field]
-    out += [f"-DRF_{m.name}={m.value}" for m in RuleFlag]  # type: ignore[union-attr]
-    out += [f"-DEF_{m.name}={m.value}" for m in EventFlag]  # type: ignore[union-attr]
+    out += [f"-DRF_{m.name}={m.value}" for m in RuleFlag]
+    out += [f"-DEF_{m.name}={m.value}" for m in EventFlag]
     out += [f"-DGLOBAL_{m.name}={m.value}" for m in Global]
     out += [f"-DCTR_{m.name}={m.value}" for m in Counter]
     return out
+
+
+__all__ = ["GLOB_MAX", "MAX_INSNS", "WIN_SLOTS", "Field", "Insn", "Op"]
