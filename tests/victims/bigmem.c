@@ -1,7 +1,9 @@
 /* A process with a big heap: bigmem ALLOC_MIB TOUCH_MIB.
  * Touches TOUCH_MIB of an ALLOC_MIB anonymous mapping, page i holding the byte (i % 251) + 1.
  * A heartbeat thread measures the process's own stalls (how long it was frozen), and a counter
- * thread increments `counter` continuously. Prints "ready BUF_ADDR COUNTER_ADDR", then serves
+ * thread increments `counter` continuously and mirrors it into `*mirror`, the last 8 bytes of the
+ * touched buffer, far away in the address space: in a consistent snapshot the two differ by at
+ * most 1. Prints "ready BUF_ADDR COUNTER_ADDR MIRROR_ADDR", then serves
  * one-letter commands on stdin: s = print and reset the longest stall (us), c = print counter,
  * q = exit. */
 #define _GNU_SOURCE
@@ -16,7 +18,7 @@
 
 volatile uint64_t counter = 0;
 volatile uint64_t max_stall_us = 0;
-volatile int spin_counter = 1;
+volatile uint64_t *mirror;
 
 static uint64_t now_us(void) {
     struct timespec ts;
@@ -42,6 +44,7 @@ __attribute__((noinline)) static void *count_forever(void *arg) {
     (void)arg;
     for (;;) {
         counter++;
+        *mirror = counter;
         if ((counter & 0xfffff) == 0) usleep(100);  /* do not hog a CPU */
     }
     return NULL;
@@ -55,10 +58,11 @@ int main(int argc, char **argv) {
     if (buf == MAP_FAILED) { perror("mmap"); return 1; }
     madvise(buf, alloc, MADV_NOHUGEPAGE);  /* keep page counts predictable */
     for (size_t off = 0; off < touch; off += 4096) memset(buf + off, (int)((off / 4096) % 251) + 1, 4096);
+    mirror = (volatile uint64_t *)(buf + (touch ? touch : 4096) - 8);
     pthread_t hb, ct;
     pthread_create(&hb, NULL, heartbeat, NULL);
     pthread_create(&ct, NULL, count_forever, NULL);
-    printf("ready %p %p\n", (void *)buf, (void *)&counter);
+    printf("ready %p %p %p\n", (void *)buf, (void *)&counter, (void *)mirror);
     fflush(stdout);
     char c;
     while (read(0, &c, 1) == 1) {

@@ -1,7 +1,9 @@
 /* One mapping of each content class: content FILE.
  * SysV shm ('S'), shared memfd ('M'), shared mapping of regular FILE ('F'), a MADV_DONTDUMP
- * private region ('D') and a private anonymous region ('A'), one page each... 64 KiB each.
- * Prints "ready shm=ADDR memfd=ADDR file=ADDR dd=ADDR anon=ADDR" and waits for stdin to close. */
+ * private region ('D'), a private anonymous region ('A'), a MADV_DONTFORK region ('K') and a
+ * MADV_WIPEONFORK region ('W'), 64 KiB each. Prints
+ * "ready shm=ADDR memfd=ADDR file=ADDR dd=ADDR anon=ADDR dontfork=ADDR wipe=ADDR" and waits for
+ * stdin to close. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
@@ -37,7 +39,15 @@ int main(int argc, char **argv) {
     char *anon = mmap(NULL, SZ, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     memset(anon, 'A', SZ);
 
-    printf("ready shm=%p memfd=%p file=%p dd=%p anon=%p\n", shm, mem, file, dd, anon);
+    char *dontfork = mmap(NULL, SZ, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    memset(dontfork, 'K', SZ);
+    madvise(dontfork, SZ, MADV_DONTFORK);
+    char *wipe = mmap(NULL, SZ, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    memset(wipe, 'W', SZ);
+    madvise(wipe, SZ, MADV_WIPEONFORK);
+
+    printf("ready shm=%p memfd=%p file=%p dd=%p anon=%p dontfork=%p wipe=%p\n", shm, mem, file, dd,
+           anon, dontfork, wipe);
     fflush(stdout);
     char c;
     while (read(0, &c, 1) == 1) {}

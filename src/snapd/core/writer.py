@@ -464,10 +464,10 @@ def _from_child(
     early = [s for s in segs if s.filesz and fork.needs_parent(s.mapping, spec)]
     late = [s for s in segs if s.filesz and s not in early]
     live = [i for i, s in enumerate(segs) if s in late and s.mapping.shared]
+    out.write_headers(*layout(snap, segs, spec, "fork", live), len(segs))
     fill_runs(h.pid, early)
     copied = out.copy(VmReader(h.pid), copy_plan(early), None) if early else 0
     h.resume()
-    out.write_headers(*layout(snap, segs, spec, "fork", live), len(segs))
     fill_runs(child.pid, late)
     runs = copy_plan(late)
     want = sum(r[2] for r in runs)
