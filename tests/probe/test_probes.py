@@ -1,0 +1,279 @@
+"""Real eBPF: rules loaded with snapd.probe against victims making known syscalls."""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from snapd.probe import Event, Probes
+from snapd.rules import Rule, RuleError, parse_rule
+from snapd.rules import syscalls as sysnames
+from tests.conftest import Victim, proc_state, wait_for
+
+pytestmark = pytest.mark.kernel
+
+
+def rule(text: str, name: str = "t") -> Rule:
+    r, errors = parse_rule(f"name: {name}\n" + text, f"{name}.yaml")
+    assert not errors, [str(e) for e in errors]
+    assert r is not None
+    return r
+
+
+def command(v: Victim, line: str, timeout: float = 10.0) -> int:
+    """Send one command to a probe_sys victim; return the tid that ran it."""
+    assert v.proc.stdin is not None and v.proc.stdout is not None
+    v.proc.stdin.write(line.encode() + b"\n")
+    v.proc.stdin.flush()
+    fd = v.proc.stdout.fileno()
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while not buf.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError(f"victim {v.pid} did not answer {line!r}")
+        chunk = os.read(fd, 1)
+        if not chunk:
+            raise AssertionError(f"victim {v.pid} exited during {line!r}")
+        buf += chunk
+    assert buf.startswith(b"done "), buf
+    return int(buf.split()[1])
+
+
+def ready_fields(v: Victim) -> dict[str, int]:
+    return {k: int(val) for k, _, val in (w.partition("=") for w in v.ready_line.split()[2:]) if val}
+
+
+@pytest.fixture
+def probes() -> Iterator[Probes]:
+    p = Probes(sample_interval_s=0.1)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def victim_path(compile_victim: Callable[..., Path]) -> Path:
+    return compile_victim("probe_sys")
+
+
+def collect(p: Probes, until: Callable[[list[Event]], bool], timeout: float = 10.0) -> list[Event]:
+    got: list[Event] = []
+
+    def step() -> bool:
+        got.extend(p.poll(50))
+        return until(got)
+
+    wait_for(step, timeout, "probe events")
+    return got
+
+
+def drain(p: Probes, seconds: float = 0.3) -> list[Event]:
+    """Everything that arrives within ``seconds`` (to show that nothing more does)."""
+    out: list[Event] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        out += p.poll(50)
+    return out
+
+
+def test_matching_rule_fires_with_tid_args_errno(probes: Probes, spawn, victim_path: Path) -> None:  # type: ignore[no-untyped-def]
+    v = spawn([victim_path])
+    pipe_fd = ready_fields(v)["pipe"]
+    probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: [write, writev], when: errno == EPIPE}}",
+                     "epipe"))
+    probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: write, when: errno == EBADF}}", "ebadf"))
+    tid = command(v, "e 1")
+    events = collect(probes, lambda ev: len(ev) >= 1)
+    events += drain(probes)
+    assert [e.rule for e in events] == ["epipe"]
+    e = events[0]
+    assert (e.pid, e.tid, e.comm, e.kind, e.syscall) == (v.pid, tid, "probe_sys", "syscall", "write")
+    assert e.args[0] == pipe_fd and e.args[2] == 1 and len(e.args) == 3
+    assert e.ret == -errno.EPIPE and not e.stopped
+    assert abs(time.monotonic_ns() - e.time_ns) < 10_000_000_000
+
+
+def test_enter_predicate_on_args(probes: Probes, spawn, victim_path: Path) -> None:  # type: ignore[no-untyped-def]
+    v = spawn([victim_path])
+    f = ready_fields(v)
+    probes.load(rule(f"target: {{comm: probe_sys}}\ntrigger: {{syscall: write, when: 'arg0 == {f['null']} and "
+                     f"arg2 == 1 and pid == {v.pid}'}}", "nullw"))
+    command(v, "e 3")
+    assert drain(probes) == []
+    command(v, "w 2")
+    events = collect(probes, lambda ev: len(ev) >= 2) + drain(probes)
+    assert len(events) == 2 and all(e.ret is None and e.args[0] == f["null"] for e in events)
+
+
+def test_count_within_fires_exactly_on_nth(probes: Probes, spawn, victim_path: Path) -> None:  # type: ignore[no-untyped-def]
+    v = spawn([victim_path])
+    probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: write, when: errno == EPIPE, count: 5, "
+                     "within: 30s}", "fifth"))
+    command(v, "e 4")
+    assert drain(probes) == []
+    command(v, "e 1")
+    events = collect(probes, lambda ev: len(ev) >= 1) + drain(probes)
+    assert len(events) == 1 and events[0].ret == -errno.EPIPE
+    command(v, "e 4")  # the window starts over after a firing
+    assert drain(probes) == []
+    command(v, "e 1")
+    assert len(collect(probes, lambda ev: len(ev) >= 1)) == 1
+
+
+def test_count_outside_window_does_not_fire(probes: Probes, spawn, victim_path: Path) -> None:  # type: ignore[no-untyped-def]
+    v = spawn([victim_path])
+    probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: getppid, count: 3, within: 200ms}}", "win"))
+    command(v, "g 2")
+    command(v, "s 400")
+    command(v, "g 1")  # three matches, but spread over more than 200 ms
+    assert drain(probes) == []
+    command(v, "g 3")  # now three fall within the window: exactly one firing
+    assert len(collect(probes, lambda ev: len(ev) >= 1) + drain(probes)) == 1
+
+
+def test_every_fires_on_time(probes: Probes, spawn, victim_path: Path) -> None:  # type: ignore[no-untyped-def]
+    v = spawn([victim_path])
+    probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{every: 200ms}}", "tick"))
+    events = collect(probes, lambda ev: len(ev) >= 4, timeout=5)
+    assert all(e.kind == "every" and e.pid == v.pid and e.rule == "tick" for e in events)
+    gaps = [(b.time_ns - a.time_ns) / 1e6 for a, b in zip(events, events[1:])]
+    assert all(150 <= g <= 260 for g in gaps), gaps
+
+
+def test_cpu_fires_for_spinner_not_idle(probes: Probes, spawn, victim_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spinner = spawn([victim_path, "spin"])
+    idle = spawn([victim_path])
+    for r in (spinner, idle):
+        probes.load(rule(f"target: {{pid: {r.pid}}}\ntrigger: {{cpu: {{above: 50%, for: 1s}}}}", f"cpu{r.pid}"))
+    events = collect(probes, lambda ev: any(e.pid == spinner.pid for e in ev), timeout=10)
+    events += drain(probes, 0.5)
+    assert {e.pid for e in events} == {spinner.pid}
+    e = events[0]
+    assert e.kind == "cpu" and e.value is not None and e.value >= 50 and e.syscall is None
+
+
+@pytest.mark.parametrize(
+    ("trigger", "cmd", "kind", "floor"),
+    [
+        ("threads: {above: 3}", "t 4", "threads", 4),
+        ("fds: {above: 12}", "f 12", "fds", 13),
+        ("rss: {above: 64MiB}", "m 96", "rss", 64 << 20),
+    ],
+)
+def test_proc_samplers_fire_on_crossing(probes: Probes, spawn, victim_path: Path, trigger: str, cmd: str,  # type: ignore[no-untyped-def]
+                                        kind: str, floor: int) -> None:
+    v = spawn([victim_path])
+    probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{{trigger}}}", "sampled"))
+    assert drain(probes, 0.4) == []  # below the threshold: several samples, no firing
+    command(v, cmd)
+    events = collect(probes, lambda ev: len(ev) >= 1)
+    events += drain(probes, 0.4)  # still above: fires once per crossing
+    assert len(events) == 1
+    e = events[0]
+    assert (e.kind, e.pid, e.rule) == (kind, v.pid, "sampled") and e.value is not None and e.value > floor - 1
+
+
+def test_process_started_later_is_caught(probes: Probes, spawn, victim_path: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    late = tmp_path / "probe_late"
+    shutil.copy(victim_path, late)
+    probes.load(rule("target: {comm: 'probe_l?t*'}\ntrigger: {syscall: getppid}", "bycomm"))
+    probes.load(rule(f"target: {{exe: {late}}}\ntrigger: {{syscall: getppid}}", "byexe"))
+    v = spawn([late])
+    tid = command(v, "g 2")
+    events = collect(probes, lambda ev: len(ev) >= 4) + drain(probes)
+    assert sorted(e.rule for e in events) == ["bycomm", "bycomm", "byexe", "byexe"]
+    assert all(e.pid == v.pid and e.tid == tid and e.comm == "probe_late" for e in events)
+
+
+def test_child_of_target_inherits_comm_rule(probes: Probes, spawn, victim_path: Path) -> None:  # type: ignore[no-untyped-def]
+    probes.load(rule("target: {comm: probe_sys}\ntrigger: {syscall: getppid}", "inherit"))
+    v = spawn([victim_path, "loop"])
+    events = collect(probes, lambda ev: len(ev) >= 3)
+    assert {e.pid for e in events} == {v.pid}
+
+
+def test_stop_kernel_halts_at_syscall(probes: Probes, spawn, victim_path: Path) -> None:  # type: ignore[no-untyped-def]
+    v = spawn([victim_path])
+    probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: getppid}}\naction: {{stop: kernel}}", "halt"))
+    assert v.proc.stdin is not None
+    v.proc.stdin.write(b"g 1\n")
+    v.proc.stdin.flush()
+    events = collect(probes, lambda ev: len(ev) >= 1)
+    assert events[0].stopped
+    try:
+        wait_for(lambda: proc_state(v.pid) == "T", 5, "victim stopped by the probe")
+        fields = Path(f"/proc/{v.pid}/syscall").read_text().split()
+        assert int(fields[0]) == sysnames.numbers()["getppid"]
+    finally:
+        os.kill(v.pid, signal.SIGCONT)
+    probes.unload("halt")
+    wait_for(lambda: proc_state(v.pid) != "T", 5, "victim resumed")
+    command(v, "c")  # it answers: the getppid loop finished after SIGCONT
+
+
+def test_unload_and_reload_leave_others_alone(probes: Probes, spawn, victim_path: Path) -> None:  # type: ignore[no-untyped-def]
+    v = spawn([victim_path])
+    a = rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: getppid}}", "a")
+    probes.load(a)
+    probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: getppid, when: tid > 0}}", "b"))
+    command(v, "g 1")
+    assert sorted(e.rule for e in collect(probes, lambda ev: len(ev) >= 2)) == ["a", "b"]
+    probes.unload("a")
+    command(v, "g 1")
+    assert [e.rule for e in collect(probes, lambda ev: len(ev) >= 1) + drain(probes)] == ["b"]
+    probes.load(a)
+    probes.load(a)  # reloading replaces, never duplicates
+    command(v, "g 1")
+    assert sorted(e.rule for e in collect(probes, lambda ev: len(ev) >= 2) + drain(probes)) == ["a", "b"]
+    assert probes.stats()["rules"] == 2
+    probes.unload("a")
+    probes.unload("b")
+    command(v, "g 3")
+    assert drain(probes) == []
+
+
+def test_latency_predicate(probes: Probes, spawn, victim_path: Path) -> None:  # type: ignore[no-untyped-def]
+    v = spawn([victim_path])
+    probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: [nanosleep, clock_nanosleep], "
+                     "when: latency > 150ms}", "slow"))
+    command(v, "s 20")
+    assert drain(probes) == []
+    command(v, "s 200")
+    events = collect(probes, lambda ev: len(ev) >= 1)
+    assert events[0].ret == 0 and events[0].syscall in ("nanosleep", "clock_nanosleep")
+
+
+def test_stats_count_kernel_activity(probes: Probes, spawn, victim_path: Path) -> None:  # type: ignore[no-untyped-def]
+    v = spawn([victim_path])
+    probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: getppid, when: tid == 1}}", "never"))
+    command(v, "g 10")
+    assert drain(probes) == []
+    s = probes.stats()
+    assert s["kernel_seen"] >= 10 and s["dropped"] == 0 and s["rules"] == 1
+
+
+def test_compile_error_names_the_rule(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from snapd.probe import probes as probes_mod
+
+    broken = tmp_path / "broken.bpf.c"
+    broken.write_text("int snapd_eval(void *ctx) { return syntax error; }\n")
+    monkeypatch.setattr(probes_mod, "SOURCE", broken)
+    p = Probes()
+    try:
+        with pytest.raises(RuleError, match=r"^broken-rule\.yaml:1:1: rule 'broken-rule': cannot build the BPF program"):
+            p.load(rule("target: {comm: nothing-here}\ntrigger: {syscall: getppid}", "broken-rule"))
+    finally:
+        p.close()
+
+
+def test_stop_kernel_needs_an_in_target_probe(probes: Probes) -> None:
+    with pytest.raises(RuleError, match="stop: kernel needs a syscall or cpu trigger"):
+        probes.load(rule("target: {comm: nothing-here}\ntrigger: {every: 1s}\naction: {stop: kernel}", "st"))
