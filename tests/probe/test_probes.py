@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import select
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from snapd.probe import Event, Probes
-from snapd.rules import Rule, RuleError, parse_rule
+from snapd.rules import Rule, RuleError, StopMode, parse_rule
 from snapd.rules import syscalls as sysnames
 from tests.conftest import Victim, proc_state, wait_for
 
@@ -275,5 +276,7 @@ def test_compile_error_names_the_rule(monkeypatch: pytest.MonkeyPatch, tmp_path:
 
 
 def test_stop_kernel_needs_an_in_target_probe(probes: Probes) -> None:
+    r = rule("target: {comm: nothing-here}\ntrigger: {every: 1s}", "st")
+    r = dataclasses.replace(r, action=dataclasses.replace(r.action, stop=StopMode.KERNEL))
     with pytest.raises(RuleError, match="stop: kernel needs a syscall or cpu trigger"):
-        probes.load(rule("target: {comm: nothing-here}\ntrigger: {every: 1s}\naction: {stop: kernel}", "st"))
+        probes.load(r)

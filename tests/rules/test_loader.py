@@ -154,6 +154,8 @@ BAD = [
      "and/or/not), at most 16 fit"),
     (T + "trigger: {syscall: write, when: ''}\n", "2:33: trigger.when: must not be empty"),
     (T + S + "action: {stop: maybe}\n", "3:16: action.stop: 'maybe' is not one of ptrace, kernel"),
+    (T + "trigger: {every: 1s}\naction: {stop: kernel}\n", "3:9: action.stop: kernel needs a syscall or cpu "
+     "trigger (the probe that sends SIGSTOP must run in the target)"),
     (T + S + "action: {snapshot: thawed}\n", "3:20: action.snapshot: 'thawed' is not one of frozen, fork"),
     (T + S + "action: {core: {content: heap+bogus}}\n",
      f"3:26: action.core.content: content 'heap+bogus': unknown class 'bogus'; valid: {valid_names()}"),

@@ -397,6 +397,10 @@ class _RuleBuilder:
             return None
         if "active" in top and active is None:
             return None
+        if action.stop is StopMode.KERNEL and not isinstance(trigger, (SyscallTrigger, CpuTrigger)):
+            self.ctx.err(top["action"][1], "action.stop: kernel needs a syscall or cpu trigger (the probe "
+                         "that sends SIGSTOP must run in the target)")
+            return None
         return Rule(name=name, target=target, trigger=trigger, action=action, limits=limits,
                     description=description, active=active, path=self.path)
 

@@ -1,0 +1,85 @@
+"""`snapd check` as a user runs it: a subprocess, its output and exit status."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+GOOD = "target: {comm: nothing-here}\ntrigger: {syscall: write, when: errno == EPIPE}\n"
+BAD = "target: {comm: x}\ntrigger: {syscall: write, count: 0}\naction: {stop: maybe}\n"
+
+
+def run(cmd: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*cmd, "check", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_ok_and_errors(snapd_cmd: list[str], tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(BAD)
+    r = run(snapd_cmd, "--no-load", str(good), str(bad))
+    assert r.returncode == 1
+    assert r.stdout.splitlines() == [
+        f"{bad}:2:34: trigger.count: 0 is out of range (1..1000000)",
+        f"{bad}:3:16: action.stop: 'maybe' is not one of ptrace, kernel",
+        f"{good}: ok",
+    ]
+    assert "Traceback" not in r.stderr
+
+
+def test_all_valid_exits_zero(snapd_cmd: list[str], tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    r = run(snapd_cmd, "--no-load", str(good))
+    assert (r.returncode, r.stdout) == (0, f"{good}: ok\n")
+
+
+def test_examples_directory(snapd_cmd: list[str]) -> None:
+    rules = Path(__file__).parents[2] / "rules"
+    r = run(snapd_cmd, "--no-load", str(rules))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count(": ok\n") == len(list(rules.glob("*.yaml")))
+
+
+def test_missing_file_and_garbage(snapd_cmd: list[str], tmp_path: Path) -> None:
+    junk = tmp_path / "junk.yaml"
+    junk.write_bytes(b"\x00\xff\xfe binary")
+    r = run(snapd_cmd, "--no-load", str(tmp_path / "nope.yaml"), str(junk))
+    assert r.returncode == 1
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"{tmp_path}/nope.yaml:1:1: cannot read: No such file or directory"
+    assert lines[1].startswith(f"{junk}:1:")
+    assert "Traceback" not in r.stderr
+
+
+def test_usage(snapd_cmd: list[str]) -> None:
+    assert run(snapd_cmd).returncode == 2
+    assert run(snapd_cmd, "--bogus", "x").returncode == 2
+    r = run(snapd_cmd, "--help")
+    assert r.returncode == 0 and "usage: snapd check" in r.stdout
+
+
+@pytest.mark.kernel
+def test_root_loads_probes(snapd_cmd: list[str], tmp_path: Path) -> None:
+    from snapd.rules import syscalls
+
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    r = run(snapd_cmd, str(good))
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"{good}: ok\n", "")
+    # Valid on paper, but it cannot load: a syscall whose number the C headers do not know.
+    unknown = sorted((syscalls.traced_names() or frozenset()) - set(syscalls.numbers()))
+    if not unknown:
+        pytest.skip("every traced syscall has a known number here")
+    late = tmp_path / "newer.yaml"
+    late.write_text(f"target: {{comm: x}}\ntrigger: {{syscall: {unknown[0]}}}\n")
+    r = run(snapd_cmd, str(good), str(late))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout.splitlines() == [
+        f"{late}:1:1: rule 'newer': no syscall number known for '{unknown[0]}' on this system (asm/unistd headers)",
+        f"{good}: ok",
+    ]
