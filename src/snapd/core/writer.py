@@ -22,7 +22,16 @@ from snapd.content import ContentSpec, parse_spec
 from snapd.core import elf, fork, notes, select
 from snapd.core.elf import PF, PT, Phdr
 from snapd.core.info import CoreInfo
-from snapd.core.memory import MemReader, Reader, VmReader, copy_runs
+from snapd.core.memory import (
+    DIRECT_MIN,
+    MemReader,
+    Reader,
+    VmReader,
+    copy_direct,
+    copy_runs,
+    open_direct,
+    warm_buffers,
+)
 from snapd.core.pages import PageMap
 from snapd.core.select import Amount
 from snapd.errors import OutputError, SnapdError, SnapshotError, TargetGone
@@ -230,6 +239,9 @@ class CoreFile:
             self.fd = os.open(self.tmp, flags, 0o600)
         except OSError as err:
             raise OutputError(path, err) from err
+        self.dfd = open_direct(self.tmp)
+        if self.dfd is not None:
+            warm_buffers()  # fault them in now rather than while the target is halted
         self.published = False
 
     def write_headers(self, head: bytes, note_data: bytes, total: int, shoff: int, nsegs: int) -> None:
@@ -259,9 +271,19 @@ class CoreFile:
     def copy(
         self, reader: Reader, runs: list[tuple[int, int, int]], progress: Callable[[int], None] | None
     ) -> int:
+        """Copy ``runs`` of (file offset, address, length): big ones through O_DIRECT, the rest
+        (and whatever O_DIRECT could not read) through a mapping of the file."""
         self.reserve(runs)
+        big = [r for r in runs if r[2] >= DIRECT_MIN] if self.dfd is not None else []
+        small = [r for r in runs if r[2] < DIRECT_MIN] if big else list(runs)
         try:
-            return copy_runs(reader, self.fd, runs, progress)[0]
+            done = 0
+            if big and self.dfd is not None:
+                done, leftovers = copy_direct(reader, self.dfd, big, progress)
+                small = sorted(small + leftovers)
+            base = done
+            cb = (lambda n: progress(base + n)) if progress else None
+            return done + copy_runs(reader, self.fd, small, cb)[0]
         except OSError as err:
             raise OutputError(self.path, err) from err
 
@@ -287,6 +309,8 @@ class CoreFile:
 
     def close(self) -> None:
         os.close(self.fd)
+        if self.dfd is not None:
+            os.close(self.dfd)
         if not self.published:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.tmp)

@@ -220,11 +220,21 @@ _fallocate.restype = ctypes.c_int
 
 PROT_READ, PROT_WRITE = 1, 2
 MAP_SHARED = 1
+MAP_PRIVATE = 2
+MAP_ANONYMOUS = 0x20
 MAP_FAILED = ctypes.c_void_p(-1).value
 
 
 def mmap_file(fd: int, offset: int, length: int) -> int:
     addr = _mmap(None, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, offset)
+    if addr is None or addr == MAP_FAILED:
+        e = ctypes.get_errno()
+        raise OSError(e, f"mmap: {os.strerror(e)}")
+    return int(addr)
+
+
+def mmap_anon(length: int) -> int:
+    addr = _mmap(None, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
     if addr is None or addr == MAP_FAILED:
         e = ctypes.get_errno()
         raise OSError(e, f"mmap: {os.strerror(e)}")
