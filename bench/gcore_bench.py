@@ -169,8 +169,9 @@ def main(argv: list[str]) -> int:
         for tool in tools[1:]:
             m = med[tool]
             print(
-                f"ratio gdb/{tool}: time {g.seconds / m.seconds:.2f}x, freeze "
-                f"{g.freeze_ms / max(m.freeze_ms, 0.001):.2f}x, disk {g.disk_bytes / max(m.disk_bytes, 1):.2f}x"
+                f"ratio gdb/{tool}: time {g.seconds / m.seconds:.2f}x, "
+                f"freeze {g.freeze_ms / max(m.freeze_ms, 0.001):.2f}x, "
+                f"disk {g.disk_bytes / max(m.disk_bytes, 1):.2f}x"
             )
     shutil.rmtree(build)
     return 0

@@ -21,7 +21,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from snapd.errors import TargetGone
 from snapd.freeze import ptrace as pt
@@ -196,7 +196,7 @@ class _Buffers:
     (the daemon dumps many times): reusing warm memory is the point of the direct path."""
 
     _lock = threading.Lock()
-    _addrs: list[int] = []
+    _addrs: ClassVar[list[int]] = []
 
     @classmethod
     def get(cls) -> list[int]:
