@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import itertools
 import os
 import select
 import shutil
@@ -13,13 +14,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from tests.conftest import Victim, proc_state, wait_for
 
 from snapd.probe import Event, Probes
 from snapd.rules import Rule, RuleError, StopMode, parse_rule
 from snapd.rules import syscalls as sysnames
-from tests.conftest import Victim, proc_state, wait_for
 
 pytestmark = pytest.mark.kernel
+Spawn = Callable[..., Victim]
 
 
 def rule(text: str, name: str = "t") -> Rule:
@@ -85,11 +87,14 @@ def drain(p: Probes, seconds: float = 0.3) -> list[Event]:
     return out
 
 
-def test_matching_rule_fires_with_tid_args_errno(probes: Probes, spawn, victim_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_matching_rule_fires_with_tid_args_errno(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
     v = spawn([victim_path])
     pipe_fd = ready_fields(v)["pipe"]
-    probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: [write, writev], when: errno == EPIPE}}",
-                     "epipe"))
+    probes.load(
+        rule(
+            f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: [write, writev], when: errno == EPIPE}}", "epipe"
+        )
+    )
     probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: write, when: errno == EBADF}}", "ebadf"))
     tid = command(v, "e 1")
     events = collect(probes, lambda ev: len(ev) >= 1)
@@ -102,11 +107,16 @@ def test_matching_rule_fires_with_tid_args_errno(probes: Probes, spawn, victim_p
     assert abs(time.monotonic_ns() - e.time_ns) < 10_000_000_000
 
 
-def test_enter_predicate_on_args(probes: Probes, spawn, victim_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_enter_predicate_on_args(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
     v = spawn([victim_path])
     f = ready_fields(v)
-    probes.load(rule(f"target: {{comm: probe_sys}}\ntrigger: {{syscall: write, when: 'arg0 == {f['null']} and "
-                     f"arg2 == 1 and pid == {v.pid}'}}", "nullw"))
+    probes.load(
+        rule(
+            f"target: {{comm: probe_sys}}\ntrigger: {{syscall: write, when: 'arg0 == {f['null']} and "
+            f"arg2 == 1 and pid == {v.pid}'}}",
+            "nullw",
+        )
+    )
     command(v, "e 3")
     assert drain(probes) == []
     command(v, "w 2")
@@ -114,10 +124,15 @@ def test_enter_predicate_on_args(probes: Probes, spawn, victim_path: Path) -> No
     assert len(events) == 2 and all(e.ret is None and e.args[0] == f["null"] for e in events)
 
 
-def test_count_within_fires_exactly_on_nth(probes: Probes, spawn, victim_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_count_within_fires_exactly_on_nth(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
     v = spawn([victim_path])
-    probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: write, when: errno == EPIPE, count: 5, "
-                     "within: 30s}", "fifth"))
+    probes.load(
+        rule(
+            f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: write, when: errno == EPIPE, count: 5, "
+            "within: 30s}",
+            "fifth",
+        )
+    )
     command(v, "e 4")
     assert drain(probes) == []
     command(v, "e 1")
@@ -129,9 +144,11 @@ def test_count_within_fires_exactly_on_nth(probes: Probes, spawn, victim_path: P
     assert len(collect(probes, lambda ev: len(ev) >= 1)) == 1
 
 
-def test_count_outside_window_does_not_fire(probes: Probes, spawn, victim_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_count_outside_window_does_not_fire(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
     v = spawn([victim_path])
-    probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: getppid, count: 3, within: 200ms}}", "win"))
+    probes.load(
+        rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: getppid, count: 3, within: 200ms}}", "win")
+    )
     command(v, "g 2")
     command(v, "s 400")
     command(v, "g 1")  # three matches, but spread over more than 200 ms
@@ -140,20 +157,22 @@ def test_count_outside_window_does_not_fire(probes: Probes, spawn, victim_path: 
     assert len(collect(probes, lambda ev: len(ev) >= 1) + drain(probes)) == 1
 
 
-def test_every_fires_on_time(probes: Probes, spawn, victim_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_every_fires_on_time(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
     v = spawn([victim_path])
     probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{every: 200ms}}", "tick"))
     events = collect(probes, lambda ev: len(ev) >= 4, timeout=5)
     assert all(e.kind == "every" and e.pid == v.pid and e.rule == "tick" for e in events)
-    gaps = [(b.time_ns - a.time_ns) / 1e6 for a, b in zip(events, events[1:])]
+    gaps = [(b.time_ns - a.time_ns) / 1e6 for a, b in itertools.pairwise(events)]
     assert all(150 <= g <= 260 for g in gaps), gaps
 
 
-def test_cpu_fires_for_spinner_not_idle(probes: Probes, spawn, victim_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cpu_fires_for_spinner_not_idle(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
     spinner = spawn([victim_path, "spin"])
     idle = spawn([victim_path])
     for r in (spinner, idle):
-        probes.load(rule(f"target: {{pid: {r.pid}}}\ntrigger: {{cpu: {{above: 50%, for: 1s}}}}", f"cpu{r.pid}"))
+        probes.load(
+            rule(f"target: {{pid: {r.pid}}}\ntrigger: {{cpu: {{above: 50%, for: 1s}}}}", f"cpu{r.pid}")
+        )
     events = collect(probes, lambda ev: any(e.pid == spinner.pid for e in ev), timeout=10)
     events += drain(probes, 0.5)
     assert {e.pid for e in events} == {spinner.pid}
@@ -169,8 +188,15 @@ def test_cpu_fires_for_spinner_not_idle(probes: Probes, spawn, victim_path: Path
         ("rss: {above: 64MiB}", "m 96", "rss", 64 << 20),
     ],
 )
-def test_proc_samplers_fire_on_crossing(probes: Probes, spawn, victim_path: Path, trigger: str, cmd: str,  # type: ignore[no-untyped-def]
-                                        kind: str, floor: int) -> None:
+def test_proc_samplers_fire_on_crossing(
+    probes: Probes,
+    spawn: Spawn,
+    victim_path: Path,
+    trigger: str,
+    cmd: str,  # type: ignore[no-untyped-def]
+    kind: str,
+    floor: int,
+) -> None:
     v = spawn([victim_path])
     probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{{trigger}}}", "sampled"))
     assert drain(probes, 0.4) == []  # below the threshold: several samples, no firing
@@ -182,7 +208,9 @@ def test_proc_samplers_fire_on_crossing(probes: Probes, spawn, victim_path: Path
     assert (e.kind, e.pid, e.rule) == (kind, v.pid, "sampled") and e.value is not None and e.value > floor - 1
 
 
-def test_process_started_later_is_caught(probes: Probes, spawn, victim_path: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_process_started_later_is_caught(
+    probes: Probes, spawn: Spawn, victim_path: Path, tmp_path: Path
+) -> None:
     late = tmp_path / "probe_late"
     shutil.copy(victim_path, late)
     probes.load(rule("target: {comm: 'probe_l?t*'}\ntrigger: {syscall: getppid}", "bycomm"))
@@ -194,16 +222,18 @@ def test_process_started_later_is_caught(probes: Probes, spawn, victim_path: Pat
     assert all(e.pid == v.pid and e.tid == tid and e.comm == "probe_late" for e in events)
 
 
-def test_child_of_target_inherits_comm_rule(probes: Probes, spawn, victim_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_child_of_target_inherits_comm_rule(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
     probes.load(rule("target: {comm: probe_sys}\ntrigger: {syscall: getppid}", "inherit"))
     v = spawn([victim_path, "loop"])
     events = collect(probes, lambda ev: len(ev) >= 3)
     assert {e.pid for e in events} == {v.pid}
 
 
-def test_stop_kernel_halts_at_syscall(probes: Probes, spawn, victim_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_stop_kernel_halts_at_syscall(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
     v = spawn([victim_path])
-    probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: getppid}}\naction: {{stop: kernel}}", "halt"))
+    probes.load(
+        rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: getppid}}\naction: {{stop: kernel}}", "halt")
+    )
     assert v.proc.stdin is not None
     v.proc.stdin.write(b"g 1\n")
     v.proc.stdin.flush()
@@ -220,7 +250,7 @@ def test_stop_kernel_halts_at_syscall(probes: Probes, spawn, victim_path: Path) 
     command(v, "c")  # it answers: the getppid loop finished after SIGCONT
 
 
-def test_unload_and_reload_leave_others_alone(probes: Probes, spawn, victim_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_unload_and_reload_leave_others_alone(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
     v = spawn([victim_path])
     a = rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: getppid}}", "a")
     probes.load(a)
@@ -241,10 +271,15 @@ def test_unload_and_reload_leave_others_alone(probes: Probes, spawn, victim_path
     assert drain(probes) == []
 
 
-def test_latency_predicate(probes: Probes, spawn, victim_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_latency_predicate(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
     v = spawn([victim_path])
-    probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: [nanosleep, clock_nanosleep], "
-                     "when: latency > 150ms}", "slow"))
+    probes.load(
+        rule(
+            f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: [nanosleep, clock_nanosleep], "
+            "when: latency > 150ms}",
+            "slow",
+        )
+    )
     command(v, "s 20")
     assert drain(probes) == []
     command(v, "s 200")
@@ -252,7 +287,7 @@ def test_latency_predicate(probes: Probes, spawn, victim_path: Path) -> None:  #
     assert events[0].ret == 0 and events[0].syscall in ("nanosleep", "clock_nanosleep")
 
 
-def test_stats_count_kernel_activity(probes: Probes, spawn, victim_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_stats_count_kernel_activity(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
     v = spawn([victim_path])
     probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: getppid, when: tid == 1}}", "never"))
     command(v, "g 10")
@@ -269,7 +304,8 @@ def test_compile_error_names_the_rule(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setattr(probes_mod, "SOURCE", broken)
     p = Probes()
     try:
-        with pytest.raises(RuleError, match=r"^broken-rule\.yaml:1:1: rule 'broken-rule': cannot build the BPF program"):
+        msg = r"^broken-rule\.yaml:1:1: rule 'broken-rule': cannot build the BPF program"
+        with pytest.raises(RuleError, match=msg):
             p.load(rule("target: {comm: nothing-here}\ntrigger: {syscall: getppid}", "broken-rule"))
     finally:
         p.close()

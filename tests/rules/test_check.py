@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -80,6 +79,7 @@ def test_root_loads_probes(snapd_cmd: list[str], tmp_path: Path) -> None:
     r = run(snapd_cmd, str(good), str(late))
     assert r.returncode == 1, r.stdout + r.stderr
     assert r.stdout.splitlines() == [
-        f"{late}:1:1: rule 'newer': no syscall number known for '{unknown[0]}' on this system (asm/unistd headers)",
+        f"{late}:1:1: rule 'newer': no syscall number known for '{unknown[0]}' on this system "
+        "(asm/unistd headers)",
         f"{good}: ok",
     ]

@@ -30,7 +30,9 @@ from snapd.rules import (
 from snapd.rules.expr import Cmp, Field, Op
 from snapd.rules.syscalls import traced_names
 
-needs_tracefs = pytest.mark.skipif(traced_names() is None, reason="tracefs not readable (syscall names unchecked)")
+needs_tracefs = pytest.mark.skipif(
+    traced_names() is None, reason="tracefs not readable (syscall names unchecked)"
+)
 
 
 def load(text: str, path: str = "r.yaml"):  # type: ignore[no-untyped-def]
@@ -50,11 +52,18 @@ GOOD = [
         "target: {comm: 'ngin*'}\ntrigger: {syscall: read, when: arg2 > 4096 and pid != 1}",
         lambda r: not r.trigger.at_exit and r.target.comm == "ngin*",
     ),
-    ("target: {exe: /usr/sbin/nginx}\ntrigger: {every: 10s}", lambda r: r.trigger == EveryTrigger(10_000_000_000)),
-    ("target: {unit: nginx.service}\ntrigger: {cpu: {above: 90%, for: 30s}}",
-     lambda r: r.trigger == CpuTrigger(90.0, 30_000_000_000)),
-    ("target: {cgroup: /system.slice/x.service}\ntrigger: {rss: {above: 2GiB}}",
-     lambda r: r.trigger == RssTrigger(2 << 30)),
+    (
+        "target: {exe: /usr/sbin/nginx}\ntrigger: {every: 10s}",
+        lambda r: r.trigger == EveryTrigger(10_000_000_000),
+    ),
+    (
+        "target: {unit: nginx.service}\ntrigger: {cpu: {above: 90%, for: 30s}}",
+        lambda r: r.trigger == CpuTrigger(90.0, 30_000_000_000),
+    ),
+    (
+        "target: {cgroup: /system.slice/x.service}\ntrigger: {rss: {above: 2GiB}}",
+        lambda r: r.trigger == RssTrigger(2 << 30),
+    ),
     ("target: {uid: 33}\ntrigger: {threads: {above: 500}}", lambda r: r.trigger == ThreadsTrigger(500)),
     ("target: {uid: 0, comm: x}\ntrigger: {fds: {above: 10000}}", lambda r: r.trigger == FdsTrigger(10000)),
     (
@@ -62,18 +71,29 @@ GOOD = [
         lambda r: r.trigger.count == 50 and r.trigger.within_ns == 10_000_000_000,
     ),
     (
-        "target: {comm: x}\ntrigger: {syscall: fsync, when: latency > 500ms}\naction: {stop: kernel, snapshot: fork}",
-        lambda r: r.action.stop is StopMode.KERNEL and r.action.snapshot is SnapshotMode.FORK and r.trigger.at_exit,
+        "target: {comm: x}\ntrigger: {syscall: fsync, when: latency > 500ms}\n"
+        "action: {stop: kernel, snapshot: fork}",
+        lambda r: (
+            r.action.stop is StopMode.KERNEL and r.action.snapshot is SnapshotMode.FORK and r.trigger.at_exit
+        ),
     ),
     (
-        "target: {comm: x}\ntrigger: {syscall: write}\naction:\n  core: {content: default-shm, name: 'core.%t.%p',"
-        " repeat: 2, interval: 5s}\n  run: [/bin/echo, '{core}', '{rule}']\nlimits: {max_cores: 3, min_interval: 5m}\n"
+        "target: {comm: x}\ntrigger: {syscall: write}\naction:\n"
+        "  core: {content: default-shm, name: 'core.%t.%p', repeat: 2, interval: 5s}\n"
+        "  run: [/bin/echo, '{core}', '{rule}']\n"
+        "limits: {max_cores: 3, min_interval: 5m}\n"
         "active: '22:00-04:00'",
-        lambda r: r.action.core.repeat == 2 and r.action.run == ("/bin/echo", "{core}", "{rule}")
-        and r.limits.max_cores == 3 and r.active is not None and r.active.start_min == 22 * 60,
+        lambda r: (
+            r.action.core.repeat == 2
+            and r.action.run == ("/bin/echo", "{core}", "{rule}")
+            and r.limits.max_cores == 3
+            and r.active is not None
+            and r.active.start_min == 22 * 60
+        ),
     ),
     (
-        "target: {comm: x}\ntrigger: {syscall: write, when: 'not (ret >= 0 or errno == EAGAIN) and tid == 5'}",
+        "target: {comm: x}\n"
+        "trigger: {syscall: write, when: 'not (ret >= 0 or errno == EAGAIN) and tid == 5'}",
         lambda r: r.trigger.at_exit,
     ),
     ("description: hello\ntarget: {comm: x}\ntrigger: {syscall: getpid}", lambda r: r.description == "hello"),
@@ -94,8 +114,11 @@ S = "trigger: {syscall: write}\n"
 BAD = [
     ("", "1:1: empty rule file; see docs/rules.md for the keys"),
     ("- a\n- b\n", "1:1: rule: expected a mapping (key: value lines), got a list"),
-    (T + S + "colour: red\n", "3:1: rule: unknown key 'colour'; valid keys: name, description, target, trigger, "
-     "action, limits, active"),
+    (
+        T + S + "colour: red\n",
+        "3:1: rule: unknown key 'colour'; valid keys: name, description, target, trigger, "
+        "action, limits, active",
+    ),
     (T + S + "targte: {}\n", "3:1: rule: unknown key 'targte'; did you mean 'target'?"),
     (T + T + S, "2:1: rule: duplicate key 'target' (first at line 1)"),
     (S, "1:1: rule: missing required key 'target'"),
@@ -106,87 +129,167 @@ BAD = [
     ("target: {comm: 12}\n" + S, "1:16: target.comm: expected a string, got an integer (quote it)"),
     ("target: {comm: yes}\n" + S, "1:16: target.comm: expected a string, got true/false (quote it)"),
     ("target: {comm: 'ng[ij]nx'}\n" + S, "1:16: target.comm: comm globs support only '*' and '?'"),
-    ("target: {comm: abcdefghijklmnopq}\n" + S,
-     "1:16: target.comm: comm is at most 15 bytes (the kernel truncates longer names)"),
+    (
+        "target: {comm: abcdefghijklmnopq}\n" + S,
+        "1:16: target.comm: comm is at most 15 bytes (the kernel truncates longer names)",
+    ),
     ("target: {exe: nginx}\n" + S, "1:15: target.exe: must be an absolute path, like /usr/sbin/nginx"),
-    ("target: {unit: ../x}\n" + S, "1:16: target.unit: '../x' is not a systemd unit name (like nginx.service)"),
-    ("target: {cgroup: /a/../b}\n" + S,
-     "1:18: target.cgroup: must be an absolute cgroup path without '..', like /system.slice/nginx.service"),
+    (
+        "target: {unit: ../x}\n" + S,
+        "1:16: target.unit: '../x' is not a systemd unit name (like nginx.service)",
+    ),
+    (
+        "target: {cgroup: /a/../b}\n" + S,
+        "1:18: target.cgroup: must be an absolute cgroup path without '..', like /system.slice/nginx.service",
+    ),
     (T + "trigger: {}\n", "2:10: trigger: give exactly one of syscall, every, cpu, rss, threads, fds"),
-    (T + "trigger: {syscall: write, every: 10s}\n", "2:27: trigger: only one of syscall, every, cpu, rss, "
-     "threads, fds (got syscall and every)"),
+    (
+        T + "trigger: {syscall: write, every: 10s}\n",
+        "2:27: trigger: only one of syscall, every, cpu, rss, threads, fds (got syscall and every)",
+    ),
     (T + "trigger: {every: 10}\n", "2:18: trigger.every: 10 needs a unit, e.g. 10s, 500ms or 5m"),
-    (T + "trigger: {every: 10 sec}\n",
-     "2:18: trigger.every: bad duration '10 sec': use a number and a unit (ns, us, ms, s, m, h, d), e.g. 10s"),
-    (T + "trigger: {every: 10s, when: errno == 1}\n", "2:23: trigger: 'when' applies only to syscall triggers"),
-    (T + "trigger: {rss: {above: 2Gb}}\n", "2:24: trigger.rss.above: bad size '2Gb': use a number and a unit "
-     "(B, KiB, MiB, GiB, TiB, kB, MB, GB, TB), e.g. 2GiB"),
+    (
+        T + "trigger: {every: 10 sec}\n",
+        "2:18: trigger.every: bad duration '10 sec': use a number and a unit "
+        "(ns, us, ms, s, m, h, d), e.g. 10s",
+    ),
+    (
+        T + "trigger: {every: 10s, when: errno == 1}\n",
+        "2:23: trigger: 'when' applies only to syscall triggers",
+    ),
+    (
+        T + "trigger: {rss: {above: 2Gb}}\n",
+        "2:24: trigger.rss.above: bad size '2Gb': use a number and a unit "
+        "(B, KiB, MiB, GiB, TiB, kB, MB, GB, TB), e.g. 2GiB",
+    ),
     (T + "trigger: {cpu: {above: 90}}\n", "2:24: trigger.cpu.above: 90 needs a unit, e.g. 90%"),
-    (T + "trigger: {cpu: {above: 90%, for: 30s, every: 1s}}\n",
-     "2:39: trigger.cpu: unknown key 'every'; valid keys: above, for"),
+    (
+        T + "trigger: {cpu: {above: 90%, for: 30s, every: 1s}}\n",
+        "2:39: trigger.cpu: unknown key 'every'; valid keys: above, for",
+    ),
     (T + "trigger: {threads: {}}\n", "2:20: trigger.threads: missing required key 'above'"),
     (T + "trigger: {syscall: []}\n", "2:20: trigger.syscall: the list is empty"),
     (T + "trigger: {syscall: Write}\n", "2:20: trigger.syscall: 'Write' is not a syscall name"),
     (T + "trigger: {syscall: [write, write]}\n", "2:28: trigger.syscall: 'write' is listed twice"),
     (T + "trigger: {syscall: write, count: 1, within: 10s}\n", "2:37: trigger.within needs count: 2 or more"),
-    (T + "trigger: {syscall: write, count: 500, within: 10s}\n",
-     "2:34: trigger.count: at most 128 with 'within' (the kernel keeps that many match times per process)"),
-    (T + "trigger:\n  syscall: write\n  when: errno == EPIPPE\n", "4:18: trigger.when: unknown errno name 'EPIPPE'"),
-    (T + "trigger:\n  syscall: write\n  when: errno = 1\n",
-     "4:15: trigger.when: unexpected character '=' (use 'and', 'or', 'not')"),
-    (T + "trigger:\n  syscall: write\n  when: 'errno == 1 &&  ret < 0'\n",
-     "4:21: trigger.when: unexpected character '&' (use 'and', 'or', 'not')"),
-    (T + "trigger:\n  syscall: write\n  when: (errno == 1\n", "4:9: trigger.when: unbalanced '(': missing ')'"),
-    (T + "trigger:\n  syscall: write\n  when: 1 == 2\n",
-     "4:9: trigger.when: a comparison needs a name (arg0..arg5, ret, errno, latency, pid, tid, uid) on one side"),
-    (T + "trigger:\n  syscall: write\n  when: pid == tid\n",
-     "4:16: trigger.when: compare a name with a constant, not with another name"),
-    (T + "trigger:\n  syscall: write\n  when: 0 < ret < 5\n",
-     "4:17: trigger.when: comparisons do not chain; join them with 'and'"),
-    (T + "trigger:\n  syscall: write\n  when: arg1 > 5s\n", "4:16: trigger.when: a duration only compares with latency"),
-    (T + "trigger:\n  syscall: write\n  when: latency > 5parsecs\n",
-     "4:19: trigger.when: bad unit 'parsecs' in '5parsecs'; durations take ns, us, ms, s, m, h"),
-    (T + "trigger:\n  syscall: write\n  when: import os\n",
-     "4:9: trigger.when: unknown name 'import'; use arg0..arg5, ret, errno, latency, pid, tid, uid, numbers, "
-     "durations (500ms) or errno names (EPIPE)"),
-    (T + "trigger:\n  syscall: write\n  when: " + " or ".join(f"arg0 == {i}" for i in range(9)) + "\n",
-     "4:9: trigger.when: expression too large for the in-kernel predicate: it needs 17 steps (comparisons, "
-     "and/or/not), at most 16 fit"),
+    (
+        T + "trigger: {syscall: write, count: 500, within: 10s}\n",
+        "2:34: trigger.count: at most 128 with 'within' (the kernel keeps that many match times per process)",
+    ),
+    (
+        T + "trigger:\n  syscall: write\n  when: errno == EPIPPE\n",
+        "4:18: trigger.when: unknown errno name 'EPIPPE'",
+    ),
+    (
+        T + "trigger:\n  syscall: write\n  when: errno = 1\n",
+        "4:15: trigger.when: unexpected character '=' (use 'and', 'or', 'not')",
+    ),
+    (
+        T + "trigger:\n  syscall: write\n  when: 'errno == 1 &&  ret < 0'\n",
+        "4:21: trigger.when: unexpected character '&' (use 'and', 'or', 'not')",
+    ),
+    (
+        T + "trigger:\n  syscall: write\n  when: (errno == 1\n",
+        "4:9: trigger.when: unbalanced '(': missing ')'",
+    ),
+    (
+        T + "trigger:\n  syscall: write\n  when: 1 == 2\n",
+        "4:9: trigger.when: a comparison needs a name "
+        "(arg0..arg5, ret, errno, latency, pid, tid, uid) on one side",
+    ),
+    (
+        T + "trigger:\n  syscall: write\n  when: pid == tid\n",
+        "4:16: trigger.when: compare a name with a constant, not with another name",
+    ),
+    (
+        T + "trigger:\n  syscall: write\n  when: 0 < ret < 5\n",
+        "4:17: trigger.when: comparisons do not chain; join them with 'and'",
+    ),
+    (
+        T + "trigger:\n  syscall: write\n  when: arg1 > 5s\n",
+        "4:16: trigger.when: a duration only compares with latency",
+    ),
+    (
+        T + "trigger:\n  syscall: write\n  when: latency > 5parsecs\n",
+        "4:19: trigger.when: bad unit 'parsecs' in '5parsecs'; durations take ns, us, ms, s, m, h",
+    ),
+    (
+        T + "trigger:\n  syscall: write\n  when: import os\n",
+        "4:9: trigger.when: unknown name 'import'; use arg0..arg5, ret, errno, latency, pid, tid, uid, "
+        "numbers, "
+        "durations (500ms) or errno names (EPIPE)",
+    ),
+    (
+        T + "trigger:\n  syscall: write\n  when: " + " or ".join(f"arg0 == {i}" for i in range(9)) + "\n",
+        "4:9: trigger.when: expression too large for the in-kernel predicate: "
+        "it needs 17 steps (comparisons, "
+        "and/or/not), at most 16 fit",
+    ),
     (T + "trigger: {syscall: write, when: ''}\n", "2:33: trigger.when: must not be empty"),
     (T + S + "action: {stop: maybe}\n", "3:16: action.stop: 'maybe' is not one of ptrace, kernel"),
-    (T + "trigger: {every: 1s}\naction: {stop: kernel}\n", "3:9: action.stop: kernel needs a syscall or cpu "
-     "trigger (the probe that sends SIGSTOP must run in the target)"),
+    (
+        T + "trigger: {every: 1s}\naction: {stop: kernel}\n",
+        "3:9: action.stop: kernel needs a syscall or cpu "
+        "trigger (the probe that sends SIGSTOP must run in the target)",
+    ),
     (T + S + "action: {snapshot: thawed}\n", "3:20: action.snapshot: 'thawed' is not one of frozen, fork"),
-    (T + S + "action: {core: {content: heap+bogus}}\n",
-     f"3:26: action.core.content: content 'heap+bogus': unknown class 'bogus'; valid: {valid_names()}"),
-    (T + S + "action: {core: {name: ../../etc/passwd}}\n",
-     "3:23: action.core.name: core name must not contain '/' (cores are stored flat in the core directory)"),
+    (
+        T + S + "action: {core: {content: heap+bogus}}\n",
+        f"3:26: action.core.content: content 'heap+bogus': unknown class 'bogus'; valid: {valid_names()}",
+    ),
+    (
+        T + S + "action: {core: {name: ../../etc/passwd}}\n",
+        "3:23: action.core.name: core name must not contain '/' "
+        "(cores are stored flat in the core directory)",
+    ),
     (T + S + "action: {core: {name: core..x}}\n", "3:23: action.core.name: core name must not contain '..'"),
-    (T + S + "action: {core: {name: core.%q}}\n",
-     "3:23: action.core.name: unknown code '%q' in core name; use %t %T %p %e %r %n %h or %%"),
-    (T + S + "action: {run: /bin/sh -c 'rm -rf /'}\n",
-     "3:15: action.run: expected a list (an argv; no shell is used), got a string"),
+    (
+        T + S + "action: {core: {name: core.%q}}\n",
+        "3:23: action.core.name: unknown code '%q' in core name; use %t %T %p %e %r %n %h or %%",
+    ),
+    (
+        T + S + "action: {run: /bin/sh -c 'rm -rf /'}\n",
+        "3:15: action.run: expected a list (an argv; no shell is used), got a string",
+    ),
     (T + S + "action: {run: [page-oncall]}\n", "3:16: action.run: the program must be an absolute path"),
-    (T + S + "action: {run: [/bin/echo, '{oops}']}\n",
-     "3:27: action.run: unknown placeholder '{oops}'; use {core}, {rule}, {pid}, {comm}"),
+    (
+        T + S + "action: {run: [/bin/echo, '{oops}']}\n",
+        "3:27: action.run: unknown placeholder '{oops}'; use {core}, {rule}, {pid}, {comm}",
+    ),
     (T + S + "limits: {max_cores: -1}\n", "3:21: limits.max_cores: -1 is out of range (1..10000)"),
-    (T + S + "limits: {min_interval: 0s}\n", "3:24: limits.min_interval: bad duration '0s': must be more than zero"),
+    (
+        T + S + "limits: {min_interval: 0s}\n",
+        "3:24: limits.min_interval: bad duration '0s': must be more than zero",
+    ),
     (T + S + "active: '25:00-04:00'\n", "3:9: active: '25:00-04:00' is not a valid time range"),
     (T + S + "active: 1am-4am\n", "3:9: active: '1am-4am' must look like \"01:00-04:00\" (local time)"),
-    ("name: ../../etc\n" + T + S,
-     "1:7: name '../../etc' must match [a-z0-9][a-z0-9._-]* (no '/', no upper case), at most 64 characters"),
+    (
+        "name: ../../etc\n" + T + S,
+        "1:7: name '../../etc' must match [a-z0-9][a-z0-9._-]* "
+        "(no '/', no upper case), at most 64 characters",
+    ),
     ("name: a..b\n" + T + S, "1:7: name 'a..b' must not contain '..'"),
     ("name: &n x\n" + T + S, "1:7: YAML anchors (&name) are not allowed in rule files"),
     ("a: &a [1]\nb: *a\n", "1:4: YAML anchors (&name) are not allowed in rule files"),
     ("b: *a\n", "1:4: YAML aliases (*name) are not allowed in rule files"),
-    ("target: !!python/object:os.system {comm: x}\n" + S,
-     "1:9: YAML tag 'tag:yaml.org,2002:python/object:os.system' is not allowed in rule files"),
+    (
+        "target: !!python/object:os.system {comm: x}\n" + S,
+        "1:9: YAML tag 'tag:yaml.org,2002:python/object:os.system' is not allowed in rule files",
+    ),
     ("target: {comm: x\n" + S, "2:8: YAML: expected ',' or '}', but got ':' (while parsing a flow mapping)"),
-    ("target:\n\tcomm: x\n", "2:1: YAML: found character '\\t' that cannot start any token (while scanning for "
-     "the next token)"),
-    ("---\na: 1\n---\nb: 2\n", "3:1: YAML: but found another document (expected a single document in the stream)"),
-    (T + S + "description: \"bell\\a\"\n", "3:14: description: control characters are not allowed"),
-    (T + "trigger: {syscall: write, count: 2.5}\n", "2:34: trigger.count: expected an integer, got a fractional number"),
+    (
+        "target:\n\tcomm: x\n",
+        "2:1: YAML: found character '\\t' that cannot start any token (while scanning for the next token)",
+    ),
+    (
+        "---\na: 1\n---\nb: 2\n",
+        "3:1: YAML: but found another document (expected a single document in the stream)",
+    ),
+    (T + S + 'description: "bell\\a"\n', "3:14: description: control characters are not allowed"),
+    (
+        T + "trigger: {syscall: write, count: 2.5}\n",
+        "2:34: trigger.count: expected an integer, got a fractional number",
+    ),
 ]
 
 
@@ -207,8 +310,10 @@ def test_at_least_thirty_malformed() -> None:
 @needs_tracefs
 def test_unknown_syscall_suggests() -> None:
     _, errors = parse_rule(T + "trigger: {syscall: wrte}\n", "s.yaml")
-    assert str(errors[0]) == ("s.yaml:2:20: trigger.syscall: unknown syscall 'wrte' (no tracepoint "
-                              "syscalls:sys_enter_wrte on this kernel); did you mean 'write'?")
+    assert str(errors[0]) == (
+        "s.yaml:2:20: trigger.syscall: unknown syscall 'wrte' (no tracepoint "
+        "syscalls:sys_enter_wrte on this kernel); did you mean 'write'?"
+    )
 
 
 @needs_tracefs
@@ -237,7 +342,9 @@ def test_file_size_cap(tmp_path: Path) -> None:
 
 
 def test_billion_laughs_refused() -> None:
-    lol = "a: &a [lol, lol]\n" + "".join(f"{c}: &{c} [*{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    lol = "a: &a [lol, lol]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
     _, errors = parse_rule(lol, "lol.yaml")
     assert str(errors[0]) == "lol.yaml:1:4: YAML anchors (&name) are not allowed in rule files"
 
@@ -285,12 +392,38 @@ def test_active_window_crosses_midnight() -> None:
 
 
 _yaml_scalars = st.one_of(
-    st.text(max_size=12), st.integers(), st.booleans(), st.none(), st.floats(allow_nan=False),
+    st.text(max_size=12),
+    st.integers(),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=False),
     st.sampled_from(["write", "10s", "2GiB", "90%", "errno == EPIPE", "latency > 1ms", "*x", "&a", "../x"]),
 )
-_keys = st.sampled_from(["name", "target", "trigger", "action", "limits", "active", "comm", "pid", "syscall",
-                         "when", "count", "within", "every", "cpu", "above", "for", "core", "content", "run",
-                         "stop", "x"])
+_keys = st.sampled_from(
+    [
+        "name",
+        "target",
+        "trigger",
+        "action",
+        "limits",
+        "active",
+        "comm",
+        "pid",
+        "syscall",
+        "when",
+        "count",
+        "within",
+        "every",
+        "cpu",
+        "above",
+        "for",
+        "core",
+        "content",
+        "run",
+        "stop",
+        "x",
+    ]
+)
 _yaml_values = st.recursive(
     _yaml_scalars,
     lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(_keys, children, max_size=5)),

@@ -9,6 +9,7 @@ last one goes, so loading or unloading a rule never disturbs the others.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import os
 import time
@@ -137,8 +138,9 @@ class Probes:
         if rule.name in self._loaded:
             self.unload(rule.name)
         if rule.action.stop is StopMode.KERNEL and not isinstance(rule.trigger, (SyscallTrigger, CpuTrigger)):
-            raise _rule_error(rule, "stop: kernel needs a syscall or cpu trigger (the probe must run "
-                              "in the target)")
+            raise _rule_error(
+                rule, "stop: kernel needs a syscall or cpu trigger (the probe must run in the target)"
+            )
         free = [s for s in range(layout.MAX_RULES) if s not in self._slots]
         if not free:
             raise _rule_error(rule, f"too many rules loaded (at most {layout.MAX_RULES})")
@@ -208,7 +210,9 @@ class Probes:
         table[ct.c_int(ent.slot)] = leaf
         self._set_global(layout.Global.ACTIVE, 1)
         if t.pid is not None:
-            self._set_global(layout.Global.PID_RULES, self._get_global(layout.Global.PID_RULES) | (1 << ent.slot))
+            self._set_global(
+                layout.Global.PID_RULES, self._get_global(layout.Global.PID_RULES) | (1 << ent.slot)
+            )
 
     def _attach(self, ent: _Loaded) -> None:
         trig, bit = ent.rule.trigger, 1 << ent.slot
@@ -216,8 +220,9 @@ class Probes:
             nrs = _sys.numbers()
             for name in trig.syscalls:
                 if name not in nrs:
-                    raise _rule_error(ent.rule, f"no syscall number known for '{name}' on this system "
-                                      "(asm/unistd headers)")
+                    raise _rule_error(
+                        ent.rule, f"no syscall number known for '{name}' on this system (asm/unistd headers)"
+                    )
             masks = self._bpf[b"sysmasks"]
             for name in trig.syscalls:
                 nr = nrs[name]
@@ -236,17 +241,23 @@ class Probes:
                     ent.tracepoints.append(tp)
         elif isinstance(trig, EveryTrigger):
             ticks = self._bpf[b"ticks"]
-            key = ct.c_uint64(trig.period_ns)
-            cur = ticks.get(key)
-            ticks[key] = ct.c_uint64((cur.value if cur is not None else 0) | bit)
+            pkey = ct.c_uint64(trig.period_ns)
+            cur = ticks.get(pkey)
+            ticks[pkey] = ct.c_uint64((cur.value if cur is not None else 0) | bit)
             if trig.period_ns not in self._tick_fds:
                 from bcc import BPF, lib
 
                 fn = self._bpf.load_func(b"snapd_tick", BPF.PERF_EVENT)
                 fd = lib.bpf_attach_perf_event(
-                    ct.c_int(fn.fd), ct.c_uint(PERF_TYPE_SOFTWARE), ct.c_uint(PERF_COUNT_SW_CPU_CLOCK),
-                    ct.c_ulonglong(trig.period_ns), ct.c_ulonglong(0), ct.c_int(-1), ct.c_int(0),
-                    ct.c_int(-1))
+                    ct.c_int(fn.fd),
+                    ct.c_uint(PERF_TYPE_SOFTWARE),
+                    ct.c_uint(PERF_COUNT_SW_CPU_CLOCK),
+                    ct.c_ulonglong(trig.period_ns),
+                    ct.c_ulonglong(0),
+                    ct.c_int(-1),
+                    ct.c_int(0),
+                    ct.c_int(-1),
+                )
                 if fd < 0:
                     raise _rule_error(ent.rule, f"cannot open a cpu-clock perf event: {os.strerror(-fd)}")
                 self._tick_fds[trig.period_ns] = fd
@@ -254,8 +265,11 @@ class Probes:
             self._set_global(layout.Global.CPU_RULES, self._get_global(layout.Global.CPU_RULES) | bit)
             if not self._cpu_attached:
                 self._bpf.attach_perf_event(
-                    ev_type=PERF_TYPE_SOFTWARE, ev_config=PERF_COUNT_SW_CPU_CLOCK,
-                    fn_name=b"snapd_cpu_sample", sample_period=layout.CPU_SAMPLE_PERIOD_NS)
+                    ev_type=PERF_TYPE_SOFTWARE,
+                    ev_config=PERF_COUNT_SW_CPU_CLOCK,
+                    fn_name=b"snapd_cpu_sample",
+                    sample_period=layout.CPU_SAMPLE_PERIOD_NS,
+                )
                 self._cpu_attached = True
 
     def _tp_ref(self, tp: str, delta: int) -> None:
@@ -266,10 +280,8 @@ class Probes:
             self._bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn)
         elif before + delta <= 0:
             del self._tp_refs[tp]
-            try:
+            with contextlib.suppress(Exception):  # already gone: nothing to undo
                 self._bpf.detach_tracepoint(tp=tp.encode())
-            except Exception:  # already gone: nothing to undo
-                pass
 
     def _mark_targets(self, ent: _Loaded) -> None:
         tmap = self._bpf[b"targets"]
@@ -314,20 +326,22 @@ class Probes:
         trig = ent.rule.trigger
         if isinstance(trig, EveryTrigger):
             ticks = b[b"ticks"]
-            key = ct.c_uint64(trig.period_ns)
-            cur = ticks.get(key)
+            pkey = ct.c_uint64(trig.period_ns)
+            cur = ticks.get(pkey)
             rest = (cur.value if cur is not None else 0) & ~bit
             if rest:
-                ticks[key] = ct.c_uint64(rest)
+                ticks[pkey] = ct.c_uint64(rest)
             else:
                 if cur is not None:
-                    del ticks[key]
+                    del ticks[pkey]
                 fd = self._tick_fds.pop(trig.period_ns, None)
                 if fd is not None:
                     from bcc import lib
 
                     lib.bpf_close_perf_event_fd(ct.c_int(fd))
-        if self._cpu_attached and not any(isinstance(e.rule.trigger, CpuTrigger) for e in self._slots.values()):
+        if self._cpu_attached and not any(
+            isinstance(e.rule.trigger, CpuTrigger) for e in self._slots.values()
+        ):
             b.detach_perf_event(ev_type=PERF_TYPE_SOFTWARE, ev_config=PERF_COUNT_SW_CPU_CLOCK)
             self._cpu_attached = False
         tmap = b[b"targets"]
@@ -362,15 +376,41 @@ class Probes:
             trig = ent.rule.trigger
             assert isinstance(trig, CpuTrigger)
             pct = raw.value * layout.CPU_SAMPLE_PERIOD_NS * 100 // trig.for_ns
-            self._pending.append(Event(ent.rule.name, raw.pid, raw.tid, comm, Kind.CPU.value, None, (),
-                                       None, int(pct), raw.ts, bool(flags & layout.EventFlag.STOPPED)))
+            self._pending.append(
+                Event(
+                    ent.rule.name,
+                    raw.pid,
+                    raw.tid,
+                    comm,
+                    Kind.CPU.value,
+                    None,
+                    (),
+                    None,
+                    int(pct),
+                    raw.ts,
+                    bool(flags & layout.EventFlag.STOPPED),
+                )
+            )
             return
         name = self._names_by_nr.get(raw.nr, f"syscall_{raw.nr}")
         n = _sys.arity(name)
         args = tuple(int(a) for a in raw.args[: 6 if n is None else n])
         ret = int(raw.ret) if flags & layout.EventFlag.EXIT else None
-        self._pending.append(Event(ent.rule.name, raw.pid, raw.tid, comm, Kind.SYSCALL.value, name, args,
-                                   ret, None, raw.ts, bool(flags & layout.EventFlag.STOPPED)))
+        self._pending.append(
+            Event(
+                ent.rule.name,
+                raw.pid,
+                raw.tid,
+                comm,
+                Kind.SYSCALL.value,
+                name,
+                args,
+                ret,
+                None,
+                raw.ts,
+                bool(flags & layout.EventFlag.STOPPED),
+            )
+        )
 
     def _pids_of(self, slot: int) -> list[int]:
         bit = 1 << slot
@@ -388,8 +428,11 @@ class Probes:
                 continue
             ent = self._slots[slot]
             for pid in self._pids_of(slot):
-                self._pending.append(Event(ent.rule.name, pid, pid, procfs.comm(pid), Kind.EVERY.value,
-                                           None, (), None, None, ts))
+                self._pending.append(
+                    Event(
+                        ent.rule.name, pid, pid, procfs.comm(pid), Kind.EVERY.value, None, (), None, None, ts
+                    )
+                )
 
     def _sample(self) -> None:
         now_ns = time.monotonic_ns()
@@ -403,9 +446,23 @@ class Probes:
                 value = samplers.measure(trig, pid)
                 self._stats["samples"] += 1
                 if value is not None and ent.crossing.update(pid, value, above):
-                    kind = {RssTrigger: Kind.RSS, ThreadsTrigger: Kind.THREADS, FdsTrigger: Kind.FDS}[type(trig)]
-                    self._pending.append(Event(ent.rule.name, pid, pid, procfs.comm(pid), kind.value, None,
-                                               (), None, value, now_ns))
+                    kind = {RssTrigger: Kind.RSS, ThreadsTrigger: Kind.THREADS, FdsTrigger: Kind.FDS}[
+                        type(trig)
+                    ]
+                    self._pending.append(
+                        Event(
+                            ent.rule.name,
+                            pid,
+                            pid,
+                            procfs.comm(pid),
+                            kind.value,
+                            None,
+                            (),
+                            None,
+                            value,
+                            now_ns,
+                        )
+                    )
             ent.crossing.forget_except(set(pids))
 
     def _rescan(self) -> None:
@@ -419,8 +476,9 @@ class Probes:
             self._mark_targets(ent)
 
     def _has_samplers(self) -> bool:
-        return any(isinstance(e.rule.trigger, (RssTrigger, ThreadsTrigger, FdsTrigger))
-                   for e in self._slots.values())
+        return any(
+            isinstance(e.rule.trigger, (RssTrigger, ThreadsTrigger, FdsTrigger)) for e in self._slots.values()
+        )
 
     def poll(self, timeout_ms: int) -> list[Event]:
         """Wait up to ``timeout_ms`` for firings (0: just collect); return them, oldest first."""
@@ -469,10 +527,8 @@ class Probes:
             return
         self._closed = True
         for name in list(self._loaded):
-            try:
+            with contextlib.suppress(Exception):  # keep tearing down the rest
                 self.unload(name)
-            except Exception:  # keep tearing down the rest
-                pass
         if self._bpf is not None:
             from bcc import lib
 

@@ -27,7 +27,9 @@ def _expand(args: Sequence[str]) -> list[str]:
     for a in args:
         if os.path.isdir(a):
             out += sorted(
-                os.path.join(a, n) for n in os.listdir(a) if n.endswith(RULE_SUFFIXES) and not n.startswith(".")
+                os.path.join(a, n)
+                for n in os.listdir(a)
+                if n.endswith(RULE_SUFFIXES) and not n.startswith(".")
             )
         else:
             out.append(a)

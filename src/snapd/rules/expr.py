@@ -66,8 +66,14 @@ MIRROR = {Op.EQ: Op.EQ, Op.NE: Op.NE, Op.LT: Op.GT, Op.LE: Op.GE, Op.GT: Op.LT, 
 NAMES = {f.name.lower(): f for f in Field}
 EXIT_FIELDS = frozenset({Field.RET, Field.ERRNO, Field.LATENCY})
 KEYWORDS = frozenset({"and", "or", "not"})
-_DURATION_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000,
-                "h": 3_600_000_000_000}
+_DURATION_NS = {
+    "ns": 1,
+    "us": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60_000_000_000,
+    "h": 3_600_000_000_000,
+}
 
 
 class ExprError(Exception):
@@ -115,8 +121,10 @@ def tokenize(text: str) -> list[Token]:
             elif unit in _DURATION_NS and not num.lower().startswith("0x"):
                 out.append(Token("dur", m.group(0).strip(), start, value * _DURATION_NS[unit]))
             else:
-                raise ExprError(start, f"bad unit {unit!r} in {m.group(0).strip()!r}; durations take "
-                                + ", ".join(_DURATION_NS))
+                raise ExprError(
+                    start,
+                    f"bad unit {unit!r} in {m.group(0).strip()!r}; durations take " + ", ".join(_DURATION_NS),
+                )
         elif m.group("name"):
             out.append(Token("name", m.group("name"), start))
         elif m.group("op"):
@@ -256,8 +264,7 @@ class _Parser:
                 e = self.disj()
                 t = self.take()
                 if t.kind != ")":
-                    raise ExprError(t.pos if t.kind != "end" else open_tok.pos,
-                                    "unbalanced '(': missing ')'")
+                    raise ExprError(t.pos if t.kind != "end" else open_tok.pos, "unbalanced '(': missing ')'")
                 return e
             return self.cmp()
         finally:
@@ -283,8 +290,11 @@ class _Parser:
                 raise ExprError(t.pos, f"expected a comparison before {t.text!r}")
             if t.text.isupper() and t.text.startswith("E"):
                 return _Operand("errno", t.pos, value=self.errno_value(t))
-            raise ExprError(t.pos, f"unknown name {t.text!r}; use arg0..arg5, ret, errno, latency, "
-                            "pid, tid, uid, numbers, durations (500ms) or errno names (EPIPE)")
+            raise ExprError(
+                t.pos,
+                f"unknown name {t.text!r}; use arg0..arg5, ret, errno, latency, "
+                "pid, tid, uid, numbers, durations (500ms) or errno names (EPIPE)",
+            )
         if t.kind == "end":
             raise ExprError(t.pos, "expression ends early; expected a name or a number")
         raise ExprError(t.pos, f"unexpected {t.text!r}; expected a name or a number")
@@ -315,8 +325,10 @@ class _Parser:
         elif left.kind == "field":
             raise ExprError(right.pos, "compare a name with a constant, not with another name")
         else:
-            raise ExprError(left.pos, "a comparison needs a name (arg0..arg5, ret, errno, "
-                            "latency, pid, tid, uid) on one side")
+            raise ExprError(
+                left.pos,
+                "a comparison needs a name (arg0..arg5, ret, errno, latency, pid, tid, uid) on one side",
+            )
         assert field_side.field is not None
         fld = field_side.field
         if const.kind == "dur" and fld != Field.LATENCY:

@@ -84,11 +84,15 @@ class _StrictLoader(yaml.SafeLoader):
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
         event: Any = self.peek_event()  # type: ignore[no-untyped-call]
         if isinstance(event, yaml.AliasEvent):
-            raise _Refused(problem="YAML aliases (*name) are not allowed in rule files",
-                           problem_mark=getattr(event, "start_mark", None))
+            raise _Refused(
+                problem="YAML aliases (*name) are not allowed in rule files",
+                problem_mark=getattr(event, "start_mark", None),
+            )
         if getattr(event, "anchor", None) is not None:
-            raise _Refused(problem="YAML anchors (&name) are not allowed in rule files",
-                           problem_mark=getattr(event, "start_mark", None))
+            raise _Refused(
+                problem="YAML anchors (&name) are not allowed in rule files",
+                problem_mark=getattr(event, "start_mark", None),
+            )
         node: Node | None = super().compose_node(parent, index)
         return node
 
@@ -379,8 +383,15 @@ class _RuleBuilder:
         top = self.s.mapping(
             root,
             "rule",
-            {"name": False, "description": False, "target": True, "trigger": True, "action": False,
-             "limits": False, "active": False},
+            {
+                "name": False,
+                "description": False,
+                "target": True,
+                "trigger": True,
+                "action": False,
+                "limits": False,
+                "active": False,
+            },
         )
         if top is None:
             return None
@@ -398,11 +409,22 @@ class _RuleBuilder:
         if "active" in top and active is None:
             return None
         if action.stop is StopMode.KERNEL and not isinstance(trigger, (SyscallTrigger, CpuTrigger)):
-            self.ctx.err(top["action"][1], "action.stop: kernel needs a syscall or cpu trigger (the probe "
-                         "that sends SIGSTOP must run in the target)")
+            self.ctx.err(
+                top["action"][1],
+                "action.stop: kernel needs a syscall or cpu trigger (the probe "
+                "that sends SIGSTOP must run in the target)",
+            )
             return None
-        return Rule(name=name, target=target, trigger=trigger, action=action, limits=limits,
-                    description=description, active=active, path=self.path)
+        return Rule(
+            name=name,
+            target=target,
+            trigger=trigger,
+            action=action,
+            limits=limits,
+            description=description,
+            active=active,
+            path=self.path,
+        )
 
     def _name(self, top: dict[str, tuple[Node, Node]]) -> str | None:
         if "name" in top:
@@ -411,8 +433,11 @@ class _RuleBuilder:
             if name is None:
                 return None
             if not NAME_RE.fullmatch(name):
-                self.ctx.err(node, f"name {name!r} must match [a-z0-9][a-z0-9._-]* (no '/', no "
-                             "upper case), at most 64 characters")
+                self.ctx.err(
+                    node,
+                    f"name {name!r} must match [a-z0-9][a-z0-9._-]* (no '/', no "
+                    "upper case), at most 64 characters",
+                )
                 return None
             if ".." in name:
                 self.ctx.err(node, f"name {name!r} must not contain '..'")
@@ -423,14 +448,20 @@ class _RuleBuilder:
             if stem.endswith(suffix):
                 stem = stem[: -len(suffix)]
         if not NAME_RE.fullmatch(stem) or ".." in stem:
-            self.ctx.err_at(1, 1, f"file name {stem!r} is not a valid rule name; add 'name:' "
-                            "matching [a-z0-9][a-z0-9._-]*")
+            self.ctx.err_at(
+                1,
+                1,
+                f"file name {stem!r} is not a valid rule name; add 'name:' matching [a-z0-9][a-z0-9._-]*",
+            )
             return None
         return stem
 
     def _target(self, node: Node) -> Target | None:
-        m = self.s.mapping(node, "target", {"pid": False, "comm": False, "exe": False,
-                                            "unit": False, "cgroup": False, "uid": False})
+        m = self.s.mapping(
+            node,
+            "target",
+            {"pid": False, "comm": False, "exe": False, "unit": False, "cgroup": False, "uid": False},
+        )
         if m is None:
             return None
         if not m:
@@ -464,8 +495,11 @@ class _RuleBuilder:
             n = m["cgroup"][1]
             cg = self.s.string(n, "target.cgroup")
             if cg is not None and (not cg.startswith("/") or ".." in cg.split("/")):
-                self.ctx.err(n, "target.cgroup: must be an absolute cgroup path without '..', "
-                             "like /system.slice/nginx.service")
+                self.ctx.err(
+                    n,
+                    "target.cgroup: must be an absolute cgroup path without '..', "
+                    "like /system.slice/nginx.service",
+                )
             vals["cgroup"] = cg
         if len(self.ctx.errors) != before:
             return None
@@ -481,8 +515,9 @@ class _RuleBuilder:
             if not given:
                 self.ctx.err(node, "trigger: give exactly one of " + ", ".join(kinds))
             else:
-                self.ctx.err(m[given[1]][0], f"trigger: only one of {', '.join(kinds)} "
-                             f"(got {' and '.join(given)})")
+                self.ctx.err(
+                    m[given[1]][0], f"trigger: only one of {', '.join(kinds)} (got {' and '.join(given)})"
+                )
             return None
         kind = given[0]
         if kind != "syscall":
@@ -547,8 +582,11 @@ class _RuleBuilder:
             elif traced is not None and name not in traced:
                 close = difflib.get_close_matches(name, sorted(traced), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
-                self.ctx.err(n, f"trigger.syscall: unknown syscall '{name}' (no tracepoint "
-                             f"syscalls:sys_enter_{name} on this kernel){hint}")
+                self.ctx.err(
+                    n,
+                    f"trigger.syscall: unknown syscall '{name}' (no tracepoint "
+                    f"syscalls:sys_enter_{name} on this kernel){hint}",
+                )
                 ok = False
             elif name in names:
                 self.ctx.err(n, f"trigger.syscall: '{name}' is listed twice")
@@ -587,8 +625,11 @@ class _RuleBuilder:
                 self.ctx.err(m["within"][0], "trigger.within needs count: 2 or more")
                 return None
             if count > WIN_SLOTS:
-                self.ctx.err(m["count"][1], f"trigger.count: at most {WIN_SLOTS} with 'within' "
-                             "(the kernel keeps that many match times per process)")
+                self.ctx.err(
+                    m["count"][1],
+                    f"trigger.count: at most {WIN_SLOTS} with 'within' "
+                    "(the kernel keeps that many match times per process)",
+                )
                 return None
         if not ok:
             return None
@@ -601,8 +642,10 @@ class _RuleBuilder:
         for name in names:
             n = _sys.arity(name)
             if n is not None and used[-1] >= n:
-                self.ctx.err(wnode, f"trigger.when: {used[-1].name.lower()} is past the "
-                             f"arguments of {name} (it takes {n})")
+                self.ctx.err(
+                    wnode,
+                    f"trigger.when: {used[-1].name.lower()} is past the arguments of {name} (it takes {n})",
+                )
                 return
 
     def _action(self, node: Node) -> Action | None:
@@ -637,8 +680,9 @@ class _RuleBuilder:
             return None
 
     def _core(self, node: Node) -> CoreAction | None:
-        m = self.s.mapping(node, "action.core", {"content": False, "name": False, "repeat": False,
-                                                  "interval": False})
+        m = self.s.mapping(
+            node, "action.core", {"content": False, "name": False, "repeat": False, "interval": False}
+        )
         if m is None:
             return None
         base = Action().core
@@ -692,8 +736,11 @@ class _RuleBuilder:
                 return None
             for field in re.findall(r"\{([^{}]*)\}", s):
                 if field not in RUN_PLACEHOLDERS:
-                    self.ctx.err(n, f"action.run: unknown placeholder '{{{field}}}'; use "
-                                 + ", ".join("{" + p + "}" for p in RUN_PLACEHOLDERS))
+                    self.ctx.err(
+                        n,
+                        f"action.run: unknown placeholder '{{{field}}}'; use "
+                        + ", ".join("{" + p + "}" for p in RUN_PLACEHOLDERS),
+                    )
                     return None
             argv.append(s)
         return tuple(argv)
@@ -722,7 +769,7 @@ class _RuleBuilder:
             return None
         mt = ACTIVE_RE.fullmatch(s.replace(" ", ""))
         if not mt:
-            self.ctx.err(node, f"active: {s!r} must look like \"01:00-04:00\" (local time)")
+            self.ctx.err(node, f'active: {s!r} must look like "01:00-04:00" (local time)')
             return None
         h1, m1, h2, m2 = (int(g) for g in mt.groups())
         if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59:
