@@ -23,9 +23,9 @@ def test_ok_and_errors(snapd_cmd: list[str], tmp_path: Path) -> None:
     r = run(snapd_cmd, "--no-load", str(good), str(bad))
     assert r.returncode == 1
     assert r.stdout.splitlines() == [
+        f"{good}: ok",
         f"{bad}:2:34: trigger.count: 0 is out of range (1..1000000)",
         f"{bad}:3:16: action.stop: 'maybe' is not one of ptrace, kernel",
-        f"{good}: ok",
     ]
     assert "Traceback" not in r.stderr
 
@@ -79,7 +79,28 @@ def test_root_loads_probes(snapd_cmd: list[str], tmp_path: Path) -> None:
     r = run(snapd_cmd, str(good), str(late))
     assert r.returncode == 1, r.stdout + r.stderr
     assert r.stdout.splitlines() == [
+        f"{good}: ok",
         f"{late}:1:1: rule 'newer': no syscall number known for '{unknown[0]}' on this system "
         "(asm/unistd headers)",
-        f"{good}: ok",
     ]
+
+
+def test_unprivileged_checks_names_against_headers(tmp_path: Path) -> None:
+    """As nobody, tracefs is unreadable: names are still checked (against asm/unistd_64.h)."""
+    import os
+    import shutil
+    import sys
+
+    if os.geteuid() != 0 or not shutil.which("runuser"):
+        pytest.skip("needs root to drop to nobody")
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="/tmp") as d:  # pytest's tmp_path is private to root
+        os.chmod(d, 0o755)
+        bad = Path(d) / "typo.yaml"
+        bad.write_text("target: {comm: x}\ntrigger: {syscall: wrte}\n")
+        bad.chmod(0o644)
+        argv = ["runuser", "-u", "nobody", "--", sys.executable, "-m", "snapd", "check", str(bad)]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/")
+    assert r.returncode == 1, r.stderr
+    assert r.stdout.startswith(f"{bad}:2:20: trigger.syscall: unknown syscall 'wrte'"), r.stdout + r.stderr

@@ -54,43 +54,38 @@ def main(argv: list[str]) -> int:
         print("snapd check: no rule files (*.yaml, *.yml) found", file=sys.stderr)
         return 1
     ok_rules: list[tuple[str, Rule]] = []
-    failed = False
+    report: dict[str, list[str]] = {}
     names: dict[str, str] = {}
     for path in files:
         rule, errors = check_file(path)
         if rule is not None and rule.name in names:
             errors = [RuleError(path, 1, 1, f"rule name '{rule.name}' is already used by {names[rule.name]}")]
-        if errors:
-            failed = True
-            for err in errors:
-                print(err)
-            continue
-        assert rule is not None
-        names[rule.name] = path
-        ok_rules.append((path, rule))
+        report[path] = [str(e) for e in errors]
+        if rule is not None and not errors:
+            names[rule.name] = path
+            ok_rules.append((path, rule))
     if load and os.geteuid() == 0 and ok_rules:
-        load_failed = _load_all(ok_rules)
-        failed = failed or bool(load_failed)
-        ok_rules = [(p, r) for p, r in ok_rules if p not in load_failed]
+        for path, err in _load_all(ok_rules).items():
+            report[path].append(str(err))
     elif load and ok_rules:
         print("snapd check: not root: rules validated but their probes were not loaded", file=sys.stderr)
-    for path, _ in ok_rules:
-        print(f"{path}: ok")
-    return 1 if failed else 0
+    for path in files:
+        for line in report[path] or [f"{path}: ok"]:
+            print(line)
+    return 1 if any(report.values()) else 0
 
 
-def _load_all(rules: list[tuple[str, Rule]]) -> set[str]:
+def _load_all(rules: list[tuple[str, Rule]]) -> dict[str, RuleError]:
     from snapd.probe import Probes  # only as root: this builds BPF
 
-    failed: set[str] = set()
+    failed: dict[str, RuleError] = {}
     probes = Probes()
     try:
         for path, rule in rules:
             try:
                 probes.load(rule)
             except RuleError as err:
-                print(err)
-                failed.add(path)
+                failed[path] = err
             else:
                 probes.unload(rule.name)
     finally:

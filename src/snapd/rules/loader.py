@@ -571,6 +571,10 @@ class _RuleBuilder:
             items = [(vnode, self.s.string(vnode, "trigger.syscall", 64))]
         names: list[str] = []
         traced = _sys.traced_names()
+        if traced is None and _sys.numbers():
+            # tracefs unreadable (unprivileged): the C headers' table is the next best list;
+            # a syscall missing there could not be loaded anyway (no number for the probe).
+            traced = frozenset(_sys.numbers())
         ok = True
         for n, name in items:
             if name is None:
