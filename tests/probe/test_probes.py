@@ -316,3 +316,54 @@ def test_stop_kernel_needs_an_in_target_probe(probes: Probes) -> None:
     r = dataclasses.replace(r, action=dataclasses.replace(r.action, stop=StopMode.KERNEL))
     with pytest.raises(RuleError, match="stop: kernel needs a syscall or cpu trigger"):
         probes.load(r)
+
+
+@pytest.fixture
+def test_cgroup() -> Iterator[Path]:
+    """A cgroup v2 directory shaped like a unit's: <root>/snapd-probe-test.slice/probe-x.service."""
+    from snapd.probe.targets import cgroup2_root
+
+    root = Path(cgroup2_root())
+    if not (root / "cgroup.procs").exists():
+        pytest.skip("no writable cgroup v2 hierarchy")
+    outer = root / f"snapd-probe-test-{os.getpid()}.slice"
+    inner = outer / "probe-x.service"
+    inner.mkdir(parents=True)
+    try:
+        yield inner
+    finally:
+        for d in (inner, outer):  # empty once the test's victims are killed
+            wait_for(lambda d=d: _try_rmdir(d), 10, f"rmdir {d}")
+
+
+def _try_rmdir(d: Path) -> bool:
+    try:
+        d.rmdir()
+        return True
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("selector", ["unit", "cgroup"])
+def test_new_process_in_cgroup_is_caught(
+    test_cgroup: Path, probes: Probes, spawn: Spawn, victim_path: Path, selector: str
+) -> None:
+    # test_cgroup comes first so that it is torn down last, after spawn has killed the victims
+    from snapd.probe.targets import cgroup2_root
+
+    rel = "/" + str(test_cgroup.relative_to(cgroup2_root()))
+    value = test_cgroup.name if selector == "unit" else rel
+    probes.load(rule(f"target: {{{selector}: {value}}}\ntrigger: {{syscall: getppid}}", "cg"))
+    procs = test_cgroup / "cgroup.procs"
+
+    def enter_cgroup() -> None:  # runs in the child before exec: exec happens inside the cgroup
+        procs.write_text("0\n")
+
+    inside = spawn([victim_path], preexec_fn=enter_cgroup)
+    outside = spawn([victim_path])
+    command(outside, "g 2")
+    tid = command(inside, "g 2")
+    events = collect(probes, lambda ev: len(ev) >= 2) + drain(probes)
+    assert [(e.pid, e.tid) for e in events] == [(inside.pid, tid)] * 2

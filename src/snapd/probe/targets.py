@@ -10,6 +10,7 @@ through a path that is neither the configured one nor its resolved form).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ from snapd import procfs
 from snapd.errors import SnapdError
 from snapd.rules.model import Target
 
-CGROUP_ROOT = "/sys/fs/cgroup"
 NO_CGROUP = (1 << 64) - 1  # never a cgroup id: a selector whose cgroup does not exist (yet)
 
 
@@ -60,15 +60,32 @@ def exe_hashes(exe: str) -> tuple[int, int]:
     return fnv1a(exe.encode()), fnv1a(os.path.realpath(exe).encode())
 
 
+@functools.lru_cache(maxsize=1)
+def cgroup2_root() -> str:
+    """Where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup, or /sys/fs/cgroup/unified on a
+    hybrid (v1 + v2) system. bpf_get_current_ancestor_cgroup_id works on this hierarchy."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                # mountinfo(5): ... mount-point ... - fstype source options
+                left, _, right = line.partition(" - ")
+                if right.split(" ", 1)[0] == "cgroup2":
+                    return left.split()[4]
+    except OSError:
+        pass
+    return "/sys/fs/cgroup"
+
+
 def find_unit_cgroup(unit: str) -> str | None:
     """The cgroup path (relative to the cgroup2 root) of a systemd unit, if it is running."""
+    root = cgroup2_root()
     for guess in (f"system.slice/{unit}", unit):
-        if os.path.isdir(os.path.join(CGROUP_ROOT, guess)):
+        if os.path.isdir(os.path.join(root, guess)):
             return "/" + guess
-    for dirpath, dirnames, _ in os.walk(CGROUP_ROOT):
-        depth = dirpath[len(CGROUP_ROOT) :].count("/")
+    for dirpath, dirnames, _ in os.walk(root):
+        depth = dirpath[len(root) :].count("/")
         if unit in dirnames:
-            return os.path.join(dirpath, unit)[len(CGROUP_ROOT) :]
+            return os.path.join(dirpath, unit)[len(root) :]
         if depth >= 4:
             dirnames[:] = []
     return None
@@ -82,7 +99,7 @@ def cgroup_id(path: str | None) -> tuple[int, int]:
     rel = path.strip("/")
     level = len([p for p in rel.split("/") if p])
     try:
-        return level, os.stat(os.path.join(CGROUP_ROOT, rel)).st_ino
+        return level, os.stat(os.path.join(cgroup2_root(), rel)).st_ino
     except OSError:
         return level, NO_CGROUP
 
