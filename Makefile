@@ -4,6 +4,8 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
+PREFIX ?= /usr/local
+LIBDIR := $(PREFIX)/lib/snapd-cores
 
 .PHONY: setup run test lint bench clean install
 
@@ -11,7 +13,7 @@ setup:
 	@bash scripts/setup.sh
 
 run: setup
-	$(VENV)/bin/snapd daemon --foreground --rules rules --state $(CURDIR)/.state --socket $(CURDIR)/.state/ctl.sock
+	$(VENV)/bin/snapd daemon --rules rules --state $(CURDIR)/.state --socket $(CURDIR)/.state/ctl.sock
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -21,7 +23,21 @@ lint: setup
 	$(VENV)/bin/mypy
 
 bench: setup
-	$(PY) bench/gcore_bench.py
+	$(PY) bench/gcore_bench.py --set gcore --snapshot both
+	$(PY) bench/gcore_bench.py --set freeze --snapshot both
+	$(PY) bench/probe_overhead.py
+
+# A system install: its own venv (with the distro's bcc), the unit, the rules directory.
+install: setup
+	/usr/bin/python3 -m venv --system-site-packages $(LIBDIR)
+	$(LIBDIR)/bin/pip install -q --disable-pip-version-check .
+	install -d -m 0755 $(PREFIX)/bin /etc/snapd-cores/rules.d $(PREFIX)/share/doc/snapd-cores
+	ln -sfn $(LIBDIR)/bin/snapd $(PREFIX)/bin/snapd
+	install -m 0644 systemd/snapd-cores.service /etc/systemd/system/snapd-cores.service
+	install -m 0644 docs/*.md $(PREFIX)/share/doc/snapd-cores/
+	getent group snapd >/dev/null || groupadd --system snapd
+	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "now: systemctl enable --now snapd-cores.service; rules go in /etc/snapd-cores/rules.d/"
 
 clean:
 	rm -rf $(VENV) .state build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
