@@ -525,6 +525,77 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
 
 // ---- perf-event programs -----------------------------------------------------------------------
 
+// The cpu trigger: which process a ~99 Hz cpu-clock sample lands on, counted per (rule, process)
+// in SNAPD_CPU_BUCKETS buckets of window/SNAPD_CPU_BUCKETS. Like snapd_eval, one rule per (tail)
+// call keeps verification small however many cpu rules a process matches.
+struct cpuscan {
+    u64 mask;
+    u64 pid_tgid;
+    u64 now;
+};
+BPF_PERCPU_ARRAY(scratch_cpuscan, struct cpuscan, 1);
+BPF_PROG_ARRAY(cpuprog, 1);
+
+int snapd_cpu_step(struct bpf_perf_event_data *ctx)
+{
+    u32 zero = 0;
+    struct cpuscan *cs = scratch_cpuscan.lookup(&zero);
+    if (!cs || !cs->mask)
+        return 0;
+    u64 mask = cs->mask;
+    u64 low = mask & -mask;
+    cs->mask = mask & (mask - 1);
+    u32 slot = __builtin_popcountll(low - 1) & (SNAPD_MAX_RULES - 1);
+    u64 pid_tgid = cs->pid_tgid, now = cs->now;
+    struct rule_cfg *r = rules.lookup(&slot);
+    if (!r || r->gen == 0 || r->cpu_bucket_ns == 0)
+        goto next;
+    struct wkey k = {.slot = slot, .tgid = pid_tgid >> 32};
+    struct cpustate *c = cpuwin.lookup(&k);
+    if (!c || c->gen != r->gen) {
+        struct cpustate *z = scratch_cpu.lookup(&zero);
+        if (!z)
+            goto next;
+        z->gen = r->gen;
+#pragma unroll
+        for (int j = 0; j < SNAPD_CPU_BUCKETS; j++) {
+            z->epoch[j] = 0;
+            z->cnt[j] = 0;
+        }
+        cpuwin.update(&k, z);
+        c = cpuwin.lookup(&k);
+        if (!c)
+            goto next;
+    }
+    u64 epoch = now / r->cpu_bucket_ns;
+    u32 b = epoch % SNAPD_CPU_BUCKETS;
+    if (c->epoch[b] != epoch) {
+        c->epoch[b] = epoch;
+        c->cnt[b] = 0;
+    }
+    __sync_fetch_and_add(&c->cnt[b], 1);
+    u64 sum = 0;
+#pragma unroll
+    for (int j = 0; j < SNAPD_CPU_BUCKETS; j++) {
+        if (c->epoch[j] + SNAPD_CPU_BUCKETS > epoch)
+            sum += c->cnt[j];
+    }
+    if (sum >= r->cpu_threshold) {
+#pragma unroll
+        for (int j = 0; j < SNAPD_CPU_BUCKETS; j++)
+            c->cnt[j] = 0;
+        struct fields *f = scratch_fields.lookup(&zero);
+        if (f) {
+            __builtin_memset(f->v, 0, 8 * sizeof(s64));
+            emit(slot, r, pid_tgid, -1, f, now, EF_CPU, sum);
+        }
+    }
+next:
+    if (cs->mask)
+        cpuprog.call(ctx, 0);
+    return 0;
+}
+
 int snapd_cpu_sample(struct bpf_perf_event_data *ctx)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -541,57 +612,14 @@ int snapd_cpu_sample(struct bpf_perf_event_data *ctx)
     u64 mask = *tm & *cm;
     if (!mask)
         return 0;
-    u64 now = bpf_ktime_get_ns();
-    for (u32 i = 0; i < SNAPD_MAX_RULES; i++) {
-        if (!((mask >> i) & 1))
-            continue;
-        u32 slot = i;
-        struct rule_cfg *r = rules.lookup(&slot);
-        if (!r || r->gen == 0 || r->cpu_bucket_ns == 0)
-            continue;
-        struct wkey k = {.slot = slot, .tgid = tgid};
-        struct cpustate *c = cpuwin.lookup(&k);
-        if (!c || c->gen != r->gen) {
-            u32 zero = 0;
-            struct cpustate *z = scratch_cpu.lookup(&zero);
-            if (!z)
-                continue;
-            z->gen = r->gen;
-#pragma unroll
-            for (int j = 0; j < SNAPD_CPU_BUCKETS; j++) {
-                z->epoch[j] = 0;
-                z->cnt[j] = 0;
-            }
-            cpuwin.update(&k, z);
-            c = cpuwin.lookup(&k);
-            if (!c)
-                continue;
-        }
-        u64 epoch = now / r->cpu_bucket_ns;
-        u32 b = epoch % SNAPD_CPU_BUCKETS;
-        if (c->epoch[b] != epoch) {
-            c->epoch[b] = epoch;
-            c->cnt[b] = 0;
-        }
-        __sync_fetch_and_add(&c->cnt[b], 1);
-        u64 sum = 0;
-#pragma unroll
-        for (int j = 0; j < SNAPD_CPU_BUCKETS; j++) {
-            if (c->epoch[j] + SNAPD_CPU_BUCKETS > epoch)
-                sum += c->cnt[j];
-        }
-        if (sum < r->cpu_threshold)
-            continue;
-#pragma unroll
-        for (int j = 0; j < SNAPD_CPU_BUCKETS; j++)
-            c->cnt[j] = 0;
-        u32 zero = 0;
-        struct fields *f = scratch_fields.lookup(&zero);
-        if (!f)
-            continue;
-        __builtin_memset(f->v, 0, 8 * sizeof(s64));
-        emit(slot, r, pid_tgid, -1, f, now, EF_CPU, sum);
-    }
+    u32 zero = 0;
+    struct cpuscan *cs = scratch_cpuscan.lookup(&zero);
+    if (!cs)
+        return 0;
+    cs->mask = mask;
+    cs->pid_tgid = pid_tgid;
+    cs->now = bpf_ktime_get_ns();
+    cpuprog.call(ctx, 0);
     return 0;
 }
 

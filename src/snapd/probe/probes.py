@@ -264,6 +264,10 @@ class Probes:
         elif isinstance(trig, CpuTrigger):
             self._set_global(layout.Global.CPU_RULES, self._get_global(layout.Global.CPU_RULES) | bit)
             if not self._cpu_attached:
+                from bcc import BPF
+
+                step = self._bpf.load_func(b"snapd_cpu_step", BPF.PERF_EVENT)
+                self._bpf[b"cpuprog"][ct.c_int(0)] = ct.c_int(step.fd)
                 self._bpf.attach_perf_event(
                     ev_type=PERF_TYPE_SOFTWARE,
                     ev_config=PERF_COUNT_SW_CPU_CLOCK,
