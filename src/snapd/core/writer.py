@@ -234,15 +234,19 @@ class CoreFile:
         d = os.path.dirname(path) or "."
         self.tmp = os.path.join(d, f"{PARTIAL_PREFIX}{os.path.basename(path)}.{secrets.token_hex(4)}")
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        self.published = False
+        self.dfd: int | None = None
+        warm_buffers()  # fault them in now, not while the target is halted
         try:
             os.stat(d)  # EACCES on a parent is "permission denied", not "no such directory"
             self.fd = os.open(self.tmp, flags, 0o600)
         except OSError as err:
             raise OutputError(path, err) from err
-        self.dfd = open_direct(self.tmp)
-        if self.dfd is not None:
-            warm_buffers()  # fault them in now rather than while the target is halted
-        self.published = False
+        try:
+            self.dfd = open_direct(self.tmp)
+        except BaseException:  # even SIGTERM here must not leave the temp file behind
+            self.close()
+            raise
 
     def write_headers(self, head: bytes, note_data: bytes, total: int, shoff: int, nsegs: int) -> None:
         try:
