@@ -19,7 +19,7 @@ import sys
 import time
 from concurrent.futures import Future
 from types import FrameType
-from typing import Any
+from typing import Any, NamedTuple
 
 from snapd import procfs, sdnotify
 from snapd.content import parse_spec
@@ -44,6 +44,15 @@ POLL_MS = 50
 SETTLE_S = 0.1  # editors write files in several steps: wait for quiet before re-reading
 ON_DEMAND_RULE = "ctl-snap"
 RUN_TIMEOUT_S = 60.0
+
+
+class Repeat(NamedTuple):
+    """A repeat core (action.core.repeat > 1) waiting for its interval."""
+
+    due: float  # time.monotonic()
+    n: int  # 2..repeat
+    start: int  # the process's start time at the firing: a recycled pid is not dumped
+    args: tuple[str, int, int | None, dict[str, Any], str, str, str, bool]  # for Daemon._reserve
 
 
 class Daemon:
@@ -71,7 +80,7 @@ class Daemon:
         self.worker = Worker(self.wake_w)
         self.worker.on_stop_cleared = self.journal.done
         self.futures: dict[int, Future[Any]] = {}
-        self.scheduled: list[tuple[float, Job]] = []  # repeat cores, due at time.monotonic()
+        self.scheduled: list[Repeat] = []  # repeat cores not reserved yet
         self.events = 0
         self.cores = 0
         self.failed = 0
@@ -168,27 +177,60 @@ class Daemon:
             "tid": ev.tid,
         }
         core = st.rule.action.core
-        for n in range(core.repeat):
-            job = self._reserve(
-                st.rule.name,
-                ev.pid,
-                ev.tid,
-                trigger,
-                str(core.content),
-                st.rule.action.snapshot.value,
-                core.name,
-                ev.stopped and n == 0,
+        job = self._reserve(
+            st.rule.name,
+            ev.pid,
+            ev.tid,
+            trigger,
+            str(core.content),
+            st.rule.action.snapshot.value,
+            core.name,
+            ev.stopped,
+        )
+        if job is None:
+            self._release(ev)
+            st.cores -= 1
+            st.failed += 1
+            return
+        job.extra["repeat"] = 1
+        self.worker.submit(job)
+        # Repeat cores are reserved in the catalog when they fall due, not now: an entry's time
+        # and its /proc context must be those of its own snapshot, not of the firing (reserving
+        # them all at once stamped three cores taken seconds apart with the same time). Nothing
+        # is reserved for them yet, so pause/shutdown can simply forget them.
+        for n in range(1, core.repeat):
+            self.scheduled.append(
+                Repeat(
+                    now + n * core.interval_ns / 1e9,
+                    n + 1,
+                    start,
+                    (
+                        st.rule.name,
+                        ev.pid,
+                        ev.tid,
+                        trigger,
+                        str(core.content),
+                        st.rule.action.snapshot.value,
+                        core.name,
+                        False,
+                    ),
+                )
             )
-            if job is None:
-                self._release(ev)
-                st.cores -= 1
-                st.failed += 1
-                return
-            job.extra["repeat"] = n + 1
-            if n == 0:
-                self.worker.submit(job)
-            else:
-                self.scheduled.append((now + n * core.interval_ns / 1e9, job))
+
+    def _due(self, rep: Repeat) -> None:
+        """A repeat core fell due: reserve and queue it, if its process is still the same one."""
+        pid = rep.args[1]
+        try:
+            same = procfs.stat(pid).starttime == rep.start
+        except SnapdError:
+            same = False
+        if not same:
+            log.info("rule %s: pid %d exited before repeat core %d", rep.args[0], pid, rep.n)
+            return
+        job = self._reserve(*rep.args)
+        if job is not None:
+            job.extra["repeat"] = rep.n
+            self.worker.submit(job)
 
     def _release(self, ev: Event) -> None:
         """A probe-stopped target we will not dump: resume it now."""
@@ -404,11 +446,11 @@ class Daemon:
             for res in self.worker.take_results():
                 self.on_result(res)
             now = time.monotonic()
-            due = [j for t, j in self.scheduled if t <= now]
+            due = [r for r in self.scheduled if r.due <= now]
             if due:
-                self.scheduled = [(t, j) for t, j in self.scheduled if t > now]
-                for job in due:
-                    self.worker.submit(job)
+                self.scheduled = [r for r in self.scheduled if r.due > now]
+                for rep in due:
+                    self._due(rep)
             if self.reload_requested or (self.dirty_at and now - self.dirty_at >= SETTLE_S):
                 self.reload_requested = False
                 self.sync_rules()
@@ -422,8 +464,7 @@ class Daemon:
         log.info("snapd daemon stopping")
         for job in self.worker.drop_queued():
             self.catalog.fail(job.entry_id, "cancelled: daemon stopped")
-        for _, job in self.scheduled:
-            self.catalog.fail(job.entry_id, "cancelled: daemon stopped")
+        self.scheduled.clear()  # repeat cores not reserved yet: nothing to fail
         self.worker.stop()  # the dump in flight finishes; its target is resumed either way
         for res in self.worker.take_results():
             self.on_result(res)

@@ -1,0 +1,47 @@
+/* daemon_victim: makes known syscalls on command, for the daemon's end-to-end tests.
+ *
+ * Usage: daemon_victim [TOUCH_MIB]   (TOUCH_MIB: anonymous memory to touch, so dumps take time)
+ * Prints "ready <pid>" and then reads one command per line on stdin:
+ *   g N   getppid() N times (an entry probe: no return value needed)
+ *   e N   write one byte to a pipe whose read end is closed, N times: EPIPE (SIGPIPE ignored)
+ *   p     nothing: proves the process still runs
+ * Each command is answered with "done <cmd> <last return value>" after it completes.
+ */
+#define _GNU_SOURCE
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+int main(int argc, char **argv)
+{
+    signal(SIGPIPE, SIG_IGN);
+    int p[2];
+    if (pipe(p) != 0) return 1;
+    close(p[0]);
+    size_t touch = argc > 1 ? (size_t)atol(argv[1]) << 20 : 0;
+    if (touch) {
+        unsigned char *m = mmap(NULL, touch, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED) { perror("mmap"); return 1; }
+        for (size_t off = 0; off < touch; off += 4096) m[off] = (unsigned char)(off >> 12) | 1;
+    }
+    printf("ready %d\n", getpid());
+    fflush(stdout);
+    char line[128];
+    while (fgets(line, sizeof line, stdin)) {
+        char cmd = 0;
+        long n = 0, r = 0;
+        sscanf(line, "%c %ld", &cmd, &n);
+        switch (cmd) {
+        case 'g': for (long i = 0; i < n; i++) r = syscall(SYS_getppid); break;
+        case 'e': for (long i = 0; i < n; i++) r = write(p[1], "y", 1); break;
+        default: break;
+        }
+        printf("done %c %ld\n", cmd, r);
+        fflush(stdout);
+    }
+    return 0;
+}
