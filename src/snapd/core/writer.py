@@ -373,6 +373,12 @@ def write_core(
         h = halted or halt(pid, timeout=timeout)
         try:
             res = _dump(h, out, spec, snapshot, state, current_tid, progress)
+        except (OSError, ValueError, IndexError, struct.error) as err:
+            # SIGKILL cannot be held off by a ptrace-stop: a target can die at any point, and
+            # /proc files of a dying process read as empty or vanish. Name that, not the symptom.
+            if _target_alive(pid):
+                raise
+            raise TargetGone(pid, "the dump") from err
         finally:
             h.resume()
         st = out.publish(replace, sync)
@@ -406,25 +412,6 @@ def _target_alive(pid: int) -> bool:
 
 
 def _dump(
-    h: Halted,
-    out: CoreFile,
-    spec: ContentSpec,
-    mode: str,
-    state: str,
-    current_tid: int | None,
-    progress: Progress | None,
-) -> _Result:
-    # SIGKILL cannot be held off by a ptrace-stop: a target can die at any point here, and
-    # /proc files of a dying process read as empty or vanish. Name that, not the parse error.
-    try:
-        return _dump_unchecked(h, out, spec, mode, state, current_tid, progress)
-    except (OSError, ValueError, IndexError, struct.error) as err:
-        if _target_alive(h.pid):
-            raise
-        raise TargetGone(h.pid, "the dump") from err
-
-
-def _dump_unchecked(
     h: Halted,
     out: CoreFile,
     spec: ContentSpec,
