@@ -367,3 +367,18 @@ def test_new_process_in_cgroup_is_caught(
     tid = command(inside, "g 2")
     events = collect(probes, lambda ev: len(ev) >= 2) + drain(probes)
     assert [(e.pid, e.tid) for e in events] == [(inside.pid, tid)] * 2
+
+
+def test_many_rules_share_one_probe(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
+    v = spawn([victim_path])
+    for i in range(32):  # each is one tail call per event; the kernel allows 33
+        probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: getppid, when: tid > {i - 1}}}", f"r{i}"))
+    assert probes._tp_refs == {"syscalls:sys_enter_getppid": 32}  # one attachment, shared
+    with pytest.raises(RuleError, match="more than 32 rules on syscall 'getppid'"):
+        probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: getppid}}", "r32"))
+    command(v, "g 1")
+    events = collect(probes, lambda ev: len(ev) >= 32) + drain(probes)
+    assert sorted(e.rule for e in events) == sorted(f"r{i}" for i in range(32))
+    for i in range(32):
+        probes.unload(f"r{i}")
+    assert probes._tp_refs == {}
