@@ -372,7 +372,9 @@ def test_new_process_in_cgroup_is_caught(
 def test_many_rules_share_one_probe(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
     v = spawn([victim_path])
     for i in range(32):  # each is one tail call per event; the kernel allows 33
-        probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: getppid, when: tid > {i - 1}}}", f"r{i}"))
+        probes.load(
+            rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: getppid, when: tid > {i - 1}}}", f"r{i}")
+        )
     assert probes._tp_refs == {"syscalls:sys_enter_getppid": 32}  # one attachment, shared
     with pytest.raises(RuleError, match="more than 32 rules on syscall 'getppid'"):
         probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: getppid}}", "r32"))
