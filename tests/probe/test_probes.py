@@ -250,6 +250,31 @@ def test_stop_kernel_halts_at_syscall(probes: Probes, spawn: Spawn, victim_path:
     command(v, "c")  # it answers: the getppid loop finished after SIGCONT
 
 
+@pytest.mark.parametrize("how", ["unload", "close"])
+def test_stopped_target_never_stranded(spawn: Spawn, victim_path: Path, how: str) -> None:
+    """A probe stopped the target, but its event never reaches the daemon (the rule was unloaded
+    first, or the probes were closed): the probe layer resumes the target itself."""
+    p = Probes()
+    try:
+        v = spawn([victim_path])
+        p.load(
+            rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: getppid}}\naction: {{stop: kernel}}", "h")
+        )
+        assert v.proc.stdin is not None
+        v.proc.stdin.write(b"g 1\n")
+        v.proc.stdin.flush()
+        wait_for(lambda: proc_state(v.pid) == "T", 5, "victim stopped by the probe")
+        if how == "unload":
+            p.unload("h")
+            assert p.poll(200) == []  # the event is stale: dropped, and its target released
+        else:
+            p.close()
+        wait_for(lambda: proc_state(v.pid) != "T", 5, "victim resumed by the probe layer")
+        command(v, "c")
+    finally:
+        p.close()
+
+
 def test_unload_and_reload_leave_others_alone(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
     v = spawn([victim_path])
     a = rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: getppid}}", "a")

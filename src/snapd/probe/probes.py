@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes as ct
 import os
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -76,6 +77,12 @@ def _is_process(pid: int) -> bool:
         return int(procfs.status(pid)["Tgid"]) == pid
     except (SnapdError, KeyError, ValueError):
         return False
+
+
+def _release(pid: int) -> None:
+    """SIGCONT a process a probe stopped with SIGSTOP but that no one will dump."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
 
 
 def _rule_error(rule: Rule, msg: str) -> RuleError:
@@ -374,6 +381,8 @@ class Probes:
         ent = self._slots.get(raw.slot)
         if ent is None or ent.gen != raw.gen:
             self._stats["events_stale"] += 1  # fired just before its rule was unloaded
+            if flags & layout.EventFlag.STOPPED:
+                _release(raw.pid)  # we stopped it; nobody else will hear of it
             return
         comm = raw.comm.decode("utf-8", "replace")
         if flags & layout.EventFlag.CPU:
@@ -526,10 +535,18 @@ class Probes:
         return out
 
     def close(self) -> None:
-        """Detach everything (idempotent)."""
+        """Detach everything (idempotent). Targets stopped by a probe (``stop: kernel``) whose
+        events were never handed out are resumed: closing must not strand a stopped process."""
         if self._closed:
             return
         self._closed = True
+        if self._bpf is not None:
+            with contextlib.suppress(Exception):
+                self._bpf.ring_buffer_consume()
+        for ev in self._pending:
+            if ev.stopped:
+                _release(ev.pid)
+        self._pending = []
         for name in list(self._loaded):
             with contextlib.suppress(Exception):  # keep tearing down the rest
                 self.unload(name)
