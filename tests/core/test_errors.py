@@ -145,17 +145,6 @@ def test_disk_full(compile_victim, spawn, snapd_cmd, small_tmpfs):
     assert_untouched(v.pid)
 
 
-def test_fork_snapshot_refused_until_implemented(compile_victim, spawn, snapd_cmd, tmp_path):
-    from snapd.core import SNAPSHOT_MODES
-
-    v = spawn([compile_victim("threads")])
-    r = run(snapd_cmd, "--snapshot", "fork", "-o", tmp_path / "core", v.pid)
-    if r.returncode == 0:
-        assert "fork" in SNAPSHOT_MODES
-        return
-    assert_clean_failure(r, r"--snapshot fork is not available yet", tmp_path)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_during_dump_resumes_target(compile_victim, spawn, snapd_cmd, tmp_path, sig):
     """SIGTERM/SIGINT mid-dump: temp file removed, target resumed, one line, exit non-zero."""
