@@ -3,29 +3,56 @@
 The probe stops the target with SIGSTOP before the daemon even hears of it. Each such target is
 written down (pid and start time, so a recycled pid is never signalled) until it has been sent
 SIGCONT; at start-up every entry left by a killed daemon is resumed.
+
+That alone leaves a window: a target the probe stopped whose event was still in the ring buffer
+(not yet read, so not journalled) when the daemon died. The ring buffer dies with the daemon, so
+nobody would ever hear of that target again and it would stay stopped for good. So the journal
+also keeps the targets of every loaded ``stop: kernel`` rule ("armed"), cleared on a clean
+shutdown; after an unclean one, each process matching an armed target that sits in a
+job-control stop (state T, no tracer) is resumed too. The cost: a process that someone else
+stopped on purpose and that matches a ``stop: kernel`` rule is resumed after a daemon crash;
+leaving a production process halted for good is the worse failure.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import logging
 import os
 import signal
+from typing import Any
 
 from snapd import procfs
 from snapd.errors import SnapdError
+from snapd.probe import targets
+from snapd.rules.model import Target
+
+log = logging.getLogger("snapd")
+
+
+def _group_stopped(pid: int) -> bool:
+    """In a job-control stop (fs/proc/array.c: "T (stopped)"), not a ptrace stop ("t")."""
+    try:
+        if procfs.stat(pid).state != "T":
+            return False
+        return int(procfs.status(pid).get("TracerPid", "0")) == 0
+    except (SnapdError, ValueError):
+        return False
 
 
 class StopJournal:
     def __init__(self, state_dir: str) -> None:
         self.path = os.path.join(state_dir, "stopped.json")
         self.entries: dict[int, int] = {}  # pid -> starttime
+        self.armed: dict[str, dict[str, Any]] = {}  # rule name -> its Target's fields
 
     def _save(self) -> None:
         tmp = f"{self.path}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump({str(k): v for k, v in self.entries.items()}, f)
+            json.dump({"stopped": {str(k): v for k, v in self.entries.items()}, "armed": self.armed}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
@@ -41,19 +68,52 @@ class StopJournal:
         if self.entries.pop(pid, None) is not None:
             self._save()
 
+    def arm(self, name: str, target: Target) -> None:
+        """A ``stop: kernel`` rule is about to be loaded: its probe may stop its targets.
+
+        Kept until a clean shutdown, even if the rule is unloaded (cheap, and always safe)."""
+        fields = dataclasses.asdict(target)
+        if self.armed.get(name) != fields:
+            self.armed[name] = fields
+            self._save()
+
+    def close(self) -> None:
+        """Clean shutdown: every stopped target was resumed and no probe is attached."""
+        self.entries = {}
+        self.armed = {}
+        self._save()
+
     def recover(self) -> list[int]:
-        """SIGCONT every journalled target that is still the same process; returns their pids."""
+        """SIGCONT every journalled target that is still the same process (returns their pids),
+        and, after an unclean shutdown, every job-control-stopped process matching an armed
+        target (logged here)."""
         try:
             with open(self.path) as f:
-                old = {int(k): int(v) for k, v in json.load(f).items()}
-        except (OSError, ValueError, AttributeError):
-            old = {}
+                data = json.load(f)
+            if "stopped" not in data:  # the format before "armed"
+                data = {"stopped": data}
+            old = {int(k): int(v) for k, v in data["stopped"].items()}
+            armed = {str(k): Target(**v) for k, v in data.get("armed", {}).items()}
+        except (OSError, ValueError, AttributeError, TypeError):
+            old, armed = {}, {}
         resumed = []
         for pid, start in old.items():
             with contextlib.suppress(SnapdError, ProcessLookupError):
                 if procfs.stat(pid).starttime == start:
                     os.kill(pid, signal.SIGCONT)
                     resumed.append(pid)
+        for name, target in armed.items():
+            for pid in targets.scan(target, targets.target_cgroup(target)):
+                if pid not in resumed and _group_stopped(pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGCONT)
+                        log.warning(
+                            "resumed pid %d: stopped, and a target of stop: kernel rule %s when the "
+                            "previous daemon died (its event may never have been read)",
+                            pid,
+                            name,
+                        )
         self.entries = {}
+        self.armed = {}
         self._save()
         return resumed

@@ -32,6 +32,7 @@ from snapd.daemon.worker import Job, Result, Worker
 from snapd.errors import SnapdError
 from snapd.probe import Event, Probes
 from snapd.rules import RuleError
+from snapd.rules.model import StopMode
 from snapd.store import Catalog, PauseSwitch, Retention
 from snapd.store.context import capture
 
@@ -131,6 +132,8 @@ class Daemon:
         for name, f in desired.items():
             if name in self.states or f.rule is None:
                 continue
+            if f.rule.action.stop == StopMode.KERNEL:
+                self.journal.arm(name, f.rule.target)  # before the probe can stop anything
             try:
                 self.probes.load(f.rule)
             except RuleError as err:
@@ -473,6 +476,7 @@ class Daemon:
                 os.kill(pid, signal.SIGCONT)
             self.journal.done(pid)
         self.probes.close()
+        self.journal.close()  # clean: no probe left to stop anything, nothing left stopped
         self.ctl.close()
         self.watch.close()
         self.catalog.close()

@@ -1,0 +1,130 @@
+"""Crash safety: the daemon killed with SIGKILL at random moments of a dump never leaves its
+target halted, and the next start lists only complete cores and removes every partial file."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from daemon_helpers import DaemonHarness, Victims, gdb_bt, halted_why, syscall_rule
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.kernel
+
+PARTIAL = ".snapd-partial."
+KILLS = 4
+
+
+def partials(cores_dir: Path) -> list[str]:
+    return [n for n in os.listdir(cores_dir) if n.startswith(PARTIAL)]
+
+
+def poll_until(cond: Callable[[], object], timeout: float, what: str) -> None:
+    """wait_for with a steady 1 ms period, to catch the start of a short dump."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.001)
+
+
+def test_sigkill_during_dumps_never_leaves_victim_halted(daemon: DaemonHarness, victims: Victims) -> None:
+    v = victims(touch_mib=1024)  # a few hundred MiB, so that a dump takes a while
+    seed = int(os.environ.get("SNAPD_TEST_SEED", time.time_ns() % 100_000))
+    rng = random.Random(seed)
+    daemon.write_rule("big.yaml", syscall_rule("big", v.pid))
+    kernel_rule = syscall_rule("bigk", v.pid, "write", when="errno == EPIPE", action="  stop: kernel\n")
+    daemon.write_rule("bigk.yaml", kernel_rule)
+    daemon.start()
+    cores_dir = daemon.state / "cores"
+
+    # One whole dump first: how long a dump takes here, and a complete core to keep.
+    v.cmd("g 1")
+    (first,) = wait_for(lambda: daemon.complete("big"), 120, "a first complete core")
+    span = float(first["dump_seconds"])
+    assert span > 0.05, first  # else the kills below could not land inside a dump
+
+    killed_in_dump = 0
+    for i in range(KILLS):
+        if daemon.proc is None:
+            daemon.start()
+        kernel = i % 2 == 1  # alternate stop: ptrace and stop: kernel
+        v.send("e 1" if kernel else "g 1")
+        # The dump has started once the writer's temp file exists (polled every ms: `ctl status`
+        # costs a process start, which is most of a dump here).
+        poll_until(lambda: partials(cores_dir), 30, f"kill {i}: a dump to start")
+        time.sleep(rng.uniform(0, span))  # a random moment of the dump (seed printed on failure)
+        killed_in_dump += bool(partials(cores_dir))
+        daemon.kill9()
+        if kernel:
+            # A target the probe stopped is resumed at the next start from the journal, at
+            # the latest; the worker usually resumed it already.
+            daemon.start()
+        why = halted_why(v.pid)
+        wait_for(lambda: halted_why(v.pid) is None, 5, f"seed {seed} kill {i}: victim to run ({why})")
+        v.reply()  # the "done" of the command that fired
+        v.cmd("p")
+    assert killed_in_dump >= 1, f"seed {seed}: no kill landed while a partial file existed"
+
+    if daemon.proc is None:
+        daemon.start()
+    wait_for(daemon.idle, 60, "the daemon to be idle")
+    assert not partials(cores_dir), os.listdir(cores_dir)
+    cores = daemon.cores()
+    assert first["id"] in [c["id"] for c in cores]
+    on_disk = set(os.listdir(cores_dir))
+    for c in cores:
+        name = os.path.basename(c["path"])
+        if c["status"] == "complete":
+            assert name in on_disk, c
+            assert os.stat(c["path"]).st_size == int(c["size"]) or int(c["size"]) > 0
+        else:
+            # An interrupted dump is listed as failed, never as a core: its file is gone.
+            assert c["status"].startswith("failed"), c
+            assert name not in on_disk, c
+    assert on_disk <= {os.path.basename(c["path"]) for c in cores if c["status"] == "complete"}
+    assert " main (" in gdb_bt(v.exe, first["path"])
+    v.cmd("p")
+
+
+def test_stop_kernel_target_stopped_before_the_daemon_read_the_event(
+    daemon: DaemonHarness, victims: Victims
+) -> None:
+    """The probe stops the target in the kernel; if the daemon dies before reading that event
+    (here: frozen with SIGSTOP, then SIGKILLed), the next start still resumes the target."""
+    v = victims()
+    daemon.write_rule("k.yaml", syscall_rule("k", v.pid, action="  stop: kernel\n"))
+    daemon.start()
+    os.kill(daemon.pid, signal.SIGSTOP)  # the event will sit unread in the ring buffer
+    v.send("g 1")
+    wait_for(lambda: halted_why(v.pid), 10, "the probe to stop the victim")
+    daemon.kill9()
+    daemon.start()
+    why = halted_why(v.pid)
+    wait_for(lambda: halted_why(v.pid) is None, 5, f"the restarted daemon to resume the victim ({why})")
+    v.reply()
+    v.cmd("p")
+    assert "stop: kernel rule k" in daemon.log_text()
+
+
+def test_clean_restart_leaves_a_deliberately_stopped_process_alone(
+    daemon: DaemonHarness, victims: Victims
+) -> None:
+    v = victims()
+    daemon.write_rule("k.yaml", syscall_rule("k", v.pid, action="  stop: kernel\n"))
+    daemon.start()
+    os.kill(v.pid, signal.SIGSTOP)  # an operator's kill -STOP, nothing to do with snapd
+    try:
+        daemon.stop()
+        daemon.start()
+        st = daemon.status()
+        assert st["rules"] == 1
+        assert halted_why(v.pid) == f"thread {v.pid} in state T"
+    finally:
+        os.kill(v.pid, signal.SIGCONT)
+    v.cmd("p")

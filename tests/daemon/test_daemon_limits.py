@@ -1,0 +1,117 @@
+"""Limits between a firing and a core: max_cores, min_interval, the active window, the pause
+switch (which survives a restart), on-demand `ctl snap`, and retention (--max-use)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+
+import pytest
+from daemon_helpers import DaemonHarness, DVictim, Victims, gdb_bt, syscall_rule
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.kernel
+
+
+def fire_one_by_one(daemon: DaemonHarness, v: DVictim, rule: str, n: int) -> None:
+    """n getppid() firings, each one seen by the daemon before the next (the limiter measures
+    min_interval on the daemon's clock, so a burst would blur max_cores into min_interval)."""
+    base = daemon.rule(rule)["seen"]
+    for i in range(1, n + 1):
+        v.cmd("g 1")
+        wait_for(lambda i=i: daemon.rule(rule)["seen"] == base + i, 10, f"firing {i} of {rule} seen")
+    wait_for(daemon.idle, 30, "the dumps to finish")
+
+
+def test_max_cores_min_interval_active_suppress_and_count(daemon: DaemonHarness, victims: Victims) -> None:
+    v = victims()
+    daemon.write_rule(
+        "maxc.yaml", syscall_rule("maxc", v.pid, limits="  max_cores: 2\n  min_interval: 1ms\n")
+    )
+    daemon.write_rule(
+        "mini.yaml", syscall_rule("mini", v.pid, limits="  max_cores: 10\n  min_interval: 1h\n")
+    )
+    # A window that excludes now (local time, like the daemon): from +2h to +3h.
+    now = dt.datetime.now()
+    a, b = now + dt.timedelta(hours=2), now + dt.timedelta(hours=3)
+    window = f'active: "{a:%H:%M}-{b:%H:%M}"\n'
+    daemon.write_rule("night.yaml", syscall_rule("night", v.pid, extra=window))
+    daemon.start()
+    assert daemon.rule("night")["active"] == f"{a:%H:%M}-{b:%H:%M}"
+
+    fire_one_by_one(daemon, v, "maxc", 5)
+
+    maxc, mini, night = daemon.rule("maxc"), daemon.rule("mini"), daemon.rule("night")
+    assert maxc["seen"] == mini["seen"] == night["seen"] == 5
+    assert maxc["cores"] == 2 and maxc["suppressed"] == {"max_cores": 3}, maxc
+    assert mini["cores"] == 1 and mini["suppressed"] == {"min_interval": 4}, mini
+    assert night["cores"] == 0 and night["suppressed"] == {"inactive": 5}, night
+    assert len(daemon.complete("maxc")) == 2
+    assert len(daemon.complete("mini")) == 1
+    assert daemon.cores("--rule", "night") == []
+    st = daemon.status()
+    assert st["suppressed"] == {"max_cores": 3, "min_interval": 4, "inactive": 5}, st
+    assert st["cores"] == 3 and st["failed"] == 0
+    v.cmd("p")
+
+
+def test_pause_suppresses_survives_restart_resume_restores(daemon: DaemonHarness, victims: Victims) -> None:
+    v = victims()
+    daemon.write_rule("p.yaml", syscall_rule("p", v.pid))
+    daemon.start()
+    daemon.ctl("pause", "--reason", "e2e test")
+    st = daemon.status()
+    assert st["paused"]["paused"] is True and st["paused"]["reason"] == "e2e test"
+
+    fire_one_by_one(daemon, v, "p", 2)
+    assert daemon.rule("p")["suppressed"] == {"paused": 2}
+    r = daemon.ctl("snap", str(v.pid), check=False)
+    assert r.returncode != 0 and "paused" in r.stderr, r  # on-demand cores are paused too
+    assert daemon.cores() == []
+
+    daemon.stop()
+    daemon.start()
+    assert daemon.status()["paused"]["paused"] is True, "the pause did not survive a restart"
+    fire_one_by_one(daemon, v, "p", 1)
+    assert daemon.rule("p")["suppressed"] == {"paused": 1}
+    assert daemon.cores() == []
+
+    daemon.ctl("resume")
+    assert daemon.status()["paused"]["paused"] is False
+    fire_one_by_one(daemon, v, "p", 1)
+    (core,) = wait_for(lambda: daemon.complete("p"), 20, "a core after resume")
+    assert core["pid"] == v.pid
+    v.cmd("p")
+
+
+def test_ctl_snap_on_demand(daemon: DaemonHarness, victims: Victims) -> None:
+    v = victims(touch_mib=4)
+    daemon.start()
+    out = json.loads(daemon.ctl("snap", str(v.pid), "--json").stdout)
+    assert out["status"] == "complete" and out["pid"] == v.pid, out
+    (core,) = daemon.complete("ctl-snap")
+    assert core["id"] == out["id"] and core["trigger"]["kind"] == "ctl"
+    assert core["comm"] == v.comm
+    assert os.stat(core["path"]).st_mode & 0o777 == 0o600
+    bt = gdb_bt(v.exe, core["path"])
+    assert " main (" in bt, bt
+    v.cmd("p")
+    r = daemon.ctl("snap", "999999999", check=False)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "999999999" in r.stderr, r
+
+
+def test_retention_max_use_removes_oldest(daemon: DaemonHarness, victims: Victims) -> None:
+    v = victims(touch_mib=2)  # each core: a little over 2 MiB on disk
+    daemon.start("--max-use", "5M")
+    ids = []
+    for _ in range(4):
+        ids.append(json.loads(daemon.ctl("snap", str(v.pid), "--json").stdout)["id"])
+    cores = daemon.cores()
+    kept = [c["id"] for c in cores]
+    assert all(c["status"] == "complete" for c in cores)
+    assert 1 <= len(kept) < 4 and kept == ids[-len(kept) :], (ids, kept)  # oldest removed
+    assert sum(int(c["disk_bytes"]) for c in cores) <= 5 << 20
+    left = set(os.listdir(daemon.state / "cores"))
+    assert left == {os.path.basename(c["path"]) for c in cores}, left
+    v.cmd("p")
