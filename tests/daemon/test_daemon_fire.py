@@ -5,6 +5,8 @@ snapshot: fork."""
 from __future__ import annotations
 
 import itertools
+import json
+from pathlib import Path
 
 import pytest
 from daemon_helpers import DaemonHarness, Victims, gdb_bt, halted_why, syscall_rule
@@ -130,4 +132,21 @@ def test_snapshot_fork(daemon: DaemonHarness, victims: Victims) -> None:
     check_core(core, v.pid, v.comm)
     assert core["snapshot"] == "fork", core
     assert_gdb_reads(v.exe, core["path"])
+    v.cmd("p")
+
+
+def test_action_run_after_the_core(daemon: DaemonHarness, victims: Victims, tmp_path: Path) -> None:
+    """action.run: an argv (no shell) with {core} {rule} {pid} {comm} filled in; other braces
+    are the program's business (a lone '}' is a literal)."""
+    v = victims()
+    out = tmp_path / "run.out"
+    script = f'printf "%s|%s|%s|%s|}}\\n" "$1" "$2" "$3" "$4" > {out}.tmp && mv {out}.tmp {out}'
+    run = json.dumps(["/bin/sh", "-c", script, "sh", "{core}", "{rule}", "{pid}", "{comm}"])
+    daemon.write_rule("run.yaml", syscall_rule("run", v.pid, action=f"  run: {run}\n"))
+    daemon.start()
+    v.cmd("g 1")
+    (core,) = wait_for(lambda: daemon.complete("run"), 20, "the core")
+    wait_for(out.exists, 20, "action.run to write its output")
+    assert out.read_text() == f"{core['path']}|run|{v.pid}|{v.comm}|}}\n"
+    assert "rule run: run /bin/sh: exit 0" in daemon.log_text()
     v.cmd("p")

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import selectors
 import signal
 import sys
@@ -45,6 +46,7 @@ POLL_MS = 50
 SETTLE_S = 0.1  # editors write files in several steps: wait for quiet before re-reading
 ON_DEMAND_RULE = "ctl-snap"
 RUN_TIMEOUT_S = 60.0
+_PLACEHOLDER = re.compile(r"\{(core|rule|pid|comm)\}")
 
 
 class Repeat(NamedTuple):
@@ -300,15 +302,19 @@ class Daemon:
         if fut:
             fut.set_result(entry.to_dict(context=False))
         if st and st.rule.action.run:
-            self._run_action(st.rule.action.run, entry.path, job)
+            self._run_action(st.rule.action.run, entry.path, job, info.comm)
 
-    def _run_action(self, argv: tuple[str, ...], core: str, job: Job) -> None:
+    def _run_action(self, argv: tuple[str, ...], core: str, job: Job, comm: str) -> None:
         """action.run: an argv (no shell) with {core} {rule} {pid} filled in, output logged."""
         import subprocess
         import threading
 
-        subst = {"core": core, "rule": job.rule, "pid": str(job.pid)}
-        args = [a.format_map(subst) for a in argv]
+        # The placeholders the rule loader accepts (snapd.rules.loader.RUN_PLACEHOLDERS),
+        # replaced literally, every other character kept: str.format_map raised in the main
+        # loop, killing the daemon, on {comm} (accepted by the loader, missing here) and on a
+        # lone "{" or "}" (which the loader lets through).
+        subst = {"core": core, "rule": job.rule, "pid": str(job.pid), "comm": comm}
+        args = [_PLACEHOLDER.sub(lambda m: subst[m.group(1)], a) for a in argv]
 
         def go() -> None:
             try:
