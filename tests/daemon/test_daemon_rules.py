@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonHarness, DVictim, Victims, syscall_rule
+from daemon_helpers import DaemonHarness, DVictim, Victims, halted_why, syscall_rule
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.kernel
@@ -20,6 +20,11 @@ FOLLOW_S = 2.0  # docs/issue: a file dropped, changed or removed is live within 
 
 def loaded(daemon: DaemonHarness) -> set[str]:
     return {r["name"] for r in daemon.rules_list() if "name" in r}
+
+
+def seen(daemon: DaemonHarness, name: str) -> int:
+    """Firings of rule ``name`` seen by the daemon; -1 while it is not loaded."""
+    return next((r["seen"] for r in daemon.rules_list() if r.get("name") == name), -1)
 
 
 def refused(daemon: DaemonHarness) -> dict[str, list[str]]:
@@ -138,3 +143,41 @@ def test_untrusted_rule_files_refused(daemon: DaemonHarness, victims: Victims, t
     os.chmod(daemon.rules / "late.yaml", 0o644)
     wait_for(lambda: "late" in loaded(daemon), FOLLOW_S, "late.yaml to load again")
     v.cmd("p")
+
+
+def test_stop_kernel_rule_removed_while_firing_never_strands_the_target(
+    daemon: DaemonHarness, victims: Victims
+) -> None:
+    """A stop: kernel rule firing all the time (every firing after the first is suppressed and
+    released at once) is deleted: an event the kernel emitted just before the unload must
+    still be read and its target resumed, even when no rule is left."""
+    v = victims()
+    rule = syscall_rule(
+        "storm", v.pid, action="  stop: kernel\n", limits="  max_cores: 1\n  min_interval: 1h\n"
+    )
+    v.cmd("l 0")  # a thread calling getppid() in a tight loop
+    daemon.start()
+    for i in range(5):
+        daemon.write_rule("storm.yaml", rule)
+        wait_for(lambda: seen(daemon, "storm") > 20, 10, f"round {i}: the storm to be seen")
+        daemon.remove_rule("storm.yaml")
+        wait_for(lambda: not loaded(daemon), FOLLOW_S, f"round {i}: the rule to be unloaded")
+        v.cmd("p", timeout=5)  # answers only if it was left running
+        assert halted_why(v.pid) is None
+
+
+def test_sigterm_while_a_stop_kernel_rule_fires_never_strands_the_target(
+    daemon: DaemonHarness, victims: Victims
+) -> None:
+    v = victims()
+    rule = syscall_rule(
+        "storm", v.pid, action="  stop: kernel\n", limits="  max_cores: 1\n  min_interval: 1h\n"
+    )
+    daemon.write_rule("storm.yaml", rule)
+    v.cmd("l 0")
+    for i in range(3):
+        daemon.start()
+        wait_for(lambda: seen(daemon, "storm") > 20, 10, f"round {i}: the storm to be seen")
+        assert daemon.stop() == 0
+        v.cmd("p", timeout=5)  # answers only if it was left running
+        assert halted_why(v.pid) is None

@@ -4,10 +4,12 @@
  * Prints "ready <pid>" and then reads one command per line on stdin:
  *   g N   getppid() N times (an entry probe: no return value needed)
  *   e N   write one byte to a pipe whose read end is closed, N times: EPIPE (SIGPIPE ignored)
+ *   l US  start a thread that calls getppid() every US microseconds, forever
  *   p     nothing: proves the process still runs
  * Each command is answered with "done <cmd> <last return value>" after it completes.
  */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +17,16 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+static void *getppid_loop(void *arg)
+{
+    useconds_t us = (useconds_t)(long)arg;
+    for (;;) {
+        syscall(SYS_getppid);
+        if (us) usleep(us);
+    }
+    return NULL;
+}
 
 int main(int argc, char **argv)
 {
@@ -38,6 +50,7 @@ int main(int argc, char **argv)
         switch (cmd) {
         case 'g': for (long i = 0; i < n; i++) r = syscall(SYS_getppid); break;
         case 'e': for (long i = 0; i < n; i++) r = write(p[1], "y", 1); break;
+        case 'l': { pthread_t t; r = pthread_create(&t, NULL, getppid_loop, (void *)n); break; }
         default: break;
         }
         printf("done %c %ld\n", cmd, r);

@@ -43,6 +43,7 @@ DEFAULT_RULES = "/etc/snapd-cores/rules.d"
 DEFAULT_STATE = "/var/lib/snapd-cores"
 DEFAULT_SOCKET = "/run/snapd-cores/ctl.sock"
 POLL_MS = 50
+DRAIN_S = 0.2  # a BPF program runs for microseconds: its last event is queued well within this
 SETTLE_S = 0.1  # editors write files in several steps: wait for quiet before re-reading
 ON_DEMAND_RULE = "ctl-snap"
 RUN_TIMEOUT_S = 60.0
@@ -90,6 +91,7 @@ class Daemon:
         self.stopping = False
         self.reload_requested = False
         self.dirty_at: float | None = None
+        self.drain_until = 0.0  # time.monotonic(): keep reading the ring buffer after an unload
         self.watch = Watch(self.rules_dir)
         self.ctl = CtlServer(socket_path, self, self.catalog)
         self.sel = selectors.DefaultSelector()
@@ -129,6 +131,10 @@ class Daemon:
             want = desired.get(name)
             if want is None or want.digest != st.digest:
                 self.probes.unload(name)
+                # A probe that ran just before the unload may have stopped its target
+                # (stop: kernel) and queued the event; it must still be read (Probes releases
+                # events of unloaded rules) even if no rule is left to make the loop poll.
+                self.drain_until = time.monotonic() + DRAIN_S
                 del self.states[name]
                 log.info("rule %s unloaded", name)
         for name, f in desired.items():
@@ -439,7 +445,7 @@ class Daemon:
         dog = sdnotify.watchdog_interval()
         next_dog = 0.0
         while not self.stopping:
-            if self.states:
+            if self.states or time.monotonic() < self.drain_until:
                 for ev in self.probes.poll(POLL_MS):
                     self.on_event(ev)
                 ready = self.sel.select(0)
@@ -481,6 +487,12 @@ class Daemon:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
             self.journal.done(pid)
+        # Unload first, then read what probes emitted meanwhile: a target stopped by an event
+        # still in flight is released (Probes.close consumes only before it unloads).
+        for name in list(self.states):
+            self.probes.unload(name)
+        for ev in self.probes.poll(int(DRAIN_S * 1000)):
+            self._release(ev)
         self.probes.close()
         self.journal.close()  # clean: no probe left to stop anything, nothing left stopped
         self.ctl.close()
