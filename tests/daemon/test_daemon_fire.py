@@ -150,3 +150,26 @@ def test_action_run_after_the_core(daemon: DaemonHarness, victims: Victims, tmp_
     assert out.read_text() == f"{core['path']}|run|{v.pid}|{v.comm}|}}\n"
     assert "rule run: run /bin/sh: exit 0" in daemon.log_text()
     v.cmd("p")
+
+
+def test_events_keep_flowing_during_a_slow_dump(daemon: DaemonHarness, victims: Victims) -> None:
+    """While one big dump runs, another rule's firing is read and counted at once (and its
+    core queued), not when the dump is over."""
+    big, small = victims(touch_mib=3072), victims()
+    daemon.write_rule("big.yaml", syscall_rule("big", big.pid))
+    daemon.write_rule("small.yaml", syscall_rule("small", small.pid))
+    daemon.start()
+    big.cmd("g 1")
+    wait_for(lambda: (daemon.status()["dumping"] or {}).get("rule") == "big", 20, "the big dump to start")
+    small.cmd("g 1")
+
+    def counted_mid_dump() -> bool:
+        st = daemon.status()  # one reply: both counters are from the same moment
+        assert (st["dumping"] or {}).get("rule") == "big", f"the big dump ended first: {st}"
+        return bool(st["events"] == 2 and st["queued"] == 1)
+
+    wait_for(counted_mid_dump, 30, "the small rule's firing to be counted during the big dump")
+    wait_for(lambda: daemon.complete("small") and daemon.complete("big"), 60, "both cores")
+    assert daemon.status()["suppressed"] == {}
+    big.cmd("p")
+    small.cmd("p")

@@ -115,3 +115,49 @@ def test_retention_max_use_removes_oldest(daemon: DaemonHarness, victims: Victim
     left = set(os.listdir(daemon.state / "cores"))
     assert left == {os.path.basename(c["path"]) for c in cores}, left
     v.cmd("p")
+
+
+def test_pause_cancels_pending_repeat_cores(daemon: DaemonHarness, victims: Victims) -> None:
+    """`ctl pause` stops every dump at once: repeat cores not taken yet are dropped, and do
+    not come back on resume. A 100 ms timer rule that never takes a core (inactive window)
+    serves as the clock: its suppressed firings show how much time the daemon has seen."""
+    v = victims()
+    action = "  core:\n    repeat: 3\n    interval: 1s\n"
+    daemon.write_rule("rep.yaml", syscall_rule("rep", v.pid, action=action))
+    now = dt.datetime.now()
+    a, b = now + dt.timedelta(hours=2), now + dt.timedelta(hours=3)
+    daemon.write_rule(
+        "clock.yaml",
+        f"name: clock\ntarget:\n  pid: {v.pid}\ntrigger:\n  every: 100ms\n"
+        f'active: "{a:%H:%M}-{b:%H:%M}"\n',
+    )
+    daemon.start()
+    v.cmd("g 1")
+    wait_for(lambda: len(daemon.complete("rep")) == 1, 20, "the first of the repeat cores")
+    daemon.ctl("pause")
+
+    def ticks(reason: str) -> int:
+        return int(daemon.rule("clock")["suppressed"].get(reason, 0))
+
+    wait_for(lambda: ticks("paused") >= 30, 20, "3 s of paused ticks (past both repeats' times)")
+    daemon.ctl("resume")
+    base = ticks("inactive")
+    wait_for(lambda: ticks("inactive") >= base + 20, 20, "2 s of resumed ticks")
+    wait_for(daemon.idle, 20, "no dump running")
+    assert len(daemon.cores("--rule", "rep")) == 1, daemon.cores("--rule", "rep")
+    v.cmd("p")
+
+
+def test_daemon_wide_cap(daemon: DaemonHarness, victims: Victims) -> None:
+    v = victims()
+    daemon.write_rule("a.yaml", syscall_rule("a", v.pid))
+    daemon.write_rule("b.yaml", syscall_rule("b", v.pid, "write", when="errno == EPIPE"))
+    daemon.start("--cores-per-hour", "2")
+    fire_one_by_one(daemon, v, "a", 2)
+    v.cmd("e 1")
+    wait_for(lambda: daemon.rule("b")["seen"] == 1, 10, "rule b's firing")
+    wait_for(daemon.idle, 20, "the dumps to finish")
+    assert daemon.rule("a")["cores"] == 2 and daemon.rule("a")["suppressed"] == {}
+    assert daemon.rule("b")["cores"] == 0 and daemon.rule("b")["suppressed"] == {"global_cap": 1}
+    assert len(daemon.cores()) == 2
+    v.cmd("p")
