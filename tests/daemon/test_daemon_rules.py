@@ -181,3 +181,26 @@ def test_sigterm_while_a_stop_kernel_rule_fires_never_strands_the_target(
         assert daemon.stop() == 0
         v.cmd("p", timeout=5)  # answers only if it was left running
         assert halted_why(v.pid) is None
+
+
+def test_rule_the_probes_cannot_load_is_listed_logged_once_and_retried(
+    daemon: DaemonHarness, victims: Victims
+) -> None:
+    """33 rules on one syscall: the probe layer takes 32 (one tail call each). The 33rd is
+    listed with its error, logged once however often the directory changes, and loads once a
+    place is free."""
+    v = victims()
+    for i in range(33):
+        daemon.write_rule(f"r{i:02d}.yaml", syscall_rule(f"r{i:02d}", v.pid))
+    daemon.start()
+    assert len(loaded(daemon)) == 32 and "r32" not in loaded(daemon)
+    (err,) = refused(daemon)["r32.yaml"]
+    assert "more than 32 rules on syscall 'getppid'" in err, err
+    for i in range(2):  # unrelated changes: the directory is re-read each time
+        daemon.write_rule(f"other{i}.yaml", syscall_rule(f"other{i}", v.pid, "write"))
+        wait_for(lambda i=i: f"other{i}" in loaded(daemon), FOLLOW_S, f"other{i} to load")
+    assert daemon.log_text().count("more than 32 rules") == 1, daemon.log_text()
+    daemon.remove_rule("r00.yaml")
+    wait_for(lambda: "r32" in loaded(daemon), FOLLOW_S, "r32 to load in the freed place")
+    assert "r32.yaml" not in refused(daemon)
+    v.cmd("p")

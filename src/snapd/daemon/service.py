@@ -109,6 +109,10 @@ class Daemon:
         except RuleError as err:
             log.error("%s", err)
             return
+        # What was logged before this pass: a probe load error (below) is not in the file's
+        # own errors, so comparing with self.bad as it is being rebuilt logged it again on
+        # every change anywhere in the directory.
+        logged = dict(self.bad)
         desired: dict[str, ruledir.RuleFile] = {}
         for path, f in files.items():
             errors = f.errors
@@ -117,7 +121,7 @@ class Daemon:
                 errors = (f"{path}:1:1: rule name '{f.rule.name}' is already used by {other}",)
             elif f.rule is not None:
                 desired[f.rule.name] = f
-            if errors and self.bad.get(path) != errors:
+            if errors and logged.get(path) != errors:
                 for e in errors:
                     log.error("%s", e)
             if errors:
@@ -145,7 +149,7 @@ class Daemon:
             try:
                 self.probes.load(f.rule)
             except RuleError as err:
-                if self.bad.get(f.path) != (str(err),):
+                if logged.get(f.path) != (str(err),):
                     log.error("%s", err)
                 self.bad[f.path] = (str(err),)
                 continue
