@@ -4,7 +4,8 @@ Layouts are x86_64's (include/uapi/linux/elfcore.h, include/linux/elfcore.h); th
 fs/binfmt_elf.c write_note_info's: the first thread's NT_PRSTATUS, then NT_PRPSINFO, NT_SIGINFO,
 NT_AUXV, NT_FILE, then its NT_PRFPREG and NT_X86_XSTATE; every other thread NT_PRSTATUS,
 NT_SIGINFO, NT_PRFPREG, NT_X86_XSTATE. gdb writes NT_SIGINFO per thread too (linux-tdep.c), and
-BFD attaches each one to the thread of the NT_PRSTATUS before it.
+BFD attaches each one to the thread of the NT_PRSTATUS before it. NT_X86_XSTATE is written
+in Intel's component layout whatever the CPU (see :mod:`snapd.core.xsave`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from snapd import procfs
+from snapd.core import xsave
 from snapd.core.elf import note
 from snapd.freeze import ptrace as pt
 from snapd.freeze.ptrace import NT
@@ -211,7 +213,7 @@ def build(
                 out.append(note(CORE, NT.FILE, files))
         out.append(note(CORE, NT.PRFPREG, t.fpregs))
         if t.xstate:
-            out.append(note(LINUX, NT.X86_XSTATE, t.xstate))
+            out.append(note(LINUX, NT.X86_XSTATE, xsave.intel_layout(t.xstate)))
     if info is not None:
         out.append(snapd_info(info))
     return b"".join(out)
