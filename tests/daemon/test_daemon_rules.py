@@ -204,3 +204,20 @@ def test_rule_the_probes_cannot_load_is_listed_logged_once_and_retried(
     wait_for(lambda: "r32" in loaded(daemon), FOLLOW_S, "r32 to load in the freed place")
     assert "r32.yaml" not in refused(daemon)
     v.cmd("p")
+
+
+def test_rule_targeting_the_daemon_itself_is_refused(daemon: DaemonHarness, victims: Victims) -> None:
+    """With stop: kernel the probe would SIGSTOP the daemon at its next write(), for good."""
+    v = victims()
+    daemon.write_rule("good.yaml", syscall_rule("good", v.pid))
+    daemon.start()
+    daemon.write_rule("self.yaml", syscall_rule("self", daemon.pid, "write", action="  stop: kernel\n"))
+    wait_for(lambda: "self.yaml" in refused(daemon), FOLLOW_S, "self.yaml to be refused")
+    (err,) = refused(daemon)["self.yaml"]
+    assert f"target pid {daemon.pid} is this snapd daemon" in err, err
+    assert halted_why(daemon.pid) is None
+    r = daemon.ctl("snap", str(daemon.pid), check=False)
+    assert r.returncode != 0 and "is this snapd daemon" in r.stderr, r
+    v.cmd("g 1")
+    wait_for(lambda: daemon.complete("good"), 20, "the good rule's core")
+    v.cmd("p")

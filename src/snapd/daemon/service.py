@@ -119,6 +119,14 @@ class Daemon:
             if f.rule is not None and f.rule.name in desired:
                 other = desired[f.rule.name].path
                 errors = (f"{path}:1:1: rule name '{f.rule.name}' is already used by {other}",)
+            elif f.rule is not None and f.rule.target.pid == os.getpid():
+                # The probes leave the daemon out of every other selector (targets.scan), but
+                # a pid is taken as given: with stop: kernel the probe would SIGSTOP the daemon
+                # itself (at its next write) and nothing would ever resume it.
+                errors = (
+                    f"{path}:1:1: target pid {os.getpid()} is this snapd daemon: it cannot stop or "
+                    "snapshot itself",
+                )
             elif f.rule is not None:
                 desired[f.rule.name] = f
             if errors and logged.get(path) != errors:
@@ -374,6 +382,8 @@ class Daemon:
     def snap(self, pid: int, content: str | None, uid: int) -> Future[Any]:
         if self.switch.paused:
             raise SnapdError("snapshots are paused (snapd ctl resume)")
+        if pid == os.getpid():
+            raise SnapdError(f"pid {pid} is this snapd daemon: it cannot snapshot itself")
         spec = parse_spec(content or "default")
         try:
             procfs.stat(pid)
