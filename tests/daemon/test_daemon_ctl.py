@@ -1,0 +1,59 @@
+"""The real daemon's control socket: outsiders are refused, members of group snapd may read
+but not mutate."""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import stat
+import subprocess
+
+import pytest
+from daemon_helpers import DaemonHarness, Victims
+
+pytestmark = pytest.mark.kernel
+
+NOBODY = 65534
+
+
+def ctl_as(daemon: DaemonHarness, groups: list[int], *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "SNAPD_SOCKET"}
+    return subprocess.run(
+        [*daemon.snapd_cmd, "ctl", "--socket", daemon.socket, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=groups,
+    )
+
+
+def test_socket_access(daemon: DaemonHarness, victims: Victims) -> None:
+    try:
+        gid = grp.getgrnam("snapd").gr_gid
+    except KeyError:
+        pytest.skip("no group 'snapd' on this system (scripts/setup.sh creates it)")
+    v = victims()
+    os.chmod(os.path.dirname(daemon.socket), 0o755)  # let others reach the socket file itself
+    daemon.start()
+    st = os.stat(daemon.socket)
+    assert stat.S_IMODE(st.st_mode) == 0o660 and st.st_uid == 0 and st.st_gid == gid
+    daemon.ctl("snap", str(v.pid))
+
+    r = ctl_as(daemon, [], "list-cores")
+    assert r.returncode == 1 and "permission denied" in r.stderr and "Traceback" not in r.stderr, r
+
+    r = ctl_as(daemon, [gid], "list-cores", "--json")
+    assert r.returncode == 0, r
+    assert [c["pid"] for c in json.loads(r.stdout)] == [v.pid]
+    assert ctl_as(daemon, [gid], "status").returncode == 0
+    for args in (["pause"], ["snap", str(v.pid)], ["rm", "1"]):
+        r = ctl_as(daemon, [gid], *args)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, (args, r)
+    assert daemon.status()["paused"]["paused"] is False
+    assert len(daemon.cores()) == 1
+    v.cmd("p")
