@@ -91,6 +91,21 @@ class PageMap:
                 self.scan_ok = False
         return list(self._read(start, end))
 
+    def has_anon(self, start: int, end: int) -> bool:
+        """Does [start, end) hold an anonymous page (for a file mapping: a written, COW-ed one)?
+        Stops at the first one found. Raises OSError where PAGEMAP_SCAN is missing."""
+        arg = _ScanArg()
+        arg.size = ctypes.sizeof(_ScanArg)
+        arg.start, arg.end = start, end
+        arg.vec = ctypes.addressof(self._vec)
+        arg.vec_len = 1
+        arg.max_pages = 1
+        arg.category_inverted = Cat.FILE
+        arg.category_mask = Cat.FILE  # not a page-cache page...
+        arg.category_anyof_mask = Cat.PRESENT | Cat.SWAPPED  # ...that exists
+        arg.return_mask = Cat.PRESENT | Cat.SWAPPED
+        return int(fcntl.ioctl(self.fd, PAGEMAP_SCAN, arg)) > 0
+
     def _scan(self, start: int, end: int) -> Iterator[tuple[int, int]]:
         arg = _ScanArg()
         arg.size = ctypes.sizeof(_ScanArg)
