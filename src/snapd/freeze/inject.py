@@ -105,6 +105,27 @@ def _wait(pid: int, tid: int, timeout: float = 5.0) -> int:
         delay = min(delay * 2, 1e-3)
 
 
+JOBCTL_TRAPS = 8  # a SIGCONT/SIGSTOP pair gives at most a couple; more means something is wrong
+
+
+def _step_past_jobctl(pid: int, tid: int, status: int) -> int:
+    """Step over job-control traps met on the way into or out of the injected call.
+
+    A seized thread reports group-stops, and the SIGCONT that ends one, as PTRACE_EVENT_STOP
+    traps (kernel/signal.c ptrace_trap_notify, do_jobctl_trap; ptrace(2) "group-stop"). The
+    daemon's ``stop: kernel`` targets always have one queued: the probe SIGSTOPs them, we seize
+    them stopped, then SIGCONT them. Such a trap is taken in get_signal() before the thread
+    returns to user mode, so no user instruction has run: PTRACE_SYSCALL again and the thread
+    goes on into (or out of) our system call.
+    """
+    for _ in range(JOBCTL_TRAPS):
+        if pt.stop_event(status) != Event.STOP:
+            return status
+        pt.syscall_step(tid)
+        status = _wait(pid, tid)
+    return status
+
+
 def inject(
     pid: int, tid: int, saved_regs: bytes, insn: int, nr: int, args: tuple[int, ...]
 ) -> tuple[int, int | None]:
@@ -127,12 +148,12 @@ def inject(
         pt.set_regs(tid, pack(r))
         moved = True
         pt.syscall_step(tid)
-        status = _wait(pid, tid)
+        status = _step_past_jobctl(pid, tid, _wait(pid, tid))
         if os.WSTOPSIG(status) != SYSCALL_STOP:
             raise InjectError(pid, f"thread {tid} stopped with {status:#x} instead of entering the call")
         pt.syscall_step(tid)
         while True:
-            status = _wait(pid, tid)
+            status = _step_past_jobctl(pid, tid, _wait(pid, tid))
             if pt.stop_event(status) in (Event.CLONE, Event.FORK, Event.VFORK):
                 child = pt.get_eventmsg(tid)
                 pt.syscall_step(tid)

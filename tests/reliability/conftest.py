@@ -1,0 +1,14 @@
+"""Reliability fixtures: the daemon harness of tests/daemon (imported, not copied), plus a
+scratch state directory that can be a small tmpfs (disk-full tests)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# tests/daemon has no __init__.py: its helpers are imported by module name, as its own tests do.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "daemon"))
+
+from tests.daemon.conftest import daemon, sock_dir, victims
+
+__all__ = ["daemon", "sock_dir", "victims"]
