@@ -52,6 +52,14 @@ log = logging.getLogger("snapd.ctl")
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 _UCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
 _MAX_OUTBUF = 1 << 30
+# Back-pressure and fairness (tests/security/test_ctl_hostile.py): a client that pipelines
+# requests without reading the replies must not make the daemon buffer them (each small
+# request can cost a large reply), nor keep it busy while others wait. While more than
+# _OUTBUF_HIGH bytes of replies are queued for a client, or a complete request of its is still
+# unanswered, nothing more is read from it (the kernel's socket buffer then blocks the client);
+# and each round answers at most _BATCH requests per client before serving the others.
+_OUTBUF_HIGH = 1 << 20
+_BATCH = 32
 
 #: What a handler returns: a JSON-able value, or a Future of one for slow work.
 Reply = Any
@@ -178,6 +186,7 @@ class CtlServer:
         self._sel = selectors.EpollSelector()
         self._conns: dict[int, _Conn] = {}
         self._done: queue.SimpleQueue[tuple[_Conn, Future[Any]]] = queue.SimpleQueue()
+        self._again: dict[int, _Conn] = {}  # fd -> connection with requests left to answer
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._sock = self._bind(mode)
         self._ino = os.stat(self.path, follow_symlinks=False).st_ino
@@ -342,7 +351,7 @@ class CtlServer:
         conn.sock.close()
 
     def _read(self, conn: _Conn) -> None:
-        if conn.closing:
+        if conn.closing and not conn.eof:
             # Discard: a refused or oversized peer gets its reply, nothing more is read.
             try:
                 if not conn.sock.recv(1 << 16):
@@ -351,6 +360,10 @@ class CtlServer:
                 pass
             except OSError:
                 self._drop(conn)
+            return
+        if conn.eof or len(conn.outbuf) > _OUTBUF_HIGH or b"\n" in conn.inbuf:
+            # Back-pressure: answer what we have before reading more (see _OUTBUF_HIGH).
+            self._update_events(conn)
             return
         try:
             data = conn.sock.recv(1 << 16)
@@ -365,28 +378,53 @@ class CtlServer:
             if conn.inbuf.strip():
                 conn.inbuf += b"\n"  # a last request without its newline
         conn.inbuf += data
+        if conn.waiting and b"\n" not in conn.inbuf and len(conn.inbuf) > self.max_request:
+            self._too_large(conn)  # a huge line sent while a slow request is outstanding
+            return
         self._process(conn)
-        if conn.eof and not conn.waiting and not conn.outbuf:
-            self._drop(conn)
-        elif conn.eof and conn.sock.fileno() in self._conns:
+        self._settle(conn)
+
+    def _settle(self, conn: _Conn) -> None:
+        """After the peer's EOF: close once every request has been answered and sent."""
+        if self._conns.get(conn.sock.fileno()) is not conn:
+            return
+        if conn.eof and not conn.waiting and b"\n" not in conn.inbuf:
+            if not conn.outbuf:
+                self._drop(conn)
+                return
             conn.closing = True
-            self._update_events(conn)
+        self._update_events(conn)
+
+    def _defer(self, conn: _Conn) -> None:
+        """Answer the rest of ``conn``'s requests in a later round (the wake pipe makes the
+        daemon's selector call :meth:`handle` again at once)."""
+        self._again[conn.sock.fileno()] = conn
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
 
     def _process(self, conn: _Conn) -> None:
+        budget = _BATCH
         while not conn.waiting and not conn.closing:
+            if len(conn.outbuf) > _OUTBUF_HIGH:
+                break  # resumed by _flush once the client has read its replies
             nl = conn.inbuf.find(b"\n")
             if nl < 0:
                 if len(conn.inbuf) > self.max_request:
                     self._too_large(conn)
-                return
+                break
             if nl > self.max_request:
                 self._too_large(conn)
-                return
+                break
+            if budget == 0:
+                self._defer(conn)  # fairness: the other clients' turn first
+                break
+            budget -= 1
             line = bytes(conn.inbuf[:nl])
             del conn.inbuf[: nl + 1]
             if not line.strip():
                 continue
             self._request(conn, line)
+        self._update_events(conn)
 
     def _too_large(self, conn: _Conn) -> None:
         conn.inbuf.clear()
@@ -460,13 +498,18 @@ class CtlServer:
         with contextlib.suppress(OSError):
             while os.read(self._wake_r, 4096):
                 pass
+        again, self._again = self._again, {}
+        for fd, conn in again.items():
+            if self._conns.get(fd) is conn:
+                self._process(conn)
+                self._settle(conn)
         while True:
             try:
                 conn, fut = self._done.get_nowait()
             except queue.Empty:
                 return
             conn.waiting = False
-            if conn.sock.fileno() < 0 or conn.sock.fileno() not in self._conns:
+            if conn.sock.fileno() < 0 or self._conns.get(conn.sock.fileno()) is not conn:
                 continue  # the client went away meanwhile
             err = fut.exception()
             if err is None:
@@ -479,8 +522,7 @@ class CtlServer:
                     conn, error(Code.INTERNAL, f"internal error: {type(err).__name__}: {err}")
                 )
             self._process(conn)
-            if conn.eof and not conn.waiting and not conn.outbuf:
-                self._drop(conn)
+            self._settle(conn)
 
     def _reply(self, conn: _Conn, data: bytes) -> None:
         if len(conn.outbuf) + len(data) > _MAX_OUTBUF:
@@ -502,6 +544,12 @@ class CtlServer:
                 return
             del conn.outbuf[:n]
             conn.last = time.monotonic()
+        if (
+            b"\n" in conn.inbuf
+            and len(conn.outbuf) <= _OUTBUF_HIGH
+            and not (conn.waiting or conn.closing)
+        ):
+            self._defer(conn)  # the client read its replies: answer the requests held back
         if not conn.outbuf and conn.closing and not conn.waiting:
             # Half-close so the client reads our reply and then EOF.
             with contextlib.suppress(OSError):
@@ -512,8 +560,25 @@ class CtlServer:
         self._update_events(conn)
 
     def _update_events(self, conn: _Conn) -> None:
-        if conn.sock.fileno() not in self._conns:
+        if self._conns.get(conn.sock.fileno()) is not conn:
             return
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
-        with contextlib.suppress(KeyError, ValueError):
-            self._sel.modify(conn.sock, events, "conn")
+        # Read only what we are ready to answer (back-pressure, see _OUTBUF_HIGH); a closing
+        # peer is read (and discarded) until its EOF.
+        read = not conn.eof and (
+            conn.closing or (len(conn.outbuf) <= _OUTBUF_HIGH and b"\n" not in conn.inbuf)
+        )
+        events = (selectors.EVENT_READ if read else 0) | (
+            selectors.EVENT_WRITE if conn.outbuf else 0
+        )
+        try:
+            key: selectors.SelectorKey | None = self._sel.get_key(conn.sock)
+        except KeyError:
+            key = None
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            if not events:
+                if key is not None:
+                    self._sel.unregister(conn.sock)
+            elif key is None:
+                self._sel.register(conn.sock, events, "conn")
+            elif key.events != events:
+                self._sel.modify(conn.sock, events, "conn")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,6 +53,14 @@ COMM_MAX = 15  # TASK_COMM_LEN - 1 (include/linux/sched.h)
 GLOB_MAX = 30  # pattern positions in probe.bpf.c's u32 shift-and state
 WIN_SLOTS = 128  # probe.bpf.c SNAPD_WIN_SLOTS: the largest count that may take `within`
 MAX_COUNT = 1_000_000
+# Bounds that keep a hostile file's cost linear and small (tests/security): every check below is
+# cheap per item, but a "did you mean" (difflib) per unknown key or syscall is not, and 256 KiB
+# holds tens of thousands of them.
+MAX_KEYS = 64  # keys in one mapping; the largest in the schema has 9
+MAX_SYSCALLS = 512  # names in trigger.syscall; x86_64 has about 460 syscalls
+# Digits of an integer scalar: int() refuses more than 4300 decimal digits with ValueError
+# (Python's int_max_str_digits), and nothing in a rule needs more than 20.
+MAX_INT_CHARS = 64
 RULE_SUFFIXES = (".yaml", ".yml")
 
 _STR = "tag:yaml.org,2002:str"
@@ -136,6 +145,9 @@ class _Schema:
             self.ctx.err(node, f"{where}: expected a mapping (key: value lines), got {_what(node)}")
             return None
         out: dict[str, tuple[Node, Node]] = {}
+        if len(node.value) > MAX_KEYS:
+            self.ctx.err(node.value[MAX_KEYS][0], f"{where}: more than {MAX_KEYS} keys")
+            return None
         for knode, vnode in node.value:
             if not isinstance(knode, ScalarNode) or knode.tag != _STR:
                 self.ctx.err(knode, f"{where}: keys must be plain names")
@@ -171,7 +183,16 @@ class _Schema:
         if tag == _STR:
             return node.value
         if tag == _INT:
-            return _CONSTRUCT.construct_yaml_int(node)
+            # A huge integer would raise ValueError (int_max_str_digits) or cost quadratic time
+            # (sexagesimal 1:2:3:...), and would not fit any field anyway.
+            if len(node.value) > MAX_INT_CHARS:
+                self.ctx.err(node, f"{where}: integer too large")
+                return None
+            try:
+                return _CONSTRUCT.construct_yaml_int(node)
+            except ValueError:
+                self.ctx.err(node, f"{where}: not a valid integer")
+                return None
         if tag == _BOOL:
             return _CONSTRUCT.construct_yaml_bool(node)
         return node.value  # pragma: no cover
@@ -186,9 +207,19 @@ class _Schema:
         if len(s) > max_len:
             self.ctx.err(node, f"{where}: longer than {max_len} characters")
             return None
-        if any(ord(c) < 32 for c in s if c not in "\t"):
-            self.ctx.err(node, f"{where}: control characters are not allowed")
-            return None
+        # Rule values end up in logs, `snapd check` and `snapd ctl rules`: besides C0 controls,
+        # refuse DEL and the C1 controls (U+0080-U+009F: U+009B is CSI on some terminals) and
+        # invisible format characters (Unicode category Cf: bidi overrides such as U+202E,
+        # zero-width spaces, a BOM), which could disguise what a rule says.
+        for c in s:
+            if c != "\t" and unicodedata.category(c) == "Cc":
+                self.ctx.err(node, f"{where}: control characters are not allowed")
+                return None
+            if unicodedata.category(c) == "Cf":
+                self.ctx.err(
+                    node, f"{where}: invisible formatting character U+{ord(c):04X} is not allowed"
+                )
+                return None
         return s
 
     def integer(self, node: Node, where: str, lo: int, hi: int) -> int | None:
@@ -565,6 +596,9 @@ class _RuleBuilder:
         if isinstance(vnode, SequenceNode) and self.s.tags_ok(vnode):
             if not vnode.value:
                 self.ctx.err(vnode, "trigger.syscall: the list is empty")
+                return None
+            if len(vnode.value) > MAX_SYSCALLS:
+                self.ctx.err(vnode.value[MAX_SYSCALLS], f"trigger.syscall: more than {MAX_SYSCALLS} names")
                 return None
             items = [(n, self.s.string(n, "trigger.syscall", 64)) for n in vnode.value]
         else:
