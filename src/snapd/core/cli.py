@@ -8,6 +8,7 @@ import sys
 import time
 
 from snapd.content import AGGREGATES, CLASSES, MODIFIERS, parse_spec
+from snapd.core.inspect import _safe
 from snapd.core.writer import SNAPSHOT_MODES, write_core
 from snapd.errors import ContentError, SnapdError
 
@@ -95,7 +96,8 @@ def main(argv: list[str]) -> int:
                 raise
             if meter:
                 meter.clear()
-            print(f"snapd gcore: {err}", file=sys.stderr)
+            # The message may quote the target's or its tracer's comm (chosen by that process).
+            print(f"snapd gcore: {_safe(err)}", file=sys.stderr)
             failed += 1
             continue
         if meter:

@@ -165,17 +165,38 @@ def _signame(sig: int) -> str:
         return str(sig)
 
 
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _safe(value: object) -> str:
+    """One printable line: a core's comm, command line and file names are chosen by the target
+    (prctl(PR_SET_NAME), argv, file names), so escape sequences such as ESC [ 2 J or a newline
+    are shown as backslash escapes, never sent to the terminal. (Same rules as snapd ctl's
+    ``safe``, which this earlier stage may not import.)"""
+    out = []
+    for ch in str(value):
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            o = ord(ch)
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+    return "".join(out)
+
+
 def render(v: CoreView) -> str:
     out = [
-        f"{v.path}: core of pid {v.pid} ({v.comm}), {len(v.threads)} thread(s)",
-        f"  command:  {v.psargs}",
+        f"{_safe(v.path)}: core of pid {v.pid} ({_safe(v.comm)}), {len(v.threads)} thread(s)",
+        f"  command:  {_safe(v.psargs)}",
         f"  size:     {_size(v.apparent_size)} apparent, {_size(v.disk_bytes)} on disk",
     ]
     if v.snapd:
-        out.append(f"  snapd:    content '{v.snapd.get('content')}', snapshot {v.snapd.get('snapshot')}")
+        content, snapshot = _safe(v.snapd.get("content")), _safe(v.snapd.get("snapshot"))
+        out.append(f"  snapd:    content '{content}', snapshot {snapshot}")
         if v.snapd.get("shared_live"):
             out.append("  note:     shared mappings were copied live, after the freeze (fork snapshot)")
-    out.append("  notes:    " + ", ".join(f"{k}" + (f" x{c}" if c > 1 else "") for k, c in v.notes.items()))
+    out.append("  notes:    " + ", ".join(_safe(k) + (f" x{c}" if c > 1 else "") for k, c in v.notes.items()))
     out.append("")
     out.append(f"  {'TID':>8}  {'SIGNAL':<8}  {'PC':<18}  SP")
     for t in v.threads:
@@ -185,7 +206,7 @@ def render(v: CoreView) -> str:
     for s in v.segments:
         out.append(
             f"  {s.start:014x} {s.end:014x} {s.perms:<4} {_size(s.end - s.start):>10} "
-            f"{_size(s.filesz) if s.filesz else '-':>10} {s.cls:<8} {s.file}"
+            f"{_size(s.filesz) if s.filesz else '-':>10} {_safe(s.cls):<8} {_safe(s.file)}"
         )
     return "\n".join(out)
 
@@ -200,7 +221,7 @@ def main(argv: list[str]) -> int:
         try:
             v = read_core(path)
         except CoreFileError as err:
-            print(f"snapd inspect: {err}", file=sys.stderr)
+            print(f"snapd inspect: {_safe(err)}", file=sys.stderr)
             rc = 1
             continue
         print(json.dumps(asdict(v)) if args.json else render(v))

@@ -1,0 +1,108 @@
+"""The malformed-rule corpus (tests/security/corpus/, made by make_corpus.py): every file is
+refused with RuleErrors naming file:line:col (or, for valid-*/inject-*, loaded), in bounded time
+and memory, and nothing else is ever raised."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from snapd.rules import MAX_FILE_BYTES, RuleError, check_file
+
+CORPUS = Path(__file__).with_name("corpus")
+FILES = sorted(p.name for p in CORPUS.iterdir())
+CPU_LIMIT_S = 1.0  # per file, CPU time (immune to other jobs on a shared CI box)
+MEM_LIMIT = 1 << 30  # RLIMIT_AS of the subprocess that loads the whole corpus
+RSS_GROWTH_MIB = 64  # what loading all of it may add to that process's peak RSS
+
+
+def test_corpus_is_large_and_varied() -> None:
+    kinds = {n.split("-")[0] for n in FILES}
+    assert len(FILES) >= 600, len(FILES)
+    assert {"truncated", "deep", "huge", "bomb", "tag", "enc", "nul", "dup", "type", "inject"} <= kinds
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_corpus_file(name: str) -> None:
+    path = CORPUS / name
+    data = path.read_bytes()
+    c0 = time.process_time()
+    rule, errors = check_file(path)  # anything but RuleError fails the test right here
+    cpu = time.process_time() - c0
+    assert cpu < CPU_LIMIT_S, f"{name}: {cpu:.2f}s of CPU"
+    assert (rule is None) == bool(errors)
+    if name.startswith("valid-"):
+        assert rule is not None, [str(e) for e in errors]
+    elif not name.startswith("inject-"):
+        assert errors, f"{name} was accepted: {rule}"
+    nlines = data.count(b"\n") + data.count(b"\r") + 2
+    for e in errors:
+        assert type(e) is RuleError
+        assert re.match(rf"{re.escape(str(path))}:\d+:\d+: \S", str(e)), str(e)
+        assert 1 <= e.line <= nlines and e.col >= 1, (e.line, e.col, str(e))
+        assert "\n" not in str(e) and "Traceback" not in str(e)
+        # the message is one readable line: no raw control bytes from the file
+        assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", e.msg), repr(e.msg)
+        assert len(str(e)) < 1000, f"{name}: message of {len(str(e))} characters"
+
+
+_LOADER = """
+import json, resource, sys, time
+from pathlib import Path
+from snapd.rules import check_file
+corpus = Path(sys.argv[1])
+check_file(corpus / "valid-good.yaml")  # imports and caches warmed up
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = []
+for p in sorted(corpus.iterdir()):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rule, errors = check_file(p)
+    out.append((p.name, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before, len(errors)))
+print(json.dumps({"base_kib": base, "files": out}))
+"""
+
+
+def test_corpus_memory_bounded() -> None:
+    """The whole corpus in one process under RLIMIT_AS = 1 GiB: it finishes, and no file raises
+    the peak RSS by more than a few MiB (a bomb that expanded would take GiBs)."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (MEM_LIMIT, MEM_LIMIT))
+
+    r = subprocess.run(
+        [sys.executable, "-c", _LOADER, str(CORPUS)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout)
+    growth = {name: kib for name, kib, _ in res["files"]}
+    total = sum(growth.values()) // 1024
+    worst = max(growth.items(), key=lambda kv: kv[1])
+    assert total < RSS_GROWTH_MIB, f"peak RSS grew {total} MiB over the corpus; worst {worst}"
+    assert len(res["files"]) == len(FILES)
+
+
+def test_over_cap_file_not_read_whole(tmp_path: Path) -> None:
+    """A 64 MiB rule file costs what 256 KiB does: it is never read past the cap."""
+    p = tmp_path / "big.yaml"
+    with open(p, "wb") as f:
+        f.truncate(64 << 20)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    c0 = time.process_time()
+    _, errors = check_file(p)
+    assert time.process_time() - c0 < CPU_LIMIT_S
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 16 << 10
+    assert str(errors[0]) == f"{p}:1:1: file is larger than {MAX_FILE_BYTES} bytes; a rule file is small"

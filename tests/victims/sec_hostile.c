@@ -1,0 +1,33 @@
+/* sec_hostile: a target with a hostile name, for tests/security.
+ *
+ * Usage: sec_hostile COMM
+ * Sets its comm to COMM with prctl(PR_SET_NAME) (the kernel keeps 15 bytes; any byte but NUL,
+ * so spaces, newlines and terminal escape sequences too), prints "ready <pid>" (its pid as it
+ * sees it: 1 when it is the init of a new pid namespace) and then reads one command per line:
+ *   g N   getppid() N times (what the tests' rules trigger on)
+ *   p     nothing: proves the process still runs
+ * Each command is answered with "done <cmd> <last return value>", as daemon_victim.c does.
+ */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && prctl(PR_SET_NAME, argv[1], 0, 0, 0) != 0) { perror("prctl"); return 1; }
+    printf("ready %d\n", getpid());
+    fflush(stdout);
+    char line[128];
+    while (fgets(line, sizeof line, stdin)) {
+        char cmd = 0;
+        long n = 0, r = 0;
+        sscanf(line, "%c %ld", &cmd, &n);
+        if (cmd == 'g')
+            for (long i = 0; i < n; i++) r = syscall(SYS_getppid);
+        printf("done %c %ld\n", cmd, r);
+        fflush(stdout);
+    }
+    return 0;
+}
