@@ -1,0 +1,148 @@
+"""No code or C injection through rule values: every hostile string the loader accepts (the
+corpus's inject-* files) reaches the kernel only as map data. The BPF programs are built from
+the fixed probe.bpf.c with fixed -D flags, so they are instruction-for-instruction identical
+(the kernel's prog_tag, a hash of the instructions with map fds zeroed: kernel/bpf/core.c
+bpf_prog_calc_tag) whatever the rules; and a comm pattern full of C and shell syntax selects a
+process of exactly that name, as data."""
+
+from __future__ import annotations
+
+import ctypes as ct
+import hashlib
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Hostile
+from snapd.probe import layout
+from snapd.probe.probes import SOURCE, Probes
+from snapd.probe.targets import NO_CGROUP, compile_glob, fnv1a
+from snapd.rules import Rule, parse_rule
+
+pytestmark = pytest.mark.kernel
+
+CORPUS = Path(__file__).with_name("corpus")
+HOSTILE_COMM = '");/*x*/#d'  # 10 bytes: C string end, statement end, comment, preprocessor
+
+
+def accepted_inject_rules() -> list[Rule]:
+    out = []
+    for p in sorted(CORPUS.glob("inject-*.yaml")):
+        rule, _ = parse_rule(p.read_bytes(), str(p))
+        if rule is not None:
+            out.append(rule)
+    return out
+
+
+def prog_tags() -> list[str]:
+    """The tags of every BPF program this process holds (fdinfo of its prog fds)."""
+    tags = []
+    for fd in os.listdir("/proc/self/fdinfo"):
+        try:
+            text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        m = re.search(r"^prog_tag:\s*(\S+)", text, re.M)
+        if m:
+            tags.append(m.group(1))
+    return sorted(tags)
+
+
+@pytest.fixture
+def bpf_builds(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, object]]]:
+    """Records the arguments of every bcc.BPF(...) build (the real build still runs)."""
+    import bcc
+
+    seen: list[dict[str, object]] = []
+    real = bcc.BPF.__init__
+
+    def spy(self: object, *args: object, **kw: object) -> None:
+        seen.append({"args": args, **kw})
+        real(self, *args, **kw)
+
+    monkeypatch.setattr(bcc.BPF, "__init__", spy)
+    yield seen
+
+
+def check_row(p: Probes, rule: Rule) -> None:
+    """The rule's values are in its row of the `rules` map, as numbers and bit masks."""
+    ent = p._loaded[rule.name]
+    row = p._bpf[b"rules"][ct.c_int(ent.slot)]
+    t = rule.target
+    flags = layout.RuleFlag(row.flags)
+    if t.comm is not None:
+        g = compile_glob(t.comm)
+        assert layout.RuleFlag.COMM in flags
+        assert (row.glob_len, row.glob_star) == (g.length, g.star)
+        assert list(row.glob_chars) == list(g.chars)
+    if t.exe is not None:
+        assert layout.RuleFlag.EXE in flags
+        assert row.exe_hash[0] == fnv1a(t.exe.encode())
+    if t.cgroup is not None:
+        assert layout.RuleFlag.CGROUP in flags
+        assert row.cg_id == NO_CGROUP or row.cg_id > 0
+
+
+def test_hostile_rules_compile_identically_and_are_stored_as_data(
+    bpf_builds: list[dict[str, object]],
+) -> None:
+    rules = accepted_inject_rules()
+    kinds = {Path(r.path).name.rsplit("-", 1)[0] for r in rules}
+    assert (
+        len(rules) >= 50
+        and {"inject-comm", "inject-comm-glob", "inject-exe-abs", "inject-cgroup-abs"} <= kinds
+    )
+    src_before = hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+
+    benign, errs = parse_rule("target: {comm: x}\ntrigger: {syscall: write}\n", "benign.yaml")
+    assert benign is not None, errs
+    with Probes() as p:
+        p.load(benign)
+        reference = prog_tags()
+    assert len(reference) >= 3
+
+    first, errs = parse_rule(f"target: {{comm: '{HOSTILE_COMM}*'}}\ntrigger: {{syscall: write}}\n", "h.yaml")
+    assert first is not None, errs
+    with Probes() as p:
+        p.load(first)  # the program set is compiled at the first load: with this rule in hand
+        assert prog_tags() == reference
+        check_row(p, first)
+        for rule in rules:
+            p.load(rule)
+            check_row(p, rule)
+            p.unload(rule.name)
+        assert prog_tags() == reference
+
+    assert hashlib.sha256(SOURCE.read_bytes()).hexdigest() == src_before
+    assert len(bpf_builds) == 2
+    for build in bpf_builds:
+        assert build["src_file"] == str(SOURCE).encode() and "text" not in build
+        assert build["cflags"] == layout.cflags(), "the -D flags never depend on a rule"
+        assert all(re.fullmatch(r"-D[A-Z0-9_]+=-?\d+", f) for f in build["cflags"])  # type: ignore[attr-defined]
+
+
+def test_hostile_comm_pattern_selects_that_process_as_data(
+    hostile: Hostile, compile_victim: Callable[..., Path]
+) -> None:
+    """A comm pattern made of C syntax is matched byte by byte in the kernel: the process so
+    named fires, with its name in the event; a process named differently does not."""
+    v = hostile(HOSTILE_COMM)
+    other = hostile("plain")
+    assert Path(f"/proc/{v.pid}/comm").read_text().rstrip("\n") == HOSTILE_COMM
+    rule, errs = parse_rule(
+        f"name: inj\ntarget: {{comm: '{HOSTILE_COMM}'}}\ntrigger: {{syscall: getppid}}\n", "inj.yaml"
+    )
+    assert rule is not None, errs
+    with Probes() as p:
+        p.load(rule)
+        other.cmd("g 3")
+        v.cmd("g 2")
+        events = []
+        for _ in range(50):
+            events += p.poll(100)
+            if len(events) >= 2:
+                break
+        assert [(e.pid, e.comm, e.syscall) for e in events] == [(v.pid, HOSTILE_COMM, "getppid")] * 2
