@@ -1,49 +1,25 @@
-"""Security-test fixtures: the real daemon on temp dirs (tests/daemon's harness), hostile victims.
-
-The helpers of tests/daemon and tests/ctl are imported, not copied: their directories are put
-on sys.path here, as pytest does for the tests that live in them.
-"""
+"""Security-test fixtures: the real daemon on temp dirs (tests/daemon's harness), hostile victims
+(sec_helpers.py, imported first, puts tests/daemon and tests/ctl on sys.path)."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).parent
-for d in (HERE.parent / "daemon", HERE.parent / "ctl"):
-    if str(d) not in sys.path:
-        sys.path.insert(0, str(d))
-
-from daemon_helpers import DaemonHarness, DVictim, halted_why  # noqa: E402
-from tests.conftest import Victim, wait_for  # noqa: E402
-
-NOBODY = 65534
-
-
-class Hostile:
-    """hostile(comm) starts tests/victims/sec_hostile.c renamed to ``comm`` (a DVictim)."""
-
-    def __init__(self, spawn: Callable[..., Victim], compile_victim: Callable[..., Path]) -> None:
-        self.spawn = spawn
-        self.compile_victim = compile_victim
-        self.started: list[DVictim] = []
-
-    def __call__(self, comm: str, *, exe: Path | None = None, prefix: tuple[str, ...] = ()) -> DVictim:
-        exe = exe or self.compile_victim("sec_hostile")
-        v = DVictim(self.spawn([*prefix, str(exe), comm]), exe)
-        self.started.append(v)
-        return v
+import sec_helpers  # first: it puts tests/daemon and tests/ctl on sys.path
+from daemon_helpers import DaemonHarness, halted_why
+from tests.conftest import Victim, wait_for
 
 
 @pytest.fixture
-def hostile(spawn: Callable[..., Victim], compile_victim: Callable[..., Path]) -> Iterator[Hostile]:
-    h = Hostile(spawn, compile_victim)
+def hostile(
+    spawn: Callable[..., Victim], compile_victim: Callable[..., Path]
+) -> Iterator[sec_helpers.Hostile]:
+    h = sec_helpers.Hostile(spawn, compile_victim)
     yield h
     for v in h.started:
         if v.alive():
@@ -53,7 +29,7 @@ def hostile(spawn: Callable[..., Victim], compile_victim: Callable[..., Path]) -
 
 
 @pytest.fixture
-def sec_daemon(tmp_path: Path, snapd_cmd: list[str], hostile: Hostile) -> Iterator[DaemonHarness]:
+def sec_daemon(tmp_path: Path, snapd_cmd: list[str], hostile: sec_helpers.Hostile) -> Iterator[DaemonHarness]:
     """The real `snapd daemon` (call ``.start()``); stopped, and its log checked for
     tracebacks, before the victims are checked not to be halted and killed."""
     sock_dir = tempfile.mkdtemp(prefix="snapd-s-", dir="/tmp")  # sun_path is 108 bytes
@@ -71,10 +47,3 @@ def sec_daemon(tmp_path: Path, snapd_cmd: list[str], hostile: Hostile) -> Iterat
     finally:
         h.stop()
         shutil.rmtree(sock_dir, ignore_errors=True)
-
-
-def vm_kib(pid: int, field: str = "VmRSS") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} for pid {pid}")

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sec_helpers import Hostile
 
-from conftest import Hostile
 from snapd.probe import layout
 from snapd.probe.probes import SOURCE, Probes
 from snapd.probe.targets import NO_CGROUP, compile_glob, fnv1a
