@@ -14,6 +14,7 @@ nothing new (once every known thread is stopped, none can create another).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -242,13 +243,16 @@ def release(threads: dict[int, Thread], timeout: float = 2.0) -> list[int]:
     tracee), so it is interrupted and collected first.
     """
     failed: list[int] = []
+    dying: list[int] = []
     for t in threads.values():
         if t.gone:
             continue
         if not t.stopped:
             try:
                 pt.interrupt(t.tid)
-            except OSError:
+            except OSError as err:
+                if err.errno == errno.ESRCH:
+                    dying.append(t.tid)
                 continue
             end = time.monotonic() + timeout
             while time.monotonic() < end:
@@ -276,6 +280,39 @@ def release(threads: dict[int, Thread], timeout: float = 2.0) -> list[int]:
         except OSError as err:
             if err.errno != errno.ESRCH:
                 failed.append(t.tid)
+            else:
+                dying.append(t.tid)  # SIGKILLed while we held it: out of its stop, exiting
         t.stopped = False
         t.gone = True
+    _reap_dying(dying, timeout)
     return failed
+
+
+def _reap_dying(tids: list[int], timeout: float) -> None:
+    """Collect the exit of tracees that died while we held them.
+
+    A traced task that exits becomes a zombie visible only to its tracer; its real parent's
+    wait() does not see it until the tracer reaps it or detaches (kernel/exit.c
+    wait_consider_task: "A zombie ptracee is only visible to its ptracer"). PTRACE_DETACH of a
+    dying tracee fails with ESRCH, so without this wait a target SIGKILLed during a dump stayed
+    an unreapable zombie, its parent (systemd, a supervisor) never learning that it died, for as
+    long as the daemon ran. All are polled together: a dead leader is reported only once its
+    other threads are reaped (delay_group_leader).
+    """
+    left = set(tids)
+    end = time.monotonic() + timeout
+    while left:
+        for tid in list(left):
+            try:
+                wpid, status = os.waitpid(tid, pt.WALL | os.WNOHANG)
+            except ChildProcessError:
+                left.discard(tid)  # reaped already, or no longer ours
+                continue
+            if wpid and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+                left.discard(tid)
+            elif wpid and os.WIFSTOPPED(status):
+                with contextlib.suppress(OSError):  # a last stop on its way out: let it go
+                    pt.detach(tid, 0)
+        if not left or time.monotonic() > end:
+            return
+        time.sleep(1e-3)
