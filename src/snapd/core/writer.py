@@ -34,7 +34,7 @@ from snapd.core.memory import (
 )
 from snapd.core.pages import PageMap
 from snapd.core.select import Amount
-from snapd.errors import OutputError, SnapdError, SnapshotError, TargetGone
+from snapd.errors import OutputError, SnapdError, SnapshotError, TargetGone, Zombie
 from snapd.freeze import Halted, halt, precheck
 from snapd.freeze import ptrace as pt
 from snapd.freeze.halt import DEFAULT_TIMEOUT
@@ -403,8 +403,14 @@ def write_core(
     state = precheck(pid).state if halted is None else "R"
     out = CoreFile(path)
     try:
-        pre = procfs.smaps(pid) if halted is None else None  # the slow part, before the freeze
-        h = halted or halt(pid, timeout=timeout)
+        try:
+            pre = procfs.smaps(pid) if halted is None else None  # the slow part, before the freeze
+            h = halted or halt(pid, timeout=timeout)
+        except Zombie as err:
+            # It passed precheck above, so it died since (while the temp file was made): that is
+            # "exited during the dump", not a zombie we were asked to dump (this race made
+            # tests/core/test_errors.py::test_target_exits_mid_dump fail about half the time).
+            raise TargetGone(pid, "the dump") from err
         try:
             res = _dump(h, out, _Request(spec, snapshot, state, current_tid, progress, pre))
         except (OSError, ValueError, IndexError, struct.error) as err:
