@@ -17,6 +17,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import sec_helpers
 from daemon_helpers import DaemonHarness, syscall_rule
 from sec_helpers import NOBODY, Hostile, vm_kib
 from tests.conftest import wait_for
@@ -39,6 +40,10 @@ BOMBS = [
     "dup-target.yaml",
     "inject-comm-00.yaml",
 ]
+
+# fixtures (see sec_helpers: no conftest.py here)
+hostile = sec_helpers.hostile
+sec_daemon = sec_helpers.sec_daemon
 
 
 def refused(daemon: DaemonHarness) -> dict[str, list[str]]:

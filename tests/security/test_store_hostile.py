@@ -14,6 +14,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import sec_helpers
 from daemon_helpers import DaemonHarness, syscall_rule
 from sec_helpers import Hostile
 from tests.conftest import wait_for
@@ -23,6 +24,10 @@ from snapd.store.template import NameFields, expand
 pytestmark = pytest.mark.kernel
 
 COMMS = ["../..\n/x\x1b[2J", "-rf --help", "..", ".hidden", "a/b\\c\td"]
+
+# fixtures (see sec_helpers: no conftest.py here)
+hostile = sec_helpers.hostile
+sec_daemon = sec_helpers.sec_daemon
 
 
 def test_hostile_comms_with_planted_links(
