@@ -264,3 +264,44 @@ def test_pipelining_client_is_held_back(server: Callable[[], CtlServer]) -> None
     replies = [json.loads(x) for x in read_to_eof(c).splitlines()]
     c.close()
     assert [r["result"]["id"] for r in replies] == [i % 30 + 1 for i in range(500)]
+
+
+NASTY = [
+    # (request line, what the reply's error says); each was an internal error with a traceback
+    # in the daemon's log before the fix (any snapd-group member could flood the log with them)
+    (b'{"cmd":"info","args":{"id":99999999999999999999999}}', "out of range"),
+    (b'{"cmd":"rm","args":{"id":-99999999999999999999999}}', "out of range"),
+    (b'{"cmd":"list-cores","args":{"pid":99999999999999999999999}}', "out of range"),
+    (b'{"cmd":"snap","args":{"pid":99999999999999999999999}}', "out of range"),
+    (b'{"cmd":"list-cores","args":{"since":1e999}}', "out of range"),
+    (b'{"cmd":"list-cores","args":{"since":NaN}}', "NaN is not a number"),
+    (b'{"cmd":"list-cores","args":{"since":-Infinity}}', "Infinity is not a number"),
+    (b'{"cmd":"list-cores","args":{"rule":"\\ud800"}}', "not valid Unicode"),
+    (b'{"cmd":"snap","args":{"pid":1,"content":"x\\udfff"}}', "not valid Unicode"),
+    (b'{"cmd":"pause","args":{"reason":"\\ud800"}}', "not valid Unicode"),
+    (b"[" * 100_00 + b"]" * 100_00, "nested too deeply"),
+    (b'{"cmd":"list-cores","args":' + b'{"a":' * 5000 + b"1" + b"}" * 5001, "nested too deeply"),
+    (b'{"cmd":"info","args":{"id":1},"cmd":"rm"}', "duplicate key 'cmd'"),
+    (b'{"cmd":"rm","args":{"id":1,"id":2}}', "duplicate key 'id'"),
+    (b'{"cmd":"list-cores","args":{"pid":1e400}}', "wrong type"),
+    (b'{"cmd":"list-cores","args":{"pid":' + b"9" * 5000 + b"}}", "not JSON"),
+]
+
+
+def test_values_no_handler_can_take_are_bad_requests(
+    server: Callable[[], CtlServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    srv = server()
+    c = raw(srv.path)
+    for line, why in NASTY:
+        c.sendall(line + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            buf += c.recv(65536)
+        reply = json.loads(buf)
+        assert reply["ok"] is False and reply["code"] == "bad-request", (line[:80], reply)
+        assert why in reply["error"], (line[:80], reply)
+    c.close()
+    assert not [r for r in caplog.records if r.exc_info], "no traceback in the daemon's log"
+    assert srv.catalog is not None and len(srv.catalog.list()) == 30, "nothing was removed"
+    assert served_promptly(srv.path) < PROMPT_S

@@ -10,6 +10,7 @@ A connection may carry several requests; replies come in order. A request line l
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from enum import IntEnum
 from typing import Any
@@ -77,12 +78,36 @@ def request(cmd: str, **args: Any) -> bytes:
     return encode({"cmd": cmd, "args": {k: v for k, v in args.items() if v is not None}})
 
 
+I64_MIN, I64_MAX = -(1 << 63), (1 << 63) - 1  # what SQLite binds (and every id or pid fits)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json keeps the last of duplicate keys; one meaning per request, whoever reads it.
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"duplicate key {key[:40]!r}")
+        obj[key] = value
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
 def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
-    """Decode and validate one request line; raise :class:`CtlError` (bad-request) if wrong."""
+    """Decode and validate one request line; raise :class:`CtlError` (bad-request) if wrong.
+
+    Everything a client can send ends here as bad-request, never as an internal error with a
+    traceback in the daemon's log (tests/security/test_ctl_hostile.py): nesting too deep for
+    the decoder (RecursionError), integers SQLite cannot bind (OverflowError), strings with
+    lone surrogates (``"\\ud800"``: UnicodeEncodeError), NaN/Infinity, duplicate keys.
+    """
     try:
-        obj = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise CtlError(f"malformed request: not JSON ({err})", Code.BAD_REQUEST) from err
+        obj = json.loads(line, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        why = "nested too deeply" if isinstance(err, RecursionError) else str(err)[:200]
+        raise CtlError(f"malformed request: not JSON ({why})", Code.BAD_REQUEST) from err
     if not isinstance(obj, dict):
         raise CtlError("malformed request: expected a JSON object", Code.BAD_REQUEST)
     cmd = obj.get("cmd")
@@ -99,6 +124,15 @@ def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
         typ, _ = spec[key]
         if isinstance(value, bool) or not isinstance(value, typ):
             raise CtlError(f"{cmd}: argument {key!r} has the wrong type", Code.BAD_REQUEST)
+        if isinstance(value, int) and not I64_MIN <= value <= I64_MAX:
+            raise CtlError(f"{cmd}: argument {key!r} is out of range", Code.BAD_REQUEST)
+        if isinstance(value, float) and not math.isfinite(value):  # 1e999 decodes as inf
+            raise CtlError(f"{cmd}: argument {key!r} is out of range", Code.BAD_REQUEST)
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise CtlError(f"{cmd}: argument {key!r} is not valid Unicode", Code.BAD_REQUEST) from err
     for key, (_, required) in spec.items():
         if required and key not in args:
             raise CtlError(f"{cmd}: missing argument {key!r}", Code.BAD_REQUEST)
