@@ -10,18 +10,34 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from daemon_helpers import DaemonHarness, Victims, halted_why
-from tests.conftest import Victim, wait_for
+from tests.conftest import VICTIMS, Victim, wait_for
+
+
+@pytest.fixture(scope="session")
+def victim_exe() -> Iterator[Path]:
+    """tests/victims/daemon_victim.c, built once, in a directory of our own: the shared
+    /tmp/pytest-of-root is also used by other pytest runs on this machine."""
+    d = Path(tempfile.mkdtemp(prefix="snapd-dv-", dir="/tmp"))
+    os.chmod(d, 0o755)
+    exe = d / "daemon_victim"
+    src = VICTIMS / "daemon_victim.c"
+    subprocess.run(
+        ["gcc", "-g", "-O0", "-pthread", "-fno-omit-frame-pointer", "-o", str(exe), str(src)], check=True
+    )
+    yield exe
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
-def victims(spawn: Callable[..., Victim], compile_victim: Callable[..., Path]) -> Iterator[Victims]:
-    vs = Victims(spawn, compile_victim)
+def victims(spawn: Callable[..., Victim], victim_exe: Path) -> Iterator[Victims]:
+    vs = Victims(spawn, victim_exe)
     yield vs
     # The daemon is gone by now (its fixture tore down first): nothing may still hold a victim.
     for v in vs.started:
@@ -31,28 +47,23 @@ def victims(spawn: Callable[..., Victim], compile_victim: Callable[..., Path]) -
 
 
 @pytest.fixture
-def sock_dir() -> Iterator[str]:
-    # Short: sun_path is 108 bytes, pytest's tmp_path can be longer.
-    d = tempfile.mkdtemp(prefix="snapd-d-", dir="/tmp")
+def workdir() -> Iterator[Path]:
+    # Our own, short (sun_path is 108 bytes) and not under the shared /tmp/pytest-of-root.
+    d = Path(tempfile.mkdtemp(prefix="snapd-dt-", dir="/tmp"))
     yield d
     shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
-def daemon(
-    tmp_path: Path, sock_dir: str, snapd_cmd: list[str], victims: Victims
-) -> Iterator[DaemonHarness]:
+def daemon(workdir: Path, snapd_cmd: list[str], victims: Victims) -> Iterator[DaemonHarness]:
     """A harness on fresh temp dirs; call ``.start()`` (with extra daemon arguments) to run it."""
-    rules = tmp_path / "rules.d"
+    rules = workdir / "rules.d"
     rules.mkdir()
     os.chmod(rules, 0o755)
-    h = DaemonHarness(snapd_cmd, rules, tmp_path / "state", os.path.join(sock_dir, "ctl.sock"), tmp_path)
+    h = DaemonHarness(snapd_cmd, rules, workdir / "state", str(workdir / "ctl.sock"), workdir)
     yield h
     rc = h.stop()
-    cores = h.state / "cores"
-    if cores.is_dir():  # some are GiBs: do not keep them in pytest's last three runs
-        for f in cores.iterdir():
-            f.unlink()
     log = h.log_text()
+    print(f"daemon log:\n{log}")  # shown by pytest for a failing test
     assert "Traceback" not in log, f"the daemon logged a traceback:\n{log}"
     assert rc in (0, None, -9), f"daemon exited {rc}:\n{log}"

@@ -92,15 +92,14 @@ class DVictim:
 class Victims:
     """victims() starts tests/victims/daemon_victim.c (optionally touching MiB of memory)."""
 
-    def __init__(self, spawn: Callable[..., Victim], compile_victim: Callable[..., Path]) -> None:
+    def __init__(self, spawn: Callable[..., Victim], exe: Path) -> None:
         self.spawn = spawn
-        self.compile_victim = compile_victim
+        self.exe = exe
         self.started: list[DVictim] = []
 
-    def __call__(self, touch_mib: int = 0, name: str = "daemon_victim") -> DVictim:
-        exe = self.compile_victim(name)
-        argv = [str(exe)] + ([str(touch_mib)] if touch_mib else [])
-        v = DVictim(self.spawn(argv), exe)
+    def __call__(self, touch_mib: int = 0) -> DVictim:
+        argv = [str(self.exe)] + ([str(touch_mib)] if touch_mib else [])
+        v = DVictim(self.spawn(argv), self.exe)
         self.started.append(v)
         return v
 

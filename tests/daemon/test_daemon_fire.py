@@ -135,11 +135,11 @@ def test_snapshot_fork(daemon: DaemonHarness, victims: Victims) -> None:
     v.cmd("p")
 
 
-def test_action_run_after_the_core(daemon: DaemonHarness, victims: Victims, tmp_path: Path) -> None:
+def test_action_run_after_the_core(daemon: DaemonHarness, victims: Victims, workdir: Path) -> None:
     """action.run: an argv (no shell) with {core} {rule} {pid} {comm} filled in; other braces
     are the program's business (a lone '}' is a literal)."""
     v = victims()
-    out = tmp_path / "run.out"
+    out = workdir / "run.out"
     script = f'printf "%s|%s|%s|%s|}}\\n" "$1" "$2" "$3" "$4" > {out}.tmp && mv {out}.tmp {out}'
     run = json.dumps(["/bin/sh", "-c", script, "sh", "{core}", "{rule}", "{pid}", "{comm}"])
     daemon.write_rule("run.yaml", syscall_rule("run", v.pid, action=f"  run: {run}\n"))

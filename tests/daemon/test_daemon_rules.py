@@ -105,13 +105,13 @@ def test_edit_and_delete_rules_probes_follow(daemon: DaemonHarness, victims: Vic
     b.cmd("p")
 
 
-def test_untrusted_rule_files_refused(daemon: DaemonHarness, victims: Victims, tmp_path: Path) -> None:
+def test_untrusted_rule_files_refused(daemon: DaemonHarness, victims: Victims, workdir: Path) -> None:
     v = victims()
     daemon.write_rule("good.yaml", syscall_rule("good", v.pid, "write", when="errno == EPIPE"))
     daemon.write_rule("nobody.yaml", syscall_rule("nobody", v.pid), uid=65534)
     daemon.write_rule("groupw.yaml", syscall_rule("groupw", v.pid), mode=0o664)
     daemon.write_rule("worldw.yaml", syscall_rule("worldw", v.pid), mode=0o646)
-    outside = tmp_path / "outside.yaml"
+    outside = workdir / "outside.yaml"
     outside.write_text(syscall_rule("link", v.pid))
     os.chmod(outside, 0o644)
     os.symlink(outside, daemon.rules / "link.yaml")
