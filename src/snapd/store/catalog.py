@@ -307,13 +307,22 @@ class Catalog:
         with self._lock:
             if self._db is None:
                 raise StoreError("the catalog is closed")
-            self._db.execute("BEGIN IMMEDIATE")
+            # SQLite errors become StoreError here, at the boundary: "database or disk is full"
+            # (the cores' file system filled up) used to escape as sqlite3.OperationalError,
+            # which no caller expects, and killed the daemon from Catalog.reserve.
             try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    # A failed COMMIT (SQLITE_FULL) leaves the transaction open: end it too.
+                    if self._db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as err:
+                raise StoreError(f"{self.db_path}: {err}") from err
 
     def integrity_check(self) -> list[str]:
         """``PRAGMA integrity_check``: ``["ok"]`` when the database is sound."""
@@ -386,6 +395,13 @@ class Catalog:
         :func:`snapd.store.context.capture`), which is stored whole in the entry.
         """
         validate_template(template)
+        # Retention before the dump as well as after it (systemd-coredump vacuums on both sides):
+        # otherwise a core that filled the disk past the limits stays until the next *published*
+        # core, which cannot be written for want of room: every later core failed with ENOSPC.
+        try:
+            self.vacuum(now=now)
+        except (StoreError, OSError) as err:
+            log.warning("retention before a dump failed: %s", err)
         when = time.time() if now is None else now
         ctx = dict(context or {})
 
