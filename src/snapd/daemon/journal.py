@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import signal
+import threading
 from typing import Any
 
 from snapd import procfs
@@ -47,6 +48,9 @@ class StopJournal:
         self.path = os.path.join(state_dir, "stopped.json")
         self.entries: dict[int, int] = {}  # pid -> starttime
         self.armed: dict[str, dict[str, Any]] = {}  # rule name -> its Target's fields
+        # done() runs in the dump worker (Worker.on_stop_cleared) while the main thread may
+        # add() or arm(): two writers of the same temp file would make one os.replace fail.
+        self._lock = threading.Lock()
 
     def _save(self) -> None:
         tmp = f"{self.path}.tmp"
@@ -59,29 +63,34 @@ class StopJournal:
 
     def add(self, pid: int) -> None:
         try:
-            self.entries[pid] = procfs.stat(pid).starttime
+            start = procfs.stat(pid).starttime
         except SnapdError:
             return
-        self._save()
+        with self._lock:
+            self.entries[pid] = start
+            self._save()
 
     def done(self, pid: int) -> None:
-        if self.entries.pop(pid, None) is not None:
-            self._save()
+        with self._lock:
+            if self.entries.pop(pid, None) is not None:
+                self._save()
 
     def arm(self, name: str, target: Target) -> None:
         """A ``stop: kernel`` rule is about to be loaded: its probe may stop its targets.
 
         Kept until a clean shutdown, even if the rule is unloaded (cheap, and always safe)."""
         fields = dataclasses.asdict(target)
-        if self.armed.get(name) != fields:
-            self.armed[name] = fields
-            self._save()
+        with self._lock:
+            if self.armed.get(name) != fields:
+                self.armed[name] = fields
+                self._save()
 
     def close(self) -> None:
         """Clean shutdown: every stopped target was resumed and no probe is attached."""
-        self.entries = {}
-        self.armed = {}
-        self._save()
+        with self._lock:
+            self.entries = {}
+            self.armed = {}
+            self._save()
 
     def recover(self) -> list[int]:
         """SIGCONT every journalled target that is still the same process (returns their pids),
@@ -113,7 +122,8 @@ class StopJournal:
                             pid,
                             name,
                         )
-        self.entries = {}
-        self.armed = {}
-        self._save()
+        with self._lock:
+            self.entries = {}
+            self.armed = {}
+            self._save()
         return resumed
