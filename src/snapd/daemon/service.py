@@ -409,6 +409,12 @@ class Daemon:
     def pause(self, reason: str, uid: int) -> dict[str, object]:
         state = self.switch.pause(reason, uid)
         for job in self.worker.drop_queued():
+            if job.kernel_stopped:
+                # The probe stopped it and only the worker would have resumed it: a job
+                # submitted in this loop iteration may not have been picked up yet.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(job.pid, signal.SIGCONT)
+                self.journal.done(job.pid)
             self.catalog.fail(job.entry_id, "cancelled: snapshots paused")
             fut = self.futures.pop(job.entry_id, None)
             if fut:
