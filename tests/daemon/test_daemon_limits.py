@@ -6,6 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 from daemon_helpers import DaemonHarness, DVictim, Victims, gdb_bt, halted_why, syscall_rule
@@ -184,3 +186,41 @@ def test_pause_during_a_stop_kernel_storm_releases_every_target(
         wait_for(lambda: halted_why(v.pid) is None, 5, f"round {i}: the victim to run ({why})")
         v.cmd("p", timeout=5)
         daemon.ctl("resume")
+
+
+def test_full_disk_never_stops_the_daemon(daemon: DaemonHarness, victims: Victims, workdir: Path) -> None:
+    """The state directory on a 48 MiB tmpfs, filled so that a core fits but the catalog may
+    not be able to record it: each such core fails (and is said to), the daemon goes on."""
+    state = workdir / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs", str(state)], check=True)
+    try:
+        v = victims(touch_mib=20)
+        daemon.start("--max-use", "100%", "--keep-free", "0")
+        first = json.loads(daemon.ctl("snap", str(v.pid), "--json").stdout)
+        need = int(first["disk_bytes"])
+        daemon.ctl("rm", str(first["id"]))
+        filler = state / "filler"
+        outcomes = set()
+        # Slack past the core: too little for the core (the writer fails), for the catalog's
+        # WAL growth (publish fails: this killed the daemon), or enough. 36-48 KiB here.
+        for slack in range(24 << 10, 68 << 10, 4 << 10):
+            filler.unlink(missing_ok=True)
+            vfs = os.statvfs(state)
+            filler.write_bytes(b"\0" * max(0, vfs.f_bavail * vfs.f_frsize - need - slack))
+            r = daemon.ctl("snap", str(v.pid), "--json", check=False)
+            assert daemon.proc is not None and daemon.proc.poll() is None, daemon.log_text()
+            if r.returncode == 0:
+                outcomes.add("complete")
+                daemon.ctl("rm", str(json.loads(r.stdout)["id"]))
+            else:
+                assert "Traceback" not in r.stderr, r.stderr
+                outcomes.add("catalog" if "cannot record the core" in r.stderr else "write")
+        assert outcomes == {"write", "catalog", "complete"}, outcomes
+        filler.unlink()
+        assert daemon.status()["failed"] >= 1
+        assert daemon.ctl("snap", str(v.pid)).returncode == 0  # room again: cores again
+        v.cmd("p")
+    finally:
+        daemon.stop()
+        subprocess.run(["umount", "-l", str(state)], check=False)

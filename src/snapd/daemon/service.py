@@ -260,6 +260,7 @@ class Daemon:
         if ev.stopped:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(ev.pid, signal.SIGCONT)
+            self.journal.done(ev.pid)  # journalled if admitted before its reservation failed
 
     def _reserve(
         self,
@@ -288,12 +289,28 @@ class Daemon:
             return None
         return Job(entry.id, entry.path, pid, tid, content, snapshot, rule, kernel_stopped)
 
+    def _fail_entry(self, entry_id: int, why: str) -> None:
+        """Mark a catalog entry failed; a catalog that cannot write (disk full) is logged, not
+        raised: it must not stop the daemon, nor a shutdown before it resumes its targets."""
+        try:
+            self.catalog.fail(entry_id, why)
+        except SnapdError as err:
+            # Left pending: never listed; recovery fails it (and removes its file) at next start.
+            log.error("core %d: cannot record that it failed (%s): %s", entry_id, why, err)
+
     def on_result(self, res: Result) -> None:
         job = res.job
+        if res.info is not None:
+            try:
+                entry = self.catalog.publish(job.entry_id, res.info)
+            except SnapdError as err:
+                # E.g. the core took the last free blocks and SQLite cannot commit: this raised
+                # out of the main loop and the daemon exited. The core is lost, the daemon is not.
+                res = Result(job, None, f"cannot record the core in the catalog: {err}")
         st = self.states.get(job.rule)
         fut = self.futures.pop(job.entry_id, None)
         if res.info is None:
-            entry = self.catalog.fail(job.entry_id, res.error)
+            self._fail_entry(job.entry_id, res.error)
             self.failed += 1
             if st:
                 st.failed += 1
@@ -302,7 +319,6 @@ class Daemon:
             if fut:
                 fut.set_exception(SnapdError(res.error))
             return
-        entry = self.catalog.publish(job.entry_id, res.info)
         self.cores += 1
         info = res.info
         note = f" (fork not used: {info.fallback})" if info.fallback else ""
@@ -415,7 +431,7 @@ class Daemon:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(job.pid, signal.SIGCONT)
                 self.journal.done(job.pid)
-            self.catalog.fail(job.entry_id, "cancelled: snapshots paused")
+            self._fail_entry(job.entry_id, "cancelled: snapshots paused")
             fut = self.futures.pop(job.entry_id, None)
             if fut:
                 fut.set_exception(SnapdError("cancelled: snapshots paused"))
@@ -498,7 +514,7 @@ class Daemon:
         sdnotify.stopping("shutting down")
         log.info("snapd daemon stopping")
         for job in self.worker.drop_queued():
-            self.catalog.fail(job.entry_id, "cancelled: daemon stopped")
+            self._fail_entry(job.entry_id, "cancelled: daemon stopped")
         self.scheduled.clear()  # repeat cores not reserved yet: nothing to fail
         self.worker.stop()  # the dump in flight finishes; its target is resumed either way
         for res in self.worker.take_results():
