@@ -16,6 +16,7 @@
 
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/bpf_perf_event.h>
+#include <linux/sched.h>
 
 #ifndef SNAPD_MAX_RULES
 #error "built by snapd.probe: SNAPD_* constants come from snapd/probe/layout.py"
@@ -259,6 +260,17 @@ static __always_inline int window_hit(u32 slot, const struct rule_cfg *r, u32 tg
     return 1;
 }
 
+// Is the current thread, or its process's main thread, traced (gdb, strace, another snapd)?
+// Then stop: kernel must not SIGSTOP it: the signal goes to the tracer as a signal-delivery-stop
+// (ptrace(2)), and a tracer that does not pass it on leaves the target halted for good, by our
+// doing; the daemon cannot take an already traced target over anyway. (bcc turns these field
+// reads into bpf_probe_read_kernel.)
+static __always_inline int current_traced(void)
+{
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+    return t->ptrace != 0 || t->group_leader->ptrace != 0;
+}
+
 static __always_inline void emit(u32 slot, const struct rule_cfg *r, u64 pid_tgid, s32 nr,
                                  const struct fields *f, u64 now, u32 flags, u64 value)
 {
@@ -277,7 +289,7 @@ static __always_inline void emit(u32 slot, const struct rule_cfg *r, u64 pid_tgi
     e->gen = r->gen;
     e->nr = nr;
     bpf_get_current_comm(e->comm, sizeof(e->comm));
-    if (r->flags & RF_STOP_KERNEL) {
+    if ((r->flags & RF_STOP_KERNEL) && !current_traced()) {
         // DTrace stop(): the whole thread group stops when this thread returns to user mode,
         // so /proc/PID/syscall still names this syscall (kernel/signal.c do_signal_stop).
         if (bpf_send_signal(SIGNAL_STOP) == 0)
