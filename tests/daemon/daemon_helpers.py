@@ -146,7 +146,12 @@ class DaemonHarness:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log_text()}")
-            return self.ctl("status", check=False, timeout=5).returncode == 0
+            try:
+                # The socket exists before the rules are loaded; the daemon answers once its
+                # loop runs (BPF compiles can take seconds on a loaded machine).
+                return self.ctl("status", check=False, timeout=10).returncode == 0
+            except subprocess.TimeoutExpired:
+                return False
 
         wait_for(ready, timeout, "the daemon to answer `snapd ctl status`")
 
