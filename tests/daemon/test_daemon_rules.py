@@ -4,6 +4,7 @@ refused, listed with an error, and never loaded."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import time
@@ -220,4 +221,33 @@ def test_rule_targeting_the_daemon_itself_is_refused(daemon: DaemonHarness, vict
     assert r.returncode != 0 and "is this snapd daemon" in r.stderr, r
     v.cmd("g 1")
     wait_for(lambda: daemon.complete("good"), 20, "the good rule's core")
+    v.cmd("p")
+
+
+def test_deleted_rule_takes_no_more_repeat_cores(daemon: DaemonHarness, victims: Victims) -> None:
+    """A timer rule that never takes a core (inactive window) is the clock: its suppressed
+    firings show that the repeat cores' times have passed."""
+    v = victims()
+    action = "  core:\n    repeat: 3\n    interval: 1s\n"
+    daemon.write_rule("rep.yaml", syscall_rule("rep", v.pid, action=action))
+    now = dt.datetime.now()
+    a, b = now + dt.timedelta(hours=2), now + dt.timedelta(hours=3)
+    daemon.write_rule(
+        "clock.yaml",
+        f"name: clock\ntarget:\n  pid: {v.pid}\ntrigger:\n  every: 100ms\n"
+        f'active: "{a:%H:%M}-{b:%H:%M}"\n',
+    )
+    daemon.start()
+    v.cmd("g 1")
+    wait_for(lambda: len(daemon.complete("rep")) == 1, 20, "the first of the repeat cores")
+    daemon.remove_rule("rep.yaml")
+    wait_for(lambda: "rep" not in loaded(daemon), FOLLOW_S, "the rule to be unloaded")
+    base = daemon.rule("clock")["suppressed"].get("inactive", 0)
+    wait_for(
+        lambda: daemon.rule("clock")["suppressed"].get("inactive", 0) >= base + 25,
+        20,
+        "2.5 s of ticks (past both repeats' times)",
+    )
+    wait_for(daemon.idle, 20, "no dump running")
+    assert len(daemon.cores("--rule", "rep")) == 1, daemon.cores("--rule", "rep")
     v.cmd("p")

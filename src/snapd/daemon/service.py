@@ -56,6 +56,7 @@ class Repeat(NamedTuple):
     due: float  # time.monotonic()
     n: int  # 2..repeat
     start: int  # the process's start time at the firing: a recycled pid is not dumped
+    digest: str  # the rule file's content at the firing
     args: tuple[str, int, int | None, dict[str, Any], str, str, str, bool]  # for Daemon._reserve
 
 
@@ -227,6 +228,7 @@ class Daemon:
                     now + n * core.interval_ns / 1e9,
                     n + 1,
                     start,
+                    st.digest,
                     (
                         st.rule.name,
                         ev.pid,
@@ -241,7 +243,12 @@ class Daemon:
             )
 
     def _due(self, rep: Repeat) -> None:
-        """A repeat core fell due: reserve and queue it, if its process is still the same one."""
+        """A repeat core fell due: reserve and queue it, if its rule is still loaded (a rule
+        deleted or edited takes no more cores) and its process is still the same one."""
+        st = self.states.get(rep.args[0])
+        if st is None or st.digest != rep.digest:
+            log.info("rule %s: changed or removed: repeat core %d dropped", rep.args[0], rep.n)
+            return
         pid = rep.args[1]
         try:
             same = procfs.stat(pid).starttime == rep.start
