@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -64,7 +65,10 @@ def test_bad_rule_beside_good_one(daemon: DaemonHarness, victims: Victims) -> No
     (core,) = wait_for(lambda: daemon.complete("good"), 20, "the good rule's core")
     assert core["pid"] == v.pid
     assert daemon.cores("--rule", "bad") == [] and daemon.cores("--rule", "bad2") == []
-    # Logged once per file, not once per rescan.
+    # Logged once per file, not once per rescan: SIGHUP and `ctl reload` re-read everything.
+    os.kill(daemon.pid, signal.SIGHUP)
+    daemon.ctl("reload")
+    assert daemon.status()["bad_rule_files"] == 2 and loaded(daemon) == {"good"}
     log = daemon.log_text()
     assert log.count("bad2.yaml:") == 1, log
     v.cmd("p")
