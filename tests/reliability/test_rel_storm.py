@@ -1,0 +1,49 @@
+"""Fault 5: a trigger storm that overflows the ring buffer: a victim calling a matching syscall
+as fast as it can (~10 s here; bench/storm.py runs it longer). The daemon's CPU stays bounded,
+max_cores holds, every matching call is accounted for (fired or dropped in the kernel; every
+event read is a core or a counted suppression), and its memory does not keep growing."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from daemon_helpers import DaemonHarness, halted_why
+from tests.conftest import Victim
+from tests.reliability.storm import MAX_CORES, rule_text, run_storm
+
+pytestmark = pytest.mark.kernel
+
+SECONDS = float(os.environ.get("SNAPD_STORM_SECONDS", "10"))
+
+
+def test_trigger_storm(
+    daemon: DaemonHarness, spawn: Callable[..., Victim], compile_victim: Callable[..., Path]
+) -> None:
+    v = spawn([compile_victim("rel_storm")])
+    daemon.write_rule("storm.yaml", rule_text(v.pid))
+    daemon.start("--cores-per-hour", "100000")
+    r = run_storm(daemon, v, SECONDS)
+    print("\n" + r.summary())
+    st, probes = r.status, r.status["probes"]
+    assert r.rate > 100_000, f"the storm was too weak to mean anything: {r.rate:.0f}/s"
+    # Limits hold.
+    assert r.cores == MAX_CORES and r.entries == MAX_CORES, daemon.cores()
+    # Every matching call is accounted for in the kernel: an event, or a counted drop.
+    assert probes["kernel_fired"] + probes["dropped"] == r.calls, probes
+    assert probes["dropped"] > 0, "the ring buffer never overflowed: not a storm"
+    # Every event the daemon read became a core or a counted suppression.
+    assert st["events"] == sum(st["suppressed"].values()) + r.entries, st
+    # CPU bounded: at most the one main-loop thread's worth, whatever the rate.
+    assert r.cpu_share < 1.1, r.summary()
+    # Memory: no growth with the number of events (the RSS at the end is close to the first
+    # sample taken during the storm), no fd or thread left behind.
+    assert r.after is not None and r.before is not None
+    first = r.rss_kib[0] if r.rss_kib else r.before.rss_kib
+    assert r.after.rss_kib - first < 8 * 1024, r.summary()
+    assert r.after.fds == r.before.fds and r.after.threads == r.before.threads, r.summary()
+    assert r.ctl_seconds < 5, r.summary()  # the main loop is not held by the storm
+    assert halted_why(v.pid) is None
+    assert daemon.proc is not None and daemon.proc.poll() is None
