@@ -41,8 +41,10 @@ def test_trigger_storm(
     # Memory: no growth with the number of events (the RSS at the end is close to the first
     # sample taken during the storm), no fd or thread left behind.
     assert r.after is not None and r.before is not None
-    first = r.rss_kib[0] if r.rss_kib else r.before.rss_kib
-    assert r.after.rss_kib - first < 8 * 1024, r.summary()
+    # The core writer's buffer pool (6 x 4 MiB, allocated at the first dump) is the only
+    # growth allowed; before poll() was bounded, a 10 s storm grew the daemon by ~170 MiB.
+    assert max(r.rss_kib, default=0) - r.before.rss_kib < 40 * 1024, r.summary()
+    assert r.after.rss_kib - r.before.rss_kib < 40 * 1024, r.summary()
     assert r.after.fds == r.before.fds and r.after.threads == r.before.threads, r.summary()
     assert r.ctl_seconds < 5, r.summary()  # the main loop is not held by the storm
     assert halted_why(v.pid) is None
