@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -119,3 +121,44 @@ def test_catalog_on_a_full_disk(small_state: DaemonHarness, victims: Victims) ->
     check_listing(daemon.cores(), daemon.state / "cores")
     assert integrity(daemon.state / "catalog.db") == "ok"
     print(f"\nfull disk: status {st['cores']} cores, {st['failed']} failed; log:\n{daemon.log_text()}")
+
+
+def reserved(cores: Path, size: int) -> bool:
+    for name in partials(cores):
+        try:
+            if os.stat(cores / name).st_blocks * 512 >= size:
+                return True
+        except FileNotFoundError:
+            pass
+    return False
+
+
+def test_disk_fills_up_during_a_dump(small_state: DaemonHarness, victims: Victims) -> None:
+    """Someone else fills the file system while a core is being written (its blocks are already
+    reserved, so the core itself completes): the catalog update that follows cannot grow the
+    SQLite WAL. The daemon must log it and live on, not die."""
+    daemon = small_state
+    v = victims(24)
+    daemon.write_rule("v.yaml", syscall_rule("v", v.pid))
+    daemon.start("--cores-per-hour", "100000")
+    cores = daemon.state / "cores"
+    filler = daemon.state / "filler"
+    for i in range(3):
+        v.send("g 1")
+        deadline = time.monotonic() + 30
+        while not reserved(cores, 20 << 20) and time.monotonic() < deadline:
+            time.sleep(0.0002)  # until the writer has fallocate()d its blocks
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}.{i}", "bs=64k"], capture_output=True)
+        v.reply()
+        wait_for(lambda: daemon.proc is None or daemon.proc.poll() is not None or daemon.idle(), 30, "idle")
+        assert daemon.proc is not None and daemon.proc.poll() is None, f"round {i}: the daemon died"
+        assert halted_why(v.pid) is None
+        for f in daemon.state.glob("filler.*"):
+            f.unlink()
+    check_listing(daemon.cores(), cores)
+    assert pending_rows(daemon.state / "catalog.db") == 0
+    assert integrity(daemon.state / "catalog.db") == "ok"
+    # and it still takes cores once there is room again
+    last = max(int(c["id"]) for c in daemon.cores())
+    v.cmd("g 1")
+    assert wait_entry(daemon, "v", last)["status"] == "complete"
