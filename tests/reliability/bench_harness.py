@@ -21,9 +21,7 @@ from tests.conftest import VICTIMS, Victim  # noqa: E402
 
 def build(name: str, out_dir: Path) -> Path:
     exe = out_dir / name
-    subprocess.run(
-        ["gcc", "-g", "-O0", "-pthread", "-o", str(exe), str(VICTIMS / f"{name}.c")], check=True
-    )
+    subprocess.run(["gcc", "-g", "-O0", "-pthread", "-o", str(exe), str(VICTIMS / f"{name}.c")], check=True)
     return exe
 
 

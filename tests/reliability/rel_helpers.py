@@ -79,7 +79,7 @@ def elf_segments(path: str) -> list[tuple[int, int, int, int, int]]:
         assert eh[:4] == b"\x7fELF" and eh[4] == 2, f"{path}: not an ELF64 file"
         (e_type,) = struct.unpack_from("<H", eh, 16)
         assert e_type == 4, f"{path}: e_type {e_type}, not ET_CORE"
-        e_phoff, = struct.unpack_from("<Q", eh, 32)
+        (e_phoff,) = struct.unpack_from("<Q", eh, 32)
         e_phentsize, e_phnum = struct.unpack_from("<HH", eh, 54)
         f.seek(e_phoff)
         raw = f.read(e_phentsize * e_phnum)

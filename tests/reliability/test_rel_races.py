@@ -188,7 +188,7 @@ def test_threads_born_and_dying_while_halting(
 
 def comm_rule(name: str, comm: str, syscall: str, snapshot: str, max_cores: int = 100) -> str:
     return (
-        f"name: {name}\ntarget:\n  comm: \"{comm}\"\ntrigger:\n  syscall: {syscall}\n"
+        f'name: {name}\ntarget:\n  comm: "{comm}"\ntrigger:\n  syscall: {syscall}\n'
         f"action:\n  snapshot: {snapshot}\n"
         f"limits:\n  max_cores: {max_cores}\n  min_interval: 1ms\n"
     )
