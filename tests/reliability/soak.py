@@ -40,6 +40,7 @@ class SoakResult:
     rss_series: list[int] = field(default_factory=list)  # KiB, one per sample
     status: dict[str, Any] = field(default_factory=dict)
     ctl_calls: int = 0
+    ctl_errors: list[str] = field(default_factory=list)
     listed: int = 0
 
     @property
@@ -51,7 +52,8 @@ class SoakResult:
         return (
             f"soak {self.seconds:.0f}s (measured after a {WARMUP_S:.0f}s warm-up): cores {st.get('cores')} "
             f"failed {st.get('failed')} events {st.get('events')} suppressed {st.get('suppressed')}; "
-            f"{self.ctl_calls} ctl calls; cores listed at the end {self.listed}; "
+            f"{self.ctl_calls} ctl calls ({len(self.ctl_errors)} failed {self.ctl_errors[:2]}); "
+            f"cores listed at the end {self.listed}; "
             f"fds {self.start.fds} -> {self.end.fds}; threads {self.start.threads} -> {self.end.threads}; "
             f"RSS {self.start.rss_kib} -> {self.end.rss_kib} KiB ({self.rss_growth_kib:+d}); "
             f"CPU {self.end.cpu - self.start.cpu:.1f}s; RSS series {self.rss_series}"
@@ -63,6 +65,7 @@ def run_soak(daemon: Any, victim: Any, seconds: float, sample_every: float = 5.0
     tests/victims/daemon_victim.c), which already runs a getppid thread ("l 500000")."""
     t0 = time.monotonic()
     ctl_calls = 0
+    ctl_errors: list[str] = []
     while time.monotonic() - t0 < WARMUP_S:
         daemon.cores()
         ctl_calls += 1
@@ -73,8 +76,11 @@ def run_soak(daemon: Any, victim: Any, seconds: float, sample_every: float = 5.0
     t1 = time.monotonic()
     next_sample = t1 + sample_every
     while time.monotonic() - t1 < seconds:
-        daemon.cores()
-        daemon.status()
+        try:
+            daemon.cores()
+            daemon.status()
+        except (AssertionError, ValueError) as err:  # counted and reported, not fatal here
+            ctl_errors.append(str(err)[:200])
         ctl_calls += 2
         if time.monotonic() >= next_sample:
             series.append(Usage.of(daemon.pid).rss_kib)
@@ -91,6 +97,7 @@ def run_soak(daemon: Any, victim: Any, seconds: float, sample_every: float = 5.0
         rss_series=series,
         status=daemon.status(),
         ctl_calls=ctl_calls,
+        ctl_errors=ctl_errors,
         listed=len(daemon.cores()),
     )
 

@@ -26,6 +26,7 @@ def test_soak(daemon: DaemonHarness, victims: Victims) -> None:
     r = run_soak(daemon, v, SECONDS)
     print("\n" + r.summary())
     assert r.status["cores"] >= SECONDS / 3, r.summary()  # it did keep firing
+    assert not r.ctl_errors, r.summary()
     assert r.end.fds == r.start.fds, r.summary()
     assert r.end.threads == r.start.threads, r.summary()
     assert r.rss_growth_kib < 4096, r.summary()
