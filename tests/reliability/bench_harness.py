@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "daemon")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "daemon"), str(ROOT / "tests")]
 
 from daemon_helpers import DaemonHarness  # noqa: E402
 from tests.conftest import VICTIMS, Victim  # noqa: E402
