@@ -6,17 +6,18 @@ Kernel tests (marker ``kernel``) need root: unprivileged they skip with a reason
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from snapd_testlib import Victim, proc_state, thread_states, wait_for
+
+__all__ = ["Victim", "proc_state", "thread_states", "wait_for"]  # also importable from here
 
 VICTIMS = Path(__file__).parent / "victims"
 REQUIRE_KERNEL = os.environ.get("SNAPD_REQUIRE_KERNEL") == "1"
@@ -34,36 +35,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _kernel_gate(request: pytest.FixtureRequest) -> None:
     if "kernel" in request.keywords and os.geteuid() != 0 and REQUIRE_KERNEL:
         pytest.fail("SNAPD_REQUIRE_KERNEL=1 but not root: kernel tests cannot run")
-
-
-def wait_for(cond: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
-    """Poll ``cond`` until it returns a truthy value; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-
-
-def proc_state(pid: int) -> str:
-    data = Path(f"/proc/{pid}/stat").read_bytes()
-    return data[data.rindex(b")") + 2 :].split()[0].decode()
-
-
-def thread_states(pid: int) -> dict[int, str]:
-    out = {}
-    for t in os.listdir(f"/proc/{pid}/task"):
-        try:
-            data = Path(f"/proc/{pid}/task/{t}/stat").read_bytes()
-        except FileNotFoundError:
-            continue
-        out[int(t)] = data[data.rindex(b")") + 2 :].split()[0].decode()
-    return out
 
 
 @pytest.fixture(scope="session")
@@ -89,48 +60,6 @@ def compile_victim(build_dir: Path) -> Callable[..., Path]:
         return cache[key]
 
     return build
-
-
-class Victim:
-    """A child process that prints 'ready ...' on stdout once it is in a known state."""
-
-    def __init__(self, argv: list[str], ready_timeout: float = 20.0, **kw: object) -> None:
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.PIPE, **kw)  # type: ignore[call-overload]
-        self.pid: int = self.proc.pid
-        self.ready_line = self._read_ready(ready_timeout)
-
-    def _read_ready(self, timeout: float) -> str:
-        import selectors
-
-        assert self.proc.stdout is not None
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
-        deadline = time.monotonic() + timeout
-        buf = b""
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not sel.select(left):
-                self.kill()
-                raise AssertionError(f"victim {self.pid} not ready after {timeout}s: {buf!r}")
-            chunk = os.read(self.proc.stdout.fileno(), 4096)
-            if not chunk:
-                raise AssertionError(f"victim {self.pid} exited before ready: {buf!r}")
-            buf += chunk
-        line = buf.split(b"\n")[0].decode()
-        assert line.startswith("ready"), line
-        return line
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        for f in (self.proc.stdout, self.proc.stdin):
-            if f:
-                f.close()
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import thread_states, wait_for
+from snapd_testlib import thread_states, wait_for
 
 pytestmark = pytest.mark.kernel
 

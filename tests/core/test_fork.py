@@ -15,9 +15,9 @@ import pytest
 from test_content import _addrs, byte_at
 from test_gcore import gdb
 
-from conftest import thread_states, wait_for
 from snapd.core import write_core
 from snapd.core.inspect import read_core
+from snapd_testlib import thread_states, wait_for
 
 pytestmark = pytest.mark.kernel
 

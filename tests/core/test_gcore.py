@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import proc_state, thread_states, wait_for
 from snapd.core.inspect import read_core
+from snapd_testlib import proc_state, thread_states, wait_for
 
 pytestmark = pytest.mark.kernel
 

@@ -8,22 +8,13 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from ctl_helpers import DaemonLikeHandler
+from ctl_helpers import DaemonLikeHandler, Served
 
 from snapd.ctl import CtlServer
 from snapd.store import Catalog, Retention
-
-
-@dataclass
-class Served:
-    server: CtlServer
-    catalog: Catalog
-    handler: DaemonLikeHandler
-    path: str
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from snapd.core.info import CoreInfo
+from snapd.ctl import CtlServer
 from snapd.errors import SnapdError
 from snapd.store import Catalog, Entry, PauseSwitch
 
@@ -106,3 +107,13 @@ class DaemonLikeHandler:
     def reload(self, uid: int) -> Any:
         self.reloads += 1
         return {"reloaded": True, "rules": 1}
+
+
+@dataclasses.dataclass
+class Served:
+    """A CtlServer on a real socket, served from a thread (the ``serve`` fixture)."""
+
+    server: CtlServer
+    catalog: Catalog
+    handler: DaemonLikeHandler
+    path: str

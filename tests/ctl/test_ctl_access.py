@@ -10,9 +10,7 @@ import subprocess
 from collections.abc import Callable
 
 import pytest
-from ctl_helpers import take
-
-from conftest import Served
+from ctl_helpers import Served, take
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 NOBODY = 65534

@@ -12,9 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from ctl_helpers import take
+from ctl_helpers import Served, take
 
-from conftest import Served
 from snapd.ctl.client import Client, format_cores, parse_since, safe
 from snapd.ctl.protocol import CtlError
 

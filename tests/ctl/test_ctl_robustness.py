@@ -11,9 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from ctl_helpers import take
+from ctl_helpers import Served, take
 
-from conftest import Served
 from snapd.ctl import CtlError, CtlServer
 from snapd.ctl.client import Client
 from snapd.errors import SnapdError

@@ -219,7 +219,7 @@ class DaemonHarness:
 
     def cores(self, *args: str) -> list[dict[str, Any]]:
         # Exit status 1 with "[]" when there are none.
-        r = self.ctl("list-cores", "--json", *args, check=False)
+        r = self.ctl("list-cores", "--json", "--all", *args, check=False)  # failed ones too
         assert r.returncode in (0, 1), r.stderr
         return json.loads(r.stdout)  # type: ignore[no-any-return]
 

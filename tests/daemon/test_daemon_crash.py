@@ -3,6 +3,7 @@ target halted, and the next start lists only complete cores and removes every pa
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -88,6 +89,10 @@ def test_sigkill_during_dumps_never_leaves_victim_halted(daemon: DaemonHarness, 
             assert c["status"].startswith("failed"), c
             assert name not in on_disk, c
     assert on_disk <= {os.path.basename(c["path"]) for c in cores if c["status"] == "complete"}
+    # By default list-cores lists cores only: interrupted attempts appear with --all alone.
+    r = daemon.ctl("list-cores", "--json", check=False)
+    listed = json.loads(r.stdout)
+    assert [c["id"] for c in listed] == [c["id"] for c in cores if c["status"] == "complete"]
     assert " main (" in gdb_bt(v.exe, first["path"])
     v.cmd("p")
 

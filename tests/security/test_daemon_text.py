@@ -50,14 +50,6 @@ def test_run_placeholders_are_argv_data(sec_daemon: DaemonHarness, hostile: Host
     v.cmd("p")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="daemon bug (src/snapd/daemon/service.py, on_result: log.info('rule %s: pid %d (%s): "
-    "core ...', ..., info.comm, ...)): the target's comm is written to the log raw, so a process "
-    "named ESC [ 2 J clears the terminal of an operator running the daemon in the foreground "
-    "(make run) and forges log lines with a newline; proposed: escape target-chosen text in log "
-    "records (a logging.Formatter that escapes C0/C1/format characters, as snapd.ctl.client.safe)",
-)
 def test_daemon_log_never_carries_raw_escapes(sec_daemon: DaemonHarness, hostile: Hostile) -> None:
     d = sec_daemon
     v = hostile(ESCAPES)

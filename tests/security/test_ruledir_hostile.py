@@ -119,14 +119,6 @@ def test_special_files_and_bombs_in_the_rules_dir(
     v.cmd("p")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="daemon bug (src/snapd/daemon/ruledir.py scan / service.py sync_rules): the rules "
-    "directory's own owner and mode are never checked, so a non-root user who owns it or may "
-    "write into it can delete or rename root's rules (switching monitoring off) unnoticed; "
-    "proposed: fstat the directory in ruledir.scan and refuse it (error listed in ctl rules/status, "
-    "no rule loaded) unless it is root-owned and not group/other-writable, like sshd StrictModes",
-)
 @pytest.mark.parametrize("how", ["world-writable", "user-owned"])
 def test_untrusted_rules_directory_refused(sec_daemon: DaemonHarness, hostile: Hostile, how: str) -> None:
     d = sec_daemon

@@ -9,13 +9,14 @@ from pathlib import Path
 
 from snapd.core.info import CoreInfo
 
+# Loaded by path: child processes import this module without the tests directory on sys.path.
 _root = importlib.util.spec_from_file_location(
-    "_snapd_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py"
+    "_snapd_testlib", Path(__file__).resolve().parents[1] / "snapd_testlib.py"
 )
 assert _root is not None and _root.loader is not None
 _mod = importlib.util.module_from_spec(_root)
 _root.loader.exec_module(_mod)
-#: tests/conftest.py's poller (no sleep-then-assert).
+#: tests/snapd_testlib.py's poller (no sleep-then-assert).
 wait_for: Callable[..., object] = _mod.wait_for
 
 

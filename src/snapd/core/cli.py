@@ -8,9 +8,9 @@ import sys
 import time
 
 from snapd.content import AGGREGATES, CLASSES, MODIFIERS, parse_spec
-from snapd.core.inspect import _safe
 from snapd.core.writer import SNAPSHOT_MODES, write_core
 from snapd.errors import ContentError, SnapdError
+from snapd.text import safe
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,7 +97,7 @@ def main(argv: list[str]) -> int:
             if meter:
                 meter.clear()
             # The message may quote the target's or its tracer's comm (chosen by that process).
-            print(f"snapd gcore: {_safe(err)}", file=sys.stderr)
+            print(f"snapd gcore: {safe(err)}", file=sys.stderr)
             failed += 1
             continue
         if meter:

@@ -17,6 +17,7 @@ from elftools.elf.elffile import ELFFile
 from snapd.core.notes import NT_SNAPD_INFO
 from snapd.errors import SnapdError
 from snapd.freeze.ptrace import NT
+from snapd.text import safe
 
 AT_SYSINFO_EHDR = 33
 _NT_NAMES = {int(v): f"NT_{v.name}" for v in NT} | {
@@ -165,38 +166,18 @@ def _signame(sig: int) -> str:
         return str(sig)
 
 
-_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _safe(value: object) -> str:
-    """One printable line: a core's comm, command line and file names are chosen by the target
-    (prctl(PR_SET_NAME), argv, file names), so escape sequences such as ESC [ 2 J or a newline
-    are shown as backslash escapes, never sent to the terminal. (Same rules as snapd ctl's
-    ``safe``, which this earlier stage may not import.)"""
-    out = []
-    for ch in str(value):
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif ch.isprintable():
-            out.append(ch)
-        else:
-            o = ord(ch)
-            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
-    return "".join(out)
-
-
 def render(v: CoreView) -> str:
     out = [
-        f"{_safe(v.path)}: core of pid {v.pid} ({_safe(v.comm)}), {len(v.threads)} thread(s)",
-        f"  command:  {_safe(v.psargs)}",
+        f"{safe(v.path)}: core of pid {v.pid} ({safe(v.comm)}), {len(v.threads)} thread(s)",
+        f"  command:  {safe(v.psargs)}",
         f"  size:     {_size(v.apparent_size)} apparent, {_size(v.disk_bytes)} on disk",
     ]
     if v.snapd:
-        content, snapshot = _safe(v.snapd.get("content")), _safe(v.snapd.get("snapshot"))
+        content, snapshot = safe(v.snapd.get("content")), safe(v.snapd.get("snapshot"))
         out.append(f"  snapd:    content '{content}', snapshot {snapshot}")
         if v.snapd.get("shared_live"):
             out.append("  note:     shared mappings were copied live, after the freeze (fork snapshot)")
-    out.append("  notes:    " + ", ".join(_safe(k) + (f" x{c}" if c > 1 else "") for k, c in v.notes.items()))
+    out.append("  notes:    " + ", ".join(safe(k) + (f" x{c}" if c > 1 else "") for k, c in v.notes.items()))
     out.append("")
     out.append(f"  {'TID':>8}  {'SIGNAL':<8}  {'PC':<18}  SP")
     for t in v.threads:
@@ -206,7 +187,7 @@ def render(v: CoreView) -> str:
     for s in v.segments:
         out.append(
             f"  {s.start:014x} {s.end:014x} {s.perms:<4} {_size(s.end - s.start):>10} "
-            f"{_size(s.filesz) if s.filesz else '-':>10} {_safe(s.cls):<8} {_safe(s.file)}"
+            f"{_size(s.filesz) if s.filesz else '-':>10} {safe(s.cls):<8} {safe(s.file)}"
         )
     return "\n".join(out)
 
@@ -221,7 +202,7 @@ def main(argv: list[str]) -> int:
         try:
             v = read_core(path)
         except CoreFileError as err:
-            print(f"snapd inspect: {_safe(err)}", file=sys.stderr)
+            print(f"snapd inspect: {safe(err)}", file=sys.stderr)
             rc = 1
             continue
         print(json.dumps(asdict(v)) if args.json else render(v))

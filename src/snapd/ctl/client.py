@@ -22,30 +22,9 @@ from typing import Any
 
 from snapd.ctl.protocol import DEFAULT_GROUP, DEFAULT_SOCKET, MAX_REPLY, CtlError, request
 from snapd.store.retention import parse_age
+from snapd.text import safe
 
-_REL = re.compile(
-    r"^\s*\d+(?:\.\d+)?\s*(sec|min|s|m|h|d|w)(\s+\d+(?:\.\d+)?\s*(sec|min|s|m|h|d|w))*\s*$"
-)
-
-
-_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def safe(value: object) -> str:
-    """Printable, single-line text: control characters, newlines, escapes and invisible
-    formatting characters become backslash escapes; a backslash is doubled."""
-    out = []
-    for ch in str(value):
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif ch.isprintable():
-            out.append(ch)
-        else:
-            o = ord(ch)
-            out.append(
-                f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
-            )
-    return "".join(out)
+_REL = re.compile(r"^\s*\d+(?:\.\d+)?\s*(sec|min|s|m|h|d|w)(\s+\d+(?:\.\d+)?\s*(sec|min|s|m|h|d|w))*\s*$")
 
 
 def human_size(n: int) -> str:
@@ -137,9 +116,7 @@ class Client:
         except ValueError as err:
             raise CtlError(f"{self.path}: unreadable reply from the daemon") from err
         if not reply.get("ok"):
-            raise CtlError(
-                str(reply.get("error", "request failed")), str(reply.get("code", "failed"))
-            )
+            raise CtlError(str(reply.get("error", "request failed")), str(reply.get("code", "failed")))
         return reply.get("result")
 
 
@@ -212,15 +189,12 @@ def format_info(e: dict[str, Any]) -> str:
         lines.append("Context at snapshot time:")
         if "cwd" in ctx:
             lines.append(f"          cwd: {safe(ctx['cwd'])}")
-        limits = {
-            str(lim.get("name")): lim for lim in ctx.get("limits", []) if isinstance(lim, dict)
-        }
+        limits = {str(lim.get("name")): lim for lim in ctx.get("limits", []) if isinstance(lim, dict)}
         for name in ("Max open files", "Max core file size", "Max address space", "Max processes"):
             if name in limits:
                 lim = limits[name]
                 lines.append(
-                    f"  {safe(name):>22}: soft {safe(lim.get('soft'))},"
-                    f" hard {safe(lim.get('hard'))}"
+                    f"  {safe(name):>22}: soft {safe(lim.get('soft'))}, hard {safe(lim.get('hard'))}"
                 )
         fds = ctx.get("fds", [])
         lines.append(f"     open fds: {ctx.get('fds_total', len(fds))}")
@@ -257,9 +231,7 @@ def format_value(value: Any, indent: str = "") -> str:
         if value and all(isinstance(v, dict) for v in value):
             keys: list[str] = []
             for v in value:
-                keys += [
-                    str(k) for k in v if str(k) not in keys and not isinstance(v[k], (dict, list))
-                ]
+                keys += [str(k) for k in v if str(k) not in keys and not isinstance(v[k], (dict, list))]
             rows = [[safe(_scalar(v.get(k, ""))) for k in keys] for v in value]
             table = format_table(rows, [k.upper() for k in keys])
             return "\n".join(indent + line for line in table.splitlines())
@@ -299,13 +271,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    ls = sub.add_parser(
-        "list-cores", aliases=["list"], help="list the catalogued cores, oldest first"
-    )
+    ls = sub.add_parser("list-cores", aliases=["list"], help="list the catalogued cores, oldest first")
     ls.add_argument("--rule", help="only cores taken by this rule")
     ls.add_argument("--pid", type=int, help="only cores of this pid")
     ls.add_argument("--since", help="only cores taken since (2h, 1d, 2026-11-27T01:00Z, @UNIXTIME)")
     ls.add_argument("--json", action="store_true", help="print a JSON array")
+    ls.add_argument("--all", action="store_true", help="also list failed attempts, and why")
 
     info = sub.add_parser("info", help="everything the catalog knows about one core")
     info.add_argument("id", type=int)
@@ -321,9 +292,7 @@ def _parser() -> argparse.ArgumentParser:
 
     snap = sub.add_parser("snap", help="take a snapshot of PID now, through the daemon (root)")
     snap.add_argument("pid", type=int)
-    snap.add_argument(
-        "--content", "-c", help="content spec (default: the target's coredump_filter)"
-    )
+    snap.add_argument("--content", "-c", help="content spec (default: the target's coredump_filter)")
     snap.add_argument("--json", action="store_true")
 
     for name, text in (
@@ -348,7 +317,7 @@ def main(argv: list[str]) -> int:
     with Client(args.socket, timeout=timeout) as c:
         if cmd == "list-cores":
             since = parse_since(args.since) if args.since else None
-            cores = c.call("list-cores", rule=args.rule, pid=args.pid, since=since)
+            cores = c.call("list-cores", rule=args.rule, pid=args.pid, since=since, all=args.all)
             if args.json:
                 _print_json(cores)
             if not cores:
@@ -404,9 +373,7 @@ def _debug(entry: dict[str, Any], debugger: str, extra: str) -> int:
     if exe.startswith("/") and os.path.exists(exe):
         argv.append(exe)
     else:
-        print(
-            f"warning: executable {safe(exe) or '?'} is gone; starting without it", file=sys.stderr
-        )
+        print(f"warning: executable {safe(exe) or '?'} is gone; starting without it", file=sys.stderr)
     argv += ["-c", path, *shlex.split(extra)]
     if shutil.which(debugger) is None:
         raise CtlError(f"{safe(debugger)}: not found; install gdb or pass --debugger")

@@ -47,7 +47,7 @@ _NUM = (int, float)
 COMMANDS: dict[str, tuple[Access, dict[str, tuple[Any, bool]]]] = {
     "list-cores": (
         Access.READ,
-        {"rule": (_STR, False), "pid": (_INT, False), "since": (_NUM, False)},
+        {"rule": (_STR, False), "pid": (_INT, False), "since": (_NUM, False), "all": (bool, False)},
     ),
     "info": (Access.READ, {"id": (_INT, True)}),
     "status": (Access.READ, {}),
@@ -122,7 +122,8 @@ def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
         if key not in spec:
             raise CtlError(f"{cmd}: unknown argument {str(key)[:40]!r}", Code.BAD_REQUEST)
         typ, _ = spec[key]
-        if isinstance(value, bool) or not isinstance(value, typ):
+        # bool is an int to Python: accept it only where a bool is wanted
+        if (isinstance(value, bool) and typ is not bool) or not isinstance(value, typ):
             raise CtlError(f"{cmd}: argument {key!r} has the wrong type", Code.BAD_REQUEST)
         if isinstance(value, int) and not I64_MIN <= value <= I64_MAX:
             raise CtlError(f"{cmd}: argument {key!r} is out of range", Code.BAD_REQUEST)

@@ -481,8 +481,12 @@ class CtlServer:
             if self.catalog is None:
                 raise CtlError("this daemon has no catalog")
             if cmd == "list-cores":
+                # Cores, by default; attempts that left none ("failed: why") with --all.
                 entries = self.catalog.list(
-                    rule=args.get("rule"), pid=args.get("pid"), since=args.get("since")
+                    rule=args.get("rule"),
+                    pid=args.get("pid"),
+                    since=args.get("since"),
+                    include_failed=bool(args.get("all")),
                 )
                 return [e.to_dict(context=False) for e in entries]
             if cmd == "info":

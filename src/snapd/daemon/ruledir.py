@@ -2,7 +2,9 @@
 
 A rule decides whose memory snapd reads as root, so a rule file must be a regular file (not a
 symlink, which could point into a user's home) owned by root and not writable by group or others.
-Files that fail are refused with one log line; every other rule keeps running.
+Files that fail are refused with one log line; every other rule keeps running. The same holds
+for the directory and every directory above it (as sshd's StrictModes): whoever may rename or
+replace an entry on the way may swap root's rules for their own, so then no rule is loaded.
 """
 
 from __future__ import annotations
@@ -43,7 +45,39 @@ def trust_problem(st: os.stat_result) -> str | None:
     return None
 
 
-def read_rule(directory: str, name: str, require_root: bool = True) -> RuleFile:
+def directory_problem(directory: str) -> str | None:
+    """Why ``directory`` (or one above it) cannot be trusted with rules, or None.
+
+    Each must be owned by root and not writable by group or others; a sticky parent (/tmp) is
+    fine, since there only an entry's owner may rename or remove it (unlink(2), EPERM)."""
+    path = os.path.realpath(directory)
+    first = True
+    while True:
+        try:
+            st = os.stat(path)
+        except OSError as err:
+            return f"{path}: {err.strerror}"
+        if st.st_uid != 0:
+            return f"{path} is owned by uid {st.st_uid}, not root"
+        writable = st.st_mode & 0o022
+        if writable and (first or not st.st_mode & stat.S_ISVTX):
+            return (
+                f"{path} (mode {stat.S_IMODE(st.st_mode):04o}) lets group or others replace rules; chmod go-w"
+            )
+        if path == "/":
+            return None
+        path = os.path.dirname(path)
+        first = False
+
+
+#: (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) -> parsed file: a directory change
+#: re-reads only what changed (a hostile file costs its parse once, not on every event)
+_Key = tuple[int, int, int, int, int]
+
+
+def read_rule(
+    directory: str, name: str, require_root: bool = True, cache: dict[_Key, RuleFile] | None = None
+) -> RuleFile:
     path = os.path.join(directory, name)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
@@ -63,18 +97,35 @@ def read_rule(directory: str, name: str, require_root: bool = True) -> RuleFile:
         )
         if problem:
             return RuleFile(path, "", None, (f"{path}: refused: {problem}",))
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if cache is not None and key in cache and cache[key].path == path:
+            return cache[key]
         data = os.read(fd, MAX_FILE_BYTES + 1)
     finally:
         os.close(fd)
     digest = hashlib.sha256(data).hexdigest()
     rule, errors = parse_rule(data, path)
-    return RuleFile(path, digest, rule, tuple(str(e) for e in errors))
+    f = RuleFile(path, digest, rule, tuple(str(e) for e in errors))
+    if cache is not None:
+        cache[key] = f
+    return f
 
 
-def scan(directory: str, require_root: bool = True) -> dict[str, RuleFile]:
-    """Every rule-like file in ``directory``, by path."""
+def scan(
+    directory: str, require_root: bool = True, cache: dict[_Key, RuleFile] | None = None
+) -> dict[str, RuleFile]:
+    """Every rule-like file in ``directory``, by path; RuleError if the directory is unusable."""
+    if require_root and (problem := directory_problem(directory)):
+        raise RuleError(directory, 0, 0, f"refusing every rule in it: {problem}")
     try:
         names = sorted(os.listdir(directory))
     except OSError as err:
         raise RuleError(directory, 0, 0, f"cannot read the rules directory: {err.strerror}") from err
-    return {f.path: f for f in (read_rule(directory, n, require_root) for n in names if is_rule_name(n))}
+    files = {
+        f.path: f for f in (read_rule(directory, n, require_root, cache) for n in names if is_rule_name(n))
+    }
+    if cache is not None:  # forget files that are gone or changed
+        keep = {id(f) for f in files.values()}
+        for k in [k for k, f in cache.items() if id(f) not in keep]:
+            del cache[k]
+    return files

@@ -36,6 +36,7 @@ from snapd.rules import RuleError
 from snapd.rules.model import StopMode
 from snapd.store import Catalog, PauseSwitch, Retention
 from snapd.store.context import capture
+from snapd.text import SafeFormatter
 
 log = logging.getLogger("snapd")
 
@@ -81,6 +82,7 @@ class Daemon:
         self.limiter = Limiter(per_hour=cores_per_hour)
         self.states: dict[str, RuleState] = {}
         self.bad: dict[str, tuple[str, ...]] = {}  # path -> errors, as last logged
+        self.parsed: dict[Any, ruledir.RuleFile] = {}  # ruledir's cache of parsed files
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.worker = Worker(self.wake_w)
         self.worker.on_stop_cleared = self.journal.done
@@ -105,11 +107,15 @@ class Daemon:
     def sync_rules(self) -> None:
         """Make the loaded rules match the directory; log each bad file once per content."""
         self.dirty_at = None
+        dir_error: tuple[str, ...] = ()
         try:
-            files = ruledir.scan(self.rules_dir)
+            files = ruledir.scan(self.rules_dir, cache=self.parsed)
         except RuleError as err:
-            log.error("%s", err)
-            return
+            # An unusable or untrusted directory: no rule from it stays loaded.
+            dir_error = (str(err),)
+            if self.bad.get(self.rules_dir) != dir_error:
+                log.error("%s", err)
+            files = {}
         # What was logged before this pass: a probe load error (below) is not in the file's
         # own errors, so comparing with self.bad as it is being rebuilt logged it again on
         # every change anywhere in the directory.
@@ -140,6 +146,8 @@ class Daemon:
         for path in list(self.bad):
             if path not in files:
                 del self.bad[path]
+        if dir_error:
+            self.bad[self.rules_dir] = dir_error
         for name, st in list(self.states.items()):
             want = desired.get(name)
             if want is None or want.digest != st.digest:
@@ -555,7 +563,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--cores-per-hour", type=int, default=60, help="daemon-wide cap (default 60)")
     p.add_argument("--foreground", action="store_true", help="accepted for clarity; always foreground")
     args = p.parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(levelname)s: %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("%(levelname)s: %(message)s"))  # comm etc. are the target's
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     if os.geteuid() != 0:
         print("snapd daemon: must run as root (eBPF, ptrace of other users' processes)", file=sys.stderr)
         return 1

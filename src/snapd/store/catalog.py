@@ -560,9 +560,11 @@ class Catalog:
         pid: int | None = None,
         since: float | None = None,
         include_pending: bool = False,
+        include_failed: bool = True,
         context: bool = False,
     ) -> list[Entry]:
-        """Entries oldest first; pending ones (dumps in progress) only if asked."""
+        """Entries oldest first; pending ones (dumps in progress) only if asked, failed ones
+        (attempts that left no core) unless told not to."""
         where: builtins.list[str] = []
         args: builtins.list[Any] = []
         if rule is not None:
@@ -577,6 +579,8 @@ class Catalog:
         if not include_pending:
             where.append("status != ?")
             args.append(PENDING)
+        if not include_failed:
+            where.append("status NOT LIKE 'failed%'")
         cols = "*" if context else _LIST_COLUMNS
         sql = f"SELECT {cols} FROM cores"
         if where:
