@@ -39,3 +39,29 @@ def test_fork_snapshot_after_sigstop_then_sigcont(
         check_bigmem_core(str(out), buf, 32)
         wait_for(lambda: halted_why(v.pid) is None, 5, "the victim to run")
     assert v.alive()
+
+
+def test_target_killed_during_an_injected_call_is_named_at_once(
+    spawn: Callable[..., Victim], compile_victim: Callable[..., Path]
+) -> None:
+    """SIGKILL while we wait for an injected call's stop: the group leader's exit is reported
+    only once its other threads (ours to reap) are gone, so the stop never comes. This cost the
+    full 5 s timeout and read "thread N did not stop in the injected system call" (seen with
+    `snapd gcore --snapshot fork` on a target killed mid-snapshot); now: "no such process"."""
+    import time
+
+    from snapd.errors import TargetGone
+    from snapd.freeze import inject
+
+    v = spawn([compile_victim("bigmem"), 16, 16])  # three threads
+    h = halt(v.pid)
+    try:
+        os.kill(v.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        with pytest.raises(TargetGone):
+            inject._wait(v.pid, v.pid)
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        h.resume()
+    v.proc.wait(5)  # (we are its tracer and its parent: release() reaped it already)
+    assert not os.path.exists(f"/proc/{v.pid}")

@@ -21,6 +21,7 @@ import signal
 import struct
 import time
 
+from snapd import procfs
 from snapd.errors import SnapdError, TargetError, TargetGone
 from snapd.freeze import ptrace as pt
 from snapd.freeze.ptrace import Event, Opt
@@ -86,9 +87,20 @@ def find_syscall_insn(pid: int, vdso_start: int, vdso_end: int) -> int | None:
     return vdso_start + i if i >= 0 else None
 
 
+def _dying(tid: int) -> bool:
+    """Has thread ``tid`` exited (a zombie, or gone)? /proc/TID is there for any thread id; the
+    thread's own state, not the process's: a main thread that called pthread_exit leaves the
+    process "Z" while other threads, the one we inject into among them, run on."""
+    try:
+        return procfs.stat(tid).state in ("Z", "X")
+    except SnapdError:
+        return True
+
+
 def _wait(pid: int, tid: int, timeout: float = 5.0) -> int:
     """Wait for ``tid``'s next stop (or death), polling so that a stuck thread cannot hang us."""
-    end = time.monotonic() + timeout
+    start = time.monotonic()
+    end = start + timeout
     delay = 10e-6
     while True:
         try:
@@ -99,7 +111,14 @@ def _wait(pid: int, tid: int, timeout: float = 5.0) -> int:
             if os.WIFEXITED(status) or os.WIFSIGNALED(status):
                 raise TargetGone(pid, "the snapshot")
             return status
-        if time.monotonic() > end:
+        # A thread SIGKILLed now may never report this stop: a dead group leader is reported
+        # only once its other threads, ours to reap, are gone (kernel/exit.c
+        # delay_group_leader). Its zombie state tells; it used to cost the full timeout and
+        # a misleading "did not stop in the injected system call".
+        now = time.monotonic()
+        if now - start > 0.02 and _dying(tid):
+            raise TargetGone(pid, "the snapshot")
+        if now > end:
             raise InjectError(pid, f"thread {tid} did not stop in the injected system call")
         time.sleep(delay)
         delay = min(delay * 2, 1e-3)
