@@ -640,7 +640,13 @@ class Catalog:
                 if name not in present:
                     db.execute(
                         "UPDATE cores SET status = ?, size = 0, disk_bytes = 0 WHERE id = ?",
-                        (f"{FAILED}: core file missing (removed by hand?)", core_id),
+                        # Not only by hand: retention and remove() unlink the file before
+                        # their transaction commits, so a daemon killed in between leaves this.
+                        (
+                            f"{FAILED}: core file missing (removed by hand, or by retention "
+                            "or ctl rm as the daemon stopped)",
+                            core_id,
+                        ),
                     )
                     rep.missing.append(core_id)
             known = {r[0] for r in db.execute("SELECT name FROM cores")}
