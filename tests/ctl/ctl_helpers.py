@@ -3,46 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from snapd.core.info import CoreInfo
 from snapd.ctl import CtlServer
 from snapd.errors import SnapdError
 from snapd.store import Catalog, Entry, PauseSwitch
-
-
-def write_like_core_writer(path: str, data: bytes = b"\x7fELF" + b"\0" * 4092, pid: int = 1) -> CoreInfo:
-    tmp = os.path.join(os.path.dirname(path), f".snapd-partial.{os.getpid()}.{os.urandom(4).hex()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)
-    finally:
-        os.unlink(tmp)
-    st = os.stat(path)
-    return CoreInfo(
-        pid=pid,
-        path=path,
-        comm="victim",
-        exe="/usr/bin/victim",
-        threads=1,
-        mappings=1,
-        dumped_mappings=1,
-        apparent_size=st.st_size,
-        disk_bytes=st.st_blocks * 512,
-        memory_bytes=len(data),
-        content="default",
-        snapshot="frozen",
-        started=0.0,
-        freeze_seconds=0.001,
-        elapsed_seconds=0.01,
-    )
+from snapd_testlib import write_like_core_writer
 
 
 def take(catalog: Catalog, rule: str = "demo", pid: int = 100, **kw: Any) -> Entry:
