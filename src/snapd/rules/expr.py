@@ -20,7 +20,7 @@ import errno as _errno
 import re
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 MAX_INSNS = 16  # instructions per predicate (probe.bpf.c SNAPD_MAX_INSNS)
 MAX_STACK = 32  # boolean stack depth: bits of one register, with room to spare
@@ -161,9 +161,12 @@ class Cmp(Expr):
 
 
 @dataclass(frozen=True)
-class And(Expr):
+class _Logical(Expr):
+    """``left WORD right``: what And and Or share."""
+
     left: Expr
     right: Expr
+    word: ClassVar[str] = ""
 
     def uses_exit(self) -> bool:
         return self.left.uses_exit() or self.right.uses_exit()
@@ -172,22 +175,17 @@ class And(Expr):
         return self.left.fields() | self.right.fields()
 
     def __str__(self) -> str:
-        return f"({self.left} and {self.right})"
+        return f"({self.left} {self.word} {self.right})"
 
 
 @dataclass(frozen=True)
-class Or(Expr):
-    left: Expr
-    right: Expr
+class And(_Logical):
+    word: ClassVar[str] = "and"
 
-    def uses_exit(self) -> bool:
-        return self.left.uses_exit() or self.right.uses_exit()
 
-    def fields(self) -> frozenset[Field]:
-        return self.left.fields() | self.right.fields()
-
-    def __str__(self) -> str:
-        return f"({self.left} or {self.right})"
+@dataclass(frozen=True)
+class Or(_Logical):
+    word: ClassVar[str] = "or"
 
 
 @dataclass(frozen=True)
