@@ -445,10 +445,16 @@ def write_core(
 
 
 def _target_alive(pid: int) -> bool:
+    """Not exiting. A task SIGKILLed while we read it is not a zombie yet, but it has SIGKILL
+    pending or has already dropped its memory (no Vm* lines in status: fs/proc/task_mmu.c)."""
     try:
-        return procfs.stat(pid).state not in ("Z", "X")
+        if procfs.stat(pid).state in ("Z", "X"):
+            return False
+        status = procfs.status(pid)
     except SnapdError:
         return False
+    pending = int(status.get("SigPnd", "0"), 16) | int(status.get("ShdPnd", "0"), 16)
+    return "VmSize" in status and not pending & (1 << (9 - 1))  # SIGKILL
 
 
 @dataclass(frozen=True)

@@ -298,8 +298,14 @@ def _reap_dying(tids: list[int], timeout: float) -> None:
     an unreapable zombie, its parent (systemd, a supervisor) never learning that it died, for as
     long as the daemon ran. All are polled together: a dead leader is reported only once its
     other threads are reaped (delay_group_leader).
+
+    ESRCH from PTRACE_DETACH also means "not in a ptrace-stop" for a task that is alive and
+    running: after an execve by another thread, the exec'ing thread takes over the leader's tid
+    (fs/exec.c de_thread) and runs on, still our tracee. Such a task is interrupted, and
+    detached at its stop: left traced, its next signal would stop it for good.
     """
     left = set(tids)
+    interrupted: set[int] = set()
     end = time.monotonic() + timeout
     while left:
         for tid in list(left):
@@ -311,8 +317,15 @@ def _reap_dying(tids: list[int], timeout: float) -> None:
             if wpid and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
                 left.discard(tid)
             elif wpid and os.WIFSTOPPED(status):
-                with contextlib.suppress(OSError):  # a last stop on its way out: let it go
+                try:  # a last stop on its way out, or the stop we asked for: let it go
                     pt.detach(tid, 0)
+                    left.discard(tid)
+                except OSError:
+                    pass
+            elif not wpid and tid not in interrupted:
+                interrupted.add(tid)
+                with contextlib.suppress(OSError):
+                    pt.interrupt(tid)
         if not left or time.monotonic() > end:
             return
         time.sleep(1e-3)
