@@ -4,6 +4,7 @@ and `snapd ctl`, and a line-oriented wrapper around tests/victims/daemon_victim.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import selectors
@@ -277,3 +278,11 @@ def gdb_bt(exe: Path | str, core: str) -> str:
         check=False,
     )
     return r.stdout + r.stderr
+
+
+def clock_rule(pid: int) -> str:
+    """A 100 ms timer rule for ``pid`` whose active window never includes now: it takes no core,
+    and its suppressed ("inactive") firings count the time the daemon has seen."""
+    now = dt.datetime.now()
+    a, b = now + dt.timedelta(hours=2), now + dt.timedelta(hours=3)
+    return f'name: clock\ntarget:\n  pid: {pid}\ntrigger:\n  every: 100ms\nactive: "{a:%H:%M}-{b:%H:%M}"\n'

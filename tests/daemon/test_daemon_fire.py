@@ -64,9 +64,7 @@ def test_syscall_rule_core_read_by_gdb_victim_runs_on(daemon: DaemonHarness, vic
 
 def test_stop_kernel_core_at_the_syscall_and_released(daemon: DaemonHarness, victims: Victims) -> None:
     v = victims()
-    daemon.write_rule(
-        "k.yaml", syscall_rule("k", v.pid, "getppid", action="  stop: kernel\n")
-    )
+    daemon.write_rule("k.yaml", syscall_rule("k", v.pid, "getppid", action="  stop: kernel\n"))
     daemon.start()
     assert daemon.rule("k")["stop"] == "kernel"
     v.cmd("g 1")  # answers only once the daemon has resumed it (SIGCONT)

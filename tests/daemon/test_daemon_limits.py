@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonHarness, DVictim, Victims, gdb_bt, halted_why, syscall_rule
+from daemon_helpers import DaemonHarness, DVictim, Victims, clock_rule, gdb_bt, halted_why, syscall_rule
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.kernel
@@ -124,15 +124,10 @@ def test_pause_cancels_pending_repeat_cores(daemon: DaemonHarness, victims: Vict
     not come back on resume. A 100 ms timer rule that never takes a core (inactive window)
     serves as the clock: its suppressed firings show how much time the daemon has seen."""
     v = victims()
-    action = "  core:\n    repeat: 3\n    interval: 1s\n"
+    # 3 s apart: the pause surely lands before the second is due, even on a loaded machine
+    action = "  core:\n    repeat: 3\n    interval: 3s\n"
     daemon.write_rule("rep.yaml", syscall_rule("rep", v.pid, action=action))
-    now = dt.datetime.now()
-    a, b = now + dt.timedelta(hours=2), now + dt.timedelta(hours=3)
-    daemon.write_rule(
-        "clock.yaml",
-        f"name: clock\ntarget:\n  pid: {v.pid}\ntrigger:\n  every: 100ms\n"
-        f'active: "{a:%H:%M}-{b:%H:%M}"\n',
-    )
+    daemon.write_rule("clock.yaml", clock_rule(v.pid))
     daemon.start()
     v.cmd("g 1")
     wait_for(lambda: len(daemon.complete("rep")) == 1, 20, "the first of the repeat cores")
@@ -141,7 +136,7 @@ def test_pause_cancels_pending_repeat_cores(daemon: DaemonHarness, victims: Vict
     def ticks(reason: str) -> int:
         return int(daemon.rule("clock")["suppressed"].get(reason, 0))
 
-    wait_for(lambda: ticks("paused") >= 30, 20, "3 s of paused ticks (past both repeats' times)")
+    wait_for(lambda: ticks("paused") >= 65, 30, "6.5 s of paused ticks (past both repeats' times)")
     daemon.ctl("resume")
     base = ticks("inactive")
     wait_for(lambda: ticks("inactive") >= base + 20, 20, "2 s of resumed ticks")

@@ -4,7 +4,6 @@ refused, listed with an error, and never loaded."""
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 import signal
@@ -12,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonHarness, DVictim, Victims, halted_why, syscall_rule
+from daemon_helpers import DaemonHarness, DVictim, Victims, clock_rule, halted_why, syscall_rule
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.kernel
@@ -235,13 +234,7 @@ def test_deleted_rule_takes_no_more_repeat_cores(daemon: DaemonHarness, victims:
     # 3 s apart: the rule is surely gone before the second is due, even on a loaded machine
     action = "  core:\n    repeat: 3\n    interval: 3s\n"
     daemon.write_rule("rep.yaml", syscall_rule("rep", v.pid, action=action))
-    now = dt.datetime.now()
-    a, b = now + dt.timedelta(hours=2), now + dt.timedelta(hours=3)
-    daemon.write_rule(
-        "clock.yaml",
-        f"name: clock\ntarget:\n  pid: {v.pid}\ntrigger:\n  every: 100ms\n"
-        f'active: "{a:%H:%M}-{b:%H:%M}"\n',
-    )
+    daemon.write_rule("clock.yaml", clock_rule(v.pid))
     daemon.start()
     v.cmd("g 1")
     wait_for(lambda: len(daemon.complete("rep")) == 1, 20, "the first of the repeat cores")
