@@ -6,6 +6,7 @@ Kernel tests (marker ``kernel``) need root: unprivileged they skip with a reason
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -21,6 +22,34 @@ __all__ = ["Victim", "proc_state", "thread_states", "wait_for"]  # also importab
 
 VICTIMS = Path(__file__).parent / "victims"
 REQUIRE_KERNEL = os.environ.get("SNAPD_REQUIRE_KERNEL") == "1"
+
+
+_REPO = Path(__file__).resolve().parent.parent
+_restore: list[tuple[Path, int]] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Some tests run snapd as an unprivileged user (nobody, a snapd-group member), and that user
+    must reach the checkout's .venv and src. A clone in a private directory (mktemp -d: 0700)
+    would stop it at the parent, so as root we let others traverse (x only, no listing) every
+    directory above the checkout for the session, and put the modes back at the end."""
+    if os.geteuid() != 0:
+        return
+    d = _REPO
+    while True:
+        mode = d.stat().st_mode
+        if not mode & 0o001:
+            _restore.append((d, mode & 0o7777))
+            d.chmod((mode & 0o7777) | 0o001)
+        if d.parent == d:
+            break
+        d = d.parent
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for d, mode in reversed(_restore):
+        with contextlib.suppress(OSError):
+            d.chmod(mode)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
