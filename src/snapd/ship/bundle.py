@@ -200,8 +200,10 @@ def _parse_manifest(path: str, raw: bytes) -> Manifest:
 def open_bundle(path: str, into_dir: str, limits: Limits | None = None) -> Unpacked:
     """Unpack the bundle ``path`` into ``into_dir`` (created 0700; if it exists it must be an
     empty directory of ours), sparse. Raise :class:`BundleError` on anything hostile."""
+    created = False
     try:
         os.mkdir(into_dir, 0o700)
+        created = True
     except FileExistsError:
         pass
     except OSError as err:
@@ -220,8 +222,28 @@ def open_bundle(path: str, into_dir: str, limits: Limits | None = None) -> Unpac
                 return _unpack(f, path, os.path.abspath(into_dir), dfd, limits or Limits())
         except OSError as err:
             raise BundleError(path, err.strerror or str(err)) from err
+        except BaseException:
+            _remove_contents(dfd)  # nothing half-unpacked stays behind
+            raise
     finally:
         os.close(dfd)
+        if created and not os.listdir(into_dir):
+            os.rmdir(into_dir)
+
+
+def _remove_contents(dfd: int) -> None:
+    """Remove everything under ``dfd`` (made by us; unlinkat/rmdir never follow a link)."""
+    for name in os.listdir(dfd):
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            sub = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+            try:
+                _remove_contents(sub)
+            finally:
+                os.close(sub)
+            os.rmdir(name, dir_fd=dfd)
+        else:
+            os.unlink(name, dir_fd=dfd)
 
 
 def _unpack(f: Any, path: str, root: str, dfd: int, limits: Limits) -> Unpacked:
