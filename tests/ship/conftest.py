@@ -43,8 +43,13 @@ def upload_yaml(tmp_path: Path) -> Callable[..., Path]:
 
     def make(w: Weed, *, bucket: str = BUCKET, key: str = KEY, secret: str = SECRET, **extra: object) -> Path:
         cred = write_credentials(tmp_path / f"s3-{key}.ini", key, secret)
-        lines = ["upload:", f"  endpoint: {w.endpoint}", f"  bucket: {bucket}", "  prefix: fleet",
-                 f"  credentials: {cred}"]
+        lines = [
+            "upload:",
+            f"  endpoint: {w.endpoint}",
+            f"  bucket: {bucket}",
+            "  prefix: fleet",
+            f"  credentials: {cred}",
+        ]
         lines += [f"  {k}: {v}" for k, v in extra.items()]
         p = tmp_path / f"snapd-{bucket}-{key}.yaml"
         p.write_text("\n".join(lines) + "\n")

@@ -108,8 +108,13 @@ def test_compress_never_replaces(tmp_path):
 # --- hostile streams ------------------------------------------------------------------------
 
 
-def raw_stream(*members: tuple[str, int, list[tuple[int, int]], bytes], end: bool = True,
-               kind: int = Kind.BUNDLE, magic: bytes = container.MAGIC, version: int = 1) -> bytes:
+def raw_stream(
+    *members: tuple[str, int, list[tuple[int, int]], bytes],
+    end: bool = True,
+    kind: int = Kind.BUNDLE,
+    magic: bytes = container.MAGIC,
+    version: int = 1,
+) -> bytes:
     body = [struct.pack("<8sII", magic, version, kind)]
     for name, size, runs, data in members:
         raw = name.encode()

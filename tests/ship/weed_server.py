@@ -64,8 +64,11 @@ class Weed:
         self.proc: subprocess.Popen[bytes] | None = None
         (directory / "data").mkdir(parents=True, exist_ok=True)
         self.s3_config = directory / "s3.json"
-        ident = {"name": "snapd", "credentials": [{"accessKey": KEY, "secretKey": SECRET}],
-                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+        ident = {
+            "name": "snapd",
+            "credentials": [{"accessKey": KEY, "secretKey": SECRET}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
         self.s3_config.write_text(json.dumps({"identities": [ident]}))
         self.log = directory / "weed.log"
 
@@ -77,20 +80,40 @@ class Weed:
         p = self.ports
         assert self.binary
         return [
-            self.binary, "-logtostderr", "mini",
-            f"-dir={self.dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            f"-master.port={p['master']}", f"-volume.port={p['volume']}", f"-filer.port={p['filer']}",
-            f"-s3.port={p['s3']}", f"-admin.port={p['admin']}", "-admin.ui=false",
-            "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
-            f"-s3.config={self.s3_config}", f"-bucket={self.bucket}", "-s3.autoCreateBucket=false",
-            f"-filer.localSocket={self.dir / 'filer.sock'}", f"-s3.localSocket={self.dir / 's3.sock'}",
+            self.binary,
+            "-logtostderr",
+            "mini",
+            f"-dir={self.dir / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-master.port={p['master']}",
+            f"-volume.port={p['volume']}",
+            f"-filer.port={p['filer']}",
+            f"-s3.port={p['s3']}",
+            f"-admin.port={p['admin']}",
+            "-admin.ui=false",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-master.telemetry=false",
+            f"-s3.config={self.s3_config}",
+            f"-bucket={self.bucket}",
+            "-s3.autoCreateBucket=false",
+            f"-filer.localSocket={self.dir / 'filer.sock'}",
+            f"-s3.localSocket={self.dir / 's3.sock'}",
         ]
 
     def start(self, timeout: float = 90.0) -> None:
         assert self.proc is None
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         cwd=self.dir, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=self.dir,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         c = self.client()
         while True:
@@ -129,9 +152,18 @@ class Weed:
         import botocore.config
 
         conf = botocore.config.Config(
-            s3={"addressing_style": "path"}, retries={"total_max_attempts": 1},
-            connect_timeout=3, read_timeout=30,
-            request_checksum_calculation="when_required", response_checksum_validation="when_required",
+            s3={"addressing_style": "path"},
+            retries={"total_max_attempts": 1},
+            connect_timeout=3,
+            read_timeout=30,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
         )
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=key,
-                            aws_secret_access_key=secret, region_name="us-east-1", config=conf)
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=key,
+            aws_secret_access_key=secret,
+            region_name="us-east-1",
+            config=conf,
+        )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -112,9 +113,18 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--debugger", choices=DEBUGGERS, default="gdb")
     args = p.parse_args(argv)
-    if shutil.which(args.debugger) is None:
-        raise BundleError(args.debugger, "debugger not found on PATH; install it")
+    prog = find_debugger(args.debugger)
     with opened(args.file) as t:
         for m in t.missing:
             print(f"snapd debug: not in the bundle: {safe(m)}", file=sys.stderr)
-        return run(debugger_argv(args.debugger, t, extra))
+        return run([prog, *debugger_argv(args.debugger, t, extra)[1:]])
+
+
+def find_debugger(name: str) -> str:
+    """On PATH, or beside our interpreter (drgn and pystack are Python packages that may live
+    in snapd's own virtual environment)."""
+    found = shutil.which(name) or shutil.which(name, path=os.path.dirname(sys.executable))
+    if found is None:
+        hint = "apt-get install gdb" if name == "gdb" else f"pip install {name}"
+        raise BundleError(name, f"debugger not found on PATH; install it ({hint})")
+    return found

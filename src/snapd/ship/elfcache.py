@@ -178,11 +178,23 @@ def _link_fd(fd: int, dest: str) -> None:
 def _copy(src: int, dst: int) -> None:
     """Copy the data runs of ``src`` (copy_file_range(2), in-kernel), keeping holes."""
     size = os.fstat(src).st_size
-    for off, n in sparse.data_runs(src, size):
-        done = 0
-        while done < n:
-            got = os.copy_file_range(src, dst, n - done, off + done, off + done)
-            if got <= 0:
-                raise OSError(errno.EIO, "source shrank while copied")
-            done += got
+    runs = sparse.data_runs(src, size)
+    try:
+        for off, n in runs:
+            done = 0
+            while done < n:
+                got = os.copy_file_range(src, dst, n - done, off + done, off + done)
+                if got <= 0:
+                    raise OSError(errno.EIO, "source shrank while copied")
+                done += got
+    except OSError as err:
+        # Across file systems of different types copy_file_range(2) fails with EXDEV.
+        if err.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        out = sparse.SparseWriter(dst)
+        for off, n in runs:
+            pos = off
+            for piece in sparse.read_runs(src, [(off, n)]):
+                out.write_at(pos, piece)
+                pos += len(piece)
     os.ftruncate(dst, size)
