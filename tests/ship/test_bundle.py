@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from ship_helpers import GDB_QUIET, build
 
 from snapd.core import write_core
 from snapd.ship import sparse
@@ -21,28 +22,6 @@ from snapd.ship.elfsource import Chain, HostFiles
 from snapd.ship.errors import CacheError
 
 pytestmark = pytest.mark.kernel
-
-VICTIM = Path(__file__).parent.parent / "victims" / "ship_victim.c"
-GDB_QUIET = ["-nx", "-batch", "-iex", "set debuginfod enabled off"]
-
-
-def build(out: Path, tag: str = "one") -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [
-            "gcc",
-            "-g",
-            "-O0",
-            "-pthread",
-            "-fno-omit-frame-pointer",
-            f'-DTAG="{tag}"',
-            "-o",
-            str(out),
-            str(VICTIM),
-        ],
-        check=True,
-    )
-    return out
 
 
 @pytest.fixture

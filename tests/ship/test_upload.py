@@ -8,12 +8,16 @@ import json
 import logging
 import os
 import queue
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ship_helpers import GDB_QUIET, build
 
+from snapd.core import write_core
+from snapd.ship.bundle import write_bundle
 from snapd.ship.config import load_upload_config
 from snapd.ship.errors import ConfigError
 from snapd.ship.s3 import make_client
@@ -279,3 +283,38 @@ def test_wrong_credentials_or_missing_bucket(weed, upload_yaml, tmp_path, caplog
             assert res.ok
     finally:
         run.stop()
+
+
+@pytest.mark.kernel
+def test_a_core_goes_to_the_store_and_debugs_elsewhere(weed, upload_yaml, tmp_path, spawn, snapd_cmd):
+    """The issue's "done when": bundle here, upload, fetch, and full backtraces once the
+    program's binaries are gone."""
+    exe = build(tmp_path / "app" / "ship_victim")
+    v = spawn([exe])
+    write_core(v.pid, str(tmp_path / "core"))
+    b = tmp_path / "core.snapd"
+    m = write_bundle(str(tmp_path / "core"), str(b))
+    cfg_path = upload_yaml(weed)
+    run = Run(cfg_path, tmp_path / "state.json")
+    try:
+        run.up.submit(job_for(run.cfg, 31, str(b), entry(31, build_id=m.build_ids[str(exe)])))
+        res = run.result()
+    finally:
+        run.stop()
+    assert res.ok
+    shutil.rmtree(exe.parent)
+    got = tmp_path / "fetched.snapd"
+    r = subprocess.run(
+        [*snapd_cmd, "fleet", "fetch", res.key, "-o", str(got), "--config", str(cfg_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(
+        [*snapd_cmd, "debug", str(got), "--", *GDB_QUIET, "-ex", "thread apply all bt"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert "ship_victim_leaf_wait" in r.stdout and "ship_victim_worker_wait" in r.stdout, r.stdout + r.stderr
