@@ -206,6 +206,24 @@ def test_read_manifest_reads_only_the_first_member(tmp_path):
         w.add_bytes("manifest.json", b'{"pid": 7, "comm": "x"}')
         w.add_bytes("core", os.urandom(16 << 20))
         w.close()
-    os.truncate(b, 8 << 20)  # the rest is cut off: never read
     m = read_manifest(str(b))
-    assert (m.pid, m.comm) == (7, "x")
+    assert (m.pid, m.comm) == (7, "x") and m.bundle_bytes == b.stat().st_size
+    os.truncate(b, 8 << 20)  # a bundle cut short is refused, even where its manifest is whole
+    with pytest.raises(BundleError, match="truncated"):
+        read_manifest(str(b))
+
+
+def test_truncated_compressed_files_are_errors_not_short_cores(tmp_path):
+    """A decompressor reports a frame cut short as a clean end of data: both kinds are checked."""
+    core = sparse_file(tmp_path / "core", 8 << 20)
+    subprocess.run(["zstd", "-q", str(core), "-o", str(tmp_path / "plain.zst")], check=True)
+    data = (tmp_path / "plain.zst").read_bytes()
+    (tmp_path / "plain.zst").write_bytes(data[: len(data) - 100])
+    with pytest.raises(BundleError, match="truncated"), open_core(str(tmp_path / "plain.zst")):
+        pass
+    ours = compress_core(str(core)).path
+    data = Path(ours).read_bytes()
+    for cut in (40, len(data) // 2, len(data) - 10):
+        Path(ours).write_bytes(data[:cut])
+        with pytest.raises(BundleError, match=r"truncated|corrupt"), open_core(ours):
+            pass

@@ -78,15 +78,20 @@ def decompress_core(path: str, fd: int, limits: container.Limits | None = None) 
     try:
         with open(path, "rb") as f:
             if kind == "zstd":
+                container.check_frames(f, path)
+                f.seek(0)
                 return _plain_zstd(f, path, fd, limits or container.Limits())
             if kind not in ("core", "bundle"):
                 raise BundleError(path, "neither a core, a compressed core nor a bundle")
             r = container.Reader(f, path, limits)
-            for m in r.members():
-                if m.name == "core":
+            size = -1
+            for m in r.members():  # to the end marker: a stream cut short is an error
+                if m.name == "core" and size < 0:
                     r.extract(m, fd)
-                    return m.size
-            raise BundleError(path, "holds no core")
+                    size = m.size
+            if size < 0:
+                raise BundleError(path, "holds no core")
+            return size
     except OSError as err:
         raise BundleError(path, err.strerror or str(err)) from err
 

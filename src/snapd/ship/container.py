@@ -128,6 +128,10 @@ class Reader:
     def __init__(self, src: BinaryIO, path: str, limits: Limits | None = None) -> None:
         self.path = path
         self.limits = limits or Limits()
+        # A frame cut short decompresses as a clean end of data: check the structure first.
+        start = src.tell()
+        check_frames(src, path)
+        src.seek(start)
         dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
         self._z = dctx.stream_reader(src, read_across_frames=True, closefd=False)
         self._pending = 0  # unread data bytes of the current member
@@ -165,6 +169,7 @@ class Reader:
                 self._skip(self._pending)
             tag = self._read(1, "a member tag")
             if tag == b"E":
+                self._trailer()
                 return
             if tag != b"F":
                 raise self._bad(f"corrupt: unknown member tag {tag!r}")
@@ -197,6 +202,14 @@ class Reader:
                 raise self._bad(f"more than {self.limits.data} bytes of data (limit)")
             self._pending = m.data_bytes
             yield m
+
+    def _trailer(self) -> None:
+        """Read past 'E' to the end, so zstd checks the frame's checksum (XXH64)."""
+        try:
+            if self._z.read(1):
+                raise BundleError(self.path, "corrupt: data after the end marker")
+        except zstandard.ZstdError as err:
+            raise BundleError(self.path, f"corrupt zstd data at the end: {err}") from err
 
     def _skip(self, n: int) -> None:
         while n:
@@ -247,8 +260,50 @@ def sniff(path: str) -> str:
                 return "unknown"
     except OSError as err:
         raise BundleError(path, err.strerror or str(err)) from err
-    if len(first) == _HEAD.size:
-        magic, _version, kind = _HEAD.unpack(first)
-        if magic == MAGIC:
-            return {Kind.BUNDLE: "bundle", Kind.CORE: "core"}.get(kind, "unknown")
+    if len(first) < _HEAD.size:
+        raise BundleError(path, "truncated: the zstd stream ends in its first bytes")
+    magic, _version, kind = _HEAD.unpack(first)
+    if magic == MAGIC:
+        return {Kind.BUNDLE: "bundle", Kind.CORE: "core"}.get(kind, "unknown")
     return "zstd"
+
+
+_SKIPPABLE = range(0x184D2A50, 0x184D2A60)
+
+
+def check_frames(f: BinaryIO, path: str) -> None:
+    """Walk the frames of a zstd file (RFC 8878 section 3.1: frame header, 3-byte block headers,
+    optional checksum) without decompressing, and raise :class:`BundleError` if the last one is
+    cut short: a decompressing reader reports a truncated frame as a clean end of data."""
+    size = os.fstat(f.fileno()).st_size
+    pos = 0
+    while pos < size:
+        f.seek(pos)
+        head = f.read(18)
+        if len(head) < 8:
+            raise BundleError(path, f"truncated zstd frame at byte {pos}")
+        (magic,) = struct.unpack_from("<I", head)
+        if magic in _SKIPPABLE:
+            pos += 8 + struct.unpack_from("<I", head, 4)[0]
+            continue
+        if head[:4] != ZSTD_MAGIC:
+            raise BundleError(path, f"not a zstd frame at byte {pos}")
+        fhd = head[4]
+        single = bool(fhd & 0x20)
+        fcs = (1 if single else 0, 2, 4, 8)[fhd >> 6]
+        pos += 5 + (0 if single else 1) + (0, 1, 2, 4)[fhd & 3] + fcs
+        while True:
+            f.seek(pos)
+            bh = f.read(3)
+            if len(bh) < 3:
+                raise BundleError(path, "truncated: the zstd stream ends inside a frame")
+            v = int.from_bytes(bh, "little")
+            btype, bsize = (v >> 1) & 3, v >> 3
+            if btype == 3:
+                raise BundleError(path, f"corrupt zstd block at byte {pos}")
+            pos += 3 + (1 if btype == 1 else bsize)
+            if v & 1:
+                break
+        pos += 4 if fhd & 0x04 else 0
+        if pos > size:
+            raise BundleError(path, "truncated: the zstd stream ends inside a frame")

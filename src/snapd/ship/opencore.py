@@ -48,7 +48,9 @@ def open_core(path: str) -> Iterator[str]:
     A file that is neither is yielded unchanged, so the caller's own reader reports it."""
     try:
         packed = is_packed(path)
-    except BundleError:
+    except BundleError as err:
+        if not isinstance(err.__cause__, OSError):
+            raise  # a zstd file cut short: say so, not "bad ELF magic"
         packed = False  # unreadable: let the caller's open() say why
     if not packed:
         yield path
