@@ -10,9 +10,11 @@
 #endif
 
 const char ship_victim_tag[] = TAG;
+static volatile int worker_in = 0;
 
 __attribute__((noinline)) static void *ship_victim_worker_wait(void *arg) {
     (void)arg;
+    __atomic_store_n(&worker_in, 1, __ATOMIC_SEQ_CST); /* its frame is on the stack from here */
     for (;;)
         pause();
     return NULL;
@@ -20,6 +22,8 @@ __attribute__((noinline)) static void *ship_victim_worker_wait(void *arg) {
 
 __attribute__((noinline)) static int ship_victim_leaf_wait(void) {
     char c = 0;
+    while (!__atomic_load_n(&worker_in, __ATOMIC_SEQ_CST))
+        usleep(1000);
     printf("ready %s\n", ship_victim_tag);
     fflush(stdout);
     while (read(0, &c, 1) == 1 && c != 'q')
