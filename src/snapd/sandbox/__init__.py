@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +76,14 @@ def _env() -> dict[str, str]:
 class BoundedRun:
     """One child; ``step(timeout)`` until it returns a Result or a Failure."""
 
-    def __init__(self, module: str, args: Any, limits: Limits, fds: Sequence[int] = ()) -> None:
+    def __init__(
+        self,
+        module: str,
+        args: Any,
+        limits: Limits,
+        fds: Sequence[int] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.limits = limits
         self.started = time.monotonic()
         self.deadline = self.started + limits.deadline
@@ -94,7 +101,7 @@ class BoundedRun:
                 pass_fds=(w, *fds),
                 start_new_session=True,  # its own process group, killed as one
                 cwd="/",
-                env=_env(),
+                env={**_env(), **(env or {})},
             )
         except BaseException:
             os.close(r)
