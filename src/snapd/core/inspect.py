@@ -196,9 +196,19 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="snapd inspect", description="Show what a core file holds.")
     p.add_argument("cores", nargs="+", metavar="CORE")
     p.add_argument("--json", action="store_true", help="one JSON object per core")
+    p.add_argument("--stacks", action="store_true", help="where every thread was: native and Python stacks")
+    p.add_argument("--exe", action="append", default=[], metavar="PATH", help="binaries (file or directory)")
+    p.add_argument("--tid", type=int, help="with --stacks: the thread to show first, as the one that fired")
+    p.add_argument("--deadline", type=float, default=30.0, help="with --stacks: seconds (default: 30)")
     args = p.parse_args(argv)
     rc = 0
     for path in args.cores:
+        if args.stacks:
+            from snapd.report.cli import show_stacks
+            from snapd.report.model import ReportLimits
+
+            rc |= show_stacks(path, args.json, args.exe, args.tid, ReportLimits(deadline=args.deadline))
+            continue
         try:
             v = read_core(path)
         except CoreFileError as err:
