@@ -11,6 +11,8 @@ import os
 from collections.abc import Iterable
 from typing import BinaryIO
 
+import drgn
+
 from snapd.report import native
 from snapd.report.corefile import CoreNotes
 from snapd.report.derived import EventStack, event_core
@@ -21,8 +23,16 @@ NEAR_TOP = 512  # bytes: a frame this close to the end of the copy had callers b
 THREAD_ROOTS = frozenset({"_start", "__clone3", "__clone", "clone3", "clone", "__GI___clone3"})
 
 
-def unwind(notes: CoreNotes, f: BinaryIO, ev: EventStack, limit: int, search: Iterable[str] = ()) -> AtEvent:
-    """Frames at the event, innermost first; never raises for what the data holds."""
+def unwind(
+    notes: CoreNotes,
+    f: BinaryIO,
+    ev: EventStack,
+    limit: int,
+    search: Iterable[str] = (),
+    like: drgn.Program | None = None,
+) -> AtEvent:
+    """Frames at the event, innermost first; never raises for what the data holds. ``like``:
+    the snapshot's program, whose modules (and their files) the event's stack is read with."""
     try:
         image = event_core(notes, f, ev)
     except (OSError, ValueError) as err:
@@ -33,7 +43,7 @@ def unwind(notes: CoreNotes, f: BinaryIO, ev: EventStack, limit: int, search: It
         while view:
             view = view[os.write(fd, view) :]
         try:
-            prog = native.open_core(fd, search).prog
+            prog = native.open_core(fd, search, like).prog
             trace = prog.thread(ev.tid).stack_trace()
             frames, truncated = native.frames_of(prog, trace, limit)
             outer_sp = _outer_sp(trace)

@@ -87,7 +87,7 @@ def build_report(req: ReportRequest) -> Report:
         if req.limits.python and native.is_cpython(nat.prog):
             _python(report, nat, req)
         if req.event is not None:
-            _at_event(report, notes, f, req)
+            _at_event(report, notes, f, req, nat)
     report.truncated |= any(t.truncated for t in report.threads)
     return report
 
@@ -152,10 +152,10 @@ def _python(report: Report, nat: native.Native, req: ReportRequest) -> None:
     report.gil = holders[0] if holders else None
 
 
-def _at_event(report: Report, notes: CoreNotes, f: Any, req: ReportRequest) -> None:
+def _at_event(report: Report, notes: CoreNotes, f: Any, req: ReportRequest, nat: native.Native) -> None:
     ev = req.event
     assert ev is not None
-    frames = atevent.unwind(notes, f, ev, req.limits.max_frames, req.search)
+    frames = atevent.unwind(notes, f, ev, req.limits.max_frames, req.search, like=nat.prog)
     for t in report.threads:
         if t.tid == ev.tid:
             t.at_event = frames

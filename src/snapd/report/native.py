@@ -7,6 +7,7 @@ modules' files (matched by build-id), /usr/lib/debug, the paths given (``--exe``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -51,11 +52,14 @@ def search_files(paths: Iterable[str]) -> list[str]:
     return out
 
 
-def open_core(core_fd: int, search: Iterable[str] = ()) -> Native:
-    """A drgn program on the core (drgn gets its own dup of ``core_fd``), debug info loaded."""
+def open_core(core_fd: int, search: Iterable[str] = (), like: drgn.Program | None = None) -> Native:
+    """A drgn program on the core (drgn gets its own dup of ``core_fd``), debug info loaded;
+    with ``like``, its modules are those of that program (see :func:`like_modules`)."""
     logging.getLogger("drgn").setLevel(logging.ERROR)  # its "missing debugging symbols" lines
     prog = drgn.Program()
     prog.set_core_dump(os.dup(core_fd))
+    if like is not None:
+        like_modules(prog, like)
     paths = list(search)
     dirs = [p for p in paths if os.path.isdir(p)]
     if dirs:
@@ -96,7 +100,7 @@ def frames_of(prog: drgn.Program, trace: drgn.StackTrace, limit: int) -> tuple[l
             return out, True
         # A return address points after the call: look up the call itself (as drgn and gdb do).
         lookup = pc if i == 0 or f.interrupted else pc - 1
-        name = f.name
+        name = _function(f)
         file = line = None
         try:
             src = f.source()
@@ -117,6 +121,39 @@ def frames_of(prog: drgn.Program, trace: drgn.StackTrace, limit: int) -> tuple[l
             )
         )
     return out, False
+
+
+def _function(f: drgn.StackFrame) -> str | None:
+    """The DWARF function (inlined ones too), else the ELF symbol; None when unknown (drgn's
+    ``StackFrame.name`` would be the pc in hex)."""
+    with contextlib.suppress(*DRGN_ERRORS):
+        name = f.function_name
+        if name:
+            return str(name)
+    with contextlib.suppress(*DRGN_ERRORS):
+        return str(f.symbol().name)
+    return None
+
+
+def like_modules(prog: drgn.Program, like: drgn.Program) -> None:
+    """Give ``prog`` the shared libraries of ``like`` (the same process at another moment), at
+    the same addresses and from the same files.
+
+    A core without the memory of the dynamic linker's r_debug list (a derived core holds only
+    ELF headers and a stack) shows drgn no shared library; these are the snapshot's. drgn finds
+    the executable and the vdso by itself (from the auxiliary vector and their headers)."""
+    for m in like.modules():
+        if not isinstance(m, drgn.SharedLibraryModule):
+            continue
+        try:
+            n = prog.shared_library_module(m.name, m.dynamic_address, create=True)
+            n.address_ranges = m.address_ranges
+            if m.build_id:
+                n.build_id = m.build_id
+            for path in dict.fromkeys(p for p in (m.loaded_file_path, m.debug_file_path) if p):
+                n.try_file(path)
+        except DRGN_ERRORS:
+            continue
 
 
 def modules(prog: drgn.Program, limit: int) -> tuple[list[Module], bool]:

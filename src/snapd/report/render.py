@@ -79,13 +79,8 @@ def _frames(out: list[str], frames: list[Mapping[str, Any]], truncated: bool, li
 
 def render_thread(t: Mapping[str, Any]) -> list[str]:
     name = f" ({safe(t['name'])})" if t.get("name") else ""
-    state = f" state {safe(t['state'])}" if t.get("state") else ""
     mark = " [fired the rule]" if t.get("firing") else ""
-    out = [
-        f"Stack trace of thread {t['tid']}{name}{mark}:"
-        if not state
-        else f"Stack trace of thread {t['tid']}{name},{state}{mark}:"
-    ]
+    out = [f"Stack trace of thread {t['tid']}{name}{mark}:"]
     ev = t.get("at_event")
     if ev is not None:
         out.append("  at the event:")
