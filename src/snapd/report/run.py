@@ -164,7 +164,10 @@ class ReportJob:
     def _done(self, res: Result | Failure) -> None:
         elapsed = time.monotonic() - self.started
         if isinstance(res, Failure):
-            self._fail(res.why)
+            # the worker's deadline is what was left of the report's: say the report's
+            self._fail(
+                f"timed out after {self.req.limits.deadline:g} s (killed)" if res.timed_out else res.why
+            )
             return
         try:
             rep = Report.from_dict(res.value)

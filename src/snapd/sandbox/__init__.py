@@ -46,6 +46,7 @@ class Failure:
     why: str  # one line
     elapsed: float
     max_rss: int = 0
+    timed_out: bool = False  # killed at the wall-clock deadline
 
 
 def _signame(sig: int) -> str:
@@ -90,6 +91,7 @@ class BoundedRun:
         self._result = bytearray()
         self._log = bytearray()
         self._outcome: Result | Failure | None = None
+        self._timed_out = False
         r, w = os.pipe2(os.O_CLOEXEC)
         spec = json.dumps({"args": args, "limits": limits.to_dict()}).encode()
         try:
@@ -133,6 +135,7 @@ class BoundedRun:
         while True:
             now = time.monotonic()
             if now >= self.deadline:
+                self._timed_out = True
                 return self._finish(f"timed out after {self.limits.deadline:g} s (killed)", kill=True)
             wait = self.deadline - now if timeout is None else min(timeout, self.deadline - now)
             events = self._sel.select(max(wait, 0.0)) if self._sel.get_map() else []
@@ -182,7 +185,7 @@ class BoundedRun:
             if why is None:
                 self._outcome = Result(value, elapsed, rss, sandbox)
                 return self._outcome
-        self._outcome = Failure(why, elapsed, rss)
+        self._outcome = Failure(why, elapsed, rss, self._timed_out)
         return self._outcome
 
     def _reap(self) -> tuple[int, resource.struct_rusage | None]:
