@@ -139,7 +139,8 @@ def _is_wrapper(f: Mapping[str, Any]) -> bool:
 
 def where(report: Mapping[str, Any]) -> str:
     """Where the firing (or else the main) thread was: its innermost Python frame if it has
-    one, else its first native frame that is not a libc wait or syscall wrapper."""
+    one, else its first named native frame that is not a libc wait or syscall wrapper (redis:
+    ``aeMain``, not ``epoll_wait`` nor the unnamed static ``aeProcessEvents`` between)."""
     threads = report.get("threads") or []
     if report.get("error") or not threads:
         return "-"
@@ -149,13 +150,14 @@ def where(report: Mapping[str, Any]) -> str:
     if t.get("python"):
         p = t["python"][0]
         return safe(f"{p['function']} ({os.path.basename(p['file'])}:{p['line']})")
-    frames = t.get("frames") or []
+    frames = [f for f in t.get("frames") or [] if not _is_wrapper(f)]
+    named = next((f for f in frames if f.get("function")), None)
+    if named is not None:  # a distribution binary's static functions have no symbol: skip them
+        return safe(named["function"])
     for f in frames:
-        if not _is_wrapper(f):
-            if f.get("function"):
-                return safe(f["function"])
-            if f.get("offset") is not None:
-                return safe(f"{_module_name(f.get('module'))} + {f['offset']:#x}")
-    if frames:
-        return safe(frames[0].get("function") or f"0x{frames[0]['pc']:x}")
+        if f.get("offset") is not None:
+            return safe(f"{_module_name(f.get('module'))} + {f['offset']:#x}")
+    first = (t.get("frames") or [None])[0]
+    if first is not None:
+        return safe(first.get("function") or f"0x{first['pc']:x}")
     return "-"
