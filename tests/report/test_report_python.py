@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from rpt_helpers import context_of, dump, thread_of
+from rpt_helpers import context_of, dump, in_syscall, thread_of
 
 from snapd.report import render_text, run_report, where
+from snapd_testlib import wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -24,6 +25,8 @@ def test_python_frames_match_the_script(spawn, tmp_path):
     v = spawn([PYTHON, SCRIPT])
     main_tid, *workers = map(int, v.ready_line.split()[1:])
     assert main_tid == v.pid and len(workers) == 3
+    # printing "ready" released the GIL for the write(2): wait until main holds it in pause(2)
+    wait_for(lambda: in_syscall(v.pid, main_tid, 34), what="main thread in pause(2)")
     core = dump(v.pid, tmp_path / "core.py")
     rep = run_report(str(core), firing_tid=workers[0], context=context_of(v.pid))
     assert rep["error"] is None, rep["error"]

@@ -7,17 +7,24 @@ import os
 import subprocess
 
 import pytest
-from rpt_helpers import context_of, dump, functions, gdb_backtraces, thread_of
+from rpt_helpers import context_of, dump, functions, gdb_backtraces, in_syscall, thread_of
 
 from snapd.report import ReportLimits, render_text, run_report, where
+from snapd_testlib import wait_for
 
 pytestmark = pytest.mark.kernel
+
+
+def parked(pid: int) -> None:
+    """The victim prints "ready" before its main thread reaches read(2) in main_wait."""
+    wait_for(lambda: in_syscall(pid, pid, 0), what="main thread in read(2)")
 
 
 @pytest.fixture
 def threads_core(compile_victim, spawn, tmp_path):
     exe = compile_victim("threads")
     v = spawn([exe])
+    parked(v.pid)
     core = dump(v.pid, tmp_path / "core.threads")
     return exe, v, core
 
@@ -63,7 +70,7 @@ def test_inspect_stacks_text_and_json(threads_core, snapd_cmd):
     )
     assert r.returncode == 0, r.stderr
     for name in ("worker_alpha", "worker_beta", "worker_gamma", "main_wait"):
-        assert f" {name} (threads + 0x" in r.stdout
+        assert f" {name} (threads + 0x" in r.stdout, r.stdout
     assert f"Stack trace of thread {v.pid} (threads)" in r.stdout
     assert "Module " + str(exe) + " with build-id " in r.stdout
     r = subprocess.run(
@@ -92,6 +99,7 @@ def test_limits_truncate_explicitly(threads_core):
 def test_stripped_binary_gives_module_and_offset(compile_victim, spawn, tmp_path):
     exe = compile_victim("threads", "-s")
     v = spawn([exe])
+    parked(v.pid)
     core = dump(v.pid, tmp_path / "core.stripped")
     rep = run_report(str(core))
     assert rep["error"] is None, rep["error"]

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 
-def sandbox_reads(args: dict[str, Any]) -> list[str | int]:
+def sandbox_reads(args: dict[str, Any], limits: object) -> list[str | int]:
     return [args["fd"]] if "fd" in args else []
 
 

@@ -205,9 +205,8 @@ def main(argv: list[str]) -> int:
     for path in args.cores:
         if args.stacks:
             from snapd.report.cli import show_stacks
-            from snapd.report.model import ReportLimits
 
-            rc |= show_stacks(path, args.json, args.exe, args.tid, ReportLimits(deadline=args.deadline))
+            rc |= show_stacks(path, args.json, args.exe, args.tid, args.deadline)
             continue
         try:
             v = read_core(path)

@@ -11,8 +11,7 @@ drgn, Python frames and the GIL holder from pystack, the package notes from the 
 headers. The shape is in :mod:`snapd.report.model`.
 """
 
-from snapd.report.derived import MAX_EVENT_STACK, EventStack
-from snapd.report.model import Report, ReportLimits
+from snapd.report.model import MAX_EVENT_STACK, EventStack, Report, ReportLimits
 from snapd.report.render import render_text, where
 from snapd.report.run import ReportJob, run_report, start_report
 

@@ -15,8 +15,8 @@ import drgn
 
 from snapd.report import native
 from snapd.report.corefile import CoreNotes
-from snapd.report.derived import EventStack, event_core
-from snapd.report.model import AtEvent, clip
+from snapd.report.derived import event_core
+from snapd.report.model import AtEvent, EventStack, clip
 
 NEAR_TOP = 512  # bytes: a frame this close to the end of the copy had callers beyond it
 #: where every thread's stack begins: an unwind that reached one of these is complete

@@ -8,65 +8,37 @@ runs this module through :func:`snapd.sandbox.run_bounded`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 from snapd.errors import SnapdError
-from snapd.report import atevent, native
+from snapd.report import atevent, files, mapped, native
 from snapd.report.corefile import BadCore, CoreNotes, read_notes
-from snapd.report.derived import EventStack
-from snapd.report.model import Report, ReportLimits, ThreadStack, clip
+from snapd.report.model import Report, ThreadStack, clip
+from snapd.report.request import ReportRequest
+from snapd.sandbox.limits import Limits
 
 
-@dataclass(frozen=True)
-class ReportRequest:
-    """Everything a report is computed from (sent to the worker as JSON)."""
-
-    core_fd: int
-    firing_tid: int | None = None
-    exe: str | None = None  # the executable for pystack (default: the core's main module)
-    search: tuple[str, ...] = ()  # files or directories with the binaries (``--exe``)
-    limits: ReportLimits = field(default_factory=ReportLimits)
-    #: tid -> (comm, state) from the /proc context captured with the core
-    threads: dict[int, tuple[str, str]] = field(default_factory=dict)
-    event: EventStack | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "core_fd": self.core_fd,
-            "firing_tid": self.firing_tid,
-            "exe": self.exe,
-            "search": list(self.search),
-            "limits": self.limits.to_dict(),
-            "threads": {str(k): list(v) for k, v in self.threads.items()},
-            "event": self.event.to_dict() if self.event else None,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ReportRequest:
-        ev = d.get("event")
-        return cls(
-            core_fd=int(d["core_fd"]),
-            firing_tid=d.get("firing_tid"),
-            exe=d.get("exe"),
-            search=tuple(d.get("search", ())),
-            limits=ReportLimits(**d.get("limits", {})),
-            threads={int(k): (str(v[0]), str(v[1])) for k, v in d.get("threads", {}).items()},
-            event=EventStack.from_dict(ev) if ev else None,
-        )
-
-
-def sandbox_reads(args: dict[str, Any]) -> list[str | int]:
-    """What the worker must be able to open by path: the core (through its fd), the binaries."""
+def sandbox_reads(args: dict[str, Any], limits: Limits) -> list[str | int]:
+    """What the worker must be able to open by path: the core (through its fd), the binaries
+    named by the caller, and the target's ELF modules (from the caller's /proc context, or
+    listed out of the core by a confined child when the caller sent none)."""
     req = ReportRequest.from_dict(args)
     reads: list[str | int] = [req.core_fd, *req.search]
     if req.exe:
         reads += [req.exe, os.path.dirname(req.exe)]
+    if not req.modules_known:
+        found, why = mapped.confined_listing(req.core_fd, limits, limits.deadline / 3)
+        reads += files.elf_files(found)
+        if why:  # the report says so (its modules outside the system trees go unread)
+            args["listing_error"] = why
     return reads
 
 
 def sandboxed(args: dict[str, Any]) -> dict[str, Any]:
-    return build_report(ReportRequest.from_dict(args)).to_dict()
+    report = build_report(ReportRequest.from_dict(args))
+    if args.get("listing_error"):
+        report.warnings.append(clip(f"the core's file list could not be read: {args['listing_error']}"))
+    return report.to_dict()
 
 
 def build_report(req: ReportRequest) -> Report:

@@ -17,9 +17,12 @@ def show_stacks(
     as_json: bool,
     exe: Sequence[str] = (),
     firing_tid: int | None = None,
-    limits: ReportLimits | None = None,
+    deadline: float = 30.0,
 ) -> int:
-    """Print the report of ``path``; 1 if it could not be computed (the reason is printed)."""
+    """Print the report of ``path``; 1 if it could not be computed (the reason is printed).
+
+    An operator waits for it: the worker runs at normal priority (the daemon's at the lowest)."""
+    limits = ReportLimits(deadline=deadline, nice=0, idle_io=False)
     rep = run_report(path, firing_tid=firing_tid, limits=limits, search=exe)
     if as_json:
         print(json.dumps(rep))

@@ -32,48 +32,11 @@ from snapd.report.corefile import (
     PRSTATUS_TID,
     CoreNotes,
 )
+from snapd.report.model import MAX_DERIVED, USER_REGS_SIZE, EventStack
 
-MAX_EVENT_STACK = 16 << 10
-USER_REGS_SIZE = 27 * 8
-REG_SP = 19
 AT_SYSINFO_EHDR = 33
 MAX_HEADER_BYTES = 64 << 10  # per module: its ELF header and program headers are in the first pages
-MAX_DERIVED = 32 << 20
 CORE = b"CORE"
-
-
-class EventError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class EventStack:
-    """What the probe recorded of the firing thread at the event."""
-
-    tid: int
-    regs: bytes  # struct user_regs_struct (27 x u64, arch/x86/include/asm/user_64.h)
-    stack: bytes  # user memory from regs.sp upward, at most MAX_EVENT_STACK bytes
-
-    def __post_init__(self) -> None:
-        if len(self.regs) != USER_REGS_SIZE:
-            raise EventError(f"registers: {len(self.regs)} bytes, not {USER_REGS_SIZE}")
-        if len(self.stack) > MAX_EVENT_STACK:
-            raise EventError(f"stack copy: {len(self.stack)} bytes, more than {MAX_EVENT_STACK}")
-
-    @property
-    def sp(self) -> int:
-        return int(struct.unpack_from("<Q", self.regs, REG_SP * 8)[0])
-
-    @property
-    def pc(self) -> int:
-        return int(struct.unpack_from("<Q", self.regs, 16 * 8)[0])
-
-    def to_dict(self) -> dict[str, object]:
-        return {"tid": self.tid, "regs": self.regs.hex(), "stack": self.stack.hex()}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, object]) -> EventStack:
-        return cls(int(str(d["tid"])), bytes.fromhex(str(d["regs"])), bytes.fromhex(str(d["stack"])))
 
 
 @dataclass(frozen=True)

@@ -1,66 +1,85 @@
-"""The files a core says were mapped (its NT_FILE note), read in a sandboxed worker.
+"""The files a core says were mapped (its NT_FILE note), listed by a confined child.
 
-The report's worker may read, by path, only what the caller allows it: the system trees and the
-modules of the target. Where no /proc context names those modules, this first, smaller worker
-reads them out of the core (hostile input, so confined like the report itself); the caller
-keeps only regular ELF files (:func:`elf_files`), so a forged NT_FILE naming /etc/shadow gains
-nothing.
+The report's worker may read, by path, only the system trees, snapd's code, the core and the
+modules of the target. Where no /proc context names those modules, the worker, before it locks
+itself down, forks a child that confines itself at once (nobody, no capability, nothing to open
+by path) and lists them out of the core (hostile input); the worker keeps only regular ELF files
+(:func:`snapd.report.files.elf_files`), so a forged NT_FILE naming /etc/shadow gains nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-import stat
-from collections.abc import Iterable
-from typing import Any
+import select
+import signal
+import time
 
 from snapd.report.corefile import read_notes
+from snapd.report.files import MAX_FILES
+from snapd.sandbox import confine
+from snapd.sandbox.limits import Limits
 
-MAX_FILES = 4096
-_NEVER = ("/proc/", "/sys/", "/dev/")
+TIMEOUT = 10.0
+MAX_BYTES = 8 << 20
 
 
-def sandbox_reads(args: dict[str, Any]) -> list[str | int]:
-    return [int(args["core_fd"])]
-
-
-def sandboxed(args: dict[str, Any]) -> dict[str, Any]:
-    with os.fdopen(os.dup(int(args["core_fd"])), "rb") as f:
+def listed_files(core_fd: int) -> list[str]:
+    """The absolute paths of the core's NT_FILE note, deduplicated, at most MAX_FILES."""
+    with os.fdopen(os.dup(core_fd), "rb") as f:
         notes = read_notes(f)
     seen: dict[str, None] = {}
     for _start, _end, _pgoff, path in notes.files():
         if path.startswith("/") and len(seen) < MAX_FILES:
             seen[path] = None
-    return {"files": list(seen)}
-
-
-def from_maps(lines: Iterable[str]) -> list[str]:
-    """The mapped files of /proc/PID/maps lines (as the /proc context stores them)."""
-    seen: dict[str, None] = {}
-    for line in lines:
-        parts = line.split(None, 5)
-        if len(parts) == 6 and parts[5].startswith("/") and len(seen) < MAX_FILES:
-            seen[parts[5].removesuffix(" (deleted)")] = None
     return list(seen)
 
 
-def elf_files(paths: Iterable[str]) -> list[str]:
-    """The paths that are regular files starting with the ELF magic, outside /proc, /sys, /dev."""
-    out = []
-    for p in paths:
-        if not isinstance(p, str) or not p.startswith("/") or p.startswith(_NEVER) or "\0" in p:
-            continue
+def confined_listing(core_fd: int, limits: Limits, timeout: float = TIMEOUT) -> tuple[list[str], str | None]:
+    """:func:`listed_files` in a forked child confined as tightly as the sandbox allows (no
+    capability, Landlock: nothing to open by path): called by the worker before it locks itself
+    down, while it may still grant itself the files. ([], why) if the child fails or overstays."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # the child: confine, parse, answer, exit without running any cleanup
+        code = 1
         try:
-            st = os.stat(p)
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+            os.close(r)
+            confine.lock_down(limits.but(keep_read_cap=False, read_paths=(), write_paths=()))
             try:
-                magic = os.pread(fd, 4, 0)
-            finally:
-                os.close(fd)
-        except OSError:
-            continue
-        if magic == b"\x7fELF":
-            out.append(p)
-    return out
+                data = json.dumps(listed_files(core_fd)).encode()
+            except Exception as err:  # hostile input: whatever it raises is the answer
+                data = json.dumps(" ".join(f"{type(err).__name__}: {err}".split())[:200]).encode()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(w, view) :]
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    why = None
+    try:
+        while True:
+            ready, _, _ = select.select([r], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                why = f"timed out after {timeout:g} s"
+                break
+            chunk = os.read(r, 1 << 16)
+            if not chunk or len(out) > MAX_BYTES:
+                break
+            out += chunk
+    finally:
+        os.close(r)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    try:
+        paths = json.loads(bytes(out))
+    except ValueError:
+        return [], why or "no answer"
+    if isinstance(paths, str):
+        return [], paths
+    return ([p for p in paths if isinstance(p, str)] if isinstance(paths, list) else []), why

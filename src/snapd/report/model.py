@@ -17,9 +17,16 @@ the worker (which read hostile memory) sent.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+#: the most of the firing thread's stack an event records (from its stack pointer up)
+MAX_EVENT_STACK = 16 << 10
+USER_REGS_SIZE = 27 * 8  # struct user_regs_struct, arch/x86/include/asm/user_64.h
+MAX_DERIVED = 32 << 20  # the "at the event" core derived from a snapshot (a memfd)
+REG_PC = 16
+REG_SP = 19
 MAX_TEXT = 512  # a function or file name longer than this is cut (C++ templates, hostile data)
 MAX_U64 = (1 << 64) - 1
 
@@ -42,9 +49,47 @@ class ReportLimits:
     memory: int = 4 << 30
     #: also read Python stacks when the target is CPython
     python: bool = True
+    #: the worker's nice value and idle I/O class: the daemon's reports yield to everything
+    #: (the next dump is never delayed); an operator's ``snapd inspect`` need not
+    nice: int = 19
+    idle_io: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class EventError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class EventStack:
+    """What the probe recorded of the firing thread at the event."""
+
+    tid: int
+    regs: bytes  # struct user_regs_struct (27 x u64, arch/x86/include/asm/user_64.h)
+    stack: bytes  # user memory from regs.sp upward, at most MAX_EVENT_STACK bytes
+
+    def __post_init__(self) -> None:
+        if len(self.regs) != USER_REGS_SIZE:
+            raise EventError(f"registers: {len(self.regs)} bytes, not {USER_REGS_SIZE}")
+        if len(self.stack) > MAX_EVENT_STACK:
+            raise EventError(f"stack copy: {len(self.stack)} bytes, more than {MAX_EVENT_STACK}")
+
+    @property
+    def sp(self) -> int:
+        return int(struct.unpack_from("<Q", self.regs, REG_SP * 8)[0])
+
+    @property
+    def pc(self) -> int:
+        return int(struct.unpack_from("<Q", self.regs, REG_PC * 8)[0])
+
+    def to_dict(self) -> dict[str, object]:
+        return {"tid": self.tid, "regs": self.regs.hex(), "stack": self.stack.hex()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> EventStack:
+        return cls(int(str(d["tid"])), bytes.fromhex(str(d["regs"])), bytes.fromhex(str(d["stack"])))
 
 
 @dataclass(frozen=True)

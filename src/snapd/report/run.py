@@ -6,7 +6,9 @@
 The core is opened here (the caller may be root and the core 0600) and handed to the worker as
 an inherited fd; the worker runs as nobody with CAP_DAC_READ_SEARCH only where Landlock confines
 its reads (pystack reopens the core by /proc/self/fd path), cannot write anything by path, and
-is killed at the deadline. For an event loop, :func:`start_report` returns a :class:`ReportJob`
+is killed at the deadline. Where the caller has no /proc context naming the target's modules,
+the worker lists them out of the core in a confined child (:mod:`snapd.report.mapped`) before
+it locks itself down. For an event loop, :func:`start_report` returns a :class:`ReportJob`
 to poll (``fileno()``, ``step(0)``) instead of waiting.
 """
 
@@ -18,17 +20,15 @@ import pwd
 import sys
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
-from snapd.report import mapped
-from snapd.report.build import ReportRequest
-from snapd.report.derived import MAX_DERIVED, EventStack
-from snapd.report.model import MalformedReport, Report, ReportLimits
+from snapd.report import files
+from snapd.report.model import MAX_DERIVED, EventStack, MalformedReport, Report, ReportLimits
+from snapd.report.request import ReportRequest
 from snapd.sandbox import SYSTEM_READ, BoundedRun, Failure, Limits, Result
 
 WORKER = "snapd.report.build"
-MAPPED_WORKER = "snapd.report.mapped"
-MAPPED_DEADLINE = 10.0
 DEBUGINFOD_CACHE = "/var/cache/snapd-cores/debuginfod"
 SLACK = 2 << 20
 
@@ -62,19 +62,19 @@ def _debuginfod(env: dict[str, str]) -> tuple[str, ...]:
     return (cache,)
 
 
-def sandbox_limits(
-    limits: ReportLimits, req: ReportRequest, env: dict[str, str], files: Iterable[str] = ()
-) -> Limits:
-    """The report worker's limits: ``files`` (the target's modules) may be read besides the
-    system trees, snapd's code, the core and what the caller names (``exe``, ``search``)."""
+def sandbox_limits(limits: ReportLimits, req: ReportRequest, env: dict[str, str]) -> Limits:
+    """The report worker's limits. Besides what they allow, it may read the core (its fd), what
+    the caller names (``exe``, ``search``) and the target's ELF modules (sent with the args)."""
     cache = _debuginfod(env)
     return Limits(
         deadline=limits.deadline,
         cpu_seconds=max(1, math.ceil(limits.deadline)),
         address_space=limits.memory,
         file_size=(MAX_DERIVED + SLACK if req.event else 0) + ((4 << 30) if cache else 0),
+        nice=limits.nice,
+        idle_io=limits.idle_io,
         keep_read_cap=True,
-        read_paths=(*SYSTEM_READ, *_code_paths(), *files),
+        read_paths=(*SYSTEM_READ, *_code_paths()),
         write_paths=cache,
         network=bool(cache),
     )
@@ -89,10 +89,7 @@ def _context_threads(context: Mapping[str, Any] | None) -> dict[int, tuple[str, 
 
 
 class ReportJob:
-    """A report being computed; ``step(timeout)`` returns the report dict once it is done.
-
-    Two bounded runs: the mapped files (only when no /proc context names them), then the report.
-    """
+    """A report being computed; ``step(timeout)`` returns the report dict once it is done."""
 
     def __init__(
         self, req: ReportRequest, context: Mapping[str, Any] | None, failed: str | None = None
@@ -102,72 +99,43 @@ class ReportJob:
         self._fd = req.core_fd
         self._report: dict[str, Any] | None = None
         self._run: BoundedRun | None = None
-        self._files: list[str] | None = None
-        maps = (context or {}).get("maps")
         if failed is not None:
             self._fail(failed)
-        elif isinstance(maps, list) and maps:
-            self._files = mapped.elf_files(mapped.from_maps(str(m) for m in maps))
-            self._start_report()
-        else:
-            lim = Limits(
-                deadline=min(MAPPED_DEADLINE, req.limits.deadline),
-                cpu_seconds=max(1, math.ceil(min(MAPPED_DEADLINE, req.limits.deadline))),
-                address_space=min(req.limits.memory, 1 << 30),
-                read_paths=(*SYSTEM_READ, *_code_paths()),
-            )
-            self._start(MAPPED_WORKER, {"core_fd": req.core_fd}, lim, {})
-
-    def _start(self, module: str, args: Any, limits: Limits, env: dict[str, str]) -> None:
+            return
+        maps = (context or {}).get("maps")
+        reads: list[str] = []
+        if isinstance(maps, list) and maps:  # trusted: read from /proc by the daemon
+            reads = files.elf_files(files.from_maps(str(m) for m in maps))
+            self.req = replace(req, modules_known=True)
+        env: dict[str, str] = {}
         try:
-            self._run = BoundedRun(module, args, limits, fds=[self.req.core_fd], env=env)
+            lim = sandbox_limits(req.limits, req, env)
+            self._run = BoundedRun(WORKER, self.req.to_dict(), lim, fds=[req.core_fd], env=env, reads=reads)
         except OSError as err:
             self._fail(f"cannot start the report worker: {err.strerror or err}")
 
-    def _start_report(self) -> None:
-        left = self.req.limits.deadline - (time.monotonic() - self.started)
-        if left <= 0:
-            self._fail(f"timed out after {self.req.limits.deadline:g} s")
-            return
-        env: dict[str, str] = {}
-        lim = sandbox_limits(self.req.limits, self.req, env, self._files or [])
-        lim = lim.but(deadline=left, cpu_seconds=max(1, math.ceil(left)))
-        self._start(WORKER, self.req.to_dict(), lim, env)
-
     def _fail(self, why: str) -> None:
         self._report = Report.failed(why, time.monotonic() - self.started).to_dict()
-        self._run = None
         self._close()
 
     def fileno(self) -> int:
-        """Readable when there is something for :meth:`step` to do (-1 once done)."""
+        """Readable when :meth:`step` has something to do (-1 once done)."""
         return self._run.fileno() if self._run is not None and self._report is None else -1
 
     def step(self, timeout: float | None = None) -> dict[str, Any] | None:
-        while self._report is None:
-            assert self._run is not None
-            res = self._run.step(timeout)
-            if res is None:
-                return None
-            if self._files is None:  # the mapped files: a failure here only costs symbols
-                files = (
-                    res.value.get("files", [])
-                    if isinstance(res, Result) and isinstance(res.value, dict)
-                    else []
-                )
-                self._files = mapped.elf_files(files if isinstance(files, list) else [])
-                self._start_report()
-                continue
-            self._done(res)
+        if self._report is not None:
+            return self._report
+        assert self._run is not None
+        res = self._run.step(timeout)
+        if res is None:
+            return None
+        self._done(res)
         return self._report
 
     def _done(self, res: Result | Failure) -> None:
         elapsed = time.monotonic() - self.started
         if isinstance(res, Failure):
-            # the worker's deadline is what was left of the report's: say the report's
-            self._fail(
-                f"timed out after {self.req.limits.deadline:g} s (killed)" if res.timed_out else res.why
-            )
+            self._fail(res.why)
             return
         try:
             rep = Report.from_dict(res.value)
@@ -186,8 +154,11 @@ class ReportJob:
                 return rep
 
     def kill(self) -> None:
+        """Stop the worker now (idempotent); the report becomes a failure if not done."""
         if self._run is not None:
             self._run.kill()
+        if self._report is None:
+            self._fail("cancelled")
         self._close()
 
     def _close(self) -> None:

@@ -84,7 +84,12 @@ class BoundedRun:
         limits: Limits,
         fds: Sequence[int] = (),
         env: Mapping[str, str] | None = None,
+        reads: Sequence[str] = (),
+        defer: bool = False,
     ) -> None:
+        """``reads``: more paths the job may read (besides ``limits.read_paths``). ``defer``:
+        start the child now (its interpreter and the job's imports) and send the arguments
+        later with :meth:`send`; the deadline runs from now."""
         self.limits = limits
         self.started = time.monotonic()
         self.deadline = self.started + limits.deadline
@@ -93,7 +98,7 @@ class BoundedRun:
         self._outcome: Result | Failure | None = None
         self._timed_out = False
         r, w = os.pipe2(os.O_CLOEXEC)
-        spec = json.dumps({"args": args, "limits": limits.to_dict()}).encode()
+        spec = json.dumps({"limits": limits.to_dict()}).encode() + b"\n"
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-s", "-m", "snapd.sandbox.child", module, str(os.getpid()), str(w)],
@@ -112,17 +117,54 @@ class BoundedRun:
             os.close(w)
         self._rfd = r
         assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._infd = os.dup(self.proc.stdin.fileno())
+        self.proc.stdin.close()
+        os.set_blocking(self._infd, False)
+        self._pending = bytearray()
+        self._sent = False
         self._logfd = self.proc.stdout.fileno()
         os.set_blocking(r, False)
         os.set_blocking(self._logfd, False)
         self._sel = selectors.DefaultSelector()
         self._sel.register(r, selectors.EVENT_READ, "result")
         self._sel.register(self._logfd, selectors.EVENT_READ, "log")
-        try:  # at most a few KiB: fits in the pipe buffer, so this never blocks
-            self.proc.stdin.write(spec)
-            self.proc.stdin.close()
-        except BrokenPipeError:
+        self._write(spec)
+        if not defer:
+            self.send(args, reads)
+
+    def _write(self, data: bytes = b"") -> None:
+        """Queue ``data`` for the child's stdin and write what the pipe takes now (never
+        blocks: the rest goes out from :meth:`step`, as the child reads)."""
+        self._pending += data
+        if self._infd < 0:
+            self._pending.clear()
+            return
+        try:
+            while self._pending:
+                n = os.write(self._infd, self._pending)
+                del self._pending[:n]
+        except BlockingIOError:
             pass
+        except BrokenPipeError:  # the child is gone: step() reports why
+            self._pending.clear()
+        if not self._pending and self._sent and self._infd >= 0:
+            self._sel_unregister(self._infd)
+            os.close(self._infd)
+            self._infd = -1
+        elif self._pending and self._infd not in self._sel.get_map():
+            self._sel.register(self._infd, selectors.EVENT_WRITE, "stdin")
+
+    def _sel_unregister(self, fd: int) -> None:
+        if fd in self._sel.get_map():
+            self._sel.unregister(fd)
+
+    def send(self, args: Any, reads: Sequence[str] = ()) -> None:
+        """The job's arguments, and extra paths it may read (once; then the child's stdin is
+        closed)."""
+        if self._sent:
+            return
+        self._sent = True
+        self._write(json.dumps({"args": args, "reads": list(reads)}).encode() + b"\n")
 
     def fileno(self) -> int:
         """The result pipe: readable when the child answers or dies."""
@@ -141,6 +183,9 @@ class BoundedRun:
             events = self._sel.select(max(wait, 0.0)) if self._sel.get_map() else []
             for key, _ in events:
                 fd = int(key.fd)
+                if key.data == "stdin":
+                    self._write()
+                    continue
                 try:
                     chunk = os.read(fd, 1 << 16)
                 except BlockingIOError:
@@ -157,7 +202,7 @@ class BoundedRun:
                 else:
                     self._log += chunk
                     del self._log[: max(0, len(self._log) - self.limits.log_bytes)]
-            if not self._sel.get_map():
+            if not any(k.data != "stdin" for k in self._sel.get_map().values()):
                 return self._finish(None, kill=False)
             if timeout is not None and not events:
                 return None
@@ -177,6 +222,9 @@ class BoundedRun:
         for fd in list(self._sel.get_map()):
             self._sel.unregister(fd)
         self._sel.close()
+        if self._infd >= 0:
+            os.close(self._infd)
+            self._infd = -1
         os.close(self._rfd)
         assert self.proc.stdout is not None
         self.proc.stdout.close()

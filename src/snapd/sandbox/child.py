@@ -1,10 +1,13 @@
 """``python -m snapd.sandbox.child MODULE PARENT RESULT_FD``: the confined side of a bounded run.
 
-Reads ``{"args": ..., "limits": ...}`` (JSON) on stdin from the parent, confines itself
-(:mod:`snapd.sandbox.confine`), imports MODULE and calls ``MODULE.sandboxed(args)``, whose
-JSON-able value goes to RESULT_FD as ``{"ok": value, "sandbox": "..."}``; an exception becomes
-``{"error": "one line"}``. MODULE may define ``sandbox_reads(args) -> list[str | int]``: extra
-paths (or fds) it must read, added to the Landlock ruleset.
+Reads two JSON lines from the parent on stdin: ``{"limits": ...}``, then (it may come later:
+the module is imported meanwhile) ``{"args": ..., "reads": [...]}``. It confines itself
+(:mod:`snapd.sandbox.confine`) before reading the second, imports MODULE, then calls
+``MODULE.sandboxed(args)``, whose JSON-able value goes to RESULT_FD as
+``{"ok": value, "sandbox": "..."}``; an exception becomes ``{"error": "one line"}``. ``reads``
+and ``MODULE.sandbox_reads(args, limits) -> list[str | int]`` (if defined; called before the
+lock-down, so it must not read the hostile input itself) are the extra paths (or fds) it must
+read, added to the Landlock ruleset.
 """
 
 from __future__ import annotations
@@ -37,15 +40,18 @@ def _write_all(fd: int, data: bytes) -> None:
 def main(argv: list[str]) -> int:
     module_name, parent, result_fd = argv[0], int(argv[1]), int(argv[2])
     os.set_inheritable(result_fd, False)
-    spec: dict[str, Any] = json.loads(sys.stdin.buffer.read())
-    limits = Limits.from_dict(spec["limits"])
-    args = spec["args"]
+    limits = Limits.from_dict(json.loads(sys.stdin.buffer.readline())["limits"])
     out: dict[str, Any]
     try:
         confine.early(limits, parent)
         module = importlib.import_module(module_name)
+        job: dict[str, Any] = json.loads(sys.stdin.buffer.readline() or b"null") or {}
+        if "args" not in job:
+            raise RuntimeError("the parent sent no arguments")
+        args = job["args"]
         reads = getattr(module, "sandbox_reads", None)
-        applied = confine.lock_down(limits, reads(args) if reads else ())
+        extra = [*job.get("reads", []), *(reads(args, limits) if reads else ())]
+        applied = confine.lock_down(limits, extra)
         value = module.sandboxed(args)
         out = {"ok": value, "sandbox": applied}
     except MemoryError:
