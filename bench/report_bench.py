@@ -7,9 +7,9 @@ tests/victims/rpt_bench.c), (c) a CPython process (tests/victims/rpt_pyparked.py
 also holds the Python stacks and the GIL holder, which gdb's bt does not give). Each core is
 written once by snapd's own writer; each tool runs as a user runs it (a fresh process, start-up
 included; snapd's includes its sandboxed workers) with the same debug info (libc6-dbg) and
-debuginfod off. After a warm-up of each, the rounds alternate gdb/snapd; the medians of wall time
-and of peak RSS (wait4: the process and its descendants) are printed with the ratio snapd/gdb.
-Goal: a ratio of time <= 1.
+debuginfod off. After a warm-up of each, the rounds alternate gdb / snapd inspect / run_report();
+the medians of wall time and of peak RSS (wait4: the process and its descendants) are printed
+with the ratios to gdb. Goal: a ratio of time <= 1.
 
     sudo .venv/bin/python bench/report_bench.py [--rounds 5] [--dir /var/tmp/snapd-report-bench]
 """
@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from snapd.core import write_core  # noqa: E402
+from snapd.report import ReportLimits, run_report  # noqa: E402
 
 VICTIMS = ROOT / "tests" / "victims"
 SNAPD = [sys.executable, "-m", "snapd"]
@@ -42,6 +43,15 @@ GDB = ["gdb", "-nx", "-batch", "-ex", "set debuginfod enabled off", "-ex", "thre
 class Sample:
     seconds: float
     rss: int  # bytes
+
+
+def measure_call(core: Path) -> Sample:
+    """run_report() as the daemon calls it: the caller is already running; the worker's time."""
+    t0 = time.monotonic()
+    rep = run_report(str(core), limits=ReportLimits(nice=0, idle_io=False))
+    if rep["error"]:
+        raise SystemExit(f"report failed: {rep['error']}")
+    return Sample(time.monotonic() - t0, int(rep.get("max_rss", 0)))
 
 
 def measure(argv: list[str]) -> Sample:
@@ -94,8 +104,8 @@ def main(argv: list[str]) -> int:
                 "/usr/bin/python3",
             ),
         }
-        print(f"{'scenario':<30} {'core':>9} {'gdb s':>7} {'snapd s':>8} {'ratio':>6}"
-              f" {'gdb RSS':>9} {'snapd RSS':>10} {'worker':>8}")  # fmt: skip
+        head = f"{'scenario':<30} {'core':>8} {'gdb s':>6} {'inspect s':>9} {'ratio':>5} {'report s':>8}"
+        print(head + f" {'ratio':>5} {'gdb RSS':>8} {'inspect RSS':>11} {'worker RSS':>10}")
         for name, (vargv, binary) in scenarios.items():
             v = Victim(vargv)
             core = tmp / "core"
@@ -108,25 +118,32 @@ def main(argv: list[str]) -> int:
             snapd_argv = [*SNAPD, "inspect", str(core), "--stacks", "--json"]
             rep = json.loads(subprocess.run(snapd_argv, capture_output=True, text=True, check=True).stdout)
             measure(gdb_argv)  # warm-up: page cache, debug files
-            gdb, ours = [], []
+            measure_call(core)
+            gdb, ours, calls = [], [], []
             for _ in range(args.rounds):
                 gdb.append(measure(gdb_argv))
                 ours.append(measure(snapd_argv))
+                calls.append(measure_call(core))
             g = statistics.median(s.seconds for s in gdb)
             o = statistics.median(s.seconds for s in ours)
+            c = statistics.median(s.seconds for s in calls)
             grss = statistics.median(s.rss for s in gdb)
             orss = statistics.median(s.rss for s in ours)
+            wrss = statistics.median(s.rss for s in calls)
+            mib = 2**20
             print(
-                f"{name:<30} {size / 2**20:>7.0f}Mi {g:>7.2f} {o:>8.2f} {o / g:>6.2f}"
-                f" {grss / 2**20:>7.0f}Mi {orss / 2**20:>8.0f}Mi {rep.get('max_rss', 0) / 2**20:>6.0f}Mi"
+                f"{name:<30} {size / mib:>6.0f}Mi {g:>6.2f} {o:>9.2f} {o / g:>5.2f} {c:>8.2f} {c / g:>5.2f}"
+                f" {grss / mib:>6.0f}Mi {orss / mib:>9.0f}Mi {wrss / mib:>8.0f}Mi"
             )
             if rep.get("error"):
                 print(f"  report failed: {rep['error']}")
             core.unlink()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print("time: median wall seconds, start-up included; RSS: peak of the process and its children;")
-    print("worker: peak RSS of snapd's sandboxed report worker alone (the caller's RSS does not grow)")
+    print("gdb, inspect: median wall seconds of the command, start-up included (snapd inspect CORE --stacks")
+    print("  --json); report: run_report() called from a running process, as the daemon does (its worker's")
+    print("  start-up included). RSS: peak of the process and its children (wait4); worker RSS: the")
+    print("  sandboxed worker alone; the caller's own RSS does not grow.")
     return 0
 
 

@@ -66,6 +66,9 @@ def sandbox_limits(limits: ReportLimits, req: ReportRequest, env: dict[str, str]
     """The report worker's limits. Besides what they allow, it may read the core (its fd), what
     the caller names (``exe``, ``search``) and the target's ELF modules (sent with the args)."""
     cache = _debuginfod(env)
+    # drgn indexes debug info with OpenMP threads: one for a background report, a few for one
+    # an operator waits for
+    env["OMP_NUM_THREADS"] = "1" if limits.nice > 0 else str(min(os.cpu_count() or 1, 4))
     return Limits(
         deadline=limits.deadline,
         cpu_seconds=max(1, math.ceil(limits.deadline)),

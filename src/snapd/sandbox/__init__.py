@@ -70,7 +70,6 @@ def _env() -> dict[str, str]:
     env.setdefault("PATH", "/usr/bin:/bin")
     env["LC_ALL"] = "C.UTF-8"
     env["HOME"] = "/nonexistent"
-    env["OMP_NUM_THREADS"] = "1"  # drgn indexes with OpenMP: one thread, at the lowest priority
     return env
 
 
