@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 
 import pytest
 from rpt_helpers import context_of, dump, functions, gdb_backtraces, in_syscall, thread_of
@@ -110,3 +111,23 @@ def test_stripped_binary_gives_module_and_offset(compile_victim, spawn, tmp_path
         assert all(f["offset"] is not None and 0 < f["offset"] < 1 << 20 for f in mine)
         assert not {"worker_alpha", "park", "main_wait"} & set(functions(t))
     assert "(threads-s + 0x" in render_text(rep)
+
+
+def test_start_report_polls_without_blocking(threads_core):
+    import selectors
+
+    from snapd.report import start_report
+
+    _exe, v, core = threads_core
+    job = start_report(str(core), firing_tid=v.pid)
+    sel = selectors.DefaultSelector()
+    sel.register(job.fileno(), selectors.EVENT_READ)
+    rep = job.step(0)
+    deadline = time.monotonic() + 60
+    while rep is None and time.monotonic() < deadline:
+        sel.select(1.0)
+        rep = job.step(0)
+    sel.close()
+    assert rep is not None and rep["error"] is None and rep["threads"][0]["tid"] == v.pid
+    assert job.fileno() == -1 and job.step(0) is rep
+    assert where(rep) == "main_wait"

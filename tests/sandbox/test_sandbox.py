@@ -90,3 +90,15 @@ def test_the_whole_process_group_is_killed():
 def test_a_missing_module_is_a_failure():
     res = run_bounded("snapd.no_such_module", {}, Limits(deadline=30))
     assert isinstance(res, Failure) and "ModuleNotFoundError" in res.why
+
+
+def test_arguments_sent_after_the_start():
+    from snapd.sandbox import BoundedRun
+
+    run = BoundedRun("sbx_job", None, Limits(deadline=60), defer=True)
+    assert run.step(0.05) is None  # waiting for its arguments, within the deadline
+    run.send({"what": "echo", "value": "x" * (1 << 20)})  # more than a pipe buffer
+    res = None
+    while res is None:
+        res = run.step(1.0)
+    assert isinstance(res, Result) and res.value == "x" * (1 << 20)

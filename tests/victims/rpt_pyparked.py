@@ -6,6 +6,7 @@ import ctypes
 import os
 import threading
 import time
+from pathlib import Path
 
 
 def rpt_park_alpha(fd):
@@ -35,14 +36,16 @@ def main():
         rpt_middle(fn, fd)
 
     funcs = (rpt_park_alpha, rpt_park_beta, rpt_park_beta)
-    threads = [threading.Thread(target=run, args=(f, p[0]), daemon=True) for f, p in zip(funcs, pipes)]
+    threads = [
+        threading.Thread(target=run, args=(f, p[0]), daemon=True) for f, p in zip(funcs, pipes, strict=True)
+    ]
     for t in threads:
         t.start()
     started.wait()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # every worker in read(2): the GIL is released
         try:
-            calls = [open(f"/proc/self/task/{t}/syscall").read().split()[0] for t in tids]
+            calls = [Path(f"/proc/self/task/{t}/syscall").read_text().split()[0] for t in tids]
         except OSError:
             calls = []
         if len(calls) == 3 and all(c == "0" for c in calls):
