@@ -16,7 +16,9 @@ die()  { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
 # --- 1. packages ------------------------------------------------------------------------------
 PKGS=(python3 python3-venv python3-pip python3-bpfcc gdb elfutils gcc libc6-dev make bpftrace zstd
-      systemd)
+      systemd
+      # stack reports: libc's symbols and line numbers (drgn and gdb), a server nobody here wrote
+      libc6-dbg redis-server)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -80,7 +82,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$VENV/bin/python"
     say "installing snapd and its test dependencies into $VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]' 2>&1 \
         | grep -v "is ignored: it is neither a file nor a directory" || true
-    "$VENV/bin/python" -c 'import snapd, elftools, yaml, pytest, zstandard, boto3, prometheus_client' || die "pip install -e '.[test]' failed"
+    "$VENV/bin/python" -c 'import snapd, elftools, yaml, pytest, zstandard, boto3, prometheus_client, drgn, pystack' || die "pip install -e '.[test]' failed"
     echo "$want" > "$stamp"
 fi
 "$VENV/bin/python" -c 'import bcc' 2>/dev/null || die "bcc is not importable from $VENV (python3-bpfcc)"

@@ -196,6 +196,10 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="snapd inspect", description="Show what a core file holds.")
     p.add_argument("cores", nargs="+", metavar="CORE")
     p.add_argument("--json", action="store_true", help="one JSON object per core")
+    p.add_argument("--stacks", action="store_true", help="where every thread was: native and Python stacks")
+    p.add_argument("--exe", action="append", default=[], metavar="PATH", help="binaries (file or directory)")
+    p.add_argument("--tid", type=int, help="with --stacks: the thread to show first, as the one that fired")
+    p.add_argument("--deadline", type=float, default=30.0, help="with --stacks: seconds (default: 30)")
     args = p.parse_args(argv)
     from snapd.ship.opencore import open_core  # bundles and compressed cores too
 
@@ -203,6 +207,11 @@ def main(argv: list[str]) -> int:
     for path in args.cores:
         try:
             with open_core(path) as plain:
+                if args.stacks:
+                    from snapd.report.cli import show_stacks
+
+                    rc |= show_stacks(plain, args.json, args.exe, args.tid, args.deadline)
+                    continue
                 v = read_core(plain)
             if plain != path:  # unpacked to a temp file: show the file given and its real cost
                 v.path, v.disk_bytes = path, os.stat(path).st_blocks * 512

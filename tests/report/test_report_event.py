@@ -1,0 +1,93 @@
+"""The stack "at the event": registers and stack bytes recorded while the thread was in its first
+function, unwound after it moved on, beside the snapshot that shows where it went."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import pytest
+from rpt_helpers import dump, functions, in_syscall, thread_of
+
+from snapd.freeze import halt
+from snapd.freeze import ptrace as pt
+from snapd.procfs import maps
+from snapd.report import MAX_EVENT_STACK, EventStack, render_text, run_report
+from snapd_testlib import wait_for
+
+pytestmark = pytest.mark.kernel
+
+
+def record_event(pid: int, tid: int) -> EventStack:
+    """What the probe will record: user registers and up to 16 KiB of stack from sp."""
+    with halt(pid) as h:
+        assert tid in h.tids
+        regs = pt.get_regs(tid)
+        sp = int.from_bytes(regs[19 * 8 : 20 * 8], "little")
+        end = next(m.end for m in maps(pid) if m.start <= sp < m.end)
+        size = min(MAX_EVENT_STACK, end - sp)
+        buf = ctypes.create_string_buffer(size)
+        assert pt.process_vm_readv(pid, [(ctypes.addressof(buf), sp, size)]) == size
+    return EventStack(tid=tid, regs=regs, stack=buf.raw)
+
+
+def test_at_the_event_shows_the_first_function(compile_victim, spawn, tmp_path):
+    v = spawn([compile_victim("rpt_event")])
+    tid = int(v.ready_line.split()[1])
+    wait_for(lambda: in_syscall(v.pid, tid, 0), what="worker in read(2)")
+    event = record_event(v.pid, tid)
+    assert v.proc.stdin is not None
+    v.proc.stdin.write(b"x")
+    v.proc.stdin.flush()
+    assert v.proc.stdout is not None
+    assert v.proc.stdout.readline() == b"second\n"
+    wait_for(lambda: in_syscall(v.pid, tid, 34), what="worker in pause(2)")
+    core = dump(v.pid, tmp_path / "core.event")
+
+    rep = run_report(str(core), firing_tid=tid, event=event)
+    assert rep["error"] is None, rep["error"]
+    t = thread_of(rep, tid)
+    assert t["firing"] and rep["threads"][0]["tid"] == tid
+    at = t["at_event"]
+    assert at is not None and at["error"] is None, at
+    assert "rpt_first_function" in functions(at) and "worker" in functions(at)
+    assert "rpt_second_function" not in functions(at)
+    assert "rpt_second_function" in functions(t) and "rpt_first_function" not in functions(t)
+    assert at["frames"][0]["pc"] == event.pc
+    text = render_text(rep)
+    head = text.split("  at the snapshot:")[0]
+    assert "  at the event:" in head and " rpt_first_function (rpt_event + 0x" in head
+    # the other threads have no event
+    assert all(x["at_event"] is None for x in rep["threads"] if x["tid"] != tid)
+
+
+def test_event_stack_cut_short_is_truncated_not_wrong(compile_victim, spawn, tmp_path):
+    v = spawn([compile_victim("rpt_event")])
+    tid = int(v.ready_line.split()[1])
+    wait_for(lambda: in_syscall(v.pid, tid, 0), what="worker in read(2)")
+    full = record_event(v.pid, tid)
+    core = dump(v.pid, tmp_path / "core.short")
+    short = EventStack(full.tid, full.regs, full.stack[:64])
+    rep = run_report(str(core), firing_tid=tid, event=short)
+    at = thread_of(rep, tid)["at_event"]
+    assert rep["error"] is None and at is not None
+    # whatever it found is a prefix of the full unwind, and it says the copy ended
+    full_rep = run_report(str(core), firing_tid=tid, event=full)
+    whole = [f["pc"] for f in thread_of(full_rep, tid)["at_event"]["frames"]]
+    got = [f["pc"] for f in at["frames"]]
+    assert got == whole[: len(got)] and len(got) < len(whole)
+    assert at["truncated"] or at["error"]
+
+
+def test_event_of_a_thread_missing_from_the_core(compile_victim, spawn, tmp_path):
+    v = spawn([compile_victim("rpt_event")])
+    tid = int(v.ready_line.split()[1])
+    wait_for(lambda: in_syscall(v.pid, tid, 0), what="worker in read(2)")
+    ev = record_event(v.pid, tid)
+    core = dump(v.pid, tmp_path / "core.gone")
+    ghost = EventStack(os.getpid() + 10**6, ev.regs, ev.stack)  # no such thread in the core
+    rep = run_report(str(core), firing_tid=ghost.tid, event=ghost)
+    assert rep["error"] is None
+    first = rep["threads"][0]
+    assert first["tid"] == ghost.tid and first["firing"] and "not in the core" in first["error"]
+    assert "rpt_first_function" in functions(first["at_event"])
