@@ -23,7 +23,6 @@ from typing import Any
 from elftools.elf.enums import ENUM_CORE_NOTE_N_TYPE
 
 from snapd.core import elf
-from snapd.core.inspect import segment_class
 from snapd.core.notes import NT_SNAPD_INFO
 from snapd.diff.errors import BadCore
 
@@ -338,6 +337,10 @@ def _finish(img: CoreImage, facts: _Facts) -> None:
         if classes is not None:
             ld.cls = classes[ld.index][:32]
         else:
+            # Here, not at the top: snapd.core.inspect loads pyelftools' whole reader, start-up
+            # time that snapd's own cores (classes in their note) never need.
+            from snapd.core.inspect import segment_class
+
             i = bisect.bisect_left(sps, ld.start)
             inside = [sps[i]] if i < len(sps) and sps[i] < ld.end else []
             ld.cls = segment_class(ld.start, ld.end - ld.start, ld.flags, ld.file, facts.vdso, inside)
