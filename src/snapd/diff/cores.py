@@ -167,7 +167,7 @@ def diff_cores(
     changed. ``workers``: threads comparing windows (default: the CPUs we may run on, at most
     4). Raises :class:`~snapd.diff.errors.BadCore` for a file that is not a usable core and
     :class:`~snapd.diff.errors.DifferentProcesses` for cores of two processes."""
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     img_a, fd_a = open_core(path_a)
     try:
         img_b, fd_b = open_core(path_b)
@@ -229,6 +229,7 @@ def diff_cores(
             compared_bytes=sum(d.compared_bytes for d in deltas),
             resident_bytes=resident_a + resident_b,
             seconds=seconds,
+            cpu_seconds=time.process_time() - cpu0,
             window=window,
         ),
         warnings=warnings,

@@ -137,7 +137,8 @@ class ContextDiff:
 class Stats:
     compared_bytes: int = 0  # address range read on both sides and compared
     resident_bytes: int = 0  # data in A plus data in B
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall time of the whole diff_cores()
+    cpu_seconds: float = 0.0  # CPU time of this process meanwhile (all threads)
     window: int = 0
 
     @property
@@ -222,6 +223,7 @@ class Diff:
                 "compared_bytes": self.stats.compared_bytes,
                 "resident_bytes": self.stats.resident_bytes,
                 "seconds": self.stats.seconds,
+                "cpu_seconds": self.stats.cpu_seconds,
                 "window": self.stats.window,
             },
             "warnings": self.warnings,
