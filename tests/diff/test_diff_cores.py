@@ -283,3 +283,18 @@ def test_contexts_must_be_of_the_cores_process(tmp_path: Path) -> None:
         a, b, context=({"pid": 4242, "fds": []}, {"pid": 4242, "fds": [{"fd": 3, "target": "/x"}]})
     )
     assert d.summary() == "1 fd opened: /x"
+
+
+def test_pn_xnum_segment_count_from_section_header_0(tmp_path: Path) -> None:
+    """More than 65534 mappings: e_phnum is PN_XNUM and section header 0 holds the count
+    (fs/binfmt_elf.c fill_extnum_info); the same escape on a small core reads the same."""
+    from snapd.core import elf
+
+    path = Path(core(tmp_path, "a"))
+    raw = path.read_bytes()
+    phnum = int.from_bytes(raw[56:58], "little")
+    shoff = len(raw)
+    path.write_bytes(elf.ehdr(elf.PN_XNUM, shoff) + raw[elf.EHDR_SIZE :] + elf.xnum_shdr(phnum))
+    img, fd = open_core(str(path))
+    os.close(fd)
+    assert len(img.loads) == phnum - 1 and img.pid == 4242
