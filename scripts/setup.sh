@@ -15,7 +15,7 @@ die()  { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root (apt packages, kernel headers and mounts need it): sudo make ${MAKECMDGOALS:-test}"
 
 # --- 1. packages ------------------------------------------------------------------------------
-PKGS=(python3 python3-venv python3-pip python3-bpfcc gdb elfutils gcc libc6-dev make bpftrace
+PKGS=(python3 python3-venv python3-pip python3-bpfcc gdb elfutils gcc libc6-dev make bpftrace zstd
       systemd)
 missing=()
 for p in "${PKGS[@]}"; do
@@ -80,7 +80,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! "$VENV/bin/python"
     say "installing snapd and its test dependencies into $VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]' 2>&1 \
         | grep -v "is ignored: it is neither a file nor a directory" || true
-    "$VENV/bin/python" -c 'import snapd, elftools, yaml, pytest' || die "pip install -e '.[test]' failed"
+    "$VENV/bin/python" -c 'import snapd, elftools, yaml, pytest, zstandard, boto3, prometheus_client' || die "pip install -e '.[test]' failed"
     echo "$want" > "$stamp"
 fi
 "$VENV/bin/python" -c 'import bcc' 2>/dev/null || die "bcc is not importable from $VENV (python3-bpfcc)"

@@ -7,6 +7,7 @@ that name resolves to depends on which directories a run collects.)
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -16,9 +17,24 @@ from pathlib import Path
 
 from snapd.core.info import CoreInfo
 
+#: Every deadline of the suite is multiplied by this (e.g. 10 inside an emulated VM): a deadline
+#: says when to give up, never how fast something must be, so a slow machine only needs a factor.
+TIMEOUT_SCALE = float(os.environ.get("SNAPD_TEST_TIMEOUT_SCALE") or 1.0)
+#: No condition is given up on sooner than this: on a shared, noisy CI machine with two CPUs a
+#: process exiting or a daemon reacting can take seconds, and waiting longer costs a passing
+#: test nothing.
+MIN_WAIT_S = 30.0
+
+
+def scaled(seconds: float) -> float:
+    """A deadline or bound in seconds, scaled for this machine (see TIMEOUT_SCALE)."""
+    return seconds * TIMEOUT_SCALE
+
 
 def wait_for(cond: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
-    """Poll ``cond`` until it returns a truthy value; fail with ``what`` after ``timeout``."""
+    """Poll ``cond`` until it returns a truthy value; fail with ``what`` after ``timeout``
+    (at least MIN_WAIT_S, scaled by TIMEOUT_SCALE)."""
+    timeout = scaled(max(timeout, MIN_WAIT_S))
     deadline = time.monotonic() + timeout
     delay = 0.001
     while True:
@@ -29,6 +45,35 @@ def wait_for(cond: Callable[[], object], timeout: float = 10.0, what: str = "con
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+def _min_cpu(fn: Callable[[], object], rounds: int) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        c0 = time.process_time()
+        fn()
+        best = min(best, time.process_time() - c0)
+    return best
+
+
+@functools.cache
+def yaml_cpu_budget(factor: float = 2.0, floor_factor: float = 200.0) -> Callable[[int], float]:
+    """CPU seconds parsing a rule file of ``size`` bytes may take on this machine.
+
+    At most ``factor`` x what PyYAML itself takes to compose the densest valid YAML of that size
+    (a flow sequence of two-letter items), plus ``floor_factor`` x the cost of a small valid
+    rule: linear in the size, no blow-up, whatever the machine's speed. Calibrated once per run,
+    in CPU time (process_time: immune to other jobs on a shared CI machine)."""
+    import yaml
+
+    from snapd.rules import parse_rule
+    from snapd.rules.loader import MAX_FILE_BYTES, _StrictLoader
+
+    dense = "x: [" + ", ".join(["ab"] * (MAX_FILE_BYTES // 4)) + "]\n"
+    per_byte = _min_cpu(lambda: yaml.compose(dense, Loader=_StrictLoader), 3) / len(dense)
+    small = "name: good\ntarget: {comm: nginx}\ntrigger: {every: 10s}\n"
+    floor = _min_cpu(lambda: parse_rule(small, "small.yaml"), 5)
+    return lambda size: factor * per_byte * size + floor_factor * floor
 
 
 def proc_state(pid: int) -> str:
@@ -50,10 +95,10 @@ def thread_states(pid: int) -> dict[int, str]:
 class Victim:
     """A child process that prints 'ready ...' on stdout once it is in a known state."""
 
-    def __init__(self, argv: list[str], ready_timeout: float = 20.0, **kw: object) -> None:
+    def __init__(self, argv: list[str], ready_timeout: float = MIN_WAIT_S, **kw: object) -> None:
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.PIPE, **kw)  # type: ignore[call-overload]
         self.pid: int = self.proc.pid
-        self.ready_line = self._read_ready(ready_timeout)
+        self.ready_line = self._read_ready(scaled(ready_timeout))
 
     def _read_ready(self, timeout: float) -> str:
         import selectors
@@ -78,6 +123,21 @@ class Victim:
 
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` to the victim's stdin; a victim that died says how, not EPIPE."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise AssertionError(f"victim {self.pid} is gone ({self.exit_status()})") from None
+
+    def exit_status(self) -> str:
+        rc = self.proc.poll()
+        if rc is None:
+            return "still running, stdin closed"
+        return f"killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
 
     def kill(self) -> None:
         if self.proc.poll() is None:

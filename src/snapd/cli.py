@@ -24,6 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("snapd.rules.check", "validate rule files (and, as root, load their probes)"),
     "daemon": ("snapd.daemon", "run the snapshot daemon"),
     "ctl": ("snapd.ctl.client", "talk to a running daemon (list-cores, status, pause, ...)"),
+    "bundle": ("snapd.ship.bundlecmd", "pack a core and the binaries it ran into one file to send"),
+    "debug": ("snapd.ship.debug", "open a bundle or core in gdb, drgn or pystack, on any machine"),
+    "fleet": ("snapd.ship.fleet", "list and fetch the cores of every host from the object store"),
 }
 
 

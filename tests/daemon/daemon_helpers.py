@@ -17,7 +17,9 @@ from typing import Any
 
 from tests.conftest import Victim, wait_for
 
-READY_TIMEOUT = 60.0  # bcc compiles each rule's BPF program at load: seconds on a small VM
+from snapd_testlib import MIN_WAIT_S, scaled
+
+READY_TIMEOUT = scaled(60.0)  # bcc compiles each rule's BPF program at load: seconds on a small VM
 
 
 def halted_why(pid: int) -> str | None:
@@ -59,14 +61,12 @@ class DVictim:
         return self.victim.alive()
 
     def send(self, line: str) -> None:
-        stdin = self.victim.proc.stdin
-        assert stdin is not None
-        stdin.write(line.encode() + b"\n")
-        stdin.flush()
+        self.victim.write(line.encode() + b"\n")
 
-    def reply(self, timeout: float = 15.0) -> str:
+    def reply(self, timeout: float = MIN_WAIT_S) -> str:
         stdout = self.victim.proc.stdout
         assert stdout is not None
+        timeout = scaled(timeout)
         deadline = time.monotonic() + timeout
         with selectors.DefaultSelector() as sel:
             sel.register(stdout, selectors.EVENT_READ)
@@ -77,12 +77,12 @@ class DVictim:
                     raise AssertionError(f"victim {self.pid} did not answer in {timeout}s ({why})")
                 chunk = os.read(stdout.fileno(), 4096)
                 if not chunk:
-                    raise AssertionError(f"victim {self.pid} exited")
+                    raise AssertionError(f"victim {self.pid} is gone ({self.victim.exit_status()})")
                 self._buf += chunk
         line, _, self._buf = self._buf.partition(b"\n")
         return line.decode()
 
-    def cmd(self, line: str, timeout: float = 15.0) -> str:
+    def cmd(self, line: str, timeout: float = MIN_WAIT_S) -> str:
         """Send a command and wait for its ``done`` line: the victim ran it and runs on."""
         self.send(line)
         out = self.reply(timeout)

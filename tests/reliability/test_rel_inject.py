@@ -17,6 +17,7 @@ from tests.reliability.rel_helpers import check_bigmem_core, elf_segments
 
 from snapd.core import write_core
 from snapd.freeze import halt
+from snapd_testlib import scaled
 
 pytestmark = pytest.mark.kernel
 
@@ -60,7 +61,7 @@ def test_target_killed_during_an_injected_call_is_named_at_once(
         t0 = time.monotonic()
         with pytest.raises(TargetGone):
             inject._wait(v.pid, v.pid)
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < scaled(2.5)  # not inject._wait's whole 5 s
     finally:
         h.resume()
     v.proc.wait(5)  # (we are its tracer and its parent: release() reaped it already)

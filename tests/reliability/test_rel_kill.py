@@ -24,6 +24,8 @@ from tests.reliability.rel_helpers import (
     seeded_rng,
 )
 
+from snapd_testlib import MIN_WAIT_S, scaled
+
 pytestmark = pytest.mark.kernel
 
 KILLS = int(os.environ.get("SNAPD_REL_KILLS", "24"))
@@ -38,22 +40,21 @@ class Big:
         self.pid = victim.pid
         self.buf = int(victim.ready_line.split()[1], 16)
 
-    def poke(self, timeout: float = 15.0) -> None:
+    def poke(self, timeout: float = MIN_WAIT_S) -> None:
         """Ask for the counter and wait for the answer: it ran the write(2) that fires the rule."""
-        assert self.v.proc.stdin is not None and self.v.proc.stdout is not None
-        self.v.proc.stdin.write(b"c")
-        self.v.proc.stdin.flush()
+        assert self.v.proc.stdout is not None
+        self.v.write(b"c")
         fd = self.v.proc.stdout.fileno()
         buf = b""
         with selectors.DefaultSelector() as sel:
             sel.register(fd, selectors.EVENT_READ)
-            deadline = time.monotonic() + timeout
+            deadline = time.monotonic() + scaled(timeout)
             while not buf.endswith(b"\n"):
                 left = deadline - time.monotonic()
                 if left <= 0 or not sel.select(left):
                     raise AssertionError(f"bigmem {self.pid} did not answer ({halted_why(self.pid)})")
                 chunk = os.read(fd, 4096)
-                assert chunk, f"bigmem {self.pid} exited"
+                assert chunk, f"bigmem {self.pid} is gone ({self.v.exit_status()})"
                 buf += chunk
 
 

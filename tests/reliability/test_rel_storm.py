@@ -14,6 +14,8 @@ from daemon_helpers import DaemonHarness, halted_why
 from tests.conftest import Victim
 from tests.reliability.storm import MAX_CORES, rule_text, run_storm
 
+from snapd_testlib import scaled
+
 pytestmark = pytest.mark.kernel
 
 SECONDS = float(os.environ.get("SNAPD_STORM_SECONDS", "10"))
@@ -45,7 +47,9 @@ def test_trigger_storm(
     # growth allowed; before poll() was bounded, a 10 s storm grew the daemon by ~170 MiB.
     assert max(r.rss_kib, default=0) - r.before.rss_kib < 40 * 1024, r.summary()
     assert r.after.rss_kib - r.before.rss_kib < 40 * 1024, r.summary()
-    assert r.after.fds == r.before.fds and r.after.threads == r.before.threads, r.summary()
-    assert r.ctl_seconds < 5, r.summary()  # the main loop is not held by the storm
+    # (the first sample may catch a transient fd, e.g. a ctl connection being served: none may
+    # be added, one may be gone)
+    assert r.after.fds <= r.before.fds and r.after.threads <= r.before.threads, r.summary()
+    assert r.ctl_seconds < scaled(5), r.summary()  # the main loop is not held by the storm
     assert halted_why(v.pid) is None
     assert daemon.proc is not None and daemon.proc.poll() is None

@@ -15,6 +15,8 @@ from daemon_helpers import DaemonHarness, Victims, halted_why, syscall_rule
 from tests.conftest import Victim, wait_for
 from tests.reliability.rel_helpers import check_listing, partials
 
+from snapd_testlib import scaled
+
 pytestmark = pytest.mark.kernel
 
 
@@ -49,7 +51,7 @@ def test_already_traced_target(
         took = time.monotonic() - t0
         status = str(e["status"])
         assert status.startswith("failed") and f"already traced by pid {tracer.pid} (rel_tracer)" in status, e
-        assert took < 10, f"round {i}: {took:.1f}s to give up on a traced target"
+        assert took < scaled(10), f"round {i}: {took:.1f}s to give up on a traced target"
         lines = [ln for ln in daemon.log_text().splitlines() if f"already traced by pid {tracer.pid}" in ln]
         assert len(lines) == 1 and lines[0].startswith("ERROR: rule t: "), lines
         v.cmd("p")
@@ -84,7 +86,7 @@ def test_gdb_attached_target(daemon: DaemonHarness, victims: Victims) -> None:
         out = r.stderr + r.stdout
         assert "already traced by pid" in out and "(gdb)" in out, out
         assert len(out.strip().splitlines()) == 1, out
-        assert took < 10
+        assert took < scaled(10)
         assert daemon.status()["dumping"] is None
     finally:
         assert gdb.stdin is not None

@@ -37,8 +37,9 @@ from tests.conftest import wait_for
 from snapd.ctl import CtlServer
 from snapd.ctl.client import Client
 from snapd.store import Catalog, Retention
+from snapd_testlib import scaled
 
-PROMPT_S = 2.0  # another client's request is answered within this, whatever a flooder does
+PROMPT_S = scaled(2.0)  # another client's request is answered within this, whatever a flooder does
 
 # fixtures (see sec_helpers: no conftest.py here)
 hostile = sec_helpers.hostile

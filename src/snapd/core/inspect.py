@@ -201,11 +201,16 @@ def main(argv: list[str]) -> int:
     p.add_argument("cores", nargs="+", metavar="CORE")
     p.add_argument("--json", action="store_true", help="one JSON object per core")
     args = p.parse_args(argv)
+    from snapd.ship.opencore import open_core  # bundles and compressed cores too
+
     rc = 0
     for path in args.cores:
         try:
-            v = read_core(path)
-        except CoreFileError as err:
+            with open_core(path) as plain:
+                v = read_core(plain)
+            if plain != path:  # unpacked to a temp file: show the file given and its real cost
+                v.path, v.disk_bytes = path, os.stat(path).st_blocks * 512
+        except SnapdError as err:  # CoreFileError, or a bundle that cannot be unpacked
             print(f"snapd inspect: {safe(err)}", file=sys.stderr)
             rc = 1
             continue

