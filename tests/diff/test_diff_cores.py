@@ -15,6 +15,7 @@ from diff_synth import EXE, PAGE, SLoad, page, standard, write_core
 from snapd.diff import BadCore, DifferentProcesses, diff_cores, series
 from snapd.diff.corefile import open_core
 from snapd.diff.render import text
+from snapd.errors import SnapdError
 
 
 def core(tmp_path: Path, name: str, loads: list[SLoad] | None = None, **kw: object) -> str:
@@ -298,3 +299,25 @@ def test_pn_xnum_segment_count_from_section_header_0(tmp_path: Path) -> None:
     img, fd = open_core(str(path))
     os.close(fd)
     assert len(img.loads) == phnum - 1 and img.pid == 4242
+
+
+def test_compressed_cores_are_unpacked(tmp_path: Path) -> None:
+    """Ours (.zst in the ship container) and a plain zstd file of a core (systemd-coredump's)."""
+    import zstandard
+
+    from snapd.ship.compress import compress_core
+
+    a = core(tmp_path, "a")
+    loads = standard()
+    loads[3].data[2] = page(0x77)
+    b = core(tmp_path, "b", loads)
+    ours = compress_core(b).path
+    plain_zst = tmp_path / "b.plain.zst"
+    plain_zst.write_bytes(zstandard.ZstdCompressor().compress(Path(b).read_bytes()))
+    for packed in (ours, str(plain_zst)):
+        d = diff_cores(a, packed)
+        assert d.b.path == packed and d.changed_pages == 1
+    (tmp_path / "cut.zst").write_bytes(plain_zst.read_bytes()[:40])
+    with pytest.raises(SnapdError) as e:
+        diff_cores(a, str(tmp_path / "cut.zst"))
+    assert "\n" not in str(e.value)

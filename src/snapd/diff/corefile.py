@@ -13,6 +13,7 @@ time. Cores without snapd's note are classified by :func:`snapd.core.inspect.seg
 from __future__ import annotations
 
 import bisect
+import contextlib
 import json
 import os
 import stat
@@ -130,17 +131,25 @@ class _Reader:
         return data
 
 
-def open_core(path: str) -> tuple[CoreImage, int]:
-    """Parse ``path``; return the image and an open O_RDONLY fd on it (the caller closes it)."""
+def open_core(path: str, shown: str | None = None) -> tuple[CoreImage, int]:
+    """Parse ``path``; return the image and an open O_RDONLY fd on it (the caller closes it).
+
+    ``shown``: the file the user named, when ``path`` is its unpacked copy (a compressed core,
+    a bundle): messages and the image name it, and its mtime is the core's time."""
+    name = shown or path
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as err:
-        raise BadCore(path, f"cannot open: {err.strerror or err}") from err
+        raise BadCore(name, f"cannot open: {err.strerror or err}") from err
     try:
-        return read_image(path, fd), fd
+        img = read_image(name, fd)
     except BaseException:
         os.close(fd)
         raise
+    if shown is not None and img.time_source == "mtime":
+        with contextlib.suppress(OSError):
+            img.time = os.stat(shown).st_mtime
+    return img, fd
 
 
 def read_image(path: str, fd: int) -> CoreImage:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from snapd.diff import stacks
@@ -16,6 +16,7 @@ from snapd.diff.match import Status, match, status
 from snapd.diff.model import ClassDelta, CoreSide, Diff, MappingDelta, Stats, ThreadsDelta
 from snapd.diff.pages import WINDOW, Comparer, Counted, Source, clip, data_runs, union
 
+ELF_MAGIC = b"\x7fELF"
 #: Mappings shown by default, most significant first.
 DEFAULT_TOP = 20
 
@@ -165,30 +166,67 @@ def diff_cores(
     ``context``: the /proc contexts the catalog captured beside each core, for fds, limits and
     cgroup. ``reports``: their stack reports (issue 11's JSON), for the threads whose top frames
     changed. ``workers``: threads comparing windows (default: the CPUs we may run on, at most
-    4). Raises :class:`~snapd.diff.errors.BadCore` for a file that is not a usable core and
+    4). A compressed core or a bundle (snapd.ship) is unpacked to a private temporary file
+    first. Raises :class:`~snapd.diff.errors.BadCore` for a file that is not a usable core and
     :class:`~snapd.diff.errors.DifferentProcesses` for cores of two processes."""
     t0, cpu0 = time.monotonic(), time.process_time()
-    img_a, fd_a = open_core(path_a)
-    try:
-        img_b, fd_b = open_core(path_b)
+    with contextlib.ExitStack() as unpacked:
+        plain_a = unpacked.enter_context(_plain(path_a))
+        plain_b = unpacked.enter_context(_plain(path_b))
+        img_a, fd_a = open_core(plain_a, path_a if plain_a != path_a else None)
         try:
-            warnings = [*img_a.warnings, *img_b.warnings, *check_same_process(img_a, img_b)]
-            if context is not None:
-                _check_contexts(img_a, img_b, context)
-            for fd in (fd_a, fd_b):
-                with contextlib.suppress(OSError):
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
-            engine = _Engine(
-                img_a, fd_a, img_b, fd_b, window, default_workers() if workers is None else workers
-            )
+            img_b, fd_b = open_core(plain_b, path_b if plain_b != path_b else None)
             try:
-                deltas = [engine.pair(la, lb) for la, lb in match(img_a.loads, img_b.loads)]
+                return _diff(img_a, fd_a, img_b, fd_b, top, context, reports, window, workers, t0, cpu0)
             finally:
-                engine.close()
+                os.close(fd_b)
         finally:
-            os.close(fd_b)
+            os.close(fd_a)
+
+
+@contextlib.contextmanager
+def _plain(path: str) -> Iterator[str]:
+    """``path`` itself for an ELF file (or one we cannot read: open_core says why), else the
+    plain core that a compressed core (ours, or systemd-coredump's .zst) or a bundle holds,
+    unpacked into a private temporary directory for as long as the diff runs."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        head = b""
+    if head in (b"", ELF_MAGIC):
+        yield path
+        return
+    from snapd.ship.opencore import open_core as unpack  # zstandard: only when it is needed
+
+    with unpack(path) as plain:
+        yield plain
+
+
+def _diff(
+    img_a: CoreImage,
+    fd_a: int,
+    img_b: CoreImage,
+    fd_b: int,
+    top: int,
+    context: tuple[Context, Context] | None,
+    reports: tuple[Context | None, Context | None] | None,
+    window: int,
+    workers: int | None,
+    t0: float,
+    cpu0: float,
+) -> Diff:
+    warnings = [*img_a.warnings, *img_b.warnings, *check_same_process(img_a, img_b)]
+    if context is not None:
+        _check_contexts(img_a, img_b, context)
+    for fd in (fd_a, fd_b):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    engine = _Engine(img_a, fd_a, img_b, fd_b, window, default_workers() if workers is None else workers)
+    try:
+        deltas = [engine.pair(la, lb) for la, lb in match(img_a.loads, img_b.loads)]
     finally:
-        os.close(fd_a)
+        engine.close()
 
     by_class = sorted(engine.classes.values(), key=lambda c: (-max(c.a, c.b), c.cls))
     if img_a.producer != img_b.producer:
