@@ -11,10 +11,10 @@ from snapd.diff.cores import DEFAULT_TOP, diff_cores
 from snapd.diff.series import series
 
 EPILOG = """\
-Any two cores of one process: snapd's, gdb's gcore, or the kernel's own. Shows memory by content
-class, the mappings that were added, removed, grown or shrunk, how many 4 KiB pages of each
-changed content, and the threads added and removed. With --series, each core of a series
-against the next, as a trend table.
+Any two cores of one process: snapd's, gdb's gcore, or the kernel's own, plain, compressed or
+bundled. Shows memory by content class, the mappings that were added, removed, grown or shrunk,
+how many 4 KiB pages of each changed content, and the threads added and removed. With
+--series, each core of a series against the next, as a trend table.
 """
 
 
