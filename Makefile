@@ -26,6 +26,7 @@ bench: setup
 	$(PY) bench/gcore_bench.py --set gcore --snapshot both
 	$(PY) bench/gcore_bench.py --set freeze --snapshot both
 	$(PY) bench/probe_overhead.py
+	$(PY) bench/diff_bench.py
 
 # A system install: its own venv (with the distro's bcc), the unit, the rules directory.
 install: setup

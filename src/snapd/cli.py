@@ -20,6 +20,7 @@ from snapd.errors import SnapdError
 COMMANDS: dict[str, tuple[str, str]] = {
     "gcore": ("snapd.core.cli", "write a core of live processes without stopping them for long"),
     "inspect": ("snapd.core.inspect", "show the threads, mappings and notes of a core file"),
+    "diff": ("snapd.diff.cli", "compare two cores of one process: memory, pages changed, threads"),
     "check": ("snapd.rules.check", "validate rule files (and, as root, load their probes)"),
     "daemon": ("snapd.daemon", "run the snapshot daemon"),
     "ctl": ("snapd.ctl.client", "talk to a running daemon (list-cores, status, pause, ...)"),

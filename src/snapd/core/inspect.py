@@ -118,18 +118,22 @@ def read_core(path: str) -> CoreView:
         start, size, flags = seg["p_vaddr"], seg["p_memsz"], seg["p_flags"]
         perms = ("r" if flags & 4 else "-") + ("w" if flags & 2 else "-") + ("x" if flags & 1 else "-")
         fname = files.get(start, "")
-        if i < len(classes):
-            cls = classes[i]
-        elif start == vdso:
-            cls = "vdso"
-        elif fname:
-            cls = "text" if flags & 1 else ("data" if flags & 2 else "rodata")
-        elif any(start <= sp < start + size for sp in sps):
-            cls = "stack"
-        else:
-            cls = "anon"
+        cls = classes[i] if i < len(classes) else segment_class(start, size, flags, fname, vdso, sps)
         view.segments.append(SegmentView(start, start + size, perms, seg["p_filesz"], cls, fname))
     return view
+
+
+def segment_class(start: int, size: int, flags: int, fname: str, vdso: int, sps: list[int]) -> str:
+    """The content class of a PT_LOAD of a core without snapd's note (the kernel's, gdb's), from
+    what the notes tell: the vdso address (AT_SYSINFO_EHDR), the NT_FILE name, the threads' stack
+    pointers. The brk heap cannot be told apart from other anonymous memory this way."""
+    if start == vdso:
+        return "vdso"
+    if fname:
+        return "text" if flags & 1 else ("data" if flags & 2 else "rodata")
+    if any(start <= sp < start + size for sp in sps):
+        return "stack"
+    return "anon"
 
 
 def _type_number(t: object) -> int:

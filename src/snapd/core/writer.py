@@ -81,6 +81,7 @@ class Snapshot:
     coredump_filter: int
     exe: str
     wall_time: float
+    start_time: int = 0  # /proc/PID/stat starttime (ticks after boot): with pid, the process's identity
 
 
 def capture(
@@ -130,6 +131,7 @@ def capture(
         coredump_filter=procfs.coredump_filter(pid),
         exe=procfs.exe(pid),
         wall_time=h.wall_time,
+        start_time=st.starttime,
     )
 
 
@@ -239,6 +241,7 @@ def layout(
         "content": str(spec),
         "snapshot": mode,
         "time": snap.wall_time,
+        "start_time": snap.start_time,
         "classes": [s.cls for s in segs],
         "shared_live": live,
     }
