@@ -60,6 +60,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs root for ptrace/eBPF (run: sudo make test)"))
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """With SNAPD_REQUIRE_KERNEL=1 (CI) a kernel test that skips, for whatever reason, fails:
+    a skipped kernel test is a test that did not run."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if REQUIRE_KERNEL and report.skipped and "kernel" in item.keywords:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"SNAPD_REQUIRE_KERNEL=1 but this kernel test was skipped: {reason}"
+
+
+CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
+
+
+@pytest.fixture
+def kernel_core_pattern(tmp_path: Path) -> Iterator[Path]:
+    """The kernel's own cores (kill -SEGV) written to a directory of this test: core_pattern is
+    pointed at DIR/core.%p for the test and restored after. Targets need RLIMIT_CORE raised."""
+    d = tmp_path / "kernel-cores"
+    d.mkdir()
+    d.chmod(0o1777)  # the kernel writes as the dumping process's fsuid
+    before = CORE_PATTERN.read_text().rstrip("\n")
+    CORE_PATTERN.write_text(f"{d}/core.%p\n")
+    try:
+        yield d
+    finally:
+        CORE_PATTERN.write_text(before + "\n")
+
+
 @pytest.fixture(autouse=True)
 def _kernel_gate(request: pytest.FixtureRequest) -> None:
     if "kernel" in request.keywords and os.geteuid() != 0 and REQUIRE_KERNEL:
