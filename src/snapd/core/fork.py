@@ -26,8 +26,8 @@ from snapd import procfs
 from snapd.content import ContentSpec
 from snapd.errors import SnapdError
 from snapd.freeze import Halted, inject, seccomp
-from snapd.freeze.ptrace import Event
 from snapd.procfs import Mapping
+from snapd.sys.ptrace import Event
 
 if TYPE_CHECKING:
     from snapd.core.writer import Snapshot

@@ -14,9 +14,9 @@ from typing import Any
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from snapd.core.elf import NT
 from snapd.core.notes import NT_SNAPD_INFO
 from snapd.errors import SnapdError
-from snapd.freeze.ptrace import NT
 from snapd.text import safe
 
 AT_SYSINFO_EHDR = 33

@@ -24,8 +24,9 @@ from collections.abc import Callable, Sequence
 from typing import ClassVar, Protocol
 
 from snapd.errors import TargetGone
-from snapd.freeze import ptrace as pt
 from snapd.procfs import PAGE_SIZE
+from snapd.sys import mman
+from snapd.sys.uio import IOV_MAX, process_vm_readv
 
 WINDOW = 64 << 20  # bytes of output file mapped at a time
 DIRECT_MIN = 1 << 20  # runs at least this long go through O_DIRECT
@@ -55,7 +56,7 @@ class VmReader:
 
     def copy(self, pairs: Sequence[Pair]) -> int:
         try:
-            return pt.process_vm_readv(self.pid, list(pairs))
+            return process_vm_readv(self.pid, list(pairs))
         except OSError as err:
             if err.errno == errno.ESRCH:
                 raise TargetGone(self.pid, "the dump") from err
@@ -150,11 +151,11 @@ def copy_runs(
             batch.append(runs[i])
             i += 1
         span = batch[-1][0] + batch[-1][2] - wstart
-        base = pt.mmap_file(fd, wstart, span)
+        base = mman.mmap_file(fd, wstart, span)
         try:
             c, s = _copy_window(reader, base - wstart, batch)
         finally:
-            pt.munmap(base, span)
+            mman.munmap(base, span)
         copied += c
         skipped += s
         if progress:
@@ -167,7 +168,7 @@ def _copy_window(reader: Reader, delta: int, batch: list[tuple[int, int, int]]) 
     copied = skipped = 0
     j = 0
     while j < len(pairs):
-        chunk = pairs[j : j + pt.IOV_MAX]
+        chunk = pairs[j : j + IOV_MAX]
         want = sum(p[2] for p in chunk)
         n = reader.copy(chunk)
         copied += n
@@ -203,7 +204,7 @@ class _Buffers:
         with cls._lock:
             if not cls._addrs:
                 for _ in range(NBUF):
-                    addr = pt.mmap_anon(CHUNK)
+                    addr = mman.mmap_anon(CHUNK)
                     ctypes.memset(addr, 0, CHUNK)  # fault in now, not during a freeze
                     cls._addrs.append(addr)
             return list(cls._addrs)

@@ -36,9 +36,9 @@ from snapd.core.pages import PageMap
 from snapd.core.select import Amount
 from snapd.errors import OutputError, SnapdError, SnapshotError, TargetGone, Zombie
 from snapd.freeze import Halted, halt, precheck
-from snapd.freeze import ptrace as pt
 from snapd.freeze.halt import DEFAULT_TIMEOUT
 from snapd.procfs import Mapping
+from snapd.sys.fs import fallocate
 
 PARTIAL_PREFIX = ".snapd-partial."
 SNAPSHOT_MODES = ("frozen", "fork")
@@ -299,7 +299,7 @@ class CoreFile:
         """
         for off, _addr, length in runs:
             try:
-                pt.fallocate(self.fd, off, length)
+                fallocate(self.fd, off, length)
             except OSError as err:
                 if err.errno in (errno.EOPNOTSUPP, errno.ENOSYS):
                     return

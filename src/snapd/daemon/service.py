@@ -26,7 +26,6 @@ from snapd import procfs, sdnotify
 from snapd.content import parse_spec
 from snapd.ctl.server import CtlServer
 from snapd.daemon import ruledir
-from snapd.daemon.inotify import Watch
 from snapd.daemon.journal import StopJournal
 from snapd.daemon.limits import Limiter, RuleState
 from snapd.daemon.worker import Job, Result, Worker
@@ -36,6 +35,7 @@ from snapd.rules import RuleError
 from snapd.rules.model import StopMode
 from snapd.store import Catalog, PauseSwitch, Retention
 from snapd.store.context import capture
+from snapd.sys.inotify import In, Watch
 from snapd.text import SafeFormatter
 
 log = logging.getLogger("snapd")
@@ -49,6 +49,17 @@ SETTLE_S = 0.1  # editors write files in several steps: wait for quiet before re
 ON_DEMAND_RULE = "ctl-snap"
 RUN_TIMEOUT_S = 60.0
 _PLACEHOLDER = re.compile(r"\{(core|rule|pid|comm)\}")
+#: Every way a rule file can appear, change or go away (editors often write-and-rename).
+RULE_EVENTS = (
+    In.CLOSE_WRITE
+    | In.ATTRIB
+    | In.MOVED_FROM
+    | In.MOVED_TO
+    | In.CREATE
+    | In.DELETE
+    | In.DELETE_SELF
+    | In.MOVE_SELF
+)
 
 
 class Repeat(NamedTuple):
@@ -95,7 +106,7 @@ class Daemon:
         self.reload_requested = False
         self.dirty_at: float | None = None
         self.drain_until = 0.0  # time.monotonic(): keep reading the ring buffer after an unload
-        self.watch = Watch(self.rules_dir)
+        self.watch = Watch(self.rules_dir, RULE_EVENTS)
         self.ctl = CtlServer(socket_path, self, self.catalog)
         self.sel = selectors.DefaultSelector()
         self.sel.register(self.watch.fileno(), selectors.EVENT_READ, "watch")

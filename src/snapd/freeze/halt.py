@@ -30,8 +30,8 @@ from snapd.errors import (
     TargetGone,
     Zombie,
 )
-from snapd.freeze import ptrace as pt
-from snapd.freeze.ptrace import Event, Opt
+from snapd.sys import ptrace as pt
+from snapd.sys.ptrace import Event, Opt
 
 DEFAULT_TIMEOUT = 5.0
 

@@ -23,8 +23,8 @@ import time
 
 from snapd import procfs
 from snapd.errors import SnapdError, TargetError, TargetGone
-from snapd.freeze import ptrace as pt
-from snapd.freeze.ptrace import Event, Opt
+from snapd.sys import ptrace as pt
+from snapd.sys.ptrace import Event, Opt
 
 # struct user_regs_struct indexes
 R10, R9, R8, RAX, RDX, RSI, RDI, ORIG_RAX, RIP = 7, 8, 9, 10, 12, 13, 14, 15, 16
