@@ -59,7 +59,7 @@ def test_target_killed_during_an_injected_call_is_named_at_once(
         os.kill(v.pid, signal.SIGKILL)
         t0 = time.monotonic()
         with pytest.raises(TargetGone):
-            inject._wait(v.pid, v.pid)
+            inject.wait_stop(v.pid, v.pid)
         assert time.monotonic() - t0 < 1.0
     finally:
         h.resume()

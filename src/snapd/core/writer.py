@@ -34,9 +34,10 @@ from snapd.core.memory import (
 )
 from snapd.core.pages import PageMap
 from snapd.core.select import Amount
+from snapd.core.snapshot import Snapshot, capture
 from snapd.errors import OutputError, SnapdError, SnapshotError, TargetGone, Zombie
 from snapd.freeze import Halted, halt, precheck
-from snapd.freeze.halt import DEFAULT_TIMEOUT
+from snapd.freeze.halted import DEFAULT_TIMEOUT
 from snapd.procfs import Mapping
 from snapd.sys.fs import fallocate
 
@@ -67,99 +68,6 @@ class Segment:
     def phdr(self) -> Phdr:
         m = self.mapping
         return Phdr(PT.LOAD, self.flags, self.offset, m.start, self.filesz, m.size, elf.PAGE)
-
-
-@dataclass
-class Snapshot:
-    """The process as it was while halted: everything but the memory contents."""
-
-    pid: int
-    threads: list[notes.ThreadRegs]
-    proc: notes.ProcessInfo
-    auxv: bytes
-    mappings: list[Mapping]
-    coredump_filter: int
-    exe: str
-    wall_time: float
-
-
-def capture(
-    h: Halted, state: str, current_tid: int | None = None, pre: list[Mapping] | None = None
-) -> Snapshot:
-    """Read registers, signal state and /proc of a halted process.
-
-    ``pre``: /proc/PID/smaps read just before the halt (see :func:`halted_mappings`)."""
-    pid = h.pid
-    tids = h.tids
-    if current_tid in tids:
-        tids.remove(current_tid)
-        tids.insert(0, current_tid)
-    threads = []
-    for tid in tids:
-        try:
-            threads.append(notes.capture_thread(pid, tid, h.threads[tid].pending_signal))
-        except OSError as err:
-            if err.errno == errno.ESRCH and tid != pid:
-                continue  # killed while halted (SIGKILL is not stoppable): leave it out
-            raise TargetGone(pid, "the snapshot") from err
-    if not threads:
-        raise TargetGone(pid, "the snapshot")
-    st = procfs.stat(pid)
-    status = procfs.status(pid)
-    proc = notes.ProcessInfo(
-        pid=pid,
-        ppid=st.ppid,
-        pgrp=st.pgrp,
-        sid=st.session,
-        comm=st.comm,
-        state=state,
-        flags=st.flags,
-        nice=st.nice,
-        uid=int(status.get("Uid", "0").split()[0]),
-        gid=int(status.get("Gid", "0").split()[0]),
-        cmdline=procfs.cmdline(pid),
-        cutime=st.cutime,
-        cstime=st.cstime,
-    )
-    return Snapshot(
-        pid=pid,
-        threads=threads,
-        proc=proc,
-        auxv=procfs.auxv(pid),
-        mappings=halted_mappings(pid, pre),
-        coredump_filter=procfs.coredump_filter(pid),
-        exe=procfs.exe(pid),
-        wall_time=h.wall_time,
-    )
-
-
-def _layout_key(m: Mapping) -> tuple[object, ...]:
-    return (m.start, m.end, m.perms, m.offset, m.dev, m.inode, m.path)
-
-
-def halted_mappings(pid: int, pre: list[Mapping] | None) -> list[Mapping]:
-    """The mappings of a halted process, without walking its page tables if we can help it.
-
-    /proc/PID/smaps walks every page table entry to count Rss and Anonymous (fs/proc/task_mmu.c
-    smap_gather_stats): 11 ms per GiB here, a third of a fork snapshot's freeze. So smaps is read
-    just before the halt, and while halted only /proc/PID/maps (no walk) to check that no mapping
-    appeared, vanished or moved meanwhile; if one did, smaps is read again now. Of smaps we need
-    the VmFlags (which change only through madvise/mmap calls, a window of milliseconds we
-    accept) and whether a private file mapping holds anonymous (written) pages: for those that
-    had none, PAGEMAP_SCAN asks, cheaply, whether one has been written since.
-    """
-    if pre is None:
-        return procfs.smaps(pid)
-    if [_layout_key(m) for m in procfs.maps(pid)] != [_layout_key(m) for m in pre]:
-        return procfs.smaps(pid)
-    try:
-        with PageMap(pid) as pm:
-            for m in pre:
-                if m.file_backed and not m.shared and not m.anonymous and pm.has_anon(m.start, m.end):
-                    m.anonymous = elf.PAGE
-    except OSError:
-        return procfs.smaps(pid)
-    return pre
 
 
 def plan(snap: Snapshot, spec: ContentSpec, mem: MemReader) -> list[Segment]:
@@ -471,7 +379,7 @@ def _dump(h: Halted, out: CoreFile, req: _Request) -> _Result:
     snap = capture(h, req.state, req.current_tid, req.pre)
     with MemReader(h.pid) as mem:
         segs = plan(snap, req.spec, mem)
-    child: fork.Child | None = None
+    child: fork.SnapshotChild | None = None
     fallback = ""
     if req.mode == "fork":
         try:
@@ -507,7 +415,7 @@ def _frozen(
 
 
 def _from_child(
-    h: Halted, out: CoreFile, snap: Snapshot, segs: list[Segment], req: _Request, child: fork.Child
+    h: Halted, out: CoreFile, snap: Snapshot, segs: list[Segment], req: _Request, child: fork.SnapshotChild
 ) -> _Result:
     """Halted: copy what the child lacks (DONTFORK, WIPEONFORK, shared memory if asked), resume.
     Then copy everything else from the child, whose memory is the target's at the fork."""

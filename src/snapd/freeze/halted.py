@@ -67,7 +67,6 @@ class Halted:
 
     pid: int
     threads: dict[int, Thread] = field(default_factory=dict)
-    halted_at: float = 0.0  # time.monotonic() when the last thread stopped
     started_at: float = 0.0  # time.monotonic() when the first thread was seized
     resumed_at: float = 0.0
     wall_time: float = 0.0  # time.time() at halt
@@ -127,7 +126,6 @@ def halt(pid: int, timeout: float = DEFAULT_TIMEOUT) -> Halted:
     except BaseException:
         h.resume()
         raise
-    h.halted_at = time.monotonic()
     return h
 
 
