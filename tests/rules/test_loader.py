@@ -159,7 +159,7 @@ BAD = [
     (
         T + "trigger: {rss: {above: 2Gb}}\n",
         "2:24: trigger.rss.above: bad size '2Gb': use a number and a unit "
-        "(B, KiB, MiB, GiB, TiB, kB, MB, GB, TB), e.g. 2GiB",
+        "(B, K, M, G, T, KiB, MiB, GiB, TiB, kB, MB, GB, TB), e.g. 2GiB",
     ),
     (T + "trigger: {cpu: {above: 90}}\n", "2:24: trigger.cpu.above: 90 needs a unit, e.g. 90%"),
     (
@@ -210,7 +210,7 @@ BAD = [
     ),
     (
         T + "trigger:\n  syscall: write\n  when: latency > 5parsecs\n",
-        "4:19: trigger.when: bad unit 'parsecs' in '5parsecs'; durations take ns, us, ms, s, m, h",
+        "4:19: trigger.when: bad unit 'parsecs' in '5parsecs'; durations take ns, us, ms, s, m, h, d",
     ),
     (
         T + "trigger:\n  syscall: write\n  when: import os\n",

@@ -41,7 +41,7 @@ from snapd.rules.model import (
     ThreadsTrigger,
     Trigger,
 )
-from snapd.rules.units import UnitError, parse_duration, parse_percent, parse_size
+from snapd.units import UnitError, parse_duration, parse_percent, parse_size
 
 MAX_FILE_BYTES = 256 * 1024
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")

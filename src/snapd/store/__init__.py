@@ -18,7 +18,7 @@ from snapd.store.catalog import (
 )
 from snapd.store.errors import CoreBusy, NoSuchCore, StoreError, TemplateError, UnsafePath
 from snapd.store.pause import PauseState, PauseSwitch
-from snapd.store.retention import ByteLimit, Retention, RuleLimit, parse_age, parse_size
+from snapd.store.retention import ByteLimit, Retention, RuleLimit, parse_age
 from snapd.store.template import DEFAULT_TEMPLATE, expand, validate_template
 
 __all__ = [
@@ -44,6 +44,5 @@ __all__ = [
     "expand",
     "iso_utc",
     "parse_age",
-    "parse_size",
     "validate_template",
 ]
