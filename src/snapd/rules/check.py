@@ -11,9 +11,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from snapd.rules.error import RuleError, printable
+from snapd.rules.error import RuleError
 from snapd.rules.loader import RULE_SUFFIXES, check_file
 from snapd.rules.model import Rule
+from snapd.text import safe
 
 USAGE = """usage: snapd check [--no-load] FILE|DIR...
 
@@ -70,7 +71,7 @@ def main(argv: list[str]) -> int:
     elif load and ok_rules:
         print("snapd check: not root: rules validated but their probes were not loaded", file=sys.stderr)
     for path in files:
-        for line in report[path] or [f"{printable(path)}: ok"]:
+        for line in report[path] or [f"{safe(path)}: ok"]:
             print(line)
     return 1 if any(report.values()) else 0
 
