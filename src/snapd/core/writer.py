@@ -8,16 +8,15 @@ no reader mistakes for a core. The target is resumed on every path, before the s
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import secrets
 import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from snapd import procfs
+from snapd.atomicfile import AtomicFile
 from snapd.content import ContentSpec, parse_spec
 from snapd.core import elf, fork, notes, select
 from snapd.core.elf import PF, PT, Phdr
@@ -41,7 +40,6 @@ from snapd.freeze.halted import DEFAULT_TIMEOUT
 from snapd.procfs import Mapping
 from snapd.sys.fs import fallocate
 
-PARTIAL_PREFIX = ".snapd-partial."
 SNAPSHOT_MODES = ("frozen", "fork")
 
 #: progress(bytes_done, bytes_total)
@@ -167,20 +165,16 @@ def layout(
     return head, note_data, total, shoff
 
 
-class CoreFile:
-    """The temp file a core is built in, published by rename/link only when complete."""
+class CoreFile(AtomicFile):
+    """The temp file a core is built in (:mod:`snapd.atomicfile`), published only when complete;
+    a second descriptor with O_DIRECT for the big runs."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
-        d = os.path.dirname(path) or "."
-        self.tmp = os.path.join(d, f"{PARTIAL_PREFIX}{os.path.basename(path)}.{secrets.token_hex(4)}")
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        self.published = False
         self.dfd: int | None = None
         warm_buffers()  # fault them in now, not while the target is halted
         try:
-            os.stat(d)  # EACCES on a parent is "permission denied", not "no such directory"
-            self.fd = os.open(self.tmp, flags, 0o600)
+            os.stat(os.path.dirname(path) or ".")  # EACCES on a parent: "permission denied"
+            super().__init__(path)
         except OSError as err:
             raise OutputError(path, err) from err
         try:
@@ -232,33 +226,17 @@ class CoreFile:
         except OSError as err:
             raise OutputError(self.path, err) from err
 
-    def publish(self, replace: bool, sync: bool) -> os.stat_result:
+    def publish(self, *, replace: bool = True, sync: bool = True) -> os.stat_result:
         try:
-            if sync:
-                os.fsync(self.fd)
-            if replace:
-                os.replace(self.tmp, self.path)
-            else:
-                os.link(self.tmp, self.path, follow_symlinks=False)  # never overwrites, never follows
-                os.unlink(self.tmp)
-            self.published = True
-            if sync:
-                dfd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
-            return os.fstat(self.fd)
+            return super().publish(replace=replace, sync=sync)
         except OSError as err:
             raise OutputError(self.path, err) from err
 
     def close(self) -> None:
-        os.close(self.fd)
         if self.dfd is not None:
             os.close(self.dfd)
-        if not self.published:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.tmp)
+            self.dfd = None
+        super().close()
 
 
 def copy_plan(segs: Iterable[Segment]) -> list[tuple[int, int, int]]:
@@ -329,7 +307,7 @@ def write_core(
             raise TargetGone(pid, "the dump") from err
         finally:
             h.resume()
-        st = out.publish(replace, sync)
+        st = out.publish(replace=replace, sync=sync)
     finally:
         out.close()
     return CoreInfo(

@@ -30,6 +30,7 @@ from snapd.daemon.journal import StopJournal
 from snapd.daemon.limits import Limiter, RuleState
 from snapd.daemon.worker import Job, Result, Worker
 from snapd.errors import SnapdError
+from snapd.paths import DEFAULT_RULES, DEFAULT_SOCKET, DEFAULT_STATE
 from snapd.probe import Event, Probes
 from snapd.rules import RuleError
 from snapd.rules.model import StopMode
@@ -40,9 +41,6 @@ from snapd.text import SafeFormatter
 
 log = logging.getLogger("snapd")
 
-DEFAULT_RULES = "/etc/snapd-cores/rules.d"
-DEFAULT_STATE = "/var/lib/snapd-cores"
-DEFAULT_SOCKET = "/run/snapd-cores/ctl.sock"
 POLL_MS = 50
 DRAIN_S = 0.2  # a BPF program runs for microseconds: its last event is queued well within this
 SETTLE_S = 0.1  # editors write files in several steps: wait for quiet before re-reading

@@ -5,11 +5,11 @@ Imports :mod:`snapd.core.info` records only; never bcc, never the rules.
 
 from __future__ import annotations
 
+from snapd.atomicfile import PARTIAL_PREFIX
 from snapd.store.catalog import (
     COMPLETE,
     CORES_DIR,
     DB_NAME,
-    PARTIAL_PREFIX,
     PENDING,
     Catalog,
     Entry,

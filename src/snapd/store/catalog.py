@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from snapd.atomicfile import PARTIAL_PREFIX
 from snapd.core.info import CoreInfo
 from snapd.store import fsutil
 from snapd.store.errors import CoreBusy, NoSuchCore, StoreError, UnsafePath
@@ -40,8 +41,6 @@ log = logging.getLogger("snapd.store")
 
 DB_NAME = "catalog.db"
 CORES_DIR = "cores"
-#: The core writer's temp files (snapd.core): never listed, removed at start-up.
-PARTIAL_PREFIX = ".snapd-partial."
 
 PENDING = "pending"
 COMPLETE = "complete"

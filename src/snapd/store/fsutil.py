@@ -83,35 +83,6 @@ def is_own_regular(st: os.stat_result | None) -> bool:
     )
 
 
-def write_atomic(dir_fd: int, name: str, data: bytes, mode: int = 0o600) -> None:
-    """Publish ``data`` as ``name``: temp file (O_EXCL|O_NOFOLLOW), fsync, rename, fsync dir."""
-    check_name(name)
-    tmp = f".{name}.tmp.{os.getpid()}"
-    fd = os.open(
-        tmp,
-        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-        mode,
-        dir_fd=dir_fd,
-    )
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        unlink_at(dir_fd, tmp)
-        raise
-    os.close(fd)
-    try:
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        unlink_at(dir_fd, tmp)
-        raise
-    os.fsync(dir_fd)
-
-
 def read_small(dir_fd: int, name: str, limit: int = 1 << 20) -> bytes | None:
     """Read a small regular file by name, never following a symlink; ``None`` if missing."""
     try:
