@@ -244,7 +244,7 @@ BAD = [
     (T + S + "action: {core: {name: core..x}}\n", "3:23: action.core.name: core name must not contain '..'"),
     (
         T + S + "action: {core: {name: core.%q}}\n",
-        "3:23: action.core.name: unknown code '%q' in core name; use %t %T %p %e %r %n %h or %%",
+        "3:23: action.core.name: unknown specifier '%q'; use %t %T %p %e %r %n %h or %%",
     ),
     (
         T + S + "action: {run: /bin/sh -c 'rm -rf /'}\n",

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from snapd.rules import Rule, RuleError, SyscallTrigger, parse_rule
 from snapd.rules.expr import MAX_INSNS, Field, Insn, Op, compile_expr
 from snapd.rules.loader import NAME_RE, _glob_ok
-from snapd.store.template import NameFields, expand
+from snapd.template import NameFields, expand
 
 STRUCTURED_EXAMPLES = 1500
 MUTATION_EXAMPLES = 1000

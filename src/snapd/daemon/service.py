@@ -37,6 +37,7 @@ from snapd.rules.model import StopMode
 from snapd.store import Catalog, PauseSwitch, Retention
 from snapd.store.context import capture
 from snapd.sys.inotify import In, Watch
+from snapd.template import DEFAULT_TEMPLATE
 from snapd.text import SafeFormatter
 
 log = logging.getLogger("snapd")
@@ -436,7 +437,7 @@ class Daemon:
             {"kind": "ctl", "uid": uid},
             str(spec),
             "frozen",
-            "core.%r.%p.%t",
+            DEFAULT_TEMPLATE,
             False,
         )
         if job is None:

@@ -41,13 +41,13 @@ from snapd.rules.model import (
     ThreadsTrigger,
     Trigger,
 )
+from snapd.template import name_problem
 from snapd.units import UnitError, parse_duration, parse_percent, parse_size
 
 MAX_FILE_BYTES = 256 * 1024
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 UNIT_RE = re.compile(r"[A-Za-z0-9:_.@\\-]{1,255}")
 ACTIVE_RE = re.compile(r"([0-9]{2}):([0-9]{2})-([0-9]{2}):([0-9]{2})")
-CORE_NAME_CODES = "tTpernh%"
 RUN_PLACEHOLDERS = ("core", "rule", "pid", "comm")
 COMM_MAX = 15  # TASK_COMM_LEN - 1 (include/linux/sched.h)
 GLOB_MAX = 30  # pattern positions in probe.bpf.c's u32 shift-and state
@@ -382,25 +382,6 @@ def _glob_ok(pattern: str) -> str | None:
         return f"comm pattern longer than {GLOB_MAX} characters"
     if "*" not in collapsed and len(collapsed.encode()) > COMM_MAX:
         return f"comm is at most {COMM_MAX} bytes (the kernel truncates longer names)"
-    return None
-
-
-def _core_name_problem(template: str) -> str | None:
-    if "/" in template:
-        return "core name must not contain '/' (cores are stored flat in the core directory)"
-    if ".." in template:
-        return "core name must not contain '..'"
-    if template.startswith("."):
-        return "core name must not start with '.'"
-    i = 0
-    while i < len(template):
-        if template[i] == "%":
-            if i + 1 >= len(template) or template[i + 1] not in CORE_NAME_CODES:
-                code = template[i : i + 2]
-                return f"unknown code {code!r} in core name; use %t %T %p %e %r %n %h or %%"
-            i += 2
-        else:
-            i += 1
     return None
 
 
@@ -742,7 +723,7 @@ class _RuleBuilder:
             t = self.s.string(n, "action.core.name", 200)
             if t is None:
                 ok = False
-            elif why := _core_name_problem(t):
+            elif why := name_problem(t):
                 self.ctx.err(n, f"action.core.name: {why}")
                 ok = False
             else:

@@ -12,6 +12,7 @@ from enum import Enum
 
 from snapd.content import ContentSpec
 from snapd.rules.expr import Expr
+from snapd.template import DEFAULT_TEMPLATE
 
 
 class StopMode(str, Enum):
@@ -95,7 +96,7 @@ def trigger_kind(trigger: Trigger) -> str:
 @dataclass(frozen=True)
 class CoreAction:
     content: ContentSpec
-    name: str = "core.%r.%p.%t"
+    name: str = DEFAULT_TEMPLATE
     repeat: int = 1
     interval_ns: int = 5_000_000_000
 

@@ -16,10 +16,10 @@ from snapd.store.catalog import (
     RecoveryReport,
     iso_utc,
 )
-from snapd.store.errors import CoreBusy, NoSuchCore, StoreError, TemplateError, UnsafePath
+from snapd.store.errors import CoreBusy, NoSuchCore, StoreError, UnsafePath
 from snapd.store.pause import PauseState, PauseSwitch
 from snapd.store.retention import ByteLimit, Retention, RuleLimit, parse_age
-from snapd.store.template import DEFAULT_TEMPLATE, expand, validate_template
+from snapd.template import DEFAULT_TEMPLATE, TemplateError, expand, validate_template
 
 __all__ = [
     "COMPLETE",

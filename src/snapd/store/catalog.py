@@ -35,7 +35,7 @@ from snapd.core.info import CoreInfo
 from snapd.store import fsutil
 from snapd.store.errors import CoreBusy, NoSuchCore, StoreError, UnsafePath
 from snapd.store.retention import Retention
-from snapd.store.template import DEFAULT_TEMPLATE, NameFields, expand, validate_template
+from snapd.template import DEFAULT_TEMPLATE, NameFields, expand, validate_template
 
 log = logging.getLogger("snapd.store")
 
