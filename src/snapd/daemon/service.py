@@ -32,10 +32,10 @@ from snapd.daemon.worker import Job, Result, Worker
 from snapd.errors import SnapdError
 from snapd.paths import DEFAULT_RULES, DEFAULT_SOCKET, DEFAULT_STATE
 from snapd.probe import Event, Probes
+from snapd.procfs.context import capture
 from snapd.rules import RuleError
 from snapd.rules.model import StopMode
 from snapd.store import Catalog, PauseSwitch, Retention
-from snapd.store.context import capture
 from snapd.sys.inotify import In, Watch
 from snapd.template import DEFAULT_TEMPLATE
 from snapd.text import SafeFormatter

@@ -1,4 +1,4 @@
-"""The store: the catalog of cores (SQLite + files), retention, the pause switch, /proc context.
+"""The store: the catalog of cores (SQLite + files), retention, the pause switch.
 
 Imports :mod:`snapd.core.info` records only; never bcc, never the rules.
 """

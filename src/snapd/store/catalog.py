@@ -391,7 +391,7 @@ class Catalog:
         """Record a pending entry and choose its final path (``entry.path``) for the writer.
 
         Identity fields left ``None`` are taken from ``context`` (see
-        :func:`snapd.store.context.capture`), which is stored whole in the entry.
+        :func:`snapd.procfs.context.capture`), which is stored whole in the entry.
         """
         validate_template(template)
         # Retention before the dump as well as after it (systemd-coredump vacuums on both sides):
