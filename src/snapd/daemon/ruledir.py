@@ -15,10 +15,9 @@ import stat
 from dataclasses import dataclass
 
 from snapd.rules import RuleError, parse_rule
-from snapd.rules.loader import MAX_FILE_BYTES
+from snapd.rules.bounds import MAX_FILE_BYTES
+from snapd.rules.loader import rule_names
 from snapd.rules.model import Rule
-
-SUFFIXES = (".yaml", ".yml")
 
 
 @dataclass(frozen=True)
@@ -27,10 +26,6 @@ class RuleFile:
     digest: str  # sha256 of the content: a change of content is a new rule (limits reset)
     rule: Rule | None
     errors: tuple[str, ...]
-
-
-def is_rule_name(name: str) -> bool:
-    return name.endswith(SUFFIXES) and not name.startswith(".")
 
 
 def trust_problem(st: os.stat_result) -> str | None:
@@ -118,11 +113,11 @@ def scan(
     if require_root and (problem := directory_problem(directory)):
         raise RuleError(directory, 0, 0, f"refusing every rule in it: {problem}")
     try:
-        names = sorted(os.listdir(directory))
+        names = rule_names(directory)
     except OSError as err:
         raise RuleError(directory, 0, 0, f"cannot read the rules directory: {err.strerror}") from err
     files = {
-        f.path: f for f in (read_rule(directory, n, require_root, cache) for n in names if is_rule_name(n))
+        f.path: f for f in (read_rule(directory, n, require_root, cache) for n in names)
     }
     if cache is not None:  # forget files that are gone or changed
         keep = {id(f) for f in files.values()}

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from snapd.rules.error import RuleError
-from snapd.rules.loader import RULE_SUFFIXES, check_file
+from snapd.rules.loader import check_file, rule_names
 from snapd.rules.model import Rule
 from snapd.text import safe
 
@@ -27,11 +27,7 @@ def _expand(args: Sequence[str]) -> list[str]:
     out: list[str] = []
     for a in args:
         if os.path.isdir(a):
-            out += sorted(
-                os.path.join(a, n)
-                for n in os.listdir(a)
-                if n.endswith(RULE_SUFFIXES) and not n.startswith(".")
-            )
+            out += [os.path.join(a, n) for n in rule_names(a)]
         else:
             out.append(a)
     return out

@@ -22,11 +22,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, NamedTuple
 
+from snapd.rules.bounds import MAX_INSNS, MAX_STACK, MAX_TEXT
 from snapd.units import DURATION_NS
 
-MAX_INSNS = 16  # instructions per predicate (probe.bpf.c SNAPD_MAX_INSNS)
-MAX_STACK = 32  # boolean stack depth: bits of one register, with room to spare
-MAX_TEXT = 1024  # characters of `when` text
 S64_MIN, S64_MAX = -(1 << 63), (1 << 63) - 1
 
 
