@@ -5,6 +5,6 @@ info = write_core(pid, "/var/tmp/core.1234", content="default-shm")
 """
 
 from snapd.core.info import CoreInfo
-from snapd.core.writer import SNAPSHOT_MODES, write_core
+from snapd.core.writer import write_core
 
-__all__ = ["SNAPSHOT_MODES", "CoreInfo", "write_core"]
+__all__ = ["CoreInfo", "write_core"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from snapd import procfs
 from snapd.atomicfile import AtomicFile
-from snapd.content import ContentSpec, parse_spec
+from snapd.content import DEFAULT_CONTENT, ContentSpec, SnapshotMode, parse_spec
 from snapd.core import elf, fork, notes, select
 from snapd.core.elf import PF, PT, Phdr
 from snapd.core.info import CoreInfo
@@ -39,8 +39,6 @@ from snapd.freeze import Halted, halt, precheck
 from snapd.freeze.halted import DEFAULT_TIMEOUT
 from snapd.procfs import Mapping
 from snapd.sys.fs import fallocate
-
-SNAPSHOT_MODES = ("frozen", "fork")
 
 #: progress(bytes_done, bytes_total)
 Progress = Callable[[int, int], None]
@@ -137,13 +135,13 @@ def _shmem_data(pid: int, m: Mapping) -> list[tuple[int, int]]:
 
 
 def layout(
-    snap: Snapshot, segs: list[Segment], spec: ContentSpec, mode: str, live: list[int]
+    snap: Snapshot, segs: list[Segment], spec: ContentSpec, mode: SnapshotMode, live: list[int]
 ) -> tuple[bytes, bytes, int, int]:
     """Assign file offsets; return (ELF + program headers, notes, file size, section header offset)."""
     info: dict[str, object] = {
         "version": 1,
         "content": str(spec),
-        "snapshot": mode,
+        "snapshot": mode.value,
         "time": snap.wall_time,
         "classes": [s.cls for s in segs],
         "shared_live": live,
@@ -256,7 +254,7 @@ class _Result:
     copied: int
     comm: str
     exe: str
-    mode: str
+    mode: SnapshotMode
     fallback: str
 
 
@@ -264,8 +262,8 @@ def write_core(
     pid: int,
     path: str,
     *,
-    content: str | ContentSpec = "default",
-    snapshot: str = "frozen",
+    content: ContentSpec | str = DEFAULT_CONTENT,
+    snapshot: SnapshotMode | str = SnapshotMode.FROZEN,
     replace: bool = True,
     current_tid: int | None = None,
     halted: Halted | None = None,
@@ -275,15 +273,19 @@ def write_core(
 ) -> CoreInfo:
     """Write an ELF core of live process ``pid`` to ``path`` and return what was written.
 
-    ``snapshot``: "frozen" halts the target for the whole copy; "fork" halts it only to fork a
-    copy-on-write child that is then copied at leisure (falling back to "frozen", with the reason
-    in ``CoreInfo.fallback``, when a fork is unsafe). ``halted``: a target the caller already
+    ``content`` and ``snapshot`` may be given as text (``snapd gcore``'s ``-c`` and ``--snapshot``,
+    parsed here) or parsed. ``snapshot``: frozen halts the target for the whole copy; fork halts
+    it only to fork a copy-on-write child that is then copied at leisure (falling back to frozen,
+    with the reason in ``CoreInfo.fallback``, when a fork is unsafe). ``halted``: a target the caller already
     halted (the daemon's ``stop: kernel``). Either way the target is resumed before this returns,
     on every path, and as early as the snapshot allows.
     """
     spec = content if isinstance(content, ContentSpec) else parse_spec(content)
-    if snapshot not in SNAPSHOT_MODES:
-        raise SnapshotError(f"unknown snapshot mode '{snapshot}'; use one of: {', '.join(SNAPSHOT_MODES)}")
+    try:
+        mode = SnapshotMode(snapshot)
+    except ValueError as err:
+        known = ", ".join(m.value for m in SnapshotMode)
+        raise SnapshotError(f"unknown snapshot mode '{snapshot}'; use one of: {known}") from err
     path = os.path.abspath(path)
     t0 = time.monotonic()
     state = precheck(pid).state if halted is None else "R"
@@ -298,7 +300,7 @@ def write_core(
             # tests/core/test_errors.py::test_target_exits_mid_dump fail about half the time).
             raise TargetGone(pid, "the dump") from err
         try:
-            res = _dump(h, out, _Request(spec, snapshot, state, current_tid, progress, pre))
+            res = _dump(h, out, _Request(spec, mode, state, current_tid, progress, pre))
         except (OSError, ValueError, IndexError, struct.error) as err:
             # SIGKILL cannot be held off by a ptrace-stop: a target can die at any point, and
             # /proc files of a dying process read as empty or vanish. Name that, not the symptom.
@@ -322,7 +324,7 @@ def write_core(
         disk_bytes=st.st_blocks * 512,
         memory_bytes=res.copied,
         content=str(spec),
-        snapshot=res.mode,
+        snapshot=res.mode.value,
         started=h.wall_time,
         freeze_seconds=h.freeze_seconds,
         elapsed_seconds=time.monotonic() - t0,
@@ -346,7 +348,7 @@ def _target_alive(pid: int) -> bool:
 @dataclass(frozen=True)
 class _Request:
     spec: ContentSpec
-    mode: str
+    mode: SnapshotMode
     state: str  # the target's state letter before the halt
     current_tid: int | None
     progress: Progress | None
@@ -359,7 +361,7 @@ def _dump(h: Halted, out: CoreFile, req: _Request) -> _Result:
         segs = plan(snap, req.spec, mem)
     child: fork.SnapshotChild | None = None
     fallback = ""
-    if req.mode == "fork":
+    if req.mode is SnapshotMode.FORK:
         try:
             child = fork.fork_child(h, snap, req.spec)
         except fork.ForkUnsafe as why:
@@ -379,7 +381,7 @@ def _frozen(
     """Everything copied from the halted target; resumed after the last byte."""
     spec, progress = req.spec, req.progress
     fill_runs(h.pid, segs)
-    out.write_headers(*layout(snap, segs, spec, "frozen", []), len(segs))
+    out.write_headers(*layout(snap, segs, spec, SnapshotMode.FROZEN, []), len(segs))
     fast = copy_plan(s for s in segs if not _forced(s))
     forced = copy_plan(s for s in segs if _forced(s))
     want = sum(r[2] for r in fast) + sum(r[2] for r in forced)
@@ -389,7 +391,7 @@ def _frozen(
         with MemReader(h.pid) as mem:
             copied += out.copy(mem, forced, None)
     h.resume()
-    return _Result(segs, len(snap.threads), copied, snap.proc.comm, snap.exe, "frozen", fallback)
+    return _Result(segs, len(snap.threads), copied, snap.proc.comm, snap.exe, SnapshotMode.FROZEN, fallback)
 
 
 def _from_child(
@@ -401,7 +403,7 @@ def _from_child(
     early = [s for s in segs if s.filesz and fork.needs_parent(s.mapping, spec)]
     late = [s for s in segs if s.filesz and s not in early]
     live = [i for i, s in enumerate(segs) if s in late and s.mapping.shared]
-    out.write_headers(*layout(snap, segs, spec, "fork", live), len(segs))
+    out.write_headers(*layout(snap, segs, spec, SnapshotMode.FORK, live), len(segs))
     fill_runs(h.pid, early)
     copied = out.copy(VmReader(h.pid), copy_plan(early), None) if early else 0
     h.resume()
@@ -411,4 +413,4 @@ def _from_child(
     cb = (lambda done: progress(done, want)) if progress else None
     with MemReader(child.pid) as mem:
         copied += out.copy(mem, runs, cb)
-    return _Result(segs, len(snap.threads), copied, snap.proc.comm, snap.exe, "fork", "")
+    return _Result(segs, len(snap.threads), copied, snap.proc.comm, snap.exe, SnapshotMode.FORK, "")

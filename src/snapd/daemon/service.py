@@ -211,7 +211,7 @@ class Daemon:
             self.journal.add(ev.pid)
         self.limiter.taken(st, (ev.pid, start), now)
         trigger = {
-            "kind": ev.kind,
+            "kind": ev.kind.value,
             "syscall": ev.syscall,
             "args": list(ev.args),
             "ret": ev.ret,

@@ -12,7 +12,7 @@ from typing import Any
 
 from yaml.nodes import Node, ScalarNode, SequenceNode
 
-from snapd.content import parse_spec
+from snapd.content import SnapshotMode, parse_spec
 from snapd.errors import ContentError
 from snapd.rules import expr as _expr
 from snapd.rules import syscalls as _sys
@@ -24,10 +24,10 @@ from snapd.rules.model import (
     CpuTrigger,
     EveryTrigger,
     FdsTrigger,
+    Kind,
     Limits,
     RssTrigger,
     Rule,
-    SnapshotMode,
     StopMode,
     SyscallTrigger,
     Target,
@@ -190,7 +190,7 @@ class RuleBuilder:
         return Target(**vals)
 
     def _trigger(self, node: Node) -> Trigger | None:
-        kinds = ("syscall", "every", "cpu", "rss", "threads", "fds")
+        kinds = tuple(k.value for k in Kind)
         m = self.s.mapping(node, "trigger", {k: False for k in (*kinds, "when", "count", "within")})
         if m is None:
             return None
