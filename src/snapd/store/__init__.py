@@ -6,18 +6,12 @@ Imports :mod:`snapd.core.info` records only; never bcc, never the rules.
 from __future__ import annotations
 
 from snapd.atomicfile import PARTIAL_PREFIX
-from snapd.store.catalog import (
-    COMPLETE,
-    CORES_DIR,
-    DB_NAME,
-    PENDING,
-    Catalog,
-    Entry,
-    RecoveryReport,
-    iso_utc,
-)
+from snapd.store.catalog import CORES_DIR, Catalog
+from snapd.store.db import DB_NAME
+from snapd.store.entry import COMPLETE, PENDING, Entry, iso_utc
 from snapd.store.errors import CoreBusy, NoSuchCore, StoreError, UnsafePath
 from snapd.store.pause import PauseState, PauseSwitch
+from snapd.store.recovery import RecoveryReport
 from snapd.store.retention import ByteLimit, Retention, RuleLimit, parse_age
 from snapd.template import DEFAULT_TEMPLATE, TemplateError, expand, validate_template
 

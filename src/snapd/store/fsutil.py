@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import stat
 
 from snapd.store.errors import UnsafePath
+
+log = logging.getLogger("snapd.store")
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -81,6 +84,19 @@ def is_own_regular(st: os.stat_result | None) -> bool:
         and st.st_uid == os.geteuid()
         and st.st_nlink == 1
     )
+
+
+def drop_core(cores_fd: int, cores_dir: str, name: str, *, only_ours: bool) -> bool:
+    """Remove core file ``name``; with ``only_ours``, only if it is what our writer makes (a
+    regular file of ours with one link). Anything else planted under our name (a symlink, a hard
+    link) is left for a human rather than guessed at; it is never listed."""
+    st = lstat_at(cores_fd, name)
+    if st is None:
+        return False
+    if only_ours and not is_own_regular(st):
+        log.warning("%s: not a regular file of ours; left in place", os.path.join(cores_dir, name))
+        return False
+    return unlink_at(cores_fd, name)
 
 
 def read_small(dir_fd: int, name: str, limit: int = 1 << 20) -> bytes | None:
