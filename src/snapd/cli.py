@@ -20,8 +20,8 @@ from snapd.errors import SnapdError
 COMMANDS: dict[str, tuple[str, str]] = {
     "gcore": ("snapd.core.cli", "write a core of live processes without stopping them for long"),
     "inspect": ("snapd.core.inspect", "show the threads, mappings and notes of a core file"),
-    "check": ("snapd.rules.check", "validate rule files (and, as root, load their probes)"),
-    "daemon": ("snapd.daemon", "run the snapshot daemon"),
+    "check": ("snapd.daemon.check", "validate rule files (and, as root, load their probes)"),
+    "daemon": ("snapd.daemon.cli", "run the snapshot daemon"),
     "ctl": ("snapd.ctl.client", "talk to a running daemon (list-cores, status, pause, ...)"),
 }
 

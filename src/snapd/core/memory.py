@@ -128,12 +128,10 @@ def copy_runs(
     fd: int,
     runs: Sequence[tuple[int, int, int]],
     progress: Callable[[int], None] | None = None,
-) -> tuple[int, int]:
-    """Copy ``runs`` of ``(file_offset, remote_addr, length)`` (page-aligned, file order).
-
-    Returns ``(bytes_copied, pages_skipped)``.
-    """
-    copied = skipped = 0
+) -> int:
+    """Copy ``runs`` of ``(file_offset, remote_addr, length)`` (page-aligned, file order); return
+    the bytes copied (a page that cannot be read stays a hole)."""
+    copied = 0
     i = 0
     while i < len(runs):
         # One window of the output file: as many runs as fit, the last one maybe split.
@@ -153,19 +151,17 @@ def copy_runs(
         span = batch[-1][0] + batch[-1][2] - wstart
         base = mman.mmap_file(fd, wstart, span)
         try:
-            c, s = _copy_window(reader, base - wstart, batch)
+            copied += _copy_window(reader, base - wstart, batch)
         finally:
             mman.munmap(base, span)
-        copied += c
-        skipped += s
         if progress:
             progress(copied)
-    return copied, skipped
+    return copied
 
 
-def _copy_window(reader: Reader, delta: int, batch: list[tuple[int, int, int]]) -> tuple[int, int]:
+def _copy_window(reader: Reader, delta: int, batch: list[tuple[int, int, int]]) -> int:
     pairs: list[Pair] = [(off + delta, addr, length) for off, addr, length in batch]
-    copied = skipped = 0
+    copied = 0
     j = 0
     while j < len(pairs):
         chunk = pairs[j : j + IOV_MAX]
@@ -181,7 +177,6 @@ def _copy_window(reader: Reader, delta: int, batch: list[tuple[int, int, int]]) 
                 bad = n & ~(PAGE_SIZE - 1)
                 copied -= n - bad  # a partial page is rewritten from its start next time
                 rest = bad + PAGE_SIZE
-                skipped += 1
                 if rest < length:
                     pairs[j + k] = (laddr + rest, raddr + rest, length - rest)
                     j += k
@@ -189,7 +184,7 @@ def _copy_window(reader: Reader, delta: int, batch: list[tuple[int, int, int]]) 
                     j += k + 1
                 break
             n -= length
-    return copied, skipped
+    return copied
 
 
 class _Buffers:

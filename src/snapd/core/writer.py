@@ -220,7 +220,7 @@ class CoreFile(AtomicFile):
                 small = sorted(small + leftovers)
             base = done
             cb = (lambda n: progress(base + n)) if progress else None
-            return done + copy_runs(reader, self.fd, small, cb)[0]
+            return done + copy_runs(reader, self.fd, small, cb)
         except OSError as err:
             raise OutputError(self.path, err) from err
 

@@ -67,11 +67,11 @@ def directory_problem(directory: str) -> str | None:
 
 #: (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) -> parsed file: a directory change
 #: re-reads only what changed (a hostile file costs its parse once, not on every event)
-_Key = tuple[int, int, int, int, int]
+Key = tuple[int, int, int, int, int]
 
 
 def read_rule(
-    directory: str, name: str, require_root: bool = True, cache: dict[_Key, RuleFile] | None = None
+    directory: str, name: str, require_root: bool = True, cache: dict[Key, RuleFile] | None = None
 ) -> RuleFile:
     path = os.path.join(directory, name)
     try:
@@ -107,7 +107,7 @@ def read_rule(
 
 
 def scan(
-    directory: str, require_root: bool = True, cache: dict[_Key, RuleFile] | None = None
+    directory: str, require_root: bool = True, cache: dict[Key, RuleFile] | None = None
 ) -> dict[str, RuleFile]:
     """Every rule-like file in ``directory``, by path; RuleError if the directory is unusable."""
     if require_root and (problem := directory_problem(directory)):

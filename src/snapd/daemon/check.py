@@ -3,6 +3,8 @@
 Prints ``FILE: ok`` or each error as ``FILE:LINE:COL: message``. Exit status 0 only when every
 file is valid (and, as root, loads); 1 otherwise; 2 for usage errors. A directory argument checks
 every ``*.yaml``/``*.yml`` in it.
+
+It lives in the wiring layer because loading a rule's probes joins two stages (rules, probe).
 """
 
 from __future__ import annotations
