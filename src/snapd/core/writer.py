@@ -296,8 +296,7 @@ def write_core(
             h = halted or halt(pid, timeout=timeout)
         except Zombie as err:
             # It passed precheck above, so it died since (while the temp file was made): that is
-            # "exited during the dump", not a zombie we were asked to dump (this race made
-            # tests/core/test_errors.py::test_target_exits_mid_dump fail about half the time).
+            # "exited during the dump", not a zombie we were asked to dump.
             raise TargetGone(pid, "the dump") from err
         try:
             res = _dump(h, out, _Request(spec, mode, state, current_tid, progress, pre))

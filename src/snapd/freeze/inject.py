@@ -113,8 +113,8 @@ def wait_stop(pid: int, tid: int, timeout: float = 5.0) -> int:
             return status
         # A thread SIGKILLed now may never report this stop: a dead group leader is reported
         # only once its other threads, ours to reap, are gone (kernel/exit.c
-        # delay_group_leader). Its zombie state tells; it used to cost the full timeout and
-        # a misleading "did not stop in the injected system call".
+        # delay_group_leader). Its own zombie state tells, within milliseconds: the target
+        # exited, which is not a thread that "did not stop" after the full timeout.
         now = time.monotonic()
         if now - start > 0.02 and _dying(tid):
             raise TargetGone(pid, "the snapshot")

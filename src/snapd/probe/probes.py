@@ -377,10 +377,10 @@ class Probes:
     def _on_event(self, _ctx: Any, data: Any, _size: int) -> int:
         self._take(data)
         # A negative return ends this ring_buffer_consume()/poll() right after this record,
-        # which is consumed all the same (libbpf ringbuf_process_ring). Without it, a consume
-        # during a trigger storm never returned: it read until the ring was empty, which a
-        # producer faster than us never lets happen, and so held the main loop (no ctl, no other
-        # rule) and every event of the storm in memory (a 10 s storm: +170 MiB RSS).
+        # which is consumed all the same (libbpf ringbuf_process_ring). One poll must hand out
+        # at most MAX_BATCH events: a consume reads until the ring is empty, which a producer
+        # faster than us (a trigger storm) never lets happen, and the main loop (ctl, the other
+        # rules, stop: kernel hand-overs) and the memory held must stay bounded meanwhile.
         return -1 if len(self._pending) >= MAX_BATCH and not self._closed else 0
 
     def _take(self, data: Any) -> None:
