@@ -67,7 +67,8 @@ def yaml_cpu_budget(factor: float = 2.0, floor_factor: float = 200.0) -> Callabl
     import yaml
 
     from snapd.rules import parse_rule
-    from snapd.rules.loader import MAX_FILE_BYTES, _StrictLoader
+    from snapd.rules.bounds import MAX_FILE_BYTES
+    from snapd.rules.compose import _StrictLoader
 
     dense = "x: [" + ", ".join(["ab"] * (MAX_FILE_BYTES // 4)) + "]\n"
     per_byte = _min_cpu(lambda: yaml.compose(dense, Loader=_StrictLoader), 3) / len(dense)

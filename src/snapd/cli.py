@@ -19,10 +19,10 @@ from snapd.errors import SnapdError
 # name -> (module with main(argv) -> int, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "gcore": ("snapd.core.cli", "write a core of live processes without stopping them for long"),
-    "inspect": ("snapd.core.inspect", "show the threads, mappings and notes of a core file"),
+    "inspect": ("snapd.inspect", "show the threads, mappings and notes of a core file"),
     "diff": ("snapd.diff.cli", "compare two cores of one process: memory, pages changed, threads"),
-    "check": ("snapd.rules.check", "validate rule files (and, as root, load their probes)"),
-    "daemon": ("snapd.daemon", "run the snapshot daemon"),
+    "check": ("snapd.daemon.check", "validate rule files (and, as root, load their probes)"),
+    "daemon": ("snapd.daemon.cli", "run the snapshot daemon"),
     "ctl": ("snapd.ctl.client", "talk to a running daemon (list-cores, status, pause, ...)"),
     "bundle": ("snapd.ship.bundlecmd", "pack a core and the binaries it ran into one file to send"),
     "debug": ("snapd.ship.debug", "open a bundle or core in gdb, drgn or pystack, on any machine"),

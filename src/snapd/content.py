@@ -1,7 +1,9 @@
-"""The core-content vocabulary (Solaris coreadm(1M) classes, mapped to Linux VMAs).
+"""The core-content vocabulary (Solaris coreadm(1M) classes, mapped to Linux VMAs), and the
+snapshot modes.
 
-Shared by the rule language (``action.core.content``) and the core writer (``snapd gcore -c``):
-this module only parses and names; :mod:`snapd.core.select` decides per mapping.
+Shared by the rule language (``action.core.content``, ``action.snapshot``) and the core writer
+(``snapd gcore -c``, ``--snapshot``): this module only parses and names;
+:mod:`snapd.core.select` decides per mapping.
 
 A spec is terms joined by ``+`` (add) and ``-`` (remove), read left to right:
 ``default``, ``default-shm``, ``anon+elfhdr``, ``all-dontdump``.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import Enum
 
 from snapd.errors import ContentError
 
@@ -42,6 +45,14 @@ MODIFIERS: dict[str, str] = {
     "haltshared": "fork snapshots: copy shared mappings while halted (consistent, longer freeze)",
 }
 
+class SnapshotMode(str, Enum):
+    """How the memory is copied: ``frozen``, with every thread halted for the whole copy;
+    ``fork``, from a copy-on-write child forked while halted (docs/fork-snapshot.md)."""
+
+    FROZEN = "frozen"
+    FORK = "fork"
+
+
 _TOKEN = re.compile(r"([+-]?)([a-z]+)")
 
 
@@ -59,6 +70,10 @@ class ContentSpec:
 
     def __str__(self) -> str:
         return self.text
+
+
+#: The spec of ``default``: what the target's coredump_filter selects.
+DEFAULT_CONTENT = ContentSpec("default", (("+", "default"),))
 
 
 def valid_names() -> str:

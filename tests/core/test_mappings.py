@@ -8,7 +8,7 @@ import pytest
 
 from snapd import procfs
 from snapd.core.pages import PageMap
-from snapd.core.writer import halted_mappings
+from snapd.core.snapshot import halted_mappings
 
 pytestmark = pytest.mark.kernel
 

@@ -1,4 +1,4 @@
-"""diff_context() on /proc contexts shaped as snapd.store.context.capture() makes them (no root)."""
+"""diff_context() on /proc contexts shaped as snapd.procfs.context.capture() makes them (no root)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import pytest
 from snapd.core import write_core
 from snapd.diff import diff_cores, series
 from snapd.diff.model import Diff, MappingDelta
-from snapd.store.context import capture
+from snapd.procfs.context import capture
 from snapd_testlib import Victim
 
 pytestmark = pytest.mark.kernel

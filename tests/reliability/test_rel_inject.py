@@ -60,8 +60,8 @@ def test_target_killed_during_an_injected_call_is_named_at_once(
         os.kill(v.pid, signal.SIGKILL)
         t0 = time.monotonic()
         with pytest.raises(TargetGone):
-            inject._wait(v.pid, v.pid)
-        assert time.monotonic() - t0 < scaled(2.5)  # not inject._wait's whole 5 s
+            inject.wait_stop(v.pid, v.pid)
+        assert time.monotonic() - t0 < scaled(2.5)  # not inject.wait_stop's whole 5 s
     finally:
         h.resume()
     v.proc.wait(5)  # (we are its tracer and its parent: release() reaped it already)

@@ -10,9 +10,10 @@ import pytest
 from rpt_helpers import dump, functions, in_syscall, thread_of
 
 from snapd.freeze import halt
-from snapd.freeze import ptrace as pt
 from snapd.procfs import maps
 from snapd.report import MAX_EVENT_STACK, EventStack, render_text, run_report
+from snapd.sys import ptrace as pt
+from snapd.sys.uio import process_vm_readv
 from snapd_testlib import wait_for
 
 pytestmark = pytest.mark.kernel
@@ -27,7 +28,7 @@ def record_event(pid: int, tid: int) -> EventStack:
         end = next(m.end for m in maps(pid) if m.start <= sp < m.end)
         size = min(MAX_EVENT_STACK, end - sp)
         buf = ctypes.create_string_buffer(size)
-        assert pt.process_vm_readv(pid, [(ctypes.addressof(buf), sp, size)]) == size
+        assert process_vm_readv(pid, [(ctypes.addressof(buf), sp, size)]) == size
     return EventStack(tid=tid, regs=regs, stack=buf.raw)
 
 

@@ -251,7 +251,7 @@ def test_pipelining_client_is_held_back(server: Callable[[], CtlServer]) -> None
         peak = 0
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:
-            for c in list(srv._conns.values()):
+            for c in list(srv.conns.by_fd.values()):
                 peak = max(peak, len(c.outbuf) + len(c.inbuf))
             time.sleep(0.01)
         assert peak < 3 << 20, f"{peak} bytes buffered for one client"

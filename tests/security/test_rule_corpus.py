@@ -138,6 +138,6 @@ def test_check_prints_hostile_names_and_keys_safely(tmp_path: Path, snapd_cmd: l
     assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e\udc80-\udcff]", out), repr(out)
     lines = out.splitlines()
     assert len(lines) == 4, lines  # the first file: its stem is no rule name, and the key
-    assert any(line.endswith(": ok") and "\\x1b[2J\\x0a\\udcff" in line for line in lines), lines
+    assert any(line.endswith(": ok") and "\\x1b[2J\\n\\udcff" in line for line in lines), lines
     assert any("unknown key '\\x1b[2J\\x9b\\u202e'" in line for line in lines), lines
     assert any("unknown placeholder '{\\x1b[2J}'" in line for line in lines), lines

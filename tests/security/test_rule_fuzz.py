@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from snapd.rules import Rule, RuleError, SyscallTrigger, parse_rule
+from snapd.rules.builder import NAME_RE, glob_problem
 from snapd.rules.expr import MAX_INSNS, Field, Insn, Op, compile_expr
-from snapd.rules.loader import NAME_RE, _glob_ok
-from snapd.store.template import NameFields, expand
+from snapd.template import NameFields, expand
 from snapd_testlib import yaml_cpu_budget
 
 STRUCTURED_EXAMPLES = 1500
@@ -151,7 +151,7 @@ def check_result(path: str, rule: Rule | None, errors: list[RuleError]) -> None:
     t = rule.target
     for s in (t.comm, t.exe, t.unit, t.cgroup, rule.description):
         assert s is None or (isinstance(s, str) and _plain(s)), repr(s)
-    assert t.comm is None or _glob_ok(t.comm) is None
+    assert t.comm is None or glob_problem(t.comm) is None
     assert t.exe is None or t.exe.startswith("/")
     assert t.cgroup is None or (t.cgroup.startswith("/") and ".." not in t.cgroup.split("/"))
     assert t.pid is None or 1 <= t.pid <= 1 << 22

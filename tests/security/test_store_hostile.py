@@ -19,7 +19,7 @@ from daemon_helpers import DaemonHarness, syscall_rule
 from sec_helpers import Hostile
 from tests.conftest import wait_for
 
-from snapd.store.template import NameFields, expand
+from snapd.template import NameFields, expand
 
 pytestmark = pytest.mark.kernel
 

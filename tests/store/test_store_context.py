@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from snapd.errors import TargetGone
+from snapd.procfs.context import MAX_FDS, capture, parse_limits, unit_of
 from snapd.store import Catalog
-from snapd.store.context import MAX_FDS, capture, parse_limits, unit_of
 
 VICTIM = textwrap.dedent(
     """

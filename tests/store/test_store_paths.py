@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snapd.store import Catalog, Entry, TemplateError, UnsafePath, expand, validate_template
-from snapd.store.template import MAX_NAME, NameFields
+from snapd.template import MAX_NAME, NameFields
 
 SAFE = re.compile(r"^[A-Za-z0-9_+][A-Za-z0-9._+-]*$")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from snapd.store import PauseSwitch
+from snapd.store import PARTIAL_PREFIX, PauseSwitch
 
 
 def test_pause_survives_restart(tmp_path: Path) -> None:
@@ -19,7 +19,7 @@ def test_pause_survives_restart(tmp_path: Path) -> None:
     assert (os.stat(state / "paused.json").st_mode & 0o777) == 0o600
     again.resume(uid=0)
     assert not PauseSwitch(state).paused
-    assert not [n for n in os.listdir(state) if ".tmp." in n]
+    assert not [n for n in os.listdir(state) if n.startswith(PARTIAL_PREFIX)]
 
 
 def test_damaged_switch_reads_paused(tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ _MID_TX = textwrap.dedent(
     sys.path.insert(0, {src!r})
     from snapd.store import Catalog
     cat = Catalog({state!r})
-    db = cat._db
+    db = cat._db._conn()  # the catalog's own sqlite3 connection
     db.execute("BEGIN IMMEDIATE")
     for i in range(2000):
         db.execute(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from snapd.store import ByteLimit, Catalog, Entry, Retention, RuleLimit, StoreError, parse_age, parse_size
+from snapd.store import ByteLimit, Catalog, Entry, Retention, RuleLimit, StoreError, parse_age
 
 DATA = b"\x7fELF" + os.urandom(64 * 1024)
 
@@ -114,9 +114,9 @@ def test_default_limits_are_systemd_like() -> None:
 
 
 def test_parse_config() -> None:
-    assert parse_size("4G").resolve(0) == 4 << 30
-    assert parse_size("500MiB").resolve(0) == 500 << 20
-    assert parse_size("10%").resolve(1000) == 100
+    assert ByteLimit.parse("4G").resolve(0) == 4 << 30
+    assert ByteLimit.parse("500MiB").resolve(0) == 500 << 20
+    assert ByteLimit.parse("10%").resolve(1000) == 100
     assert parse_age("1w 2d") == 9 * 86400
     assert parse_age("30min") == 1800
     r = Retention.from_mapping(

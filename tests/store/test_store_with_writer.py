@@ -11,8 +11,8 @@ from collections.abc import Callable
 import pytest
 from store_helpers import wait_for
 
+from snapd.procfs.context import capture
 from snapd.store import PARTIAL_PREFIX, Catalog
-from snapd.store.context import capture
 
 
 @pytest.mark.kernel

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from snapd.core.info import CoreInfo
-    from snapd.core.writer import PARTIAL_PREFIX, SNAPSHOT_MODES, write_core
+    from snapd.core.writer import write_core
 
-__all__ = ["PARTIAL_PREFIX", "SNAPSHOT_MODES", "CoreInfo", "write_core"]
+__all__ = ["CoreInfo", "write_core"]
 
 
 def __getattr__(name: str) -> Any:
@@ -22,8 +22,8 @@ def __getattr__(name: str) -> Any:
         from snapd.core.info import CoreInfo
 
         return CoreInfo
-    if name in __all__:
-        from snapd.core import writer
+    if name == "write_core":
+        from snapd.core.writer import write_core
 
-        return getattr(writer, name)
+        return write_core
     raise AttributeError(f"module 'snapd.core' has no attribute {name!r}")

@@ -7,8 +7,8 @@ import os
 import sys
 import time
 
-from snapd.content import AGGREGATES, CLASSES, MODIFIERS, parse_spec
-from snapd.core.writer import SNAPSHOT_MODES, write_core
+from snapd.content import AGGREGATES, CLASSES, MODIFIERS, SnapshotMode, parse_spec
+from snapd.core.writer import write_core
 from snapd.errors import ContentError, SnapdError
 from snapd.text import safe
 
@@ -25,8 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-c", dest="content", default="default", help="content to include (default: default)")
     p.add_argument(
         "--snapshot",
-        choices=SNAPSHOT_MODES,
-        default="frozen",
+        choices=[m.value for m in SnapshotMode],
+        default=SnapshotMode.FROZEN.value,
         help="frozen: halt for the whole dump; fork: halt only to fork a copy",
     )
     p.add_argument(
@@ -82,6 +82,7 @@ def main(argv: list[str]) -> int:
             print(f"snapd gcore: '{p}' is not a process id", file=sys.stderr)
             return 2
         pids.append(int(p))
+    mode = SnapshotMode(args.snapshot)
     failed = 0
     tty = sys.stdout.isatty()
     for pid in pids:
@@ -90,7 +91,7 @@ def main(argv: list[str]) -> int:
         try:
             # Like gcore(1) and the kernel, no fsync unless asked: the rename is atomic either
             # way, and the daemon, whose catalog must survive a crash, always syncs.
-            info = write_core(pid, path, content=spec, snapshot=args.snapshot, progress=meter, sync=args.sync)
+            info = write_core(pid, path, content=spec, snapshot=mode, progress=meter, sync=args.sync)
         except SnapdError as err:
             if os.environ.get("SNAPD_DEBUG") == "1":
                 raise

@@ -22,6 +22,18 @@ class PF(IntFlag):
     R = 4
 
 
+class NT(IntEnum):
+    """Note types (include/uapi/linux/elf.h); also the regset selectors for PTRACE_GETREGSET."""
+
+    PRSTATUS = 1
+    PRFPREG = 2
+    PRPSINFO = 3
+    AUXV = 6
+    X86_XSTATE = 0x202
+    SIGINFO = 0x53494749
+    FILE = 0x46494C45
+
+
 EM_X86_64 = 62
 PN_XNUM = 0xFFFF  # e_phnum escape: the real count is in section header 0's sh_info
 EHDR_SIZE = 64

@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import TYPE_CHECKING
+import signal
 
 from snapd import procfs
 from snapd.content import ContentSpec
+from snapd.core.snapshot import Snapshot
 from snapd.errors import SnapdError
 from snapd.freeze import Halted, inject, seccomp
-from snapd.freeze.ptrace import Event
 from snapd.procfs import Mapping
-
-if TYPE_CHECKING:
-    from snapd.core.writer import Snapshot
+from snapd.sys import ptrace as pt
+from snapd.sys.ptrace import Event, Opt
 
 CLONE_ARGS = (inject.CLONE_FILES, 0, 0, 0, 0)  # flags (exit signal 0), stack, ptid, ctid, tls
 RETRIES = 3
@@ -48,22 +47,47 @@ def needs_parent(m: Mapping, spec: ContentSpec) -> bool:
     return m.shared and spec.mentions("haltshared")
 
 
-class Child:
-    def __init__(self, target: int, child: inject.SnapshotChild, insn: int, tids: list[int]) -> None:
+class SnapshotChild:
+    """The copy-on-write child of a fork snapshot: traced, halted, never runs user code.
+
+    ``insn`` is the target's ``syscall`` instruction and ``tids`` its threads: what
+    :meth:`dispose` needs to have the target reap the child.
+    """
+
+    def __init__(self, target: int, pid: int, vpid: int, insn: int, tids: list[int]) -> None:
         self.target = target
-        self.child = child
+        self.pid = pid  # in our pid namespace
+        self.vpid = vpid  # in the target's, for its wait4
         self.insn = insn
         self.tids = tids
+        self.reaped = False
 
-    @property
-    def pid(self) -> int:
-        return self.child.pid
+    def adopt(self) -> None:
+        """Collect the child's first stop, and make sure it dies with us (PTRACE_O_EXITKILL):
+        were snapd to die, a detached child would run the target's code a second time."""
+        status = inject.wait_stop(self.target, self.pid)
+        if not os.WIFSTOPPED(status):
+            raise inject.InjectError(self.target, "the snapshot child did not start")
+        pt.ptrace(pt.Req.SETOPTIONS, self.pid, 0, Opt.EXITKILL | Opt.TRACECLONE)
+
+    def kill(self) -> None:
+        """SIGKILL and wait. Its zombie then belongs to the target: see :meth:`dispose`."""
+        if self.reaped:
+            return
+        self.reaped = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            while True:
+                _, status = os.waitpid(self.pid, pt.WALL)
+                if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+                    break
 
     def dispose(self) -> None:
         """Kill the child and have the target reap it; leaves no zombie, sends no SIGCHLD."""
-        self.child.kill()
+        self.kill()
         with contextlib.suppress(SnapdError, OSError):
-            inject.reap_in_target(self.target, self.child.vpid, self.insn, self.tids)
+            inject.reap_in_target(self.target, self.vpid, self.insn, self.tids)
 
 
 def _uses_userfaultfd(pid: int) -> bool:
@@ -87,7 +111,7 @@ def _injection_thread(h: Halted) -> int | None:
     return None
 
 
-def fork_child(h: Halted, snap: Snapshot, spec: ContentSpec) -> Child:
+def fork_child(h: Halted, snap: Snapshot, spec: ContentSpec) -> SnapshotChild:
     """Fork the halted target; raise ForkUnsafe (target untouched) when that is not safe."""
     pid = h.pid
     if snap.proc.state == "T":
@@ -112,14 +136,14 @@ def fork_child(h: Halted, snap: Snapshot, spec: ContentSpec) -> Child:
     for _ in range(RETRIES):
         ret, child_pid = inject.inject(pid, tid, regs, insn, inject.NR_CLONE, CLONE_ARGS)
         if ret > 0 and child_pid:
-            sc = inject.SnapshotChild(pid, child_pid, ret)
+            sc = SnapshotChild(pid, child_pid, ret, insn, h.tids)
             try:
                 sc.adopt()
             except BaseException:
                 sc.kill()
                 inject.reap_in_target(pid, ret, insn, [tid])
                 raise
-            return Child(pid, sc, insn, h.tids)
+            return sc
         if ret != -ERESTARTNOINTR:  # a signal raced the clone: try again
             break
     reasons = {

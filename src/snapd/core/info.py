@@ -19,7 +19,7 @@ class CoreInfo:
     disk_bytes: int  # bytes allocated on disk (st_blocks * 512): sparse cores are small
     memory_bytes: int  # bytes of target memory copied into the file
     content: str  # the content spec, as parsed
-    snapshot: str  # "frozen" or "fork"
+    snapshot: str  # a SnapshotMode value: "frozen" or "fork"
     started: float  # unix time at which the target was halted
     freeze_seconds: float  # how long the target's threads were halted
     elapsed_seconds: float  # whole dump, from halting to the published file

@@ -1,22 +1,21 @@
-"""``snapd inspect CORE``: what is in a core file (ours, the kernel's or gdb's), read with pyelftools."""
+"""What is in a core file (ours, the kernel's or gdb's), read with pyelftools: threads, notes,
+segments and their content classes. The ``snapd inspect`` command is snapd/inspect.py."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import struct
-import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from snapd.core.elf import NT
 from snapd.core.notes import NT_SNAPD_INFO
 from snapd.errors import SnapdError
-from snapd.freeze.ptrace import NT
 from snapd.text import safe
 
 AT_SYSINFO_EHDR = 33
@@ -194,34 +193,3 @@ def render(v: CoreView) -> str:
             f"{_size(s.filesz) if s.filesz else '-':>10} {safe(s.cls):<8} {safe(s.file)}"
         )
     return "\n".join(out)
-
-
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="snapd inspect", description="Show what a core file holds.")
-    p.add_argument("cores", nargs="+", metavar="CORE")
-    p.add_argument("--json", action="store_true", help="one JSON object per core")
-    p.add_argument("--stacks", action="store_true", help="where every thread was: native and Python stacks")
-    p.add_argument("--exe", action="append", default=[], metavar="PATH", help="binaries (file or directory)")
-    p.add_argument("--tid", type=int, help="with --stacks: the thread to show first, as the one that fired")
-    p.add_argument("--deadline", type=float, default=30.0, help="with --stacks: seconds (default: 30)")
-    args = p.parse_args(argv)
-    from snapd.ship.opencore import open_core  # bundles and compressed cores too
-
-    rc = 0
-    for path in args.cores:
-        try:
-            with open_core(path) as plain:
-                if args.stacks:
-                    from snapd.report.cli import show_stacks
-
-                    rc |= show_stacks(plain, args.json, args.exe, args.tid, args.deadline)
-                    continue
-                v = read_core(plain)
-            if plain != path:  # unpacked to a temp file: show the file given and its real cost
-                v.path, v.disk_bytes = path, os.stat(path).st_blocks * 512
-        except SnapdError as err:  # CoreFileError, or a bundle that cannot be unpacked
-            print(f"snapd inspect: {safe(err)}", file=sys.stderr)
-            rc = 1
-            continue
-        print(json.dumps(asdict(v)) if args.json else render(v))
-    return rc

@@ -24,8 +24,9 @@ from collections.abc import Callable, Sequence
 from typing import ClassVar, Protocol
 
 from snapd.errors import TargetGone
-from snapd.freeze import ptrace as pt
 from snapd.procfs import PAGE_SIZE
+from snapd.sys import mman
+from snapd.sys.uio import IOV_MAX, process_vm_readv
 
 WINDOW = 64 << 20  # bytes of output file mapped at a time
 DIRECT_MIN = 1 << 20  # runs at least this long go through O_DIRECT
@@ -55,7 +56,7 @@ class VmReader:
 
     def copy(self, pairs: Sequence[Pair]) -> int:
         try:
-            return pt.process_vm_readv(self.pid, list(pairs))
+            return process_vm_readv(self.pid, list(pairs))
         except OSError as err:
             if err.errno == errno.ESRCH:
                 raise TargetGone(self.pid, "the dump") from err
@@ -127,12 +128,10 @@ def copy_runs(
     fd: int,
     runs: Sequence[tuple[int, int, int]],
     progress: Callable[[int], None] | None = None,
-) -> tuple[int, int]:
-    """Copy ``runs`` of ``(file_offset, remote_addr, length)`` (page-aligned, file order).
-
-    Returns ``(bytes_copied, pages_skipped)``.
-    """
-    copied = skipped = 0
+) -> int:
+    """Copy ``runs`` of ``(file_offset, remote_addr, length)`` (page-aligned, file order); return
+    the bytes copied (a page that cannot be read stays a hole)."""
+    copied = 0
     i = 0
     while i < len(runs):
         # One window of the output file: as many runs as fit, the last one maybe split.
@@ -150,24 +149,22 @@ def copy_runs(
             batch.append(runs[i])
             i += 1
         span = batch[-1][0] + batch[-1][2] - wstart
-        base = pt.mmap_file(fd, wstart, span)
+        base = mman.mmap_file(fd, wstart, span)
         try:
-            c, s = _copy_window(reader, base - wstart, batch)
+            copied += _copy_window(reader, base - wstart, batch)
         finally:
-            pt.munmap(base, span)
-        copied += c
-        skipped += s
+            mman.munmap(base, span)
         if progress:
             progress(copied)
-    return copied, skipped
+    return copied
 
 
-def _copy_window(reader: Reader, delta: int, batch: list[tuple[int, int, int]]) -> tuple[int, int]:
+def _copy_window(reader: Reader, delta: int, batch: list[tuple[int, int, int]]) -> int:
     pairs: list[Pair] = [(off + delta, addr, length) for off, addr, length in batch]
-    copied = skipped = 0
+    copied = 0
     j = 0
     while j < len(pairs):
-        chunk = pairs[j : j + pt.IOV_MAX]
+        chunk = pairs[j : j + IOV_MAX]
         want = sum(p[2] for p in chunk)
         n = reader.copy(chunk)
         copied += n
@@ -180,7 +177,6 @@ def _copy_window(reader: Reader, delta: int, batch: list[tuple[int, int, int]]) 
                 bad = n & ~(PAGE_SIZE - 1)
                 copied -= n - bad  # a partial page is rewritten from its start next time
                 rest = bad + PAGE_SIZE
-                skipped += 1
                 if rest < length:
                     pairs[j + k] = (laddr + rest, raddr + rest, length - rest)
                     j += k
@@ -188,7 +184,7 @@ def _copy_window(reader: Reader, delta: int, batch: list[tuple[int, int, int]]) 
                     j += k + 1
                 break
             n -= length
-    return copied, skipped
+    return copied
 
 
 class _Buffers:
@@ -203,7 +199,7 @@ class _Buffers:
         with cls._lock:
             if not cls._addrs:
                 for _ in range(NBUF):
-                    addr = pt.mmap_anon(CHUNK)
+                    addr = mman.mmap_anon(CHUNK)
                     ctypes.memset(addr, 0, CHUNK)  # fault in now, not during a freeze
                     cls._addrs.append(addr)
             return list(cls._addrs)

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 
 from snapd import procfs
 from snapd.core import xsave
-from snapd.core.elf import note
-from snapd.freeze import ptrace as pt
-from snapd.freeze.ptrace import NT
+from snapd.core.elf import NT, note
 from snapd.procfs import Mapping
+from snapd.sys import ptrace as pt
 
 CORE = b"CORE"
 LINUX = b"LINUX"

@@ -11,54 +11,14 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import os
 import re
 from collections.abc import Iterator
-from enum import IntFlag
 
 from snapd.procfs import PAGE_SIZE
+from snapd.sys import pagemap
+from snapd.sys.pagemap import Cat, Region, ScanArg
 
-
-class Cat(IntFlag):
-    """PAGE_IS_* categories of include/uapi/linux/fs.h."""
-
-    WPALLOWED = 1 << 0
-    WRITTEN = 1 << 1
-    FILE = 1 << 2
-    PRESENT = 1 << 3
-    SWAPPED = 1 << 4
-    PFNZERO = 1 << 5
-    HUGE = 1 << 6
-    SOFT_DIRTY = 1 << 7
-
-
-class _ScanArg(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_uint64)
-        for name in (
-            "size",
-            "flags",
-            "start",
-            "end",
-            "walk_end",
-            "vec",
-            "vec_len",
-            "max_pages",
-            "category_inverted",
-            "category_mask",
-            "category_anyof_mask",
-            "return_mask",
-        )
-    ]
-
-
-class _Region(ctypes.Structure):
-    _fields_ = [("start", ctypes.c_uint64), ("end", ctypes.c_uint64), ("categories", ctypes.c_uint64)]
-
-
-# _IOWR('f', 16, struct pm_scan_arg)
-PAGEMAP_SCAN = (3 << 30) | (ctypes.sizeof(_ScanArg) << 16) | (ord("f") << 8) | 16
 _VEC_LEN = 4096
 
 
@@ -69,7 +29,7 @@ class PageMap:
         self.pid = pid
         self.fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
         self.scan_ok = True
-        self._vec = (_Region * _VEC_LEN)()
+        self._vec = (Region * _VEC_LEN)()
 
     def close(self) -> None:
         os.close(self.fd)
@@ -94,8 +54,8 @@ class PageMap:
     def has_anon(self, start: int, end: int) -> bool:
         """Does [start, end) hold an anonymous page (for a file mapping: a written, COW-ed one)?
         Stops at the first one found. Raises OSError where PAGEMAP_SCAN is missing."""
-        arg = _ScanArg()
-        arg.size = ctypes.sizeof(_ScanArg)
+        arg = ScanArg()
+        arg.size = ctypes.sizeof(ScanArg)
         arg.start, arg.end = start, end
         arg.vec = ctypes.addressof(self._vec)
         arg.vec_len = 1
@@ -104,11 +64,11 @@ class PageMap:
         arg.category_mask = Cat.FILE  # not a page-cache page...
         arg.category_anyof_mask = Cat.PRESENT | Cat.SWAPPED  # ...that exists
         arg.return_mask = Cat.PRESENT | Cat.SWAPPED
-        return int(fcntl.ioctl(self.fd, PAGEMAP_SCAN, arg)) > 0
+        return pagemap.scan(self.fd, arg) > 0
 
     def _scan(self, start: int, end: int) -> Iterator[tuple[int, int]]:
-        arg = _ScanArg()
-        arg.size = ctypes.sizeof(_ScanArg)
+        arg = ScanArg()
+        arg.size = ctypes.sizeof(ScanArg)
         arg.vec = ctypes.addressof(self._vec)
         arg.vec_len = _VEC_LEN
         # Present or swapped, and not the shared zero page (read-faulted, never written).
@@ -122,7 +82,7 @@ class PageMap:
             arg.start = pos
             arg.end = end
             arg.walk_end = 0
-            n = fcntl.ioctl(self.fd, PAGEMAP_SCAN, arg)
+            n = pagemap.scan(self.fd, arg)
             for i in range(n):
                 r = self._vec[i]
                 if last and last[1] == r.start:

@@ -7,19 +7,16 @@ target's coredump_filter (fs/coredump.c vma_dump_size, before 6.x in fs/binfmt_e
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 from collections.abc import Callable
 from enum import IntEnum, IntFlag
 
 from snapd.content import ContentSpec
 from snapd.procfs import Mapping
+from snapd.sys.fs import TMPFS_MAGIC, fs_type
 
 #: [vvar] and friends are always in a kernel core but can never be read (VM_PFNMAP pages)
 UNREADABLE_SPECIAL = frozenset({"[vvar]", "[vvar_vclock]"})
 ALWAYS_DUMP = frozenset({"[vdso]", "[vsyscall]", *UNREADABLE_SPECIAL})
-
-TMPFS_MAGIC = 0x01021994
 
 
 class Amount(IntEnum):
@@ -42,17 +39,6 @@ class Filter(IntFlag):
     DAX_SHARED = 1 << 8
 
 
-# Tell tmpfs files apart from other shared files: statfs(2) f_type at offset 0 of struct statfs.
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-
-def _fs_type(path: str) -> int:
-    buf = ctypes.create_string_buffer(256)
-    if _libc.statfs(path.encode(), buf) != 0:
-        return 0
-    return int.from_bytes(buf.raw[:8], "little", signed=True)
-
-
 def unlinked_or_shmem(pid: int, m: Mapping) -> bool:
     """Shared memory in the coreadm sense: SysV shm, shared anonymous, memfd, tmpfs files.
 
@@ -63,7 +49,7 @@ def unlinked_or_shmem(pid: int, m: Mapping) -> bool:
         return True
     if not m.path.startswith("/"):
         return not m.file_backed
-    return _fs_type(f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}") == TMPFS_MAGIC
+    return fs_type(f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}") == TMPFS_MAGIC
 
 
 def classify(pid: int, m: Mapping, stack_ptrs: frozenset[int] | set[int]) -> str:

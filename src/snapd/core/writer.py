@@ -8,17 +8,16 @@ no reader mistakes for a core. The target is resumed on every path, before the s
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
-import secrets
 import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from snapd import procfs
-from snapd.content import ContentSpec, parse_spec
+from snapd.atomicfile import AtomicFile
+from snapd.content import DEFAULT_CONTENT, ContentSpec, SnapshotMode, parse_spec
 from snapd.core import elf, fork, notes, select
 from snapd.core.elf import PF, PT, Phdr
 from snapd.core.info import CoreInfo
@@ -34,14 +33,12 @@ from snapd.core.memory import (
 )
 from snapd.core.pages import PageMap
 from snapd.core.select import Amount
+from snapd.core.snapshot import Snapshot, capture
 from snapd.errors import OutputError, SnapdError, SnapshotError, TargetGone, Zombie
 from snapd.freeze import Halted, halt, precheck
-from snapd.freeze import ptrace as pt
-from snapd.freeze.halt import DEFAULT_TIMEOUT
+from snapd.freeze.halted import DEFAULT_TIMEOUT
 from snapd.procfs import Mapping
-
-PARTIAL_PREFIX = ".snapd-partial."
-SNAPSHOT_MODES = ("frozen", "fork")
+from snapd.sys.fs import fallocate
 
 #: progress(bytes_done, bytes_total)
 Progress = Callable[[int, int], None]
@@ -67,101 +64,6 @@ class Segment:
     def phdr(self) -> Phdr:
         m = self.mapping
         return Phdr(PT.LOAD, self.flags, self.offset, m.start, self.filesz, m.size, elf.PAGE)
-
-
-@dataclass
-class Snapshot:
-    """The process as it was while halted: everything but the memory contents."""
-
-    pid: int
-    threads: list[notes.ThreadRegs]
-    proc: notes.ProcessInfo
-    auxv: bytes
-    mappings: list[Mapping]
-    coredump_filter: int
-    exe: str
-    wall_time: float
-    start_time: int = 0  # /proc/PID/stat starttime (ticks after boot): with pid, the process's identity
-
-
-def capture(
-    h: Halted, state: str, current_tid: int | None = None, pre: list[Mapping] | None = None
-) -> Snapshot:
-    """Read registers, signal state and /proc of a halted process.
-
-    ``pre``: /proc/PID/smaps read just before the halt (see :func:`halted_mappings`)."""
-    pid = h.pid
-    tids = h.tids
-    if current_tid in tids:
-        tids.remove(current_tid)
-        tids.insert(0, current_tid)
-    threads = []
-    for tid in tids:
-        try:
-            threads.append(notes.capture_thread(pid, tid, h.threads[tid].pending_signal))
-        except OSError as err:
-            if err.errno == errno.ESRCH and tid != pid:
-                continue  # killed while halted (SIGKILL is not stoppable): leave it out
-            raise TargetGone(pid, "the snapshot") from err
-    if not threads:
-        raise TargetGone(pid, "the snapshot")
-    st = procfs.stat(pid)
-    status = procfs.status(pid)
-    proc = notes.ProcessInfo(
-        pid=pid,
-        ppid=st.ppid,
-        pgrp=st.pgrp,
-        sid=st.session,
-        comm=st.comm,
-        state=state,
-        flags=st.flags,
-        nice=st.nice,
-        uid=int(status.get("Uid", "0").split()[0]),
-        gid=int(status.get("Gid", "0").split()[0]),
-        cmdline=procfs.cmdline(pid),
-        cutime=st.cutime,
-        cstime=st.cstime,
-    )
-    return Snapshot(
-        pid=pid,
-        threads=threads,
-        proc=proc,
-        auxv=procfs.auxv(pid),
-        mappings=halted_mappings(pid, pre),
-        coredump_filter=procfs.coredump_filter(pid),
-        exe=procfs.exe(pid),
-        wall_time=h.wall_time,
-        start_time=st.starttime,
-    )
-
-
-def _layout_key(m: Mapping) -> tuple[object, ...]:
-    return (m.start, m.end, m.perms, m.offset, m.dev, m.inode, m.path)
-
-
-def halted_mappings(pid: int, pre: list[Mapping] | None) -> list[Mapping]:
-    """The mappings of a halted process, without walking its page tables if we can help it.
-
-    /proc/PID/smaps walks every page table entry to count Rss and Anonymous (fs/proc/task_mmu.c
-    smap_gather_stats): 11 ms per GiB here, a third of a fork snapshot's freeze. So smaps is read
-    just before the halt, and while halted only /proc/PID/maps (no walk) to check that no mapping
-    appeared, vanished or moved meanwhile; if one did, smaps is read again now. Of smaps we need
-    the VmFlags (which change only through madvise/mmap calls, a window of milliseconds we
-    accept) and whether a private file mapping holds anonymous (written) pages: for those that
-    had none, PAGEMAP_SCAN asks, cheaply, whether one has been written since.
-    """
-    if pre is None:
-        return procfs.smaps(pid)
-    if [_layout_key(m) for m in procfs.maps(pid)] != [_layout_key(m) for m in pre]:
-        return procfs.smaps(pid)
-    try:
-        with PageMap(pid) as pm:
-            for m in pre:
-                if m.file_backed and not m.shared and not m.anonymous and pm.has_anon(m.start, m.end):
-                    m.anonymous = elf.PAGE
-    except OSError:
-        return procfs.smaps(pid)
-    return pre
 
 
 def plan(snap: Snapshot, spec: ContentSpec, mem: MemReader) -> list[Segment]:
@@ -233,13 +135,13 @@ def _shmem_data(pid: int, m: Mapping) -> list[tuple[int, int]]:
 
 
 def layout(
-    snap: Snapshot, segs: list[Segment], spec: ContentSpec, mode: str, live: list[int]
+    snap: Snapshot, segs: list[Segment], spec: ContentSpec, mode: SnapshotMode, live: list[int]
 ) -> tuple[bytes, bytes, int, int]:
     """Assign file offsets; return (ELF + program headers, notes, file size, section header offset)."""
     info: dict[str, object] = {
         "version": 1,
         "content": str(spec),
-        "snapshot": mode,
+        "snapshot": mode.value,
         "time": snap.wall_time,
         "start_time": snap.start_time,
         "classes": [s.cls for s in segs],
@@ -262,20 +164,16 @@ def layout(
     return head, note_data, total, shoff
 
 
-class CoreFile:
-    """The temp file a core is built in, published by rename/link only when complete."""
+class CoreFile(AtomicFile):
+    """The temp file a core is built in (:mod:`snapd.atomicfile`), published only when complete;
+    a second descriptor with O_DIRECT for the big runs."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
-        d = os.path.dirname(path) or "."
-        self.tmp = os.path.join(d, f"{PARTIAL_PREFIX}{os.path.basename(path)}.{secrets.token_hex(4)}")
-        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        self.published = False
         self.dfd: int | None = None
         warm_buffers()  # fault them in now, not while the target is halted
         try:
-            os.stat(d)  # EACCES on a parent is "permission denied", not "no such directory"
-            self.fd = os.open(self.tmp, flags, 0o600)
+            os.stat(os.path.dirname(path) or ".")  # EACCES on a parent: "permission denied"
+            super().__init__(path)
         except OSError as err:
             raise OutputError(path, err) from err
         try:
@@ -302,7 +200,7 @@ class CoreFile:
         """
         for off, _addr, length in runs:
             try:
-                pt.fallocate(self.fd, off, length)
+                fallocate(self.fd, off, length)
             except OSError as err:
                 if err.errno in (errno.EOPNOTSUPP, errno.ENOSYS):
                     return
@@ -323,37 +221,21 @@ class CoreFile:
                 small = sorted(small + leftovers)
             base = done
             cb = (lambda n: progress(base + n)) if progress else None
-            return done + copy_runs(reader, self.fd, small, cb)[0]
+            return done + copy_runs(reader, self.fd, small, cb)
         except OSError as err:
             raise OutputError(self.path, err) from err
 
-    def publish(self, replace: bool, sync: bool) -> os.stat_result:
+    def publish(self, *, replace: bool = True, sync: bool = True) -> os.stat_result:
         try:
-            if sync:
-                os.fsync(self.fd)
-            if replace:
-                os.replace(self.tmp, self.path)
-            else:
-                os.link(self.tmp, self.path, follow_symlinks=False)  # never overwrites, never follows
-                os.unlink(self.tmp)
-            self.published = True
-            if sync:
-                dfd = os.open(os.path.dirname(self.path) or ".", os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
-            return os.fstat(self.fd)
+            return super().publish(replace=replace, sync=sync)
         except OSError as err:
             raise OutputError(self.path, err) from err
 
     def close(self) -> None:
-        os.close(self.fd)
         if self.dfd is not None:
             os.close(self.dfd)
-        if not self.published:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.tmp)
+            self.dfd = None
+        super().close()
 
 
 def copy_plan(segs: Iterable[Segment]) -> list[tuple[int, int, int]]:
@@ -373,7 +255,7 @@ class _Result:
     copied: int
     comm: str
     exe: str
-    mode: str
+    mode: SnapshotMode
     fallback: str
 
 
@@ -381,8 +263,8 @@ def write_core(
     pid: int,
     path: str,
     *,
-    content: str | ContentSpec = "default",
-    snapshot: str = "frozen",
+    content: ContentSpec | str = DEFAULT_CONTENT,
+    snapshot: SnapshotMode | str = SnapshotMode.FROZEN,
     replace: bool = True,
     current_tid: int | None = None,
     halted: Halted | None = None,
@@ -392,15 +274,19 @@ def write_core(
 ) -> CoreInfo:
     """Write an ELF core of live process ``pid`` to ``path`` and return what was written.
 
-    ``snapshot``: "frozen" halts the target for the whole copy; "fork" halts it only to fork a
-    copy-on-write child that is then copied at leisure (falling back to "frozen", with the reason
-    in ``CoreInfo.fallback``, when a fork is unsafe). ``halted``: a target the caller already
+    ``content`` and ``snapshot`` may be given as text (``snapd gcore``'s ``-c`` and ``--snapshot``,
+    parsed here) or parsed. ``snapshot``: frozen halts the target for the whole copy; fork halts
+    it only to fork a copy-on-write child that is then copied at leisure (falling back to frozen,
+    with the reason in ``CoreInfo.fallback``, when a fork is unsafe). ``halted``: a target the caller already
     halted (the daemon's ``stop: kernel``). Either way the target is resumed before this returns,
     on every path, and as early as the snapshot allows.
     """
     spec = content if isinstance(content, ContentSpec) else parse_spec(content)
-    if snapshot not in SNAPSHOT_MODES:
-        raise SnapshotError(f"unknown snapshot mode '{snapshot}'; use one of: {', '.join(SNAPSHOT_MODES)}")
+    try:
+        mode = SnapshotMode(snapshot)
+    except ValueError as err:
+        known = ", ".join(m.value for m in SnapshotMode)
+        raise SnapshotError(f"unknown snapshot mode '{snapshot}'; use one of: {known}") from err
     path = os.path.abspath(path)
     t0 = time.monotonic()
     state = precheck(pid).state if halted is None else "R"
@@ -411,11 +297,10 @@ def write_core(
             h = halted or halt(pid, timeout=timeout)
         except Zombie as err:
             # It passed precheck above, so it died since (while the temp file was made): that is
-            # "exited during the dump", not a zombie we were asked to dump (this race made
-            # tests/core/test_errors.py::test_target_exits_mid_dump fail about half the time).
+            # "exited during the dump", not a zombie we were asked to dump.
             raise TargetGone(pid, "the dump") from err
         try:
-            res = _dump(h, out, _Request(spec, snapshot, state, current_tid, progress, pre))
+            res = _dump(h, out, _Request(spec, mode, state, current_tid, progress, pre))
         except (OSError, ValueError, IndexError, struct.error) as err:
             # SIGKILL cannot be held off by a ptrace-stop: a target can die at any point, and
             # /proc files of a dying process read as empty or vanish. Name that, not the symptom.
@@ -424,7 +309,7 @@ def write_core(
             raise TargetGone(pid, "the dump") from err
         finally:
             h.resume()
-        st = out.publish(replace, sync)
+        st = out.publish(replace=replace, sync=sync)
     finally:
         out.close()
     return CoreInfo(
@@ -439,7 +324,7 @@ def write_core(
         disk_bytes=st.st_blocks * 512,
         memory_bytes=res.copied,
         content=str(spec),
-        snapshot=res.mode,
+        snapshot=res.mode.value,
         started=h.wall_time,
         freeze_seconds=h.freeze_seconds,
         elapsed_seconds=time.monotonic() - t0,
@@ -463,7 +348,7 @@ def _target_alive(pid: int) -> bool:
 @dataclass(frozen=True)
 class _Request:
     spec: ContentSpec
-    mode: str
+    mode: SnapshotMode
     state: str  # the target's state letter before the halt
     current_tid: int | None
     progress: Progress | None
@@ -474,9 +359,9 @@ def _dump(h: Halted, out: CoreFile, req: _Request) -> _Result:
     snap = capture(h, req.state, req.current_tid, req.pre)
     with MemReader(h.pid) as mem:
         segs = plan(snap, req.spec, mem)
-    child: fork.Child | None = None
+    child: fork.SnapshotChild | None = None
     fallback = ""
-    if req.mode == "fork":
+    if req.mode is SnapshotMode.FORK:
         try:
             child = fork.fork_child(h, snap, req.spec)
         except fork.ForkUnsafe as why:
@@ -496,7 +381,7 @@ def _frozen(
     """Everything copied from the halted target; resumed after the last byte."""
     spec, progress = req.spec, req.progress
     fill_runs(h.pid, segs)
-    out.write_headers(*layout(snap, segs, spec, "frozen", []), len(segs))
+    out.write_headers(*layout(snap, segs, spec, SnapshotMode.FROZEN, []), len(segs))
     fast = copy_plan(s for s in segs if not _forced(s))
     forced = copy_plan(s for s in segs if _forced(s))
     want = sum(r[2] for r in fast) + sum(r[2] for r in forced)
@@ -506,11 +391,11 @@ def _frozen(
         with MemReader(h.pid) as mem:
             copied += out.copy(mem, forced, None)
     h.resume()
-    return _Result(segs, len(snap.threads), copied, snap.proc.comm, snap.exe, "frozen", fallback)
+    return _Result(segs, len(snap.threads), copied, snap.proc.comm, snap.exe, SnapshotMode.FROZEN, fallback)
 
 
 def _from_child(
-    h: Halted, out: CoreFile, snap: Snapshot, segs: list[Segment], req: _Request, child: fork.Child
+    h: Halted, out: CoreFile, snap: Snapshot, segs: list[Segment], req: _Request, child: fork.SnapshotChild
 ) -> _Result:
     """Halted: copy what the child lacks (DONTFORK, WIPEONFORK, shared memory if asked), resume.
     Then copy everything else from the child, whose memory is the target's at the fork."""
@@ -518,7 +403,7 @@ def _from_child(
     early = [s for s in segs if s.filesz and fork.needs_parent(s.mapping, spec)]
     late = [s for s in segs if s.filesz and s not in early]
     live = [i for i, s in enumerate(segs) if s in late and s.mapping.shared]
-    out.write_headers(*layout(snap, segs, spec, "fork", live), len(segs))
+    out.write_headers(*layout(snap, segs, spec, SnapshotMode.FORK, live), len(segs))
     fill_runs(h.pid, early)
     copied = out.copy(VmReader(h.pid), copy_plan(early), None) if early else 0
     h.resume()
@@ -528,4 +413,4 @@ def _from_child(
     cb = (lambda done: progress(done, want)) if progress else None
     with MemReader(child.pid) as mem:
         copied += out.copy(mem, runs, cb)
-    return _Result(segs, len(snap.threads), copied, snap.proc.comm, snap.exe, "fork", "")
+    return _Result(segs, len(snap.threads), copied, snap.proc.comm, snap.exe, SnapshotMode.FORK, "")

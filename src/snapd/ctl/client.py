@@ -20,7 +20,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from snapd.ctl.protocol import DEFAULT_GROUP, DEFAULT_SOCKET, MAX_REPLY, CtlError, request
+from snapd.ctl.protocol import DEFAULT_GROUP, MAX_REPLY, CtlError, request
+from snapd.paths import DEFAULT_SOCKET
 from snapd.store.retention import parse_age
 from snapd.text import safe
 

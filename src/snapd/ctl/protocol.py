@@ -17,7 +17,6 @@ from typing import Any
 
 from snapd.errors import SnapdError
 
-DEFAULT_SOCKET = "/run/snapd-cores/ctl.sock"
 DEFAULT_GROUP = "snapd"
 MAX_REQUEST = 64 * 1024
 MAX_REPLY = 512 << 20

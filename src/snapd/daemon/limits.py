@@ -33,7 +33,7 @@ class RuleState:
         return {
             "name": r.name,
             "path": r.path,
-            "trigger": r.kind,
+            "trigger": r.kind.value,
             "description": r.description,
             "stop": r.action.stop.value,
             "snapshot": r.action.snapshot.value,

@@ -15,10 +15,9 @@ import stat
 from dataclasses import dataclass
 
 from snapd.rules import RuleError, parse_rule
-from snapd.rules.loader import MAX_FILE_BYTES
+from snapd.rules.bounds import MAX_FILE_BYTES
+from snapd.rules.loader import rule_names
 from snapd.rules.model import Rule
-
-SUFFIXES = (".yaml", ".yml")
 
 
 @dataclass(frozen=True)
@@ -27,10 +26,6 @@ class RuleFile:
     digest: str  # sha256 of the content: a change of content is a new rule (limits reset)
     rule: Rule | None
     errors: tuple[str, ...]
-
-
-def is_rule_name(name: str) -> bool:
-    return name.endswith(SUFFIXES) and not name.startswith(".")
 
 
 def trust_problem(st: os.stat_result) -> str | None:
@@ -72,11 +67,11 @@ def directory_problem(directory: str) -> str | None:
 
 #: (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) -> parsed file: a directory change
 #: re-reads only what changed (a hostile file costs its parse once, not on every event)
-_Key = tuple[int, int, int, int, int]
+Key = tuple[int, int, int, int, int]
 
 
 def read_rule(
-    directory: str, name: str, require_root: bool = True, cache: dict[_Key, RuleFile] | None = None
+    directory: str, name: str, require_root: bool = True, cache: dict[Key, RuleFile] | None = None
 ) -> RuleFile:
     path = os.path.join(directory, name)
     try:
@@ -112,17 +107,17 @@ def read_rule(
 
 
 def scan(
-    directory: str, require_root: bool = True, cache: dict[_Key, RuleFile] | None = None
+    directory: str, require_root: bool = True, cache: dict[Key, RuleFile] | None = None
 ) -> dict[str, RuleFile]:
     """Every rule-like file in ``directory``, by path; RuleError if the directory is unusable."""
     if require_root and (problem := directory_problem(directory)):
         raise RuleError(directory, 0, 0, f"refusing every rule in it: {problem}")
     try:
-        names = sorted(os.listdir(directory))
+        names = rule_names(directory)
     except OSError as err:
         raise RuleError(directory, 0, 0, f"cannot read the rules directory: {err.strerror}") from err
     files = {
-        f.path: f for f in (read_rule(directory, n, require_root, cache) for n in names if is_rule_name(n))
+        f.path: f for f in (read_rule(directory, n, require_root, cache) for n in names)
     }
     if cache is not None:  # forget files that are gone or changed
         keep = {id(f) for f in files.values()}

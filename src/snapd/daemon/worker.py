@@ -2,24 +2,23 @@
 
 ptrace is per thread (a tracee belongs to the thread that seized it), so all of a dump's ptrace
 requests must come from one thread; a dedicated one also keeps slow dumps away from the main loop,
-which goes on taking events. Jobs come in on a queue, results go back on another and the main
-loop is woken through a pipe.
+which goes on taking events. Jobs come in on a queue (first come, first dumped), results go back
+on another and the main loop is woken through a pipe.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import heapq
-import itertools
 import logging
 import os
 import signal
 import threading
-import time
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from snapd.core import CoreInfo, write_core
+from snapd.daemon.request import CoreRequest
 from snapd.errors import SnapdError
 from snapd.freeze import halt
 
@@ -28,16 +27,11 @@ log = logging.getLogger("snapd")
 
 @dataclass
 class Job:
+    """A reserved catalog entry and the request to fill it."""
+
     entry_id: int
-    path: str
-    pid: int
-    tid: int | None
-    content: str
-    snapshot: str
-    rule: str
-    kernel_stopped: bool = False  # the probe sent SIGSTOP: halt, then SIGCONT
-    not_before: float = 0.0  # time.monotonic(): repeat cores wait for their interval
-    extra: dict[str, Any] = field(default_factory=dict)
+    path: str  # the entry's final path: the writer links the core there, never replacing
+    request: CoreRequest
 
 
 @dataclass
@@ -51,21 +45,21 @@ class Worker:
     def __init__(self, wake_fd: int) -> None:
         self.wake_fd = wake_fd
         self._cond = threading.Condition()
-        self._jobs: list[tuple[float, int, Job]] = []
-        self._seq = itertools.count()
+        self._jobs: collections.deque[Job] = collections.deque()
         self.results: list[Result] = []
         self.busy: Job | None = None
-        self.paused = False
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="snapd-dump", daemon=True)
-        self.on_stop_cleared: Any = None  # callable(pid): the journal entry can go
+        #: called with the pid once a probe-stopped target is ours (halted) or gone: the stop
+        #: journal's entry can go
+        self.on_stop_cleared: Callable[[int], None] | None = None
 
     def start(self) -> None:
         self._thread.start()
 
     def submit(self, job: Job) -> None:
         with self._cond:
-            heapq.heappush(self._jobs, (job.not_before, next(self._seq), job))
+            self._jobs.append(job)
             self._cond.notify()
 
     def waiting(self) -> int:
@@ -75,7 +69,7 @@ class Worker:
     def drop_queued(self) -> list[Job]:
         """Forget every job not started yet (pause, shutdown); the caller fails their entries."""
         with self._cond:
-            jobs = [j for _, _, j in self._jobs]
+            jobs = list(self._jobs)
             self._jobs.clear()
             return jobs
 
@@ -93,12 +87,11 @@ class Worker:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._stop and (not self._jobs or self._jobs[0][0] > time.monotonic()):
-                    wait = self._jobs[0][0] - time.monotonic() if self._jobs else None
-                    self._cond.wait(wait)
+                while not self._stop and not self._jobs:
+                    self._cond.wait()
                 if self._stop:
                     return
-                job = heapq.heappop(self._jobs)[2]
+                job = self._jobs.popleft()
                 self.busy = job
             result = self._dump(job)
             with self._cond:
@@ -108,26 +101,27 @@ class Worker:
                 os.write(self.wake_fd, b"r")
 
     def _dump(self, job: Job) -> Result:
+        req = job.request
         try:
             halted = None
-            if job.kernel_stopped:
+            if req.kernel_stopped:
                 # Take over the SIGSTOP'd target with ptrace, then lift the job-control stop:
                 # its threads stay in our ptrace-stop, and SIGCONT is simply pending until we
                 # resume them (kernel/signal.c prepare_signal wakes only TASK_STOPPED tasks).
                 try:
-                    halted = halt(job.pid)
+                    halted = halt(req.pid)
                 finally:
                     with contextlib.suppress(ProcessLookupError):
-                        os.kill(job.pid, signal.SIGCONT)
+                        os.kill(req.pid, signal.SIGCONT)
                     if self.on_stop_cleared:
-                        self.on_stop_cleared(job.pid)
+                        self.on_stop_cleared(req.pid)
             info = write_core(
-                job.pid,
+                req.pid,
                 job.path,
-                content=job.content,
-                snapshot=job.snapshot,
+                content=req.content,
+                snapshot=req.mode,
                 replace=False,
-                current_tid=job.tid,
+                current_tid=req.tid,
                 halted=halted,
                 sync=True,
             )
@@ -135,5 +129,5 @@ class Worker:
         except SnapdError as err:
             return Result(job, None, str(err))
         except Exception as err:  # never let one bad dump kill the worker
-            log.exception("dump of pid %d failed unexpectedly", job.pid)
+            log.exception("dump of pid %d failed unexpectedly", req.pid)
             return Result(job, None, f"internal error: {err}")

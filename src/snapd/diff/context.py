@@ -1,4 +1,4 @@
-"""Diffing two /proc contexts (what :func:`snapd.store.context.capture` returns) of one process.
+"""Diffing two /proc contexts (what :func:`snapd.procfs.context.capture` returns) of one process.
 
 Contexts come from the catalog as JSON; they were read from a process that may have named its
 files anything, and a catalog row may have been edited: every field is checked for its type,

@@ -1,5 +1,5 @@
 """Freezing a live process: every thread halted with ptrace, invisibly to its parent."""
 
-from snapd.freeze.halt import FreezeTimeout, Halted, Thread, halt, precheck
+from snapd.freeze.halted import FreezeTimeout, Halted, Thread, halt, precheck
 
 __all__ = ["FreezeTimeout", "Halted", "Thread", "halt", "precheck"]

@@ -23,8 +23,8 @@ import time
 
 from snapd import procfs
 from snapd.errors import SnapdError, TargetError, TargetGone
-from snapd.freeze import ptrace as pt
-from snapd.freeze.ptrace import Event, Opt
+from snapd.sys import ptrace as pt
+from snapd.sys.ptrace import Event, Opt
 
 # struct user_regs_struct indexes
 R10, R9, R8, RAX, RDX, RSI, RDI, ORIG_RAX, RIP = 7, 8, 9, 10, 12, 13, 14, 15, 16
@@ -97,7 +97,7 @@ def _dying(tid: int) -> bool:
         return True
 
 
-def _wait(pid: int, tid: int, timeout: float = 5.0) -> int:
+def wait_stop(pid: int, tid: int, timeout: float = 5.0) -> int:
     """Wait for ``tid``'s next stop (or death), polling so that a stuck thread cannot hang us."""
     start = time.monotonic()
     end = start + timeout
@@ -113,8 +113,8 @@ def _wait(pid: int, tid: int, timeout: float = 5.0) -> int:
             return status
         # A thread SIGKILLed now may never report this stop: a dead group leader is reported
         # only once its other threads, ours to reap, are gone (kernel/exit.c
-        # delay_group_leader). Its zombie state tells; it used to cost the full timeout and
-        # a misleading "did not stop in the injected system call".
+        # delay_group_leader). Its own zombie state tells, within milliseconds: the target
+        # exited, which is not a thread that "did not stop" after the full timeout.
         now = time.monotonic()
         if now - start > 0.02 and _dying(tid):
             raise TargetGone(pid, "the snapshot")
@@ -141,7 +141,7 @@ def _step_past_jobctl(pid: int, tid: int, status: int) -> int:
         if pt.stop_event(status) != Event.STOP:
             return status
         pt.syscall_step(tid)
-        status = _wait(pid, tid)
+        status = wait_stop(pid, tid)
     return status
 
 
@@ -167,12 +167,12 @@ def inject(
         pt.set_regs(tid, pack(r))
         moved = True
         pt.syscall_step(tid)
-        status = _step_past_jobctl(pid, tid, _wait(pid, tid))
+        status = _step_past_jobctl(pid, tid, wait_stop(pid, tid))
         if os.WSTOPSIG(status) != SYSCALL_STOP:
             raise InjectError(pid, f"thread {tid} stopped with {status:#x} instead of entering the call")
         pt.syscall_step(tid)
         while True:
-            status = _step_past_jobctl(pid, tid, _wait(pid, tid))
+            status = _step_past_jobctl(pid, tid, wait_stop(pid, tid))
             if pt.stop_event(status) in (Event.CLONE, Event.FORK, Event.VFORK):
                 child = pt.get_eventmsg(tid)
                 pt.syscall_step(tid)
@@ -187,37 +187,6 @@ def inject(
             pt.set_sigmask(tid, saved_mask)
             pt.ptrace(pt.Req.SETOPTIONS, tid, 0, Opt.TRACECLONE)
     return result, child
-
-
-class SnapshotChild:
-    """The copy-on-write child of a fork snapshot: traced, halted, never runs user code."""
-
-    def __init__(self, target: int, pid: int, vpid: int) -> None:
-        self.target = target
-        self.pid = pid  # in our pid namespace
-        self.vpid = vpid  # in the target's, for its wait4
-        self.reaped = False
-
-    def adopt(self) -> None:
-        """Collect the child's first stop, and make sure it dies with us (PTRACE_O_EXITKILL):
-        were snapd to die, a detached child would run the target's code a second time."""
-        status = _wait(self.target, self.pid)
-        if not os.WIFSTOPPED(status):
-            raise InjectError(self.target, "the snapshot child did not start")
-        pt.ptrace(pt.Req.SETOPTIONS, self.pid, 0, Opt.EXITKILL | Opt.TRACECLONE)
-
-    def kill(self) -> None:
-        """SIGKILL and wait. Its zombie then belongs to the target: see reap_in_target()."""
-        if self.reaped:
-            return
-        self.reaped = True
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            while True:
-                _, status = os.waitpid(self.pid, pt.WALL)
-                if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-                    break
 
 
 def reap_in_target(pid: int, child_vpid: int, insn: int, tids: list[int]) -> bool:
@@ -236,7 +205,7 @@ def reap_in_target(pid: int, child_vpid: int, insn: int, tids: list[int]) -> boo
             raise
         try:
             pt.interrupt(tid)
-            status = _wait(pid, tid)
+            status = wait_stop(pid, tid)
             sig = os.WSTOPSIG(status) if pt.stop_event(status) == 0 else 0
             if sig and sig != signal.SIGTRAP:
                 pt.detach(tid, sig)  # a signal is being delivered here: try another thread

@@ -14,7 +14,7 @@ import errno
 import struct
 from enum import IntEnum
 
-from snapd.freeze import ptrace as pt
+from snapd.sys import ptrace as pt
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 MAX_INSNS = 4096  # BPF_MAXINSNS

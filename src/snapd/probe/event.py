@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 
+from snapd.rules.model import Kind
 
-class Kind(str, Enum):
-    SYSCALL = "syscall"
-    EVERY = "every"
-    CPU = "cpu"
-    RSS = "rss"
-    THREADS = "threads"
-    FDS = "fds"
+__all__ = ["Event", "Kind"]
 
 
 @dataclass(frozen=True)
@@ -31,10 +25,10 @@ class Event:
     pid: int
     tid: int
     comm: str
-    kind: str
-    syscall: str | None
-    args: tuple[int, ...]
-    ret: int | None
-    value: int | None
+    kind: Kind
     time_ns: int
+    syscall: str | None = None
+    args: tuple[int, ...] = ()
+    ret: int | None = None
+    value: int | None = None
     stopped: bool = False

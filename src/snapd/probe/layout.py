@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from enum import IntEnum, IntFlag
 
-# The predicate encoding and the rule-language limits belong to snapd.rules (an earlier stage);
+# The predicate encoding and the rule-language bounds belong to snapd.rules (an earlier stage);
 # the probe only sizes its maps from them.
-from snapd.rules.expr import MAX_INSNS, Field, Insn, Op
-from snapd.rules.loader import GLOB_MAX, WIN_SLOTS
+from snapd.rules.bounds import GLOB_MAX, MAX_INSNS, WIN_SLOTS
+from snapd.rules.expr import Field, Insn, Op
 
 MAX_RULES = 64  # one bit per rule in a u64 mask
 MAX_CHAIN = 32  # rules evaluated per syscall event: one tail call each (MAX_TAIL_CALL_CNT 33)

@@ -35,6 +35,7 @@ from snapd.rules.model import (
     StopMode,
     SyscallTrigger,
     ThreadsTrigger,
+    trigger_kind,
 )
 
 SOURCE = Path(__file__).with_name("probe.bpf.c")
@@ -376,10 +377,10 @@ class Probes:
     def _on_event(self, _ctx: Any, data: Any, _size: int) -> int:
         self._take(data)
         # A negative return ends this ring_buffer_consume()/poll() right after this record,
-        # which is consumed all the same (libbpf ringbuf_process_ring). Without it, a consume
-        # during a trigger storm never returned: it read until the ring was empty, which a
-        # producer faster than us never lets happen, and so held the main loop (no ctl, no other
-        # rule) and every event of the storm in memory (a 10 s storm: +170 MiB RSS).
+        # which is consumed all the same (libbpf ringbuf_process_ring). One poll must hand out
+        # at most MAX_BATCH events: a consume reads until the ring is empty, which a producer
+        # faster than us (a trigger storm) never lets happen, and the main loop (ctl, the other
+        # rules, stop: kernel hand-overs) and the memory held must stay bounded meanwhile.
         return -1 if len(self._pending) >= MAX_BATCH and not self._closed else 0
 
     def _take(self, data: Any) -> None:
@@ -401,17 +402,14 @@ class Probes:
             pct = raw.value * layout.CPU_SAMPLE_PERIOD_NS * 100 // trig.for_ns
             self._pending.append(
                 Event(
-                    ent.rule.name,
-                    raw.pid,
-                    raw.tid,
-                    comm,
-                    Kind.CPU.value,
-                    None,
-                    (),
-                    None,
-                    int(pct),
-                    raw.ts,
-                    bool(flags & layout.EventFlag.STOPPED),
+                    rule=ent.rule.name,
+                    pid=raw.pid,
+                    tid=raw.tid,
+                    comm=comm,
+                    kind=Kind.CPU,
+                    time_ns=raw.ts,
+                    value=int(pct),
+                    stopped=bool(flags & layout.EventFlag.STOPPED),
                 )
             )
             return
@@ -421,17 +419,16 @@ class Probes:
         ret = int(raw.ret) if flags & layout.EventFlag.EXIT else None
         self._pending.append(
             Event(
-                ent.rule.name,
-                raw.pid,
-                raw.tid,
-                comm,
-                Kind.SYSCALL.value,
-                name,
-                args,
-                ret,
-                None,
-                raw.ts,
-                bool(flags & layout.EventFlag.STOPPED),
+                rule=ent.rule.name,
+                pid=raw.pid,
+                tid=raw.tid,
+                comm=comm,
+                kind=Kind.SYSCALL,
+                time_ns=raw.ts,
+                syscall=name,
+                args=args,
+                ret=ret,
+                stopped=bool(flags & layout.EventFlag.STOPPED),
             )
         )
 
@@ -453,7 +450,12 @@ class Probes:
             for pid in self._pids_of(slot):
                 self._pending.append(
                     Event(
-                        ent.rule.name, pid, pid, procfs.comm(pid), Kind.EVERY.value, None, (), None, None, ts
+                        rule=ent.rule.name,
+                        pid=pid,
+                        tid=pid,
+                        comm=procfs.comm(pid),
+                        kind=Kind.EVERY,
+                        time_ns=ts,
                     )
                 )
 
@@ -469,21 +471,15 @@ class Probes:
                 value = samplers.measure(trig, pid)
                 self._stats["samples"] += 1
                 if value is not None and ent.crossing.update(pid, value, above):
-                    kind = {RssTrigger: Kind.RSS, ThreadsTrigger: Kind.THREADS, FdsTrigger: Kind.FDS}[
-                        type(trig)
-                    ]
                     self._pending.append(
                         Event(
-                            ent.rule.name,
-                            pid,
-                            pid,
-                            procfs.comm(pid),
-                            kind.value,
-                            None,
-                            (),
-                            None,
-                            value,
-                            now_ns,
+                            rule=ent.rule.name,
+                            pid=pid,
+                            tid=pid,
+                            comm=procfs.comm(pid),
+                            kind=trigger_kind(trig),
+                            time_ns=now_ns,
+                            value=value,
                         )
                     )
             ent.crossing.forget_except(set(pids))

@@ -6,6 +6,7 @@ input; the `when` language lives in :mod:`snapd.rules.expr`.
 
 from __future__ import annotations
 
+from snapd.content import SnapshotMode
 from snapd.rules.error import RuleError
 from snapd.rules.loader import MAX_FILE_BYTES, check_file, load_dir, load_file, parse_rule
 from snapd.rules.model import (
@@ -15,10 +16,10 @@ from snapd.rules.model import (
     CpuTrigger,
     EveryTrigger,
     FdsTrigger,
+    Kind,
     Limits,
     RssTrigger,
     Rule,
-    SnapshotMode,
     StopMode,
     SyscallTrigger,
     Target,
@@ -35,6 +36,7 @@ __all__ = [
     "CpuTrigger",
     "EveryTrigger",
     "FdsTrigger",
+    "Kind",
     "Limits",
     "RssTrigger",
     "Rule",

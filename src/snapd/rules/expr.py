@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, NamedTuple
 
-MAX_INSNS = 16  # instructions per predicate (probe.bpf.c SNAPD_MAX_INSNS)
-MAX_STACK = 32  # boolean stack depth: bits of one register, with room to spare
-MAX_TEXT = 1024  # characters of `when` text
+from snapd.rules.bounds import MAX_INSNS, MAX_STACK, MAX_TEXT
+from snapd.units import DURATION_NS
+
 S64_MIN, S64_MAX = -(1 << 63), (1 << 63) - 1
 
 
@@ -66,14 +66,6 @@ MIRROR = {Op.EQ: Op.EQ, Op.NE: Op.NE, Op.LT: Op.GT, Op.LE: Op.GE, Op.GT: Op.LT, 
 NAMES = {f.name.lower(): f for f in Field}
 EXIT_FIELDS = frozenset({Field.RET, Field.ERRNO, Field.LATENCY})
 KEYWORDS = frozenset({"and", "or", "not"})
-_DURATION_NS = {
-    "ns": 1,
-    "us": 1_000,
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60_000_000_000,
-    "h": 3_600_000_000_000,
-}
 
 
 class ExprError(Exception):
@@ -118,12 +110,12 @@ def tokenize(text: str) -> list[Token]:
             value = int(num, 16) if num[:2].lower() == "0x" else int(num, 10)
             if unit is None:
                 out.append(Token("int", m.group(0).strip(), start, value))
-            elif unit in _DURATION_NS and not num.lower().startswith("0x"):
-                out.append(Token("dur", m.group(0).strip(), start, value * _DURATION_NS[unit]))
+            elif unit in DURATION_NS and not num.lower().startswith("0x"):
+                out.append(Token("dur", m.group(0).strip(), start, value * DURATION_NS[unit]))
             else:
                 raise ExprError(
                     start,
-                    f"bad unit {unit!r} in {m.group(0).strip()!r}; durations take " + ", ".join(_DURATION_NS),
+                    f"bad unit {unit!r} in {m.group(0).strip()!r}; durations take " + ", ".join(DURATION_NS),
                 )
         elif m.group("name"):
             out.append(Token("name", m.group("name"), start))

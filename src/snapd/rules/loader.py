@@ -1,300 +1,59 @@
-"""Strict loading of rule files: YAML nodes (with their marks) -> :class:`~snapd.rules.model.Rule`.
+"""Rule files: listing, reading and parsing them (see docs/rules.md).
 
-The file is composed, never constructed: ``yaml.compose`` gives nodes with line/column marks, and
-this module reads each one against the schema, so every error names ``file:line:col``. Anchors
-and aliases are refused outright (which also rules out "billion laughs" expansion), as are
-duplicate and unknown keys, custom tags, non-UTF-8 bytes and files over :data:`MAX_FILE_BYTES`.
+``parse_rule`` = :mod:`~snapd.rules.compose` (strict YAML) + :mod:`~snapd.rules.builder` (the
+schema, key by key). Nothing here raises anything but :class:`RuleError` for bad input; every
+error names ``file:line:col``, and files over :data:`~snapd.rules.bounds.MAX_FILE_BYTES` are
+refused before they are parsed.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
-import re
-import unicodedata
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
 
-import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
-
-from snapd.content import parse_spec
-from snapd.errors import ContentError
-from snapd.rules import expr as _expr
-from snapd.rules import syscalls as _sys
+from snapd.rules.bounds import MAX_FILE_BYTES
+from snapd.rules.builder import RuleBuilder
+from snapd.rules.compose import compose, decode
 from snapd.rules.error import RuleError
-from snapd.rules.model import (
-    Action,
-    ActiveWindow,
-    CoreAction,
-    CpuTrigger,
-    EveryTrigger,
-    FdsTrigger,
-    Limits,
-    RssTrigger,
-    Rule,
-    SnapshotMode,
-    StopMode,
-    SyscallTrigger,
-    Target,
-    ThreadsTrigger,
-    Trigger,
-)
-from snapd.rules.units import UnitError, parse_duration, parse_percent, parse_size
+from snapd.rules.model import Rule
+from snapd.rules.schema import Ctx
 
-MAX_FILE_BYTES = 256 * 1024
-NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-UNIT_RE = re.compile(r"[A-Za-z0-9:_.@\\-]{1,255}")
-ACTIVE_RE = re.compile(r"([0-9]{2}):([0-9]{2})-([0-9]{2}):([0-9]{2})")
-CORE_NAME_CODES = "tTpernh%"
-RUN_PLACEHOLDERS = ("core", "rule", "pid", "comm")
-COMM_MAX = 15  # TASK_COMM_LEN - 1 (include/linux/sched.h)
-GLOB_MAX = 30  # pattern positions in probe.bpf.c's u32 shift-and state
-WIN_SLOTS = 128  # probe.bpf.c SNAPD_WIN_SLOTS: the largest count that may take `within`
-MAX_COUNT = 1_000_000
-# Bounds that keep a hostile file's cost linear and small (tests/security): every check below is
-# cheap per item, but a "did you mean" (difflib) per unknown key or syscall is not, and 256 KiB
-# holds tens of thousands of them.
-MAX_KEYS = 64  # keys in one mapping; the largest in the schema has 9
-MAX_SYSCALLS = 512  # names in trigger.syscall; x86_64 has about 460 syscalls
-# Digits of an integer scalar: int() refuses more than 4300 decimal digits with ValueError
-# (Python's int_max_str_digits), and nothing in a rule needs more than 20.
-MAX_INT_CHARS = 64
 RULE_SUFFIXES = (".yaml", ".yml")
 
-_STR = "tag:yaml.org,2002:str"
-_INT = "tag:yaml.org,2002:int"
-_BOOL = "tag:yaml.org,2002:bool"
-_NULL = "tag:yaml.org,2002:null"
-_SEQ = "tag:yaml.org,2002:seq"
-_MAP = "tag:yaml.org,2002:map"
-_KNOWN_TAGS = {
-    _STR: "a string",
-    _INT: "an integer",
-    _BOOL: "true/false",
-    _NULL: "nothing (null)",
-    "tag:yaml.org,2002:float": "a fractional number",
-    "tag:yaml.org,2002:timestamp": "a date",
-    _SEQ: "a list",
-    _MAP: "a mapping",
-}
-_CONSTRUCT = yaml.constructor.SafeConstructor()
-T = TypeVar("T")
+__all__ = [
+    "MAX_FILE_BYTES",
+    "RULE_SUFFIXES",
+    "check_file",
+    "is_rule_name",
+    "load_dir",
+    "load_file",
+    "parse_rule",
+    "read_rule_bytes",
+    "rule_names",
+    "rule_stem",
+]
 
 
-class _Refused(yaml.MarkedYAMLError):
-    pass
+def is_rule_name(name: str) -> bool:
+    """A rule file: ``*.yaml`` or ``*.yml``, not hidden (editors' temp files are)."""
+    return name.endswith(RULE_SUFFIXES) and not name.startswith(".")
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """A SafeLoader that refuses anchors and aliases while composing."""
-
-    def compose_node(self, parent: Node | None, index: int) -> Node | None:
-        event: Any = self.peek_event()  # type: ignore[no-untyped-call]
-        if isinstance(event, yaml.AliasEvent):
-            raise _Refused(
-                problem="YAML aliases (*name) are not allowed in rule files",
-                problem_mark=getattr(event, "start_mark", None),
-            )
-        if getattr(event, "anchor", None) is not None:
-            raise _Refused(
-                problem="YAML anchors (&name) are not allowed in rule files",
-                problem_mark=getattr(event, "start_mark", None),
-            )
-        node: Node | None = super().compose_node(parent, index)
-        return node
+def rule_names(directory: str) -> list[str]:
+    """The rule files in ``directory``, sorted: the one lister (``snapd check DIR``,
+    :func:`load_dir`, the daemon's rules directory). Raises ``OSError`` if it cannot be listed."""
+    return sorted(n for n in os.listdir(directory) if is_rule_name(n))
 
 
-class _Ctx:
-    """Collects errors for one file so that `snapd check` can show them all."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.errors: list[RuleError] = []
-
-    def err(self, node: Node, msg: str, offset: int = 0) -> None:
-        m = node.start_mark
-        self.errors.append(RuleError(self.path, m.line + 1, m.column + 1 + offset, msg))
-
-    def err_at(self, line: int, col: int, msg: str) -> None:
-        self.errors.append(RuleError(self.path, line, col, msg))
+def rule_stem(path: str) -> str:
+    """The file name without its rule suffix: a rule's name when the file gives none."""
+    stem = os.path.basename(path)
+    for suffix in RULE_SUFFIXES:
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    return stem
 
 
-def _what(node: Node) -> str:
-    return _KNOWN_TAGS.get(node.tag, f"a {node.tag!r} value")
-
-
-class _Schema:
-    """Typed accessors over nodes; each returns None (after recording an error) when wrong."""
-
-    def __init__(self, ctx: _Ctx) -> None:
-        self.ctx = ctx
-
-    def tags_ok(self, node: Node) -> bool:
-        if node.tag not in _KNOWN_TAGS:
-            self.ctx.err(node, f"YAML tag {node.tag!r} is not allowed in rule files")
-            return False
-        return True
-
-    def mapping(self, node: Node, where: str, keys: dict[str, bool]) -> dict[str, tuple[Node, Node]] | None:
-        """Check a mapping's keys against ``keys`` (name -> required); return key -> (knode, vnode)."""
-        if not self.tags_ok(node):
-            return None
-        if not isinstance(node, MappingNode):
-            self.ctx.err(node, f"{where}: expected a mapping (key: value lines), got {_what(node)}")
-            return None
-        out: dict[str, tuple[Node, Node]] = {}
-        if len(node.value) > MAX_KEYS:
-            self.ctx.err(node.value[MAX_KEYS][0], f"{where}: more than {MAX_KEYS} keys")
-            return None
-        for knode, vnode in node.value:
-            if not isinstance(knode, ScalarNode) or knode.tag != _STR:
-                self.ctx.err(knode, f"{where}: keys must be plain names")
-                continue
-            key = knode.value
-            if key in out:
-                first = out[key][0].start_mark
-                self.ctx.err(knode, f"{where}: duplicate key '{key}' (first at line {first.line + 1})")
-                continue
-            if key not in keys:
-                close = difflib.get_close_matches(key, list(keys), n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(keys)}"
-                self.ctx.err(knode, f"{where}: unknown key '{key}'{hint}")
-                continue
-            out[key] = (knode, vnode)
-        for key, required in keys.items():
-            if required and key not in out:
-                self.ctx.err(node, f"{where}: missing required key '{key}'")
-        return out
-
-    def scalar(self, node: Node, where: str, tag: str) -> Any:
-        if not self.tags_ok(node):
-            return None
-        if not isinstance(node, ScalarNode) or node.tag != tag:
-            want = _KNOWN_TAGS[tag]
-            got = _what(node)
-            hint = " (quote it)" if tag == _STR and isinstance(node, ScalarNode) else ""
-            if node.tag == _NULL and isinstance(node, ScalarNode) and node.value == "":
-                self.ctx.err(node, f"{where}: missing value; expected {want}")
-            else:
-                self.ctx.err(node, f"{where}: expected {want}, got {got}{hint}")
-            return None
-        if tag == _STR:
-            return node.value
-        if tag == _INT:
-            # A huge integer would raise ValueError (int_max_str_digits) or cost quadratic time
-            # (sexagesimal 1:2:3:...), and would not fit any field anyway.
-            if len(node.value) > MAX_INT_CHARS:
-                self.ctx.err(node, f"{where}: integer too large")
-                return None
-            try:
-                return _CONSTRUCT.construct_yaml_int(node)
-            except ValueError:
-                self.ctx.err(node, f"{where}: not a valid integer")
-                return None
-        if tag == _BOOL:
-            return _CONSTRUCT.construct_yaml_bool(node)
-        return node.value  # pragma: no cover
-
-    def string(self, node: Node, where: str, max_len: int = 4096) -> str | None:
-        s: str | None = self.scalar(node, where, _STR)
-        if s is None:
-            return None
-        if not s:
-            self.ctx.err(node, f"{where}: must not be empty")
-            return None
-        if len(s) > max_len:
-            self.ctx.err(node, f"{where}: longer than {max_len} characters")
-            return None
-        # Rule values end up in logs, `snapd check` and `snapd ctl rules`: besides C0 controls,
-        # refuse DEL and the C1 controls (U+0080-U+009F: U+009B is CSI on some terminals) and
-        # invisible format characters (Unicode category Cf: bidi overrides such as U+202E,
-        # zero-width spaces, a BOM), which could disguise what a rule says.
-        for c in s:
-            if c != "\t" and unicodedata.category(c) == "Cc":
-                self.ctx.err(node, f"{where}: control characters are not allowed")
-                return None
-            if unicodedata.category(c) == "Cf":
-                self.ctx.err(
-                    node, f"{where}: invisible formatting character U+{ord(c):04X} is not allowed"
-                )
-                return None
-        return s
-
-    def integer(self, node: Node, where: str, lo: int, hi: int) -> int | None:
-        v: int | None = self.scalar(node, where, _INT)
-        if v is None:
-            return None
-        if not lo <= v <= hi:
-            self.ctx.err(node, f"{where}: {v} is out of range ({lo}..{hi})")
-            return None
-        return v
-
-    def unit(self, node: Node, where: str, parse: Callable[[str], T]) -> T | None:
-        if isinstance(node, ScalarNode) and node.tag in (_INT, "tag:yaml.org,2002:float"):
-            self.ctx.err(node, f"{where}: {node.value} needs a unit, {_unit_hint(parse)}")
-            return None
-        s = self.string(node, where)
-        if s is None:
-            return None
-        try:
-            return parse(s)
-        except UnitError as err:
-            self.ctx.err(node, f"{where}: {err}")
-            return None
-
-
-def _unit_hint(parse: Callable[..., object]) -> str:
-    if parse is parse_duration:
-        return "e.g. 10s, 500ms or 5m"
-    if parse is parse_size:
-        return "e.g. 512MiB or 2GiB"
-    return "e.g. 90%"
-
-
-def _decode(path: str, data: bytes, ctx: _Ctx) -> str | None:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        before = data[: err.start]
-        line = before.count(b"\n") + 1
-        col = err.start - (before.rfind(b"\n") + 1) + 1
-        ctx.err_at(line, col, f"not UTF-8 (byte 0x{data[err.start]:02x}); rule files are UTF-8 text")
-        return None
-
-
-def _compose(text: str, ctx: _Ctx) -> Node | None:
-    try:
-        node: Node | None = yaml.compose(text, Loader=_StrictLoader)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        msg = err.problem or err.context or "YAML syntax error"
-        if err.context and err.problem and not isinstance(err, _Refused):
-            msg = f"{err.problem} ({err.context})"
-        if mark is None:
-            ctx.err_at(1, 1, f"YAML: {msg}")
-        else:
-            ctx.err_at(mark.line + 1, mark.column + 1, msg if isinstance(err, _Refused) else f"YAML: {msg}")
-        return None
-    except yaml.reader.ReaderError as err:
-        before = text[: err.position]
-        line = before.count("\n") + 1
-        col = err.position - (before.rfind("\n") + 1) + 1
-        ctx.err_at(line, col, f"character {err.character!r} is not allowed in YAML")
-        return None
-    except yaml.YAMLError as err:
-        ctx.err_at(1, 1, f"YAML: {err}")
-        return None
-    except RecursionError:
-        ctx.err_at(1, 1, "YAML nested too deeply")
-        return None
-    if node is None:
-        ctx.err_at(1, 1, "empty rule file; see docs/rules.md for the keys")
-    return node
-
-
-def read_rule_bytes(path: str, ctx: _Ctx) -> bytes | None:
+def read_rule_bytes(path: str, ctx: Ctx) -> bytes | None:
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)
@@ -312,20 +71,20 @@ def read_rule_bytes(path: str, ctx: _Ctx) -> bytes | None:
 
 def parse_rule(data: bytes | str, path: str) -> tuple[Rule | None, list[RuleError]]:
     """Parse one rule file's contents; return the rule (or None) and every error found."""
-    ctx = _Ctx(path)
+    ctx = Ctx(path)
     if isinstance(data, bytes):
         if len(data) > MAX_FILE_BYTES:
             ctx.err_at(1, 1, f"file is larger than {MAX_FILE_BYTES} bytes; a rule file is small")
             return None, ctx.errors
-        text = _decode(path, data, ctx)
+        text = decode(path, data, ctx)
     else:
         text = data
     if text is None:
         return None, ctx.errors
-    node = _compose(text, ctx)
+    node = compose(text, ctx)
     if node is None:
         return None, ctx.errors
-    rule = _RuleBuilder(ctx, path).build(node)
+    rule = RuleBuilder(ctx, path, rule_stem(path)).build(node)
     if ctx.errors:
         return None, sorted(ctx.errors, key=lambda e: (e.line, e.col))
     return rule, []
@@ -333,7 +92,7 @@ def parse_rule(data: bytes | str, path: str) -> tuple[Rule | None, list[RuleErro
 
 def check_file(path: str | os.PathLike[str]) -> tuple[Rule | None, list[RuleError]]:
     p = os.fspath(path)
-    ctx = _Ctx(p)
+    ctx = Ctx(p)
     data = read_rule_bytes(p, ctx)
     if data is None:
         return None, ctx.errors
@@ -353,7 +112,7 @@ def load_dir(path: str | os.PathLike[str]) -> tuple[list[Rule], list[RuleError]]
     """Load every ``*.yaml``/``*.yml`` in a directory (sorted). Names must be unique."""
     d = os.fspath(path)
     try:
-        names = sorted(n for n in os.listdir(d) if n.endswith(RULE_SUFFIXES) and not n.startswith("."))
+        names = rule_names(d)
     except OSError as err:
         return [], [RuleError(d, 1, 1, f"cannot read rule directory: {err.strerror or err}")]
     rules: list[Rule] = []
@@ -371,449 +130,3 @@ def load_dir(path: str | os.PathLike[str]) -> tuple[list[Rule], list[RuleError]]
         seen[rule.name] = p
         rules.append(rule)
     return rules, errors
-
-
-def _glob_ok(pattern: str) -> str | None:
-    """Why a comm glob cannot run in the kernel, or None."""
-    if any(c in pattern for c in "[]\\{}"):
-        return "comm globs support only '*' and '?'"
-    collapsed = re.sub(r"\*+", "*", pattern)
-    if len(collapsed) > GLOB_MAX:
-        return f"comm pattern longer than {GLOB_MAX} characters"
-    if "*" not in collapsed and len(collapsed.encode()) > COMM_MAX:
-        return f"comm is at most {COMM_MAX} bytes (the kernel truncates longer names)"
-    return None
-
-
-def _core_name_problem(template: str) -> str | None:
-    if "/" in template:
-        return "core name must not contain '/' (cores are stored flat in the core directory)"
-    if ".." in template:
-        return "core name must not contain '..'"
-    if template.startswith("."):
-        return "core name must not start with '.'"
-    i = 0
-    while i < len(template):
-        if template[i] == "%":
-            if i + 1 >= len(template) or template[i + 1] not in CORE_NAME_CODES:
-                code = template[i : i + 2]
-                return f"unknown code {code!r} in core name; use %t %T %p %e %r %n %h or %%"
-            i += 2
-        else:
-            i += 1
-    return None
-
-
-class _RuleBuilder:
-    def __init__(self, ctx: _Ctx, path: str) -> None:
-        self.ctx = ctx
-        self.s = _Schema(ctx)
-        self.path = path
-
-    def build(self, root: Node) -> Rule | None:
-        top = self.s.mapping(
-            root,
-            "rule",
-            {
-                "name": False,
-                "description": False,
-                "target": True,
-                "trigger": True,
-                "action": False,
-                "limits": False,
-                "active": False,
-            },
-        )
-        if top is None:
-            return None
-        name = self._name(top)
-        description = ""
-        if "description" in top:
-            description = self.s.string(top["description"][1], "description") or ""
-        target = self._target(top["target"][1]) if "target" in top else None
-        trigger = self._trigger(top["trigger"][1]) if "trigger" in top else None
-        action = self._action(top["action"][1]) if "action" in top else Action()
-        limits = self._limits(top["limits"][1]) if "limits" in top else Limits()
-        active = self._active(top["active"][1]) if "active" in top else None
-        if name is None or target is None or trigger is None or action is None or limits is None:
-            return None
-        if "active" in top and active is None:
-            return None
-        if action.stop is StopMode.KERNEL and not isinstance(trigger, (SyscallTrigger, CpuTrigger)):
-            self.ctx.err(
-                top["action"][1],
-                "action.stop: kernel needs a syscall or cpu trigger (the probe "
-                "that sends SIGSTOP must run in the target)",
-            )
-            return None
-        return Rule(
-            name=name,
-            target=target,
-            trigger=trigger,
-            action=action,
-            limits=limits,
-            description=description,
-            active=active,
-            path=self.path,
-        )
-
-    def _name(self, top: dict[str, tuple[Node, Node]]) -> str | None:
-        if "name" in top:
-            node = top["name"][1]
-            name = self.s.string(node, "name", 64)
-            if name is None:
-                return None
-            if not NAME_RE.fullmatch(name):
-                self.ctx.err(
-                    node,
-                    f"name {name!r} must match [a-z0-9][a-z0-9._-]* (no '/', no "
-                    "upper case), at most 64 characters",
-                )
-                return None
-            if ".." in name:
-                self.ctx.err(node, f"name {name!r} must not contain '..'")
-                return None
-            return name
-        stem = Path(self.path).name
-        for suffix in RULE_SUFFIXES:
-            if stem.endswith(suffix):
-                stem = stem[: -len(suffix)]
-        if not NAME_RE.fullmatch(stem) or ".." in stem:
-            self.ctx.err_at(
-                1,
-                1,
-                f"file name {stem!r} is not a valid rule name; add 'name:' matching [a-z0-9][a-z0-9._-]*",
-            )
-            return None
-        return stem
-
-    def _target(self, node: Node) -> Target | None:
-        m = self.s.mapping(
-            node,
-            "target",
-            {"pid": False, "comm": False, "exe": False, "unit": False, "cgroup": False, "uid": False},
-        )
-        if m is None:
-            return None
-        if not m:
-            self.ctx.err(node, "target: give at least one of pid, comm, exe, unit, cgroup, uid")
-            return None
-        before = len(self.ctx.errors)
-        vals: dict[str, Any] = {}
-        if "pid" in m:
-            vals["pid"] = self.s.integer(m["pid"][1], "target.pid", 1, (1 << 22))
-        if "uid" in m:
-            vals["uid"] = self.s.integer(m["uid"][1], "target.uid", 0, (1 << 32) - 2)
-        if "comm" in m:
-            n = m["comm"][1]
-            comm = self.s.string(n, "target.comm", 64)
-            if comm is not None and (why := _glob_ok(comm)):
-                self.ctx.err(n, f"target.comm: {why}")
-            vals["comm"] = comm
-        if "exe" in m:
-            n = m["exe"][1]
-            exe = self.s.string(n, "target.exe")
-            if exe is not None and not exe.startswith("/"):
-                self.ctx.err(n, "target.exe: must be an absolute path, like /usr/sbin/nginx")
-            vals["exe"] = exe
-        if "unit" in m:
-            n = m["unit"][1]
-            unit = self.s.string(n, "target.unit", 255)
-            if unit is not None and (not UNIT_RE.fullmatch(unit) or unit in (".", "..") or "/" in unit):
-                self.ctx.err(n, f"target.unit: {unit!r} is not a systemd unit name (like nginx.service)")
-            vals["unit"] = unit
-        if "cgroup" in m:
-            n = m["cgroup"][1]
-            cg = self.s.string(n, "target.cgroup")
-            if cg is not None and (not cg.startswith("/") or ".." in cg.split("/")):
-                self.ctx.err(
-                    n,
-                    "target.cgroup: must be an absolute cgroup path without '..', "
-                    "like /system.slice/nginx.service",
-                )
-            vals["cgroup"] = cg
-        if len(self.ctx.errors) != before:
-            return None
-        return Target(**vals)
-
-    def _trigger(self, node: Node) -> Trigger | None:
-        kinds = ("syscall", "every", "cpu", "rss", "threads", "fds")
-        m = self.s.mapping(node, "trigger", {k: False for k in (*kinds, "when", "count", "within")})
-        if m is None:
-            return None
-        given = [k for k in kinds if k in m]
-        if len(given) != 1:
-            if not given:
-                self.ctx.err(node, "trigger: give exactly one of " + ", ".join(kinds))
-            else:
-                self.ctx.err(
-                    m[given[1]][0], f"trigger: only one of {', '.join(kinds)} (got {' and '.join(given)})"
-                )
-            return None
-        kind = given[0]
-        if kind != "syscall":
-            for extra in ("when", "count", "within"):
-                if extra in m:
-                    self.ctx.err(m[extra][0], f"trigger: '{extra}' applies only to syscall triggers")
-                    return None
-        vnode = m[kind][1]
-        if kind == "syscall":
-            return self._syscall(vnode, m)
-        if kind == "every":
-            ns = self.s.unit(vnode, "trigger.every", parse_duration)
-            if ns is not None and ns < 10_000_000:
-                self.ctx.err(vnode, "trigger.every: at least 10ms")
-                return None
-            return EveryTrigger(ns) if ns is not None else None
-        if kind == "cpu":
-            cm = self.s.mapping(vnode, "trigger.cpu", {"above": True, "for": False})
-            if cm is None or "above" not in cm:
-                return None
-            pct = self.s.unit(cm["above"][1], "trigger.cpu.above", parse_percent)
-            for_ns: int | None = 10_000_000_000
-            if "for" in cm:
-                for_ns = self.s.unit(cm["for"][1], "trigger.cpu.for", parse_duration)
-                if for_ns is not None and for_ns < 100_000_000:
-                    self.ctx.err(cm["for"][1], "trigger.cpu.for: at least 100ms (the sampler runs at 99 Hz)")
-                    return None
-            if pct is None or for_ns is None:
-                return None
-            return CpuTrigger(pct, for_ns)
-        am = self.s.mapping(vnode, f"trigger.{kind}", {"above": True})
-        if am is None or "above" not in am:
-            return None
-        anode = am["above"][1]
-        if kind == "rss":
-            size = self.s.unit(anode, "trigger.rss.above", parse_size)
-            return RssTrigger(size) if size is not None else None
-        n = self.s.integer(anode, f"trigger.{kind}.above", 1, 1 << 31)
-        if n is None:
-            return None
-        return ThreadsTrigger(n) if kind == "threads" else FdsTrigger(n)
-
-    def _syscall(self, vnode: Node, m: dict[str, tuple[Node, Node]]) -> SyscallTrigger | None:
-        items: list[tuple[Node, str | None]] = []
-        if isinstance(vnode, SequenceNode) and self.s.tags_ok(vnode):
-            if not vnode.value:
-                self.ctx.err(vnode, "trigger.syscall: the list is empty")
-                return None
-            if len(vnode.value) > MAX_SYSCALLS:
-                self.ctx.err(vnode.value[MAX_SYSCALLS], f"trigger.syscall: more than {MAX_SYSCALLS} names")
-                return None
-            items = [(n, self.s.string(n, "trigger.syscall", 64)) for n in vnode.value]
-        else:
-            items = [(vnode, self.s.string(vnode, "trigger.syscall", 64))]
-        names: list[str] = []
-        traced = _sys.traced_names()
-        if traced is None and _sys.numbers():
-            # tracefs unreadable (unprivileged): the C headers' table is the next best list;
-            # a syscall missing there could not be loaded anyway (no number for the probe).
-            traced = frozenset(_sys.numbers())
-        ok = True
-        for n, name in items:
-            if name is None:
-                ok = False
-                continue
-            if not _sys.NAME_RE.fullmatch(name):
-                self.ctx.err(n, f"trigger.syscall: {name!r} is not a syscall name")
-                ok = False
-            elif traced is not None and name not in traced:
-                close = difflib.get_close_matches(name, sorted(traced), n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                self.ctx.err(
-                    n,
-                    f"trigger.syscall: unknown syscall '{name}' (no tracepoint "
-                    f"syscalls:sys_enter_{name} on this kernel){hint}",
-                )
-                ok = False
-            elif name in names:
-                self.ctx.err(n, f"trigger.syscall: '{name}' is listed twice")
-                ok = False
-            else:
-                names.append(name)
-        when: _expr.Expr | None = None
-        when_text: str | None = None
-        if "when" in m:
-            wnode = m["when"][1]
-            when_text = self.s.string(wnode, "trigger.when", _expr.MAX_TEXT)
-            if when_text is None:
-                return None
-            shift = 1 if isinstance(wnode, ScalarNode) and wnode.style in ("'", '"') else 0
-            try:
-                when = _expr.parse(when_text)
-                _expr.compile_expr(when)
-            except _expr.ExprError as err:
-                self.ctx.err(wnode, f"trigger.when: {err.msg}", offset=shift + err.pos)
-                return None
-            if ok:
-                self._check_args(wnode, when, names)
-        count = 1
-        within: int | None = None
-        if "count" in m:
-            c = self.s.integer(m["count"][1], "trigger.count", 1, MAX_COUNT)
-            if c is None:
-                return None
-            count = c
-        if "within" in m:
-            wn = m["within"][1]
-            within = self.s.unit(wn, "trigger.within", parse_duration)
-            if within is None:
-                return None
-            if count < 2:
-                self.ctx.err(m["within"][0], "trigger.within needs count: 2 or more")
-                return None
-            if count > WIN_SLOTS:
-                self.ctx.err(
-                    m["count"][1],
-                    f"trigger.count: at most {WIN_SLOTS} with 'within' "
-                    "(the kernel keeps that many match times per process)",
-                )
-                return None
-        if not ok:
-            return None
-        return SyscallTrigger(tuple(names), when, when_text, count, within)
-
-    def _check_args(self, wnode: Node, when: _expr.Expr, names: list[str]) -> None:
-        used = sorted(f for f in when.fields() if f <= _expr.Field.ARG5)
-        if not used:
-            return
-        for name in names:
-            n = _sys.arity(name)
-            if n is not None and used[-1] >= n:
-                self.ctx.err(
-                    wnode,
-                    f"trigger.when: {used[-1].name.lower()} is past the arguments of {name} (it takes {n})",
-                )
-                return
-
-    def _action(self, node: Node) -> Action | None:
-        m = self.s.mapping(node, "action", {"stop": False, "snapshot": False, "core": False, "run": False})
-        if m is None:
-            return None
-        before = len(self.ctx.errors)
-        stop = StopMode.PTRACE
-        snapshot = SnapshotMode.FROZEN
-        if "stop" in m:
-            stop = self._enum(m["stop"][1], "action.stop", StopMode) or stop
-        if "snapshot" in m:
-            snapshot = self._enum(m["snapshot"][1], "action.snapshot", SnapshotMode) or snapshot
-        core = Action().core
-        if "core" in m:
-            core = self._core(m["core"][1]) or core
-        run: tuple[str, ...] | None = None
-        if "run" in m:
-            run = self._run(m["run"][1])
-        if len(self.ctx.errors) != before:
-            return None
-        return Action(stop=stop, snapshot=snapshot, core=core, run=run)
-
-    def _enum(self, node: Node, where: str, enum: type[StopMode] | type[SnapshotMode]) -> Any:
-        s = self.s.string(node, where)
-        if s is None:
-            return None
-        try:
-            return enum(s)
-        except ValueError:
-            self.ctx.err(node, f"{where}: {s!r} is not one of {', '.join(e.value for e in enum)}")
-            return None
-
-    def _core(self, node: Node) -> CoreAction | None:
-        m = self.s.mapping(
-            node, "action.core", {"content": False, "name": False, "repeat": False, "interval": False}
-        )
-        if m is None:
-            return None
-        base = Action().core
-        content, name, repeat, interval = base.content, base.name, base.repeat, base.interval_ns
-        ok = True
-        if "content" in m:
-            n = m["content"][1]
-            text = self.s.string(n, "action.core.content", 256)
-            if text is None:
-                ok = False
-            else:
-                try:
-                    content = parse_spec(text)
-                except ContentError as err:
-                    self.ctx.err(n, f"action.core.content: {err}")
-                    ok = False
-        if "name" in m:
-            n = m["name"][1]
-            t = self.s.string(n, "action.core.name", 200)
-            if t is None:
-                ok = False
-            elif why := _core_name_problem(t):
-                self.ctx.err(n, f"action.core.name: {why}")
-                ok = False
-            else:
-                name = t
-        if "repeat" in m:
-            r = self.s.integer(m["repeat"][1], "action.core.repeat", 1, 100)
-            ok = ok and r is not None
-            repeat = r or repeat
-        if "interval" in m:
-            iv = self.s.unit(m["interval"][1], "action.core.interval", parse_duration)
-            ok = ok and iv is not None
-            interval = iv or interval
-        return CoreAction(content, name, repeat, interval) if ok else None
-
-    def _run(self, node: Node) -> tuple[str, ...] | None:
-        if not isinstance(node, SequenceNode) or not self.s.tags_ok(node):
-            self.ctx.err(node, f"action.run: expected a list (an argv; no shell is used), got {_what(node)}")
-            return None
-        if not node.value:
-            self.ctx.err(node, "action.run: the list is empty")
-            return None
-        argv: list[str] = []
-        for i, n in enumerate(node.value):
-            s = self.s.scalar(n, "action.run", _STR)
-            if s is None:
-                return None
-            if i == 0 and not s.startswith("/"):
-                self.ctx.err(n, "action.run: the program must be an absolute path")
-                return None
-            for field in re.findall(r"\{([^{}]*)\}", s):
-                if field not in RUN_PLACEHOLDERS:
-                    self.ctx.err(
-                        n,
-                        f"action.run: unknown placeholder '{{{field}}}'; use "
-                        + ", ".join("{" + p + "}" for p in RUN_PLACEHOLDERS),
-                    )
-                    return None
-            argv.append(s)
-        return tuple(argv)
-
-    def _limits(self, node: Node) -> Limits | None:
-        m = self.s.mapping(node, "limits", {"max_cores": False, "min_interval": False})
-        if m is None:
-            return None
-        base = Limits()
-        max_cores, min_interval = base.max_cores, base.min_interval_ns
-        if "max_cores" in m:
-            v = self.s.integer(m["max_cores"][1], "limits.max_cores", 1, 10_000)
-            if v is None:
-                return None
-            max_cores = v
-        if "min_interval" in m:
-            d = self.s.unit(m["min_interval"][1], "limits.min_interval", parse_duration)
-            if d is None:
-                return None
-            min_interval = d
-        return Limits(max_cores, min_interval)
-
-    def _active(self, node: Node) -> ActiveWindow | None:
-        s = self.s.string(node, "active", 32)
-        if s is None:
-            return None
-        mt = ACTIVE_RE.fullmatch(s.replace(" ", ""))
-        if not mt:
-            self.ctx.err(node, f'active: {s!r} must look like "01:00-04:00" (local time)')
-            return None
-        h1, m1, h2, m2 = (int(g) for g in mt.groups())
-        if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59:
-            self.ctx.err(node, f"active: {s!r} is not a valid time range")
-            return None
-        if (h1, m1) == (h2, m2):
-            self.ctx.err(node, "active: start and end are equal; leave 'active' out to be always on")
-            return None
-        return ActiveWindow(h1 * 60 + m1, h2 * 60 + m2)

@@ -10,18 +10,14 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from enum import Enum
 
-from snapd.content import ContentSpec
+from snapd.content import DEFAULT_CONTENT, ContentSpec, SnapshotMode
 from snapd.rules.expr import Expr
+from snapd.template import DEFAULT_TEMPLATE
 
 
 class StopMode(str, Enum):
     PTRACE = "ptrace"  # the daemon halts the target with ptrace (default)
     KERNEL = "kernel"  # the probe sends SIGSTOP with bpf_send_signal (DTrace stop())
-
-
-class SnapshotMode(str, Enum):
-    FROZEN = "frozen"
-    FORK = "fork"
 
 
 @dataclass(frozen=True)
@@ -78,24 +74,36 @@ class FdsTrigger:
 
 Trigger = SyscallTrigger | EveryTrigger | CpuTrigger | RssTrigger | ThreadsTrigger | FdsTrigger
 
-TRIGGER_KINDS: dict[type, str] = {
-    SyscallTrigger: "syscall",
-    EveryTrigger: "every",
-    CpuTrigger: "cpu",
-    RssTrigger: "rss",
-    ThreadsTrigger: "threads",
-    FdsTrigger: "fds",
+
+class Kind(str, Enum):
+    """A trigger's kind: the key a rule file names it by, and what an Event says fired."""
+
+    SYSCALL = "syscall"
+    EVERY = "every"
+    CPU = "cpu"
+    RSS = "rss"
+    THREADS = "threads"
+    FDS = "fds"
+
+
+TRIGGER_KINDS: dict[type, Kind] = {
+    SyscallTrigger: Kind.SYSCALL,
+    EveryTrigger: Kind.EVERY,
+    CpuTrigger: Kind.CPU,
+    RssTrigger: Kind.RSS,
+    ThreadsTrigger: Kind.THREADS,
+    FdsTrigger: Kind.FDS,
 }
 
 
-def trigger_kind(trigger: Trigger) -> str:
+def trigger_kind(trigger: Trigger) -> Kind:
     return TRIGGER_KINDS[type(trigger)]
 
 
 @dataclass(frozen=True)
 class CoreAction:
     content: ContentSpec
-    name: str = "core.%r.%p.%t"
+    name: str = DEFAULT_TEMPLATE
     repeat: int = 1
     interval_ns: int = 5_000_000_000
 
@@ -104,7 +112,7 @@ class CoreAction:
 class Action:
     stop: StopMode = StopMode.PTRACE
     snapshot: SnapshotMode = SnapshotMode.FROZEN
-    core: CoreAction = field(default_factory=lambda: CoreAction(ContentSpec("default", (("+", "default"),))))
+    core: CoreAction = field(default_factory=lambda: CoreAction(DEFAULT_CONTENT))
     run: tuple[str, ...] | None = None
 
 
@@ -144,7 +152,7 @@ class Rule:
     path: str = ""  # the file it came from ("" when built in code)
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> Kind:
         return trigger_kind(self.trigger)
 
     def is_active(self, now: _dt.datetime | None = None) -> bool:

@@ -1,25 +1,19 @@
-"""The store: the catalog of cores (SQLite + files), retention, the pause switch, /proc context.
+"""The store: the catalog of cores (SQLite + files), retention, the pause switch.
 
 Imports :mod:`snapd.core.info` records only; never bcc, never the rules.
 """
 
 from __future__ import annotations
 
-from snapd.store.catalog import (
-    COMPLETE,
-    CORES_DIR,
-    DB_NAME,
-    PARTIAL_PREFIX,
-    PENDING,
-    Catalog,
-    Entry,
-    RecoveryReport,
-    iso_utc,
-)
-from snapd.store.errors import CoreBusy, NoSuchCore, StoreError, TemplateError, UnsafePath
+from snapd.atomicfile import PARTIAL_PREFIX
+from snapd.store.catalog import CORES_DIR, Catalog
+from snapd.store.db import DB_NAME
+from snapd.store.entry import COMPLETE, PENDING, Entry, iso_utc
+from snapd.store.errors import CoreBusy, NoSuchCore, StoreError, UnsafePath
 from snapd.store.pause import PauseState, PauseSwitch
-from snapd.store.retention import ByteLimit, Retention, RuleLimit, parse_age, parse_size
-from snapd.store.template import DEFAULT_TEMPLATE, expand, validate_template
+from snapd.store.recovery import RecoveryReport
+from snapd.store.retention import ByteLimit, Retention, RuleLimit, parse_age
+from snapd.template import DEFAULT_TEMPLATE, TemplateError, expand, validate_template
 
 __all__ = [
     "COMPLETE",
@@ -44,6 +38,5 @@ __all__ = [
     "expand",
     "iso_utc",
     "parse_age",
-    "parse_size",
     "validate_template",
 ]

@@ -9,14 +9,6 @@ class StoreError(SnapdError):
     """The catalog or its cores directory cannot be used as asked."""
 
 
-class TemplateError(StoreError):
-    """A core name template is malformed (unknown ``%`` specifier, trailing ``%``)."""
-
-    def __init__(self, template: str, msg: str) -> None:
-        super().__init__(f"core name template {template!r}: {msg}")
-        self.template = template
-
-
 class UnsafePath(StoreError):
     """A path in the store is a symlink, not ours, or otherwise not what the store created."""
 

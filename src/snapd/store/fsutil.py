@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import stat
 
 from snapd.store.errors import UnsafePath
+
+log = logging.getLogger("snapd.store")
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -83,33 +86,17 @@ def is_own_regular(st: os.stat_result | None) -> bool:
     )
 
 
-def write_atomic(dir_fd: int, name: str, data: bytes, mode: int = 0o600) -> None:
-    """Publish ``data`` as ``name``: temp file (O_EXCL|O_NOFOLLOW), fsync, rename, fsync dir."""
-    check_name(name)
-    tmp = f".{name}.tmp.{os.getpid()}"
-    fd = os.open(
-        tmp,
-        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-        mode,
-        dir_fd=dir_fd,
-    )
-    try:
-        os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        unlink_at(dir_fd, tmp)
-        raise
-    os.close(fd)
-    try:
-        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        unlink_at(dir_fd, tmp)
-        raise
-    os.fsync(dir_fd)
+def drop_core(cores_fd: int, cores_dir: str, name: str, *, only_ours: bool) -> bool:
+    """Remove core file ``name``; with ``only_ours``, only if it is what our writer makes (a
+    regular file of ours with one link). Anything else planted under our name (a symlink, a hard
+    link) is left for a human rather than guessed at; it is never listed."""
+    st = lstat_at(cores_fd, name)
+    if st is None:
+        return False
+    if only_ours and not is_own_regular(st):
+        log.warning("%s: not a regular file of ours; left in place", os.path.join(cores_dir, name))
+        return False
+    return unlink_at(cores_fd, name)
 
 
 def read_small(dir_fd: int, name: str, limit: int = 1 << 20) -> bytes | None:

@@ -13,6 +13,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 
+from snapd.atomicfile import write_atomic
 from snapd.store import fsutil
 
 PAUSE_FILE = "paused.json"
@@ -69,7 +70,7 @@ class PauseSwitch:
         state = PauseState(paused=paused, since=time.time(), reason=reason[:500], uid=uid)
         fd = self._dir()
         try:
-            fsutil.write_atomic(fd, PAUSE_FILE, json.dumps(state.to_dict()).encode() + b"\n")
+            write_atomic(PAUSE_FILE, json.dumps(state.to_dict()).encode() + b"\n", dir_fd=fd)
         finally:
             os.close(fd)
         return state

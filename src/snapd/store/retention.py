@@ -12,14 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from snapd.store.errors import StoreError
+from snapd.units import UnitError, parse_percent, parse_size
 
 GiB = 1 << 30
 _DEFAULT_CAP = 4 * GiB
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTPE]?)(i?B?)?\s*$", re.IGNORECASE)
-_PCT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _AGE = re.compile(r"(\d+(?:\.\d+)?)\s*(sec|min|s|m|h|d|w)?(?![a-z])", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50, "E": 1 << 60}
 _AGE_UNITS = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -38,27 +36,24 @@ class ByteLimit:
     def __str__(self) -> str:
         return f"{self.value:g}%" if self.percent else str(int(self.value))
 
+    @classmethod
+    def parse(cls, text: str | int) -> ByteLimit:
+        """``"4G"``, ``"500MiB"``, ``"1048576"``, ``"10%"`` (of the file system) -> ByteLimit,
+        in the grammar of :mod:`snapd.units` (a bare number is bytes)."""
+        if isinstance(text, int):
+            if text < 0:
+                raise StoreError(f"size {text}: must not be negative")
+            return cls(text)
+        try:
+            if text.strip().endswith("%"):
+                return cls(parse_percent(text, zero=True, maximum=100), percent=True)
+            return cls(parse_size(text, bare=True, minimum=0))
+        except UnitError as err:
+            raise StoreError(str(err)) from err
+
 
 DEFAULT_MAX_USE = ByteLimit(10, percent=True, cap=_DEFAULT_CAP)
 DEFAULT_KEEP_FREE = ByteLimit(15, percent=True, cap=_DEFAULT_CAP)
-
-
-def parse_size(text: str | int) -> ByteLimit:
-    """``"4G"``, ``"500MiB"``, ``"1048576"``, ``"10%"`` -> :class:`ByteLimit` (1K = 1024)."""
-    if isinstance(text, int):
-        if text < 0:
-            raise StoreError(f"size {text}: must not be negative")
-        return ByteLimit(text)
-    m = _PCT.match(text)
-    if m:
-        pct = float(m.group(1))
-        if not 0 <= pct <= 100:
-            raise StoreError(f"size {text!r}: a percentage must be between 0% and 100%")
-        return ByteLimit(pct, percent=True)
-    m = _SIZE.match(text)
-    if not m:
-        raise StoreError(f"size {text!r}: expected bytes with an optional K/M/G/T suffix, or N%")
-    return ByteLimit(int(float(m.group(1)) * _UNITS[m.group(2).upper()]))
 
 
 def parse_age(text: str | float) -> float:
@@ -128,7 +123,7 @@ class Retention:
                 return None
             if not isinstance(v, (str, int)):
                 raise StoreError(f"retention: {key} must be a size such as 4G or 10%")
-            return parse_size(v)
+            return ByteLimit.parse(v)
 
         def count(v: object, key: str) -> int | None:
             if off(v):
@@ -169,7 +164,7 @@ def _rule_bytes(v: object, name: str) -> int | None:
         return None
     if not isinstance(v, (str, int)) or isinstance(v, bool):
         raise StoreError(f"retention: Rules.{name}.MaxUse must be a size such as 1G")
-    lim = parse_size(v)
+    lim = ByteLimit.parse(v)
     if lim.percent:
         raise StoreError(
             f"retention: Rules.{name}.MaxUse must be a size in bytes (e.g. 1G), not a percentage"

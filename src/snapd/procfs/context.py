@@ -2,7 +2,8 @@
 
 A core holds memory and registers; what it lacks is the process's surroundings: its limits
 (was RLIMIT_NOFILE hit?), its open files and sockets, its cgroup, the kernel's view of its
-threads. These are read here, best effort, and stored as JSON in the catalog entry.
+threads. These are read here, best effort, and the daemon stores them as JSON in the catalog
+entry (:meth:`snapd.store.Catalog.reserve`).
 
 ``environ`` is deliberately *not* read: environments hold secrets, and the catalog is readable
 by the ``snapd`` group. Every list is bounded so that a process with a million fds or mappings

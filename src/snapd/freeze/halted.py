@@ -30,8 +30,8 @@ from snapd.errors import (
     TargetGone,
     Zombie,
 )
-from snapd.freeze import ptrace as pt
-from snapd.freeze.ptrace import Event, Opt
+from snapd.sys import ptrace as pt
+from snapd.sys.ptrace import Event, Opt
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -67,7 +67,6 @@ class Halted:
 
     pid: int
     threads: dict[int, Thread] = field(default_factory=dict)
-    halted_at: float = 0.0  # time.monotonic() when the last thread stopped
     started_at: float = 0.0  # time.monotonic() when the first thread was seized
     resumed_at: float = 0.0
     wall_time: float = 0.0  # time.time() at halt
@@ -127,7 +126,6 @@ def halt(pid: int, timeout: float = DEFAULT_TIMEOUT) -> Halted:
     except BaseException:
         h.resume()
         raise
-    h.halted_at = time.monotonic()
     return h
 
 
@@ -293,11 +291,11 @@ def _reap_dying(tids: list[int], timeout: float) -> None:
 
     A traced task that exits becomes a zombie visible only to its tracer; its real parent's
     wait() does not see it until the tracer reaps it or detaches (kernel/exit.c
-    wait_consider_task: "A zombie ptracee is only visible to its ptracer"). PTRACE_DETACH of a
-    dying tracee fails with ESRCH, so without this wait a target SIGKILLed during a dump stayed
-    an unreapable zombie, its parent (systemd, a supervisor) never learning that it died, for as
-    long as the daemon ran. All are polled together: a dead leader is reported only once its
-    other threads are reaped (delay_group_leader).
+    wait_consider_task: "A zombie ptracee is only visible to its ptracer"), and PTRACE_DETACH of
+    a dying tracee fails with ESRCH. So we must reap it ourselves, or a target SIGKILLed during a
+    dump would stay a zombie its parent (systemd, a supervisor) never hears of, for as long as
+    the daemon runs. All are polled together: a dead leader is reported only once its other
+    threads are reaped (delay_group_leader).
 
     ESRCH from PTRACE_DETACH also means "not in a ptrace-stop" for a task that is alive and
     running: after an execve by another thread, the exec'ing thread takes over the leader's tid

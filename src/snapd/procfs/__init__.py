@@ -1,7 +1,8 @@
 """Reading /proc/PID: typed records and defensive parsers (see proc(5)).
 
 The one place where ``OSError`` from /proc becomes a typed error: a vanished directory or ESRCH
-is :class:`TargetGone`, EACCES/EPERM is :class:`NotPermitted`.
+is :class:`TargetGone`, EACCES/EPERM is :class:`NotPermitted`. :mod:`snapd.procfs.context`
+captures the surroundings a debugger wants beside a core (limits, fds, cgroup, threads).
 """
 
 from __future__ import annotations
@@ -182,10 +183,6 @@ class Mapping:
     @property
     def deleted(self) -> bool:
         return self.path.endswith(" (deleted)")
-
-    @property
-    def special(self) -> bool:
-        return self.path.startswith("[") and self.path.endswith("]")
 
 
 def _parse_map_line(line: str) -> Mapping:

@@ -1,5 +1,11 @@
 """Core file names from a template, like core(5)'s ``core_pattern`` but always a single safe name.
 
+The one definition of the template: its grammar, its default, its expansion. The rule loader
+checks ``action.core.name`` with :func:`name_problem` (grammar, and a shape a rule author can
+mean: flat, visible); the store checks every template it is given with
+:func:`validate_template` (grammar) and expands it with :func:`expand`, which makes any template
+a safe name whatever the shape.
+
 Specifiers: ``%t`` unix time, ``%T`` ISO 8601 basic UTC time (``20261127T010203Z``), ``%p`` pid,
 ``%e`` comm, ``%r`` rule, ``%n`` catalog sequence number, ``%h`` host name, ``%%`` a literal
 ``%`` (which, like every character outside ``[A-Za-z0-9._+-]``, is written as ``_``).
@@ -18,7 +24,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from snapd.store.errors import TemplateError
+from snapd.errors import SnapdError
 
 DEFAULT_TEMPLATE = "core.%r.%e.%p.%t.%n"
 
@@ -39,6 +45,14 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 _DOTS = re.compile(r"\.{2,}")
 
 
+class TemplateError(SnapdError):
+    """A core name template is malformed (unknown ``%`` specifier, trailing ``%``)."""
+
+    def __init__(self, template: str, msg: str) -> None:
+        super().__init__(f"core name template {template!r}: {msg}")
+        self.template = template
+
+
 @dataclass(frozen=True)
 class NameFields:
     """The values a template can refer to."""
@@ -56,22 +70,42 @@ def sanitize(text: str) -> str:
     return _DOTS.sub("_", _UNSAFE.sub("_", text))
 
 
-def validate_template(template: str) -> None:
-    """Raise :class:`TemplateError` if ``template`` uses an unknown or dangling ``%`` specifier."""
+def grammar_problem(template: str) -> str | None:
+    """Why ``template`` is not a template (empty, an unknown or dangling ``%``), or None."""
     if not template:
-        raise TemplateError(template, "empty")
+        return "empty"
     i = 0
     while i < len(template):
         if template[i] == "%":
             if i + 1 >= len(template):
-                raise TemplateError(template, "ends with a lone '%'; write '%%' for a percent sign")
+                return "ends with a lone '%'; write '%%' for a percent sign"
             spec = template[i + 1]
             if spec != "%" and spec not in SPECIFIERS:
                 known = " ".join(f"%{k}" for k in SPECIFIERS)
-                raise TemplateError(template, f"unknown specifier '%{spec}'; known: {known} %%")
+                return f"unknown specifier '%{spec}'; use {known} or %%"
             i += 2
         else:
             i += 1
+    return None
+
+
+def name_problem(template: str) -> str | None:
+    """:func:`grammar_problem`, and what a rule's ``core.name`` must not be: cores are stored
+    flat in one directory and never hidden (``.``), so no ``/``, no ``..``, no leading ``.``."""
+    if "/" in template:
+        return "core name must not contain '/' (cores are stored flat in the core directory)"
+    if ".." in template:
+        return "core name must not contain '..'"
+    if template.startswith("."):
+        return "core name must not start with '.'"
+    return grammar_problem(template)
+
+
+def validate_template(template: str) -> None:
+    """Raise :class:`TemplateError` if ``template`` uses an unknown or dangling ``%`` specifier."""
+    why = grammar_problem(template)
+    if why:
+        raise TemplateError(template, why)
 
 
 def _iso_basic(when: float) -> str:

@@ -3,6 +3,8 @@
 Prints ``FILE: ok`` or each error as ``FILE:LINE:COL: message``. Exit status 0 only when every
 file is valid (and, as root, loads); 1 otherwise; 2 for usage errors. A directory argument checks
 every ``*.yaml``/``*.yml`` in it.
+
+It lives in the wiring layer because loading a rule's probes joins two stages (rules, probe).
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import os
 import sys
 from collections.abc import Sequence
 
-from snapd.rules.error import RuleError, printable
-from snapd.rules.loader import RULE_SUFFIXES, check_file
+from snapd.rules.error import RuleError
+from snapd.rules.loader import check_file, rule_names
 from snapd.rules.model import Rule
+from snapd.text import safe
 
 USAGE = """usage: snapd check [--no-load] FILE|DIR...
 
@@ -26,11 +29,7 @@ def _expand(args: Sequence[str]) -> list[str]:
     out: list[str] = []
     for a in args:
         if os.path.isdir(a):
-            out += sorted(
-                os.path.join(a, n)
-                for n in os.listdir(a)
-                if n.endswith(RULE_SUFFIXES) and not n.startswith(".")
-            )
+            out += [os.path.join(a, n) for n in rule_names(a)]
         else:
             out.append(a)
     return out
@@ -70,7 +69,7 @@ def main(argv: list[str]) -> int:
     elif load and ok_rules:
         print("snapd check: not root: rules validated but their probes were not loaded", file=sys.stderr)
     for path in files:
-        for line in report[path] or [f"{printable(path)}: ok"]:
+        for line in report[path] or [f"{safe(path)}: ok"]:
             print(line)
     return 1 if any(report.values()) else 0
 

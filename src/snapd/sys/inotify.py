@@ -1,14 +1,12 @@
-"""A minimal inotify(7) binding: one watch on the rules directory, events drained in a batch."""
+"""A minimal inotify(7) binding: one watch on a directory, events drained in a batch."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import struct
 from enum import IntFlag
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+from snapd.sys.libc import LIBC, last_error
 
 
 class In(IntFlag):
@@ -27,30 +25,18 @@ class In(IntFlag):
     CLOEXEC = 0o2000000
 
 
-#: Every way a rule file can appear, change or go away (editors often write-and-rename).
-RULE_EVENTS = (
-    In.CLOSE_WRITE
-    | In.ATTRIB
-    | In.MOVED_FROM
-    | In.MOVED_TO
-    | In.CREATE
-    | In.DELETE
-    | In.DELETE_SELF
-    | In.MOVE_SELF
-)
-
-
 class Watch:
-    def __init__(self, directory: str) -> None:
-        fd = _libc.inotify_init1(In.NONBLOCK | In.CLOEXEC)
+    """inotify_init1 + one inotify_add_watch on ``directory`` for the events in ``mask``."""
+
+    def __init__(self, directory: str, mask: int) -> None:
+        fd = LIBC.inotify_init1(In.NONBLOCK | In.CLOEXEC)
         if fd < 0:
-            e = ctypes.get_errno()
-            raise OSError(e, f"inotify_init1: {os.strerror(e)}")
+            raise last_error("inotify_init1")
         self.fd = int(fd)
-        if _libc.inotify_add_watch(self.fd, os.fsencode(directory), int(RULE_EVENTS)) < 0:
-            e = ctypes.get_errno()
+        if LIBC.inotify_add_watch(self.fd, os.fsencode(directory), int(mask)) < 0:
+            err = last_error(f"inotify_add_watch {directory}", directory)
             os.close(self.fd)
-            raise OSError(e, f"inotify_add_watch {directory}: {os.strerror(e)}", directory)
+            raise err
 
     def fileno(self) -> int:
         return self.fd

@@ -1,0 +1,85 @@
+"""Admission: whether a firing becomes a core, and the request it becomes.
+
+Every firing is counted for its rule; one that does not become a core is counted under the
+reason (paused, inactive, max_cores, min_interval, global_cap, busy, gone), so ``snapd ctl
+status`` shows a storm for what it is. A target the probe stopped (``stop: kernel``) is either
+admitted with no dump ahead of it or resumed with SIGCONT at once: it never waits in a queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+from snapd import procfs
+from snapd.daemon.journal import StopJournal
+from snapd.daemon.limits import Limiter, RuleState
+from snapd.daemon.request import CoreRequest
+from snapd.daemon.rulesync import RuleSet
+from snapd.daemon.worker import Worker
+from snapd.errors import SnapdError
+from snapd.probe import Event
+from snapd.store import PauseSwitch
+
+
+@dataclass(frozen=True)
+class Admitted:
+    request: CoreRequest
+    state: RuleState
+    start: int  # the process's start time (/proc/PID/stat): a recycled pid is another process
+    now: float  # time.monotonic() of the admission
+
+
+class Admission:
+    def __init__(
+        self, rules: RuleSet, switch: PauseSwitch, limiter: Limiter, worker: Worker, journal: StopJournal
+    ) -> None:
+        self.rules = rules
+        self.switch = switch
+        self.limiter = limiter
+        self.worker = worker
+        self.journal = journal
+        self.events = 0
+
+    def admit(self, ev: Event) -> Admitted | None:
+        """The request ``ev`` becomes, or None (the target released, the reason counted)."""
+        self.events += 1
+        st = self.rules.states.get(ev.rule)
+        if st is None:
+            self.release(ev)
+            return None
+        st.seen += 1
+        try:
+            start = procfs.stat(ev.pid).starttime
+        except SnapdError:
+            st.suppressed["gone"] += 1
+            return None
+        now = time.monotonic()
+        busy = self.worker.waiting() + (1 if self.worker.busy else 0)
+        reason = "paused" if self.switch.paused else self.limiter.admit(st, (ev.pid, start), now, busy)
+        if reason is None and ev.stopped and busy:
+            reason = "busy"  # a stopped target never waits for another dump
+        if reason:
+            st.suppressed[reason] += 1
+            self.release(ev)
+            return None
+        if ev.stopped:
+            self.journal.add(ev.pid)
+        self.limiter.taken(st, (ev.pid, start), now)
+        return Admitted(CoreRequest.from_event(st.rule, ev), st, start, now)
+
+    def release(self, ev: Event) -> None:
+        """A probe-stopped target we will not dump: resume it now."""
+        if ev.stopped:
+            resume(ev.pid, self.journal)
+
+
+def resume(pid: int, journal: StopJournal) -> None:
+    """SIGCONT a target the probe stopped, and forget it in the journal (a no-op if it was
+    never journalled)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGCONT)
+    journal.done(pid)

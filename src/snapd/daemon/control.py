@@ -1,0 +1,114 @@
+"""The daemon's answers to ``snapd ctl`` (the :class:`~snapd.ctl.CtlHandler` the server calls):
+status, rules, on-demand snapshots, the kill switch, reload."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from snapd import procfs
+from snapd.content import SnapshotMode, parse_spec
+from snapd.daemon.admission import Admission
+from snapd.daemon.dumps import Dumps
+from snapd.daemon.request import CoreRequest
+from snapd.daemon.rulesync import RuleSet
+from snapd.errors import SnapdError
+from snapd.probe import Probes
+from snapd.store import PauseSwitch
+from snapd.template import DEFAULT_TEMPLATE
+
+log = logging.getLogger("snapd")
+
+ON_DEMAND_RULE = "ctl-snap"
+
+
+class Control:
+    """``reload`` re-reads the rules directory; ``changed`` is called after pause and resume
+    (the daemon's status line)."""
+
+    def __init__(
+        self,
+        rules: RuleSet,
+        probes: Probes,
+        admission: Admission,
+        dumps: Dumps,
+        switch: PauseSwitch,
+        reload: Callable[[], None],
+        changed: Callable[[], None],
+    ) -> None:
+        self._rules = rules
+        self._probes = probes
+        self._admission = admission
+        self._dumps = dumps
+        self._switch = switch
+        self._reload = reload
+        self._changed = changed
+
+    def status(self) -> dict[str, Any]:
+        suppressed: dict[str, int] = {}
+        for st in self._rules.states.values():
+            for k, v in st.suppressed.items():
+                suppressed[k] = suppressed.get(k, 0) + v
+        worker = self._dumps.worker
+        busy = worker.busy
+        return {
+            "rules": len(self._rules.states),
+            "bad_rule_files": len(self._rules.bad),
+            "probes": self._probes.stats(),
+            "events": self._admission.events,
+            "suppressed": suppressed,
+            "cores": self._dumps.cores,
+            "failed": self._dumps.failed,
+            "paused": self._switch.get().to_dict(),
+            "dumping": {"pid": busy.request.pid, "rule": busy.request.rule} if busy else None,
+            "queued": worker.waiting(),
+        }
+
+    def rules(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = [st.to_dict() for st in self._rules.states.values()]
+        out += [{"path": p, "errors": list(e)} for p, e in self._rules.bad.items()]
+        return out
+
+    def snap(self, pid: int, content: str | None, uid: int) -> Future[Any]:
+        if self._switch.paused:
+            raise SnapdError("snapshots are paused (snapd ctl resume)")
+        if pid == os.getpid():
+            raise SnapdError(f"pid {pid} is this snapd daemon: it cannot snapshot itself")
+        spec = parse_spec(content or "default")
+        try:
+            procfs.stat(pid)
+        except SnapdError as err:
+            raise SnapdError(str(err)) from err
+        req = CoreRequest(
+            rule=ON_DEMAND_RULE,
+            pid=pid,
+            tid=None,
+            trigger={"kind": "ctl", "uid": uid},
+            content=spec,
+            mode=SnapshotMode.FROZEN,
+            template=DEFAULT_TEMPLATE,
+        )
+        fut = self._dumps.submit_waiting(req)
+        if fut is None:
+            raise SnapdError(f"pid {pid}: cannot start a core (see the daemon's log)")
+        return fut
+
+    def pause(self, reason: str, uid: int) -> dict[str, object]:
+        state = self._switch.pause(reason, uid)
+        self._dumps.cancel_queued("cancelled: snapshots paused")
+        log.warning("snapshots paused by uid %d%s", uid, f": {reason}" if reason else "")
+        self._changed()
+        return state.to_dict()
+
+    def resume(self, uid: int) -> dict[str, object]:
+        state = self._switch.resume(uid)
+        log.warning("snapshots resumed by uid %d", uid)
+        self._changed()
+        return state.to_dict()
+
+    def reload(self, uid: int) -> dict[str, Any]:
+        self._reload()
+        return {"rules": len(self._rules.states), "bad_rule_files": len(self._rules.bad)}
