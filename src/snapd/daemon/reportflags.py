@@ -49,29 +49,47 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("reports (where every thread was, computed after each core) and ctl diff")
     g.add_argument("--no-reports", action="store_true", help="do not compute a report per core")
     g.add_argument(
-        "--report-threads", type=_count, default=_L.max_threads, metavar="N",
+        "--report-threads",
+        type=_count,
+        default=_L.max_threads,
+        metavar="N",
         help=f"threads a report shows at most (default {_L.max_threads})",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--report-frames", type=_count, default=_L.max_frames, metavar="N",
+        "--report-frames",
+        type=_count,
+        default=_L.max_frames,
+        metavar="N",
         help=f"frames a thread shows at most (default {_L.max_frames})",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--report-deadline", type=_seconds, default=_L.deadline, metavar="SECONDS",
+        "--report-deadline",
+        type=_seconds,
+        default=_L.deadline,
+        metavar="SECONDS",
         help=f"a report still running then is killed and recorded failed (default {_L.deadline:g})",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--report-memory", type=_size, default=_L.memory, metavar="SIZE",
+        "--report-memory",
+        type=_size,
+        default=_L.memory,
+        metavar="SIZE",
         help=f"address space of the report worker (default {_L.memory >> 30}GiB)",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--reports-at-once", type=_count, default=_D.at_once, metavar="N",
+        "--reports-at-once",
+        type=_count,
+        default=_D.at_once,
+        metavar="N",
         help=f"reports computed at the same time (default {_D.at_once})",
-    )  # fmt: skip
+    )
     g.add_argument(
-        "--diff-deadline", type=_seconds, default=_D.diff_deadline, metavar="SECONDS",
+        "--diff-deadline",
+        type=_seconds,
+        default=_D.diff_deadline,
+        metavar="SECONDS",
         help=f"ctl diff and ctl series give up after this (default {_D.diff_deadline:g})",
-    )  # fmt: skip
+    )
 
 
 def settings(args: argparse.Namespace) -> ReportSettings:

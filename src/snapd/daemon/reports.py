@@ -122,11 +122,7 @@ class Reports:
     def tick(self, now: float) -> None:
         for core_id in list(self.running):
             self._poll(core_id)
-        while (
-            self.queue
-            and len(self.running) < max(1, self.settings.at_once)
-            and self._dumps_idle()
-        ):
+        while self.queue and len(self.running) < max(1, self.settings.at_once) and self._dumps_idle():
             self._start(self.queue.popleft())
 
     def next_tick(self) -> float | None:
