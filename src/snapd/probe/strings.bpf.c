@@ -34,11 +34,11 @@ struct str_src {
 };
 
 // One more byte than is matched, so that a string of exactly SNAPD_STR_BYTES bytes can be told
-// from a longer one; rounded up to a power of two for masked indexing.
+// from a longer one; rounded up to a power of two for masked indexing. The includer keeps it in
+// per-CPU map memory (bcc rewrites map accesses in the main source file only).
 struct str_buf {
     u8 b[2 * SNAPD_STR_BYTES];
 };
-BPF_PERCPU_ARRAY(str_scratch, struct str_buf, 1);
 
 struct str_read {
     u32 len;         // bytes in buf to match

@@ -31,6 +31,7 @@ BPF_ARRAY(cfgmap, struct cfg, 1);
 BPF_ARRAY(patterns, struct str_pattern, 1);
 BPF_HASH(sources, u32, struct str_src, 64);
 BPF_RINGBUF_OUTPUT(results, 16);
+BPF_PERCPU_ARRAY(str_scratch, struct str_buf, 1);
 
 int proto_sys_enter(struct sys_ctx *ctx)
 {
