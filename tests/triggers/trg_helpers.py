@@ -108,3 +108,95 @@ def hexs(b: bytes) -> str:
 
 def until(cond: Callable[[], object], what: str, timeout: float = 10.0) -> object:
     return wait_for(cond, timeout, what)
+
+
+# ---- the uprobe prototype (tests/triggers/bpf/uprobe_proto.bpf.c) ------------------------------
+
+FIELD_NONE = 255
+
+
+def proto_flags() -> list[str]:
+    from snapd.probe import layout
+
+    return [*layout.cflags(), f"-DFIELD_NONE={FIELD_NONE}"]
+
+
+class AtEvent(ct.Structure):
+    _fields_ = [
+        ("regs", ct.c_uint64 * trigger_layout.USER_REGS),
+        ("stack_len", ct.c_uint32),
+        ("flags", ct.c_uint32),
+        ("stack", ct.c_uint8 * (trigger_layout.EVENT_STACK + 4096)),
+    ]
+
+
+class Fire(ct.Structure):
+    _fields_ = [
+        ("ts", ct.c_uint64),
+        ("pid", ct.c_uint32),
+        ("tid", ct.c_uint32),
+        ("site", ct.c_uint32),
+        ("kind", ct.c_uint32),
+        ("args", ct.c_int64 * 6),
+        ("ret", ct.c_int64),
+        ("latency", ct.c_uint64),
+        ("ip", ct.c_uint64),
+        ("at", AtEvent),
+    ]
+
+    def regs_bytes(self) -> bytes:
+        return bytes(self.at.regs)
+
+    def stack_bytes(self) -> bytes:
+        return bytes(self.at.stack[: self.at.stack_len])
+
+
+class UProto:
+    """The uprobe prototype loaded once: sites (cookies) are configured, links attached."""
+
+    def __init__(self) -> None:
+        from bcc import BPF
+
+        self.bpf = build("uprobe_proto", proto_flags())
+        self.entry_fd = self.bpf.load_func(b"proto_uprobe", BPF.KPROBE).fd
+        self.return_fd = self.bpf.load_func(b"proto_uretprobe", BPF.KPROBE).fd
+        self.ring = Ring(self.bpf, "fires", Fire)
+        self.links: list[Any] = []
+        self.next = 1
+
+    def site(
+        self,
+        flags: int = 0,
+        args: tuple[Any, ...] = (),
+        tgid: int = 0,
+        field: int = FIELD_NONE,
+        op: int = 0,
+        k: int = 0,
+        at_event: bool = False,
+    ) -> int:
+        from snapd.probe import uprobes
+
+        idx = self.next
+        self.next += 1
+        set_struct(self.bpf, "usites", idx, uprobes.usite_bytes(1, 0, flags, args))
+        pred = ct.c_uint32 * 4
+        raw = bytes(pred(tgid, field, op, int(at_event))) + int(k).to_bytes(8, "little", signed=True)
+        set_struct(self.bpf, "preds", idx, raw)
+        return idx
+
+    def attach(self, idx: int, path: str, offset: int, ret: bool = False, **kw: Any) -> Any:
+        from snapd.probe import uprobes
+
+        fd = self.return_fd if ret else self.entry_fd
+        link = uprobes.attach(fd, path, offset, retprobe=ret, cookie=idx, **kw)
+        self.links.append(link)
+        return link
+
+    def count(self, i: int) -> int:
+        return int(self.bpf[b"counts"][ct.c_int(i)].value)
+
+    def close(self) -> None:
+        for link in self.links:
+            link.close()
+        self.links = []
+        self.bpf.cleanup()
