@@ -193,7 +193,7 @@ class UProto:
         return link
 
     def count(self, i: int) -> int:
-        return int(self.bpf[b"counts"][ct.c_int(i)].value)
+        return int(sum(self.bpf[b"counts"][ct.c_int(i)]))
 
     def close(self) -> None:
         for link in self.links:

@@ -21,7 +21,7 @@ def trg_fn(n):
 
 if "profile" in sys.argv[1:]:
     sys.setprofile(slice)
-print("ready", os.getpid(), "line=%d" % trg_fn.__code__.co_firstlineno, flush=True)
+print("ready", os.getpid(), f"line={trg_fn.__code__.co_firstlineno}", flush=True)
 for line in sys.stdin:
     cmd, arg = line.split()
     if cmd == "a":

@@ -17,9 +17,6 @@
 #error "SNAPD_* constants come from snapd/probe/trigger_layout.py"
 #endif
 
-#define UREGS_WORDS 21   // struct pt_regs on x86-64 (arch/x86/include/asm/ptrace.h)
-#define UREGS_SLOTS 32   // rounded up: a register index is masked, never branched on
-
 struct usdt_arg {
     u8 kind;     // UA_NONE, UA_CONST, UA_REG, UA_MEM, UA_IPREL
     u8 size;     // 1, 2, 4, 8
@@ -48,20 +45,44 @@ struct uentry {
     s64 args[6];
 };
 
-struct uregs {
-    u64 r[UREGS_SLOTS];
-};
-
 BPF_ARRAY(usites, struct usite, SNAPD_MAX_USITES);
 // Calls between entry and return; LRU, so a thread that never returns (longjmp, exit) costs a
 // slot until newer calls push it out. Recursion keeps the innermost entry only.
 BPF_TABLE("lru_hash", struct ukey, struct uentry, uinflight, SNAPD_MAX_UINFLIGHT);
 
-// The probed thread's registers, copied out of ctx into `rg` (per-CPU map memory) so that a
-// register named by a map value can be indexed: a load from ctx must use a constant offset.
-static __always_inline void uregs_fill(struct uregs *rg, struct pt_regs *ctx)
+// Register `off` (a pt_regs byte offset) of ctx. A load from ctx must use a constant offset,
+// so this is a switch (clang makes it a binary tree of compares: BPF has no jump tables), which
+// is cheaper than copying all of pt_regs out with a helper call on every hit. Each case ends in
+// an asm statement of its own: otherwise clang merges the cases into one load from ctx plus a
+// variable offset, which the verifier refuses ("dereference of modified ctx ptr").
+#define UREG_CASE(off, field)                             \
+    case off: {                                           \
+        u64 v = ctx->field;                               \
+        asm volatile("/* " #field " */" : "+r"(v));       \
+        return v;                                         \
+    }
+
+static __always_inline u64 usdt_reg(struct pt_regs *ctx, u32 off)
 {
-    bpf_probe_read_kernel(rg->r, UREGS_WORDS * sizeof(u64), ctx);
+    switch (off) {
+    UREG_CASE(0, r15)
+    UREG_CASE(8, r14)
+    UREG_CASE(16, r13)
+    UREG_CASE(24, r12)
+    UREG_CASE(32, bp)
+    UREG_CASE(40, bx)
+    UREG_CASE(48, r11)
+    UREG_CASE(56, r10)
+    UREG_CASE(64, r9)
+    UREG_CASE(72, r8)
+    UREG_CASE(80, ax)
+    UREG_CASE(88, cx)
+    UREG_CASE(96, dx)
+    UREG_CASE(104, si)
+    UREG_CASE(112, di)
+    UREG_CASE(152, sp)
+    }
+    return 0;
 }
 
 // `v` cut to `size` bytes and widened back to 64 bits, signed or not.
@@ -74,7 +95,7 @@ static __always_inline s64 usdt_extend(u64 v, u64 size, u32 is_signed)
 
 // The value of operand `a` at a site whose runtime pc is `ip`. 0 when memory cannot be read
 // (the site's operands were all compiled; a fault is a race with the target's own memory).
-static __always_inline s64 usdt_arg_value(const struct uregs *rg, const struct usdt_arg *a, u64 ip)
+static __always_inline s64 usdt_arg_value(struct pt_regs *ctx, const struct usdt_arg *a, u64 ip)
 {
     u32 kind = a->kind;
     u64 size = a->size;  // 1, 2, 4 or 8 (snapd.probe.usdt); bounded again for the verifier,
@@ -83,14 +104,14 @@ static __always_inline s64 usdt_arg_value(const struct uregs *rg, const struct u
         size = 8;
     if (kind == UA_CONST)
         return usdt_extend((u64)a->disp, size, a->is_signed);
-    u64 base = rg->r[(a->reg >> 3) & (UREGS_SLOTS - 1)];
+    u64 base = usdt_reg(ctx, a->reg);
     if (kind == UA_REG)
         return usdt_extend(base, size, a->is_signed);
     u64 addr;
     if (kind == UA_MEM) {
         addr = base + a->disp;
         if (a->scale)
-            addr += rg->r[(a->index >> 3) & (UREGS_SLOTS - 1)] * a->scale;
+            addr += usdt_reg(ctx, a->index) * a->scale;
     } else if (kind == UA_IPREL) {
         addr = ip + a->disp;
     } else {
@@ -103,9 +124,7 @@ static __always_inline s64 usdt_arg_value(const struct uregs *rg, const struct u
 
 // arg0..arg5 at a probe: the calling convention's registers for a function entry (System V
 // x86-64 ABI: rdi, rsi, rdx, rcx, r8, r9), the site's operands for a USDT probe.
-// `rg`: scratch for the registers (USDT only; may be 0 for a function).
-static __always_inline void uprobe_args(struct pt_regs *ctx, const struct usite *s, s64 *args,
-                                        struct uregs *rg)
+static __always_inline void uprobe_args(struct pt_regs *ctx, const struct usite *s, s64 *args)
 {
     if (!(s->flags & US_USDT)) {
         args[0] = PT_REGS_PARM1(ctx);
@@ -116,14 +135,11 @@ static __always_inline void uprobe_args(struct pt_regs *ctx, const struct usite 
         args[5] = PT_REGS_PARM6(ctx);
         return;
     }
-    if (!rg)
-        return;
-    uregs_fill(rg, ctx);
     u64 ip = PT_REGS_IP(ctx);  // the probed address (kernel/events/uprobes.c handle_swbp)
     u32 n = s->nargs;
 #pragma unroll
     for (int i = 0; i < 6; i++)
-        args[i] = i < n ? usdt_arg_value(rg, &s->args[i], ip) : 0;
+        args[i] = i < n ? usdt_arg_value(ctx, &s->args[i], ip) : 0;
 }
 
 // The key of a call in uinflight: the entry half of a return rule stores {ts, args} there, the

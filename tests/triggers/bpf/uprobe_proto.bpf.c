@@ -39,14 +39,14 @@ struct sys_ctx {
 
 BPF_ARRAY(preds, struct pred, SNAPD_MAX_USITES);
 BPF_PERCPU_ARRAY(fire_scratch, struct fire, 1);
-BPF_ARRAY(counts, u64, 4);  // 0: entry runs, 1: return runs, 2: fired, 3: returns without entry
+BPF_PERCPU_ARRAY(counts, u64, 4);  // 0: entry runs, 1: return runs, 2: fired, 3: returns without entry
 BPF_RINGBUF_OUTPUT(fires, 64);
 
 static __always_inline void bump(u32 i)
 {
     u64 *c = counts.lookup(&i);
     if (c)
-        __sync_fetch_and_add(c, 1);
+        (*c)++;
 }
 
 static __always_inline int holds(const struct pred *p, const s64 *v)
@@ -99,7 +99,6 @@ struct vals {
     s64 v[16];
 };
 BPF_PERCPU_ARRAY(vals_scratch, struct vals, 1);
-BPF_PERCPU_ARRAY(uregs_scratch, struct uregs, 1);
 
 int proto_uprobe(struct pt_regs *ctx)
 {
@@ -117,9 +116,9 @@ int proto_uprobe(struct pt_regs *ctx)
     if (!vs)
         return 0;
     __builtin_memset(vs->v, 0, sizeof(vs->v));
-    uprobe_args(ctx, s, vs->v, uregs_scratch.lookup(&zero));
-    u64 now = bpf_ktime_get_ns();
+    uprobe_args(ctx, s, vs->v);
     if (s->flags & US_SAVE_ENTRY) {
+        u64 now = bpf_ktime_get_ns();
         struct ukey k = uprobe_call_key(idx);
         struct uentry e = {.ts = now};
         __builtin_memcpy(e.args, vs->v, sizeof(e.args));
@@ -129,7 +128,7 @@ int proto_uprobe(struct pt_regs *ctx)
     vs->v[FIELD_PID] = pt >> 32;
     vs->v[FIELD_TID] = (u32)pt;
     if (holds(p, vs->v))
-        fire(ctx, idx, 1, vs->v, p->at_event, now, 0);
+        fire(ctx, idx, 1, vs->v, p->at_event, bpf_ktime_get_ns(), 0);
     return 0;
 }
 
