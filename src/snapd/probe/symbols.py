@@ -241,7 +241,7 @@ def resolve_binary(spec: str, pid: int | None = None) -> Binary:
     want = None if is_library_name(spec) else os.path.normpath(spec)
     chosen = None
     for m in maps:
-        if not m.file_backed or m.special:
+        if not m.file_backed or not m.path.startswith("/"):
             continue
         path = m.path[: -len(" (deleted)")] if m.deleted else m.path
         hit = _lib_matches(os.path.basename(path), spec) if want is None else path == want
