@@ -19,21 +19,14 @@ from dataclasses import dataclass, field
 
 from snapd import procfs
 from snapd.content import ContentSpec, parse_spec
-from snapd.core import elf, fork, notes, select
+from snapd.core import elf, fork, notes, select, strategy
 from snapd.core.elf import PF, PT, Phdr
 from snapd.core.info import CoreInfo
-from snapd.core.memory import (
-    DIRECT_MIN,
-    MemReader,
-    Reader,
-    VmReader,
-    copy_direct,
-    copy_runs,
-    open_direct,
-    warm_buffers,
-)
+from snapd.core.memory import MemReader, Reader, VmReader, copy_runs, open_direct
 from snapd.core.pages import PageMap
 from snapd.core.select import Amount
+from snapd.core.staging import Boost, Copier, Pool, Stats, warm
+from snapd.core.strategy import Strategy
 from snapd.errors import OutputError, SnapdError, SnapshotError, TargetGone, Zombie
 from snapd.freeze import Halted, halt, precheck
 from snapd.freeze import ptrace as pt
@@ -41,7 +34,7 @@ from snapd.freeze.halt import DEFAULT_TIMEOUT
 from snapd.procfs import Mapping
 
 PARTIAL_PREFIX = ".snapd-partial."
-SNAPSHOT_MODES = ("frozen", "fork")
+SNAPSHOT_MODES = ("frozen", "fork", "auto")
 
 #: progress(bytes_done, bytes_total)
 Progress = Callable[[int, int], None]
@@ -269,7 +262,8 @@ class CoreFile:
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         self.published = False
         self.dfd: int | None = None
-        warm_buffers()  # fault them in now, not while the target is halted
+        self.copier: Copier | None = None
+        warm()  # fault them in now, not while the target is halted
         try:
             os.stat(d)  # EACCES on a parent is "permission denied", not "no such directory"
             self.fd = os.open(self.tmp, flags, 0o600)
@@ -305,22 +299,30 @@ class CoreFile:
                     return
                 raise OutputError(self.path, err) from err
 
+    def start(self, strat: Strategy, pool: Pool) -> None:
+        """Start the writers of ``strat`` (before the halt: threads and staging are ready)."""
+        if strat.staged:
+            dfd = self.dfd if any(k.value == "direct" for k in strat.sinks) else None
+            self.copier = Copier(self.fd, dfd, strat.sinks, pool, hold=strat.frozen)
+
     def copy(
         self, reader: Reader, runs: list[tuple[int, int, int]], progress: Callable[[int], None] | None
     ) -> int:
-        """Copy ``runs`` of (file offset, address, length): big ones through O_DIRECT, the rest
-        (and whatever O_DIRECT could not read) through a mapping of the file."""
+        """Copy ``runs`` of (file offset, address, length): into staging for the writers, or
+        (method mmap) straight into a mapping of the file. Returns bytes read; once it returns
+        the source may change."""
         self.reserve(runs)
-        big = [r for r in runs if r[2] >= DIRECT_MIN] if self.dfd is not None else []
-        small = [r for r in runs if r[2] < DIRECT_MIN] if big else list(runs)
         try:
-            done = 0
-            if big and self.dfd is not None:
-                done, leftovers = copy_direct(reader, self.dfd, big, progress)
-                small = sorted(small + leftovers)
-            base = done
-            cb = (lambda n: progress(base + n)) if progress else None
-            return done + copy_runs(reader, self.fd, small, cb)[0]
+            if self.copier is not None:
+                return self.copier.read(reader, runs, progress)
+            return copy_runs(reader, self.fd, runs, progress)[0]
+        except OSError as err:
+            raise OutputError(self.path, err) from err
+
+    def drain(self, progress: Callable[[int], None] | None = None) -> Stats:
+        """Wait until the writers have written everything read (after the resume)."""
+        try:
+            return self.copier.finish(progress) if self.copier else Stats()
         except OSError as err:
             raise OutputError(self.path, err) from err
 
@@ -345,6 +347,8 @@ class CoreFile:
             raise OutputError(self.path, err) from err
 
     def close(self) -> None:
+        if self.copier is not None:
+            self.copier.close()  # writers stopped before their descriptors go
         os.close(self.fd)
         if self.dfd is not None:
             os.close(self.dfd)
@@ -386,14 +390,22 @@ def write_core(
     progress: Progress | None = None,
     sync: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
+    budget: str | int | None = None,
+    method: str | None = None,
 ) -> CoreInfo:
     """Write an ELF core of live process ``pid`` to ``path`` and return what was written.
 
     ``snapshot``: "frozen" halts the target for the whole copy; "fork" halts it only to fork a
     copy-on-write child that is then copied at leisure (falling back to "frozen", with the reason
-    in ``CoreInfo.fallback``, when a fork is unsafe). ``halted``: a target the caller already
-    halted (the daemon's ``stop: kernel``). Either way the target is resumed before this returns,
-    on every path, and as early as the snapshot allows.
+    in ``CoreInfo.fallback``, when a fork is unsafe); "auto" forks processes big enough for the
+    fork's freeze to be the shorter one (:data:`strategy.AUTO_FORK_MIN`). ``halted``: a target the
+    caller already halted (the daemon's ``stop: kernel``). Either way the target is resumed before
+    this returns, on every path, and as early as the snapshot allows.
+
+    The copy method and the frozen-mode staging (``budget``: bytes or "N%" of MemAvailable) are
+    chosen from rates measured on the destination file system (:mod:`snapd.core.strategy`);
+    ``method`` forces one. The measuring happens here, before the halt, if the cached
+    measurements are missing or stale, and never while the target is halted.
     """
     spec = content if isinstance(content, ContentSpec) else parse_spec(content)
     if snapshot not in SNAPSHOT_MODES:
@@ -401,18 +413,34 @@ def write_core(
     path = os.path.abspath(path)
     t0 = time.monotonic()
     state = precheck(pid).state if halted is None else "R"
+    cap = strategy.budget(budget)
     out = CoreFile(path)
+    pool: Pool | None = None
     try:
         try:
             pre = procfs.smaps(pid) if halted is None else None  # the slow part, before the freeze
+            mode, strat = strategy.prepare(
+                pid, pre, spec, os.path.dirname(path), snapshot,
+                sync=sync, have_direct=out.dfd is not None, cap=cap, force=method, measure=halted is None,
+            )  # fmt: skip
+            pool = Pool(strat.staging, strat.head)  # the head faulted in while the target still runs
+            out.start(strat, pool)
+        except Zombie as err:
+            raise TargetGone(pid, "the dump") from err
+        boost = Boost()  # until the target runs again
+        try:
             h = halted or halt(pid, timeout=timeout)
         except Zombie as err:
             # It passed precheck above, so it died since (while the temp file was made): that is
             # "exited during the dump", not a zombie we were asked to dump (this race made
             # tests/core/test_errors.py::test_target_exits_mid_dump fail about half the time).
+            boost.stop()
             raise TargetGone(pid, "the dump") from err
+        except BaseException:
+            boost.stop()
+            raise
         try:
-            res = _dump(h, out, _Request(spec, snapshot, state, current_tid, progress, pre))
+            res = _dump(h, out, _Request(spec, mode, state, current_tid, progress, pre, boost))
         except (OSError, ValueError, IndexError, struct.error) as err:
             # SIGKILL cannot be held off by a ptrace-stop: a target can die at any point, and
             # /proc files of a dying process read as empty or vanish. Name that, not the symptom.
@@ -421,9 +449,15 @@ def write_core(
             raise TargetGone(pid, "the dump") from err
         finally:
             h.resume()
+            boost.stop()
+        t_drain = time.monotonic()
+        stats = out.drain((lambda done: progress(done, res.copied)) if progress else None)
+        drain = time.monotonic() - t_drain
         st = out.publish(replace, sync)
     finally:
         out.close()
+        if pool is not None:
+            pool.close()
     return CoreInfo(
         pid=pid,
         path=path,
@@ -441,6 +475,7 @@ def write_core(
         freeze_seconds=h.freeze_seconds,
         elapsed_seconds=time.monotonic() - t0,
         fallback=res.fallback,
+        copy=strategy.report(strat, stats, drain, frozen=res.mode == "frozen"),
     )
 
 
@@ -465,6 +500,7 @@ class _Request:
     current_tid: int | None
     progress: Progress | None
     pre: list[Mapping] | None  # smaps read before the halt
+    boost: Boost  # the CPU priority of the copy while halted, to end at the resume
 
 
 def _dump(h: Halted, out: CoreFile, req: _Request) -> _Result:
@@ -519,6 +555,7 @@ def _from_child(
     fill_runs(h.pid, early)
     copied = out.copy(VmReader(h.pid), copy_plan(early), None) if early else 0
     h.resume()
+    req.boost.stop()
     fill_runs(child.pid, late)
     runs = copy_plan(late)
     want = sum(r[2] for r in runs)

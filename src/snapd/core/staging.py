@@ -1,0 +1,476 @@
+"""The copy engine: target memory read into warm staging chunks, written out by writer threads.
+
+The reader (the calling thread) copies runs of target memory into page-aligned 4 MiB chunks of
+memory that was faulted in before the target was halted, so that it runs at the speed of this
+machine's memory, not of its page cache or disk. Writer threads drain the filled chunks to the
+output file meanwhile, each through its sink:
+
+- ``direct``: O_DIRECT ``pwrite`` for pieces of at least 1 MiB (no page-cache page is allocated;
+  smaller pieces, whose O_DIRECT writes would each wait for the disk, go buffered);
+- ``buffered``: plain ``pwrite`` into the page cache.
+
+Every writer takes the next filled chunk from one queue as soon as it is free, so when both
+kinds run at once the bytes split between them in proportion to how fast each drains, measured
+as it happens. The reader waits for a free chunk only when the pool is exhausted: with a pool as
+large as the dump it never waits, and the target can be resumed as soon as the last byte has
+been read (:meth:`Copier.read` returns), while the writers finish (:meth:`Copier.finish`).
+
+A run that fails part-way (a page that cannot be read: PROT_NONE without FOLL_FORCE, beyond EOF
+of a file mapping, a guard page) leaves a one-page hole and the copy goes on after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import mmap
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import ClassVar
+
+from snapd.core.memory import Pair, Reader
+from snapd.freeze import ptrace as pt
+from snapd.procfs import PAGE_SIZE
+
+CHUNK = 4 << 20  # one staging chunk
+DIRECT_MIN = 1 << 20  # pieces at least this long are written with O_DIRECT by a direct writer
+WARM_CHUNKS = 6  # kept faulted in for the life of the process (the daemon dumps many times)
+
+#: (file offset, offset in the chunk, length)
+Piece = tuple[int, int, int]
+
+
+class Sink(str, Enum):
+    DIRECT = "direct"
+    BUFFERED = "buffered"
+
+
+MADV_POPULATE_WRITE = 23  # include/uapi/asm-generic/mman-common.h (Linux 5.14)
+
+
+class Region:
+    """An anonymous mapping whose pages are faulted in by the kernel, ``populate`` bytes of it at
+    once (MADV_POPULATE_WRITE: no page fault per page later, when it is filled while a target is
+    halted; mm/madvise.c), the rest on demand by :meth:`populate`."""
+
+    def __init__(self, size: int, populate: int | None = None) -> None:
+        self.size = size
+        self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._anchor: ctypes.Array[ctypes.c_char] | None = (ctypes.c_char * size).from_buffer(self._map)
+        self.addr = ctypes.addressof(self._anchor)
+        self.populated = 0
+        self.populate(0, size if populate is None else min(populate, size))
+
+    def populate(self, offset: int, length: int) -> None:
+        if length <= 0 or self._anchor is None:
+            return
+        try:
+            self._map.madvise(MADV_POPULATE_WRITE, offset, length)
+        except OSError:  # before 5.14: write each page
+            ctypes.memset(self.addr + offset, 0, length)
+        self.populated += length
+
+    def chunks(self) -> list[int]:
+        return [self.addr + i for i in range(0, self.size - CHUNK + 1, CHUNK)]
+
+    def close(self) -> None:
+        if self._anchor is not None:
+            self._anchor = None  # the buffer export must go before the mapping can be closed
+            self._map.close()
+
+
+class _Warm:
+    """The few chunks every dump uses, faulted in once per process."""
+
+    _lock = threading.Lock()
+    _region: ClassVar[Region | None] = None
+
+    @classmethod
+    def chunks(cls) -> list[int]:
+        with cls._lock:
+            if cls._region is None:
+                cls._region = Region(WARM_CHUNKS * CHUNK)
+            return cls._region.chunks()
+
+
+def warm() -> None:
+    """Fault in the process's warm chunks now (not while a target is halted)."""
+    _Warm.chunks()
+
+
+class Pool:
+    """The warm chunks plus, for one dump, up to ``extra`` bytes of staging.
+
+    ``head`` bytes of the staging are faulted in now (before the halt); the rest only when the
+    reader is about to run out of free chunks, by a background thread started by :meth:`feed`,
+    chunk by chunk, each handed to the copier as soon as it is ready, while the target is halted
+    and the reader is filling the others. So the reader gets chunks at the writers' rate plus
+    the rate fresh memory can be faulted in, and only the staging the writers could not recycle
+    in time is ever allocated. :meth:`stop` ends it (the reading is done).
+    """
+
+    LOW = 3  # free chunks below which the next one is faulted in
+
+    def __init__(self, extra: int = 0, head: int | None = None) -> None:
+        self.region: Region | None = None
+        self.chunks = _Warm.chunks()
+        self.ready = list(self.chunks)
+        self._stop = threading.Event()
+        self._need = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._later: list[int] = []
+        self.exhausted = False  # no more staging to come
+        n = -(-max(extra, 0) // CHUNK)
+        if n:
+            h = n if head is None else min(-(-max(head, 0) // CHUNK), n)
+            self.region = Region(n * CHUNK, populate=h * CHUNK)
+            fresh = self.region.chunks()
+            self.chunks = self.chunks + fresh
+            self.ready += fresh[:h]
+            self._later = fresh[h:]
+        self.exhausted = not self._later
+
+    @property
+    def size(self) -> int:
+        return len(self.chunks) * CHUNK
+
+    @property
+    def populated(self) -> int:
+        """Bytes of staging faulted in so far, the warm chunks not counted."""
+        return self.region.populated if self.region else 0
+
+    def feed(self, free: queue.SimpleQueue[int]) -> None:
+        """Start populating the rest on demand, putting each chunk into ``free`` when ready."""
+        if not self._later or self._thread is not None:
+            return
+        self._thread = threading.Thread(
+            target=self._populate, args=(free,), name="snapd-populate", daemon=True
+        )
+        self._thread.start()
+
+    def low(self, free: queue.SimpleQueue[int]) -> None:
+        """The reader's hint: call after taking a chunk."""
+        if self._later and free.qsize() < self.LOW:
+            self._need.set()
+
+    def _populate(self, free: queue.SimpleQueue[int]) -> None:
+        region = self.region
+        assert region is not None
+        later = iter(self._later)
+        while True:
+            self._need.wait()
+            if self._stop.is_set():
+                return
+            self._need.clear()
+            while free.qsize() < 2 * self.LOW:
+                c = next(later, None)
+                if c is None or self._stop.is_set():
+                    self.exhausted = True
+                    return
+                try:
+                    region.populate(c - region.addr, CHUNK)
+                except (OSError, ValueError):
+                    self.exhausted = True
+                    return  # out of memory, or closed: the reader makes do with what it has
+                free.put(c)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._need.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def close(self) -> None:
+        self.stop()
+        if self.region is not None:
+            self.region.close()
+            self.region = None
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class Stats:
+    """What one copy did: for `snapd gcore -v`, the bench and the calibration's self-check."""
+
+    read_bytes: int = 0
+    read_seconds: float = 0.0  # reading into staging, waits for free chunks included
+    waited_seconds: float = 0.0  # of which waiting for a free chunk (the pool was exhausted)
+    written: dict[str, int] | None = None  # bytes per sink
+    write_seconds: float = 0.0  # first chunk queued to last chunk written
+    skipped_pages: int = 0
+    staging_used: int = 0  # bytes of staging faulted in (the warm chunks not counted)
+
+    def merge(self, other: Stats) -> None:
+        self.read_bytes += other.read_bytes
+        self.read_seconds += other.read_seconds
+        self.waited_seconds += other.waited_seconds
+        self.skipped_pages += other.skipped_pages
+
+
+class Copier:
+    """Writer threads draining a pool to ``fd`` (buffered) and ``dfd`` (O_DIRECT, optional)."""
+
+    def __init__(
+        self, fd: int, dfd: int | None, sinks: Sequence[Sink], pool: Pool, *, hold: bool = False
+    ) -> None:
+        self.fd = fd
+        self.dfd = dfd
+        self.pool = pool
+        self.free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for c in pool.ready:
+            self.free.put(c)
+        self.work: queue.SimpleQueue[tuple[int, list[Piece]] | None] = queue.SimpleQueue()
+        self.errors: list[OSError] = []
+        self.written = {s.value: 0 for s in Sink}
+        self.stats = Stats(written=self.written)
+        self._t_first = 0.0
+        self._t_last = 0.0
+        self._lock = threading.Lock()
+        self._pending = 0  # chunks queued and not yet written
+        # Buffered writers compete with the reader for CPU and for fresh memory (the page cache):
+        # with ``hold`` they wait for release() (the target resumed) unless the reader runs out
+        # of chunks. O_DIRECT writers barely use a CPU and always run.
+        self.gate = threading.Event()
+        if not hold:
+            self.gate.set()
+        if not sinks:
+            sinks = [Sink.BUFFERED]
+        self.threads = [
+            threading.Thread(target=self._writer, args=(s,), name=f"snapd-{s.value}", daemon=True)
+            for s in sinks
+        ]
+        for t in self.threads:
+            t.start()
+        pool.feed(self.free)
+
+    # --- writers --------------------------------------------------------------------------
+
+    def release(self) -> None:
+        """Let held (buffered) writers run: the source can no longer be disturbed by them."""
+        self.gate.set()
+
+    def _writer(self, sink: Sink) -> None:
+        if sink is Sink.BUFFERED:
+            self.gate.wait()
+        while (item := self.work.get()) is not None:
+            chunk, pieces = item
+            try:
+                if not self.errors:
+                    for off, pos, n in pieces:
+                        used = self._write(sink, chunk + pos, off, n)
+                        with self._lock:
+                            self.written[used.value] += n
+                            self._t_last = time.monotonic()
+            except OSError as err:
+                self.errors.append(err)
+            finally:
+                with self._lock:
+                    self._pending -= 1
+                self.free.put(chunk)
+
+    def _write(self, sink: Sink, addr: int, off: int, n: int) -> Sink:
+        view = memoryview((ctypes.c_char * n).from_address(addr)).cast("B")
+        if sink is Sink.DIRECT and self.dfd is not None and n >= DIRECT_MIN:
+            try:
+                _pwrite_all(self.dfd, view, off)
+                return Sink.DIRECT
+            except OSError as err:
+                if err.errno != errno.EINVAL:  # a file system refusing this O_DIRECT write
+                    raise
+        _pwrite_all(self.fd, view, off)
+        return Sink.BUFFERED
+
+    # --- the reader -----------------------------------------------------------------------
+
+    def read(
+        self,
+        reader: Reader,
+        runs: Sequence[tuple[int, int, int]],
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Copy ``runs`` of (file offset, address, length) into chunks and queue them.
+
+        Returns when every byte has been read (not written): the source may change from then on.
+        """
+        t0 = time.monotonic()
+        base = self.stats.read_bytes
+        chunk = 0
+        pos = 0
+        pairs: list[Pair] = []
+        pieces: list[Piece] = []
+        for off, addr, length in runs:
+            while length > 0:
+                if not chunk:
+                    chunk = self._take()
+                    pos = 0
+                n = min(length, CHUNK - pos)
+                pairs.append((chunk + pos, addr, n))
+                pieces.append((off, pos, n))
+                pos += n
+                off += n
+                addr += n
+                length -= n
+                if pos == CHUNK or len(pairs) == pt.IOV_MAX:
+                    self._fill(reader, chunk, pairs, pieces)
+                    if progress:
+                        progress(self.stats.read_bytes - base)
+                    chunk, pairs, pieces = 0, [], []
+        if chunk:
+            self._fill(reader, chunk, pairs, pieces)
+        self.stats.read_seconds += time.monotonic() - t0
+        if self.errors:
+            raise self.errors[0]
+        return self.stats.read_bytes - base
+
+    def _take(self) -> int:
+        try:
+            c = self.free.get_nowait()
+            self.pool.low(self.free)
+            return c
+        except queue.Empty:
+            self.pool.low(self.free)
+        t = time.monotonic()
+        while True:
+            if self.pool.exhausted:
+                self.gate.set()  # out of staging: every writer must help now
+            if self.errors:
+                raise self.errors[0]
+            try:
+                c = self.free.get(timeout=0.005)
+                break
+            except queue.Empty:
+                continue
+        self.stats.waited_seconds += time.monotonic() - t
+        return c
+
+    def _fill(self, reader: Reader, chunk: int, pairs: list[Pair], pieces: list[Piece]) -> None:
+        """Read ``pairs`` (one chunk's worth); queue the pieces that were read."""
+        done: list[Piece] = []
+        j = 0
+        while j < len(pairs):
+            n = reader.copy(pairs[j:])
+            for k in range(j, len(pairs)):
+                laddr, raddr, length = pairs[k]
+                off, pos, _ = pieces[k]
+                if n >= length:
+                    done.append(pieces[k])
+                    n -= length
+                    continue
+                # The copy stopped in this pair: keep its whole pages, skip one, go on after it.
+                good = n & ~(PAGE_SIZE - 1)
+                if good:
+                    done.append((off, pos, good))
+                self.stats.skipped_pages += 1
+                rest = good + PAGE_SIZE
+                if rest < length:
+                    pairs[k] = (laddr + rest, raddr + rest, length - rest)
+                    pieces[k] = (off + rest, pos + rest, length - rest)
+                    j = k
+                else:
+                    j = k + 1
+                break
+            else:
+                j = len(pairs)
+        got = sum(p[2] for p in done)
+        self.stats.read_bytes += got
+        if got:
+            self._queue(chunk, done)
+        else:
+            self.free.put(chunk)
+
+    def put(self, chunk: int, pieces: list[Piece]) -> None:
+        """Queue a chunk filled by other means (the calibration's prepared chunks)."""
+        self._queue(chunk, pieces)
+
+    def _queue(self, chunk: int, pieces: list[Piece]) -> None:
+        if not self._t_first:
+            self._t_first = time.monotonic()
+        with self._lock:
+            self._pending += 1
+        self.work.put((chunk, pieces))
+
+    # --- the end --------------------------------------------------------------------------
+
+    def wait(self, limit: float) -> bool:
+        """Wait up to ``limit`` seconds for the queue to drain; False if it had not."""
+        end = time.monotonic() + limit
+        while self._pending:
+            if time.monotonic() > end:
+                return False
+            time.sleep(0.002)
+        return True
+
+    def finish(self, progress: Callable[[int], None] | None = None) -> Stats:
+        """Wait for the writers; raise the first write error. Idempotent."""
+        self.pool.stop()  # the reading is over: no more staging
+        self.stats.staging_used = self.pool.populated
+        self.gate.set()
+        if self.threads:
+            for _ in self.threads:
+                self.work.put(None)
+            for t in self.threads:
+                while t.is_alive():
+                    t.join(0.2)
+                    if progress:
+                        progress(sum(self.written.values()))
+            self.threads = []
+        if self._t_first:
+            self.stats.write_seconds = max(self._t_last - self._t_first, 0.0)
+        if self.errors:
+            raise self.errors[0]
+        return self.stats
+
+    def close(self) -> None:
+        """Stop the writers whatever happened (an abandoned dump): queued chunks are dropped."""
+        if not self.threads:
+            return
+        self.errors.append(OSError(errno.ECANCELED, "copy abandoned"))  # writers skip the rest
+        with contextlib.suppress(OSError):
+            self.finish()
+
+
+BOOST = -10  # nice value of the thread copying a halted target
+
+
+class Boost:
+    """Run the calling thread at a higher CPU priority (nice -10) while a target is halted.
+
+    On a busy machine the copy out of a halted target is CPU-bound (process_vm_readv copies in
+    the kernel) and competes with everything else, while the target, halted, uses nothing: the
+    freeze is shortened by giving the copying thread the target's share. setpriority(2) on a
+    thread id affects only that thread; it needs CAP_SYS_NICE (root), else nothing changes.
+    :meth:`stop` (idempotent) restores the old value; call it as soon as the target runs again.
+    """
+
+    def __init__(self) -> None:
+        self.tid = threading.get_native_id()
+        self.old: int | None = None
+        with contextlib.suppress(OSError):
+            old = os.getpriority(os.PRIO_PROCESS, self.tid)
+            if old > BOOST:
+                os.setpriority(os.PRIO_PROCESS, self.tid, BOOST)
+                self.old = old
+
+    def stop(self) -> None:
+        if self.old is not None:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, self.tid, self.old)
+            self.old = None
+
+
+def _pwrite_all(fd: int, view: memoryview, off: int) -> None:
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], off + done)

@@ -1,0 +1,310 @@
+"""Which copy path a dump takes, and how much staging it gets, chosen from measured rates.
+
+The candidates (:mod:`snapd.core.calibrate` times each on the destination file system):
+
+- ``direct``: staged chunks written with O_DIRECT by three writers (no page cache);
+- ``buffered``: staged chunks written into the page cache by one writer;
+- ``direct+buffered``: both at once from one queue, so the bytes split in proportion to how
+  fast each drains (the disk bounds O_DIRECT, fresh-memory allocation bounds the page cache:
+  different bottlenecks, so together they can beat either);
+- ``mmap``: ``process_vm_readv`` straight into a mapping of the output file (no staging).
+
+The fastest measured one wins; with ``sync`` (the daemon) buffered bytes must reach the disk
+too before the core is published, so they count at most at the disk's O_DIRECT rate.
+
+In frozen mode the reader fills staging chunks faulted in before the halt, and the target is
+resumed as soon as everything has been read; the writers drain the rest after. The staging is
+sized so that the reader never waits for the writers: what they cannot drain during the read,
+``D * (1 - W / R)`` for ``D`` bytes read at ``R`` and drained at ``W``, capped by the budget
+(:func:`budget`: a quarter of MemAvailable unless configured). Beyond the budget the reader
+waits for free chunks, i.e. the remainder is copied at the writers' speed while halted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+from snapd import procfs
+from snapd.content import ContentSpec
+from snapd.core import calibrate, select
+from snapd.core.calibrate import Calibration, Rates
+from snapd.core.info import CopyReport
+from snapd.core.staging import CHUNK, WARM_CHUNKS, Sink, Stats
+from snapd.errors import SnapdError
+from snapd.procfs import Mapping
+
+AUTO_FORK_MIN = 64 << 20  # "auto" forks targets with at least this much to copy
+DEFAULT_FILTER = 0x33  # the kernel's default coredump_filter
+BUDGET_FRACTION = 0.25  # of MemAvailable, the default staging budget
+PREFER = 1.25  # another method must be this much faster than O_DIRECT to be chosen
+MARGIN = 1.25  # staging beyond the bare formula: rates measured on tens of MiB are optimistic
+
+
+class Method(str, Enum):
+    DIRECT = "direct"
+    BUFFERED = "buffered"
+    SPLIT = "direct+buffered"
+    MMAP = "mmap"
+
+
+SINKS = {
+    Method.DIRECT: (Sink.DIRECT, Sink.DIRECT, Sink.DIRECT),
+    Method.BUFFERED: (Sink.BUFFERED,),
+    Method.SPLIT: (Sink.DIRECT, Sink.DIRECT, Sink.BUFFERED),
+    Method.MMAP: (),
+}
+
+
+class StrategyError(SnapdError):
+    pass
+
+
+@dataclass(frozen=True)
+class Strategy:
+    method: Method
+    staging: int  # bytes of staging at most, beyond the warm chunks
+    estimate: int  # bytes the dump is expected to copy (smaps before the halt)
+    budget: int  # the staging cap
+    predicted: float  # bytes/s the writers should drain at (0: unknown)
+    calibration: Calibration | None
+    why: str  # one line: what chose it
+    frozen: bool = False  # copying from a halted target: buffered writers wait for the resume
+    head: int = 0  # of the staging, bytes faulted in before the halt (the rest during it)
+
+    @property
+    def sinks(self) -> tuple[Sink, ...]:
+        return SINKS[self.method]
+
+    @property
+    def staged(self) -> bool:
+        return self.method is not Method.MMAP
+
+
+def rate_of(r: Rates, m: Method) -> float:
+    return {Method.DIRECT: r.direct, Method.BUFFERED: r.buffered, Method.SPLIT: r.split, Method.MMAP: r.mmap}[
+        m
+    ]
+
+
+def estimate(pid: int, pre: list[Mapping], spec: ContentSpec, filt: int, fork: bool) -> int:
+    """Bytes a dump will copy, from smaps read before the halt (resident anonymous memory,
+    whole file mappings). In fork mode only what is copied while halted (from the parent)."""
+    total = 0
+    for m in pre:
+        if fork and not (m.vmflags & {"dc", "wf"} or (m.shared and spec.mentions("haltshared"))):
+            continue
+        cls = select.classify(pid, m, frozenset())
+        amount = select.decide(spec, m, cls, filt, lambda _m: False)
+        if amount == select.Amount.WHOLE:
+            total += m.rss if not m.file_backed else m.size
+    return total
+
+
+def budget(value: str | int | None = None) -> int:
+    """The staging budget in bytes: ``value`` (bytes, or "N%" of MemAvailable), else
+    $SNAPD_STAGING_BUDGET, else a quarter of MemAvailable."""
+    v = value if value is not None else os.environ.get("SNAPD_STAGING_BUDGET")
+    avail = _mem_available()
+    if v is None or v == "":
+        return int(avail * BUDGET_FRACTION)
+    if isinstance(v, int):
+        return max(v, 0)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(%|[kKmMgG]i?[bB]?)?\s*", v)
+    if not m:
+        raise StrategyError(
+            f"staging budget '{v}': use bytes (e.g. 512M) or a percentage of MemAvailable (25%)"
+        )
+    n, unit = float(m.group(1)), (m.group(2) or "").lower()[:1]
+    if unit == "%":
+        return int(avail * n / 100)
+    return int(n * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit])
+
+
+def _mem_available() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 30
+
+
+def choose(
+    cal: Calibration | None,
+    nbytes: int,
+    *,
+    frozen: bool,
+    sync: bool,
+    have_direct: bool,
+    cap: int,
+    force: str | None = None,
+) -> Strategy:
+    """The copy method and staging for a dump of about ``nbytes`` (``force``: a method name,
+    from $SNAPD_COPY_METHOD or the caller, for comparisons)."""
+    force = force or os.environ.get("SNAPD_COPY_METHOD") or None
+    rates = cal.rates if cal else Rates()
+    candidates = [Method.DIRECT, Method.SPLIT, Method.BUFFERED, Method.MMAP]  # preference on ties
+    if not have_direct:
+        candidates = [Method.BUFFERED, Method.MMAP]
+    if frozen:
+        candidates.remove(Method.MMAP)  # it cannot be staged: its freeze is the page cache's speed
+
+    def effective(m: Method) -> float:
+        r = (cal.seen(m.value) if cal else 0.0) or rate_of(rates, m)
+        if sync and m is not Method.DIRECT and rates.direct:
+            return min(r, rates.direct)  # the page cache is written back before publishing
+        return r
+
+    if force:
+        try:
+            method = Method(force)
+        except ValueError:
+            raise StrategyError(
+                f"copy method '{force}': use one of {', '.join(m.value for m in Method)}"
+            ) from None
+        if method in (Method.DIRECT, Method.SPLIT) and not have_direct:
+            method = Method.BUFFERED
+        why = f"{method.value} (forced)"
+    elif cal is None or not any(effective(m) for m in candidates):
+        method = candidates[0]
+        why = f"{method.value} (not measured)"
+    else:
+        method = max(candidates, key=lambda m: (effective(m), -candidates.index(m)))
+        if Method.DIRECT in candidates and effective(method) < PREFER * effective(Method.DIRECT):
+            method = Method.DIRECT  # steadier (the disk), and it takes no memory
+        why = f"{method.value} (fastest measured{', counting write-back for --sync' if sync else ''})"
+    predicted = effective(method)
+    staging = head = 0
+    if frozen and method is not Method.MMAP:
+        # While halted only O_DIRECT writers run (see Copier's hold): they drain at the
+        # direct rate; buffered ones join after the resume.
+        during = 0.0
+        if Sink.DIRECT in SINKS[method]:
+            during = (cal.seen(Method.DIRECT.value) if cal else 0.0) or rates.direct
+        # Staging is faulted in only when the reader would otherwise wait (see Pool), so the
+        # cap can be the whole dump; but faulting in is slower than the reader, so what it and
+        # the writers together cannot supply in time is faulted in before the halt.
+        staging = staging_for(nbytes, 0.0, 0.0, cap)
+        head = staging_for(nbytes, rates.memory, during + rates.populate, cap)
+        head = _head_override(head, staging)
+    return Strategy(method, staging, nbytes, cap, predicted, cal, why, frozen, head)
+
+
+def _head_override(head: int, staging: int) -> int:
+    """$SNAPD_STAGING_HEAD (for comparisons): "all", or bytes faulted in before the halt."""
+    v = os.environ.get("SNAPD_STAGING_HEAD", "")
+    if v == "all":
+        return staging
+    if v.isdigit():
+        return min(int(v), staging)
+    return head
+
+
+def staging_for(nbytes: int, read_rate: float, supply_rate: float, cap: int) -> int:
+    """Staging so that a reader at ``read_rate`` never waits for chunks supplied at
+    ``supply_rate``: what cannot be supplied while it reads (all of it if unknown)."""
+    if nbytes <= 0:
+        return 0
+    # Unknown rates: stage it all.
+    need = nbytes * max(0.0, 1.0 - supply_rate / read_rate) * MARGIN if read_rate > 0 else float(nbytes)
+    need = min(need + CHUNK, nbytes) - WARM_CHUNKS * CHUNK  # the warm chunks are there anyway
+    return max(0, min(int(need), cap)) // CHUNK * CHUNK
+
+
+def prepare(
+    pid: int,
+    pre: list[Mapping] | None,
+    spec: ContentSpec,
+    directory: str,
+    snapshot: str,
+    *,
+    sync: bool,
+    have_direct: bool,
+    cap: int,
+    force: str | None,
+    measure: bool,
+) -> tuple[str, Strategy]:
+    """Before the halt: the snapshot mode ("auto" resolved) and the copy strategy for it."""
+    filt = DEFAULT_FILTER
+    with contextlib.suppress(SnapdError, ValueError):  # a dying target: the halt will say so
+        filt = procfs.coredump_filter(pid)
+    total = estimate(pid, pre, spec, filt, fork=False) if pre is not None else _rss(pid)
+    mode = snapshot
+    if snapshot == "auto":
+        mode = "fork" if total >= AUTO_FORK_MIN else "frozen"
+    nbytes = total
+    if mode == "fork":
+        nbytes = estimate(pid, pre, spec, filt, fork=True) if pre is not None else 0
+    cal = None
+    with contextlib.suppress(OSError):
+        cal = calibrate.get(directory, measure=measure)
+    strat = choose(
+        cal, nbytes, frozen=mode == "frozen", sync=sync, have_direct=have_direct, cap=cap, force=force
+    )
+    return mode, strat
+
+
+def _rss(pid: int) -> int:
+    """Resident anonymous and shared memory (/proc/PID/status), when smaps was not read."""
+    try:
+        st = procfs.status(pid)
+    except SnapdError:
+        return 0
+    kb = 0
+    for k in ("RssAnon", "RssShmem"):
+        with contextlib.suppress(ValueError, IndexError):
+            kb += int(st.get(k, "0 kB").split()[0])
+    return kb * 1024
+
+
+def report(strat: Strategy, stats: Stats, drain_seconds: float, *, frozen: bool) -> CopyReport:
+    """What the copy did, for CoreInfo; checks the calibration against what was observed."""
+    cal = strat.calibration
+    written = dict(stats.written or {})
+    total = sum(written.values())
+    observed = total / stats.write_seconds if stats.write_seconds > 0 else 0.0
+    stale = ""
+    if cal is not None and frozen and strat.staged:
+        # A staged frozen copy keeps its writers busy from the first chunk to the last (the
+        # reader, at memory speed, is faster than they are), so their rate is the method's.
+        stale = calibrate.observe(cal, strat.method.value, strat.predicted, observed, total)
+    src = "none"
+    if cal is not None:
+        src = (
+            f"{cal.source}, {_age(cal.age())} old"
+            if cal.source != "measured"
+            else f"measured in {cal.seconds * 1e3:.0f} ms"
+        )
+    return CopyReport(
+        method=strat.method.value,
+        why=strat.why,
+        rates=dataclasses.asdict(cal.rates) if cal else {},
+        calibration=src,
+        staging_bytes=strat.staging,
+        staging_head=strat.head,
+        staging_used=stats.staging_used,
+        budget_bytes=strat.budget,
+        estimate_bytes=strat.estimate,
+        predicted_rate=strat.predicted,
+        observed_rate=observed,
+        read_seconds=stats.read_seconds,
+        waited_seconds=stats.waited_seconds,
+        drain_seconds=drain_seconds,
+        written=written,
+        stale=stale,
+    )
+
+
+def _age(s: float) -> str:
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
