@@ -239,6 +239,7 @@ class Copier:
         self._t_last = 0.0
         self._lock = threading.Lock()
         self._pending = 0  # chunks queued and not yet written
+        self._reserve = True
         # Buffered writers compete with the reader for CPU and for fresh memory (the page cache):
         # with ``hold`` they wait for release() (the target resumed) unless the reader runs out
         # of chunks. O_DIRECT writers barely use a CPU and always run.
@@ -281,6 +282,15 @@ class Copier:
                 self.free.put(chunk)
 
     def _write(self, sink: Sink, addr: int, off: int, n: int) -> Sink:
+        if self._reserve:
+            # Blocks reserved before the data is written (fallocate mode 0), as for the mapped
+            # path: a full disk fails here, cleanly; done by the writers, not the halted reader.
+            try:
+                pt.fallocate(self.fd, off, n)
+            except OSError as err:
+                if err.errno not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                self._reserve = False
         view = memoryview((ctypes.c_char * n).from_address(addr)).cast("B")
         if sink is Sink.DIRECT and self.dfd is not None and n >= DIRECT_MIN:
             try:

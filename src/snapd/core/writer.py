@@ -310,11 +310,12 @@ class CoreFile:
     ) -> int:
         """Copy ``runs`` of (file offset, address, length): into staging for the writers, or
         (method mmap) straight into a mapping of the file. Returns bytes read; once it returns
-        the source may change."""
-        self.reserve(runs)
+        the source may change. Blocks are reserved before anything is written (the staged
+        writers reserve each piece themselves, off the halt)."""
         try:
             if self.copier is not None:
                 return self.copier.read(reader, runs, progress)
+            self.reserve(runs)
             return copy_runs(reader, self.fd, runs, progress)[0]
         except OSError as err:
             raise OutputError(self.path, err) from err
