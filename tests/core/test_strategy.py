@@ -252,13 +252,27 @@ def test_budget_values(monkeypatch):
         strategy.budget("lots")
 
 
+SHARED_VICTIM = """
+import mmap, sys
+m = mmap.mmap(-1, 96 << 20, flags=mmap.MAP_SHARED)
+m.write(b"s" * (96 << 20))
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
 def test_auto_snapshot(compile_victim, spawn, tmp_path, cache, monkeypatch):
+    """Fork for much private memory; freeze small processes, and those whose memory is mostly
+    shared (a fork copies shared memory live, so it would gain nothing)."""
     small = spawn([compile_victim("bigmem"), 8, 8])
     big = spawn([compile_victim("bigmem"), 96, 96])
+    shared = spawn(["/usr/bin/python3", "-c", SHARED_VICTIM])
     monkeypatch.setattr(strategy, "AUTO_FORK_MIN", 64 << 20)
-    a = write_core(small.pid, str(tmp_path / "small"), snapshot="auto", sync=False)
-    b = write_core(big.pid, str(tmp_path / "big"), snapshot="auto", sync=False)
-    assert (a.snapshot, b.snapshot) == ("frozen", "fork")
+    got = [
+        write_core(v.pid, str(tmp_path / f"core.{v.pid}"), snapshot="auto", sync=False).snapshot
+        for v in (small, big, shared)
+    ]
+    assert got == ["frozen", "fork", "frozen"]
 
 
 def test_gcore_verbose(compile_victim, spawn, snapd_cmd, tmp_path, cache):

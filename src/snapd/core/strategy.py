@@ -38,7 +38,7 @@ from snapd.core.staging import CHUNK, WARM_CHUNKS, Sink, Stats
 from snapd.errors import SnapdError
 from snapd.procfs import Mapping
 
-AUTO_FORK_MIN = 64 << 20  # "auto" forks targets with at least this much to copy
+AUTO_FORK_MIN = 64 << 20  # "auto" forks targets with at least this much private memory to copy
 DEFAULT_FILTER = 0x33  # the kernel's default coredump_filter
 BUDGET_FRACTION = 0.25  # of MemAvailable, the default staging budget
 PREFER = 1.25  # another method must be this much faster than O_DIRECT to be chosen
@@ -91,12 +91,17 @@ def rate_of(r: Rates, m: Method) -> float:
     ]
 
 
-def estimate(pid: int, pre: list[Mapping], spec: ContentSpec, filt: int, fork: bool) -> int:
+def estimate(
+    pid: int, pre: list[Mapping], spec: ContentSpec, filt: int, fork: bool, only_shared: bool = False
+) -> int:
     """Bytes a dump will copy, from smaps read before the halt (resident anonymous memory,
-    whole file mappings). In fork mode only what is copied while halted (from the parent)."""
+    whole file mappings). In fork mode only what is copied while halted (from the parent);
+    ``only_shared``: of shared mappings only."""
     total = 0
     for m in pre:
         if fork and not (m.vmflags & {"dc", "wf"} or (m.shared and spec.mentions("haltshared"))):
+            continue
+        if only_shared and not m.shared:
             continue
         cls = select.classify(pid, m, frozenset())
         amount = select.decide(spec, m, cls, filt, lambda _m: False)
@@ -181,6 +186,7 @@ def choose(
             method = Method.DIRECT  # steadier (the disk), and it takes no memory
         why = f"{method.value} (fastest measured{', counting write-back for --sync' if sync else ''})"
     predicted = effective(method)
+    memory = (cal.seen("memory") if cal else 0.0) or rates.memory
     staging = head = 0
     if frozen and method is not Method.MMAP:
         # While halted only O_DIRECT writers run (see Copier's hold): they drain at the
@@ -192,7 +198,7 @@ def choose(
         # cap can be the whole dump; but faulting in is slower than the reader, so what it and
         # the writers together cannot supply in time is faulted in before the halt.
         staging = staging_for(nbytes, 0.0, 0.0, cap)
-        head = staging_for(nbytes, rates.memory, during + rates.populate, cap)
+        head = staging_for(nbytes, memory, during + rates.populate, cap)
         head = _head_override(head, staging)
     return Strategy(method, staging, nbytes, cap, predicted, cal, why, frozen, head)
 
@@ -236,12 +242,15 @@ def prepare(
     with contextlib.suppress(SnapdError, ValueError):  # a dying target: the halt will say so
         filt = procfs.coredump_filter(pid)
     total = estimate(pid, pre, spec, filt, fork=False) if pre is not None else _rss(pid)
+    early = estimate(pid, pre, spec, filt, fork=True) if pre is not None else 0
+    shared = estimate(pid, pre, spec, filt, fork=False, only_shared=True) if pre is not None else 0
     mode = snapshot
     if snapshot == "auto":
-        mode = "fork" if total >= AUTO_FORK_MIN else "frozen"
-    nbytes = total
-    if mode == "fork":
-        nbytes = estimate(pid, pre, spec, filt, fork=True) if pre is not None else 0
+        # A fork's freeze grows with page tables, a frozen copy's with bytes: fork when there
+        # are enough bytes. Shared memory does not count: a fork cannot snapshot it (it is
+        # copied live from the child, or while halted with haltshared), so it gains nothing.
+        mode = "fork" if total - shared >= AUTO_FORK_MIN else "frozen"
+    nbytes = early if mode == "fork" else total
     cal = None
     with contextlib.suppress(OSError):
         cal = calibrate.get(directory, measure=measure)
@@ -275,6 +284,11 @@ def report(strat: Strategy, stats: Stats, drain_seconds: float, *, frozen: bool)
         # A staged frozen copy keeps its writers busy from the first chunk to the last (the
         # reader, at memory speed, is faster than they are), so their rate is the method's.
         stale = calibrate.observe(cal, strat.method.value, strat.predicted, observed, total)
+        # And the reader's own rate, waits for chunks left out, is this machine's memory speed
+        # on a real target (the calibration's source may sit in a CPU cache).
+        busy = stats.read_seconds - stats.waited_seconds
+        if busy > 0:
+            calibrate.observe(cal, "memory", 0.0, stats.read_bytes / busy, stats.read_bytes)
     src = "none"
     if cal is not None:
         src = (

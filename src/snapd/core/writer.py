@@ -263,6 +263,7 @@ class CoreFile:
         self.published = False
         self.dfd: int | None = None
         self.copier: Copier | None = None
+        self.mapped = Stats()  # what the mmap method did (it has no copier)
         warm()  # fault them in now, not while the target is halted
         try:
             os.stat(d)  # EACCES on a parent is "permission denied", not "no such directory"
@@ -316,14 +317,21 @@ class CoreFile:
             if self.copier is not None:
                 return self.copier.read(reader, runs, progress)
             self.reserve(runs)
-            return copy_runs(reader, self.fd, runs, progress)[0]
+            t = time.monotonic()
+            n, skipped = copy_runs(reader, self.fd, runs, progress)
+            self.mapped.read_bytes += n
+            self.mapped.read_seconds += time.monotonic() - t
+            self.mapped.skipped_pages += skipped
+            self.mapped.written = {"mmap": self.mapped.read_bytes}
+            self.mapped.write_seconds = self.mapped.read_seconds
+            return n
         except OSError as err:
             raise OutputError(self.path, err) from err
 
     def drain(self, progress: Callable[[int], None] | None = None) -> Stats:
         """Wait until the writers have written everything read (after the resume)."""
         try:
-            return self.copier.finish(progress) if self.copier else Stats()
+            return self.copier.finish(progress) if self.copier else self.mapped
         except OSError as err:
             raise OutputError(self.path, err) from err
 
