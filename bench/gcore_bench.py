@@ -28,6 +28,7 @@ end, the freeze the victim saw, disk use, and the peak RSS of the dumping proces
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -145,11 +146,17 @@ def fmt_bytes(n: float) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
-def machine(outdir: Path) -> list[str]:
-    """CPU, AVX-512, and snapd's own calibration of ``outdir``'s file system (medians of 3)."""
-    sys.path.insert(0, str(ROOT / "src"))
-    from snapd.core import calibrate
+CALIBRATE = """
+import json, sys
+from dataclasses import asdict
+from snapd.core import calibrate
+print(json.dumps([asdict(calibrate.measure_dir(sys.argv[1])) for _ in range(3)]))
+"""
 
+
+def machine(outdir: Path) -> list[str]:
+    """CPU, AVX-512, and snapd's own calibration of ``outdir``'s file system (medians of 3), run
+    in a child so that this process stays small (a child's peak RSS starts from its parent's)."""
     model = "unknown"
     flags: set[str] = set()
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -157,20 +164,20 @@ def machine(outdir: Path) -> list[str]:
             model = line.split(":", 1)[1].strip()
         elif line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
-    cals = [calibrate.measure_dir(str(outdir)) for _ in range(3)]
-    fields = ["memory", "populate", "direct", "buffered", "split", "mmap"]
-    med = {f: statistics.median(getattr(c.rates, f) for c in cals) for f in fields}
-    rng = {
-        f: (min(getattr(c.rates, f) for c in cals), max(getattr(c.rates, f) for c in cals)) for f in fields
-    }
-    rates = ", ".join(
-        f"{f} {med[f] / 1e6:,.0f} MB/s ({rng[f][0] / 1e6:,.0f}-{rng[f][1] / 1e6:,.0f})" for f in fields
+    out = subprocess.run(
+        [sys.executable, "-c", CALIBRATE, str(outdir)], capture_output=True, text=True, check=True
     )
+    cals = json.loads(out.stdout)
+    fields = ["memory", "populate", "direct", "buffered", "split", "mmap"]
+    rates = []
+    for f in fields:
+        v = [c["rates"][f] / 1e6 for c in cals]
+        rates.append(f"{f} {statistics.median(v):,.0f} MB/s ({min(v):,.0f}-{max(v):,.0f})")
     return [
         f"CPU: {model}, {os.cpu_count()} CPUs, AVX-512 {'yes' if 'avx512f' in flags else 'no'}",
-        f"disk: {cals[0].fstype} ({cals[0].key}); load average {os.getloadavg()[0]:.1f}",
-        f"calibration (3 runs, {statistics.median(c.seconds for c in cals) * 1e3:.0f} ms each; "
-        f"median (min-max)): {rates}",
+        f"disk: {cals[0]['fstype']} ({cals[0]['key']}); load average {os.getloadavg()[0]:.1f}",
+        f"calibration (3 runs, {statistics.median(c['seconds'] for c in cals) * 1e3:.0f} ms each; "
+        f"median (min-max)): {', '.join(rates)}",
     ]
 
 
