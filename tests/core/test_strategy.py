@@ -219,24 +219,26 @@ def test_choice_follows_the_measurements():
     assert strategy.choose(mapped, 1 << 30, **{**kw, "frozen": False}).method is Method.MMAP
     # No O_DIRECT on this file system (tmpfs): buffered.
     assert strategy.choose(fast_disk, 1 << 30, **{**kw, "have_direct": False}).method is Method.BUFFERED
-    # What a real dump achieved counts over the test write.
-    seen = Calibration(
-        "k",
-        "ext4",
-        slow_disk.rates,
-        time.time(),
-        0.1,
-        observed={"direct+buffered": (0.2e9, 1 << 30, time.time())},
+    # The page cache alone, never where O_DIRECT works (a test write may find warm memory).
+    warm = cal(direct=1e9, buffered=4e9, split=1.05e9, mmap=1e9)
+    assert strategy.choose(warm, 1 << 30, **kw).method is Method.DIRECT
+    # No staging when the writers keep up with the reader; the reader's real rate counts.
+    assert strategy.choose(cal(direct=4.5e9, buffered=1e9, split=4.5e9, mmap=1e9), 1 << 30, **kw).staging == 0
+    now = time.time()
+    slow_reader = Calibration(
+        "k", "ext4", fast_disk.rates, now, 0.1, observed={"memory": (2e9, 1 << 30, now)}
     )
-    assert strategy.choose(seen, 1 << 30, **kw).method is Method.BUFFERED
+    assert strategy.choose(slow_reader, 1 << 30, **kw).staging == 0
+    assert strategy.choose(fast_disk, 1 << 30, **{**kw, "frozen": False}).staging == 0
     # Nothing measured: O_DIRECT, everything staged.
     s = strategy.choose(None, 1 << 30, **kw)
     assert s.method is Method.DIRECT and s.staging > 0 and "not measured" in s.why
     # The staging never exceeds the budget; the head never exceeds the staging.
     s = strategy.choose(slow_disk, 8 << 30, **{**kw, "cap": 64 << 20})
     assert s.staging <= 64 << 20 and s.head <= s.staging
-    # Writers that keep up with the reader need no head start before the halt.
-    assert strategy.choose(cal(direct=6e9, buffered=1e9, split=6e9, mmap=1e9), 1 << 30, **kw).head == 0
+    # Faulting in and the writers together keep up with the reader: no head start.
+    assert strategy.choose(cal(direct=3e9, buffered=1e9, split=3e9, mmap=1e9), 1 << 30, **kw).head == 0
+    assert strategy.choose(cal(direct=0.3e9, buffered=1e9, split=1e9, mmap=1e9), 1 << 30, **kw).head > 0
 
 
 def test_budget_values(monkeypatch):

@@ -24,14 +24,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from snapd.core.memory import VmReader, copy_runs, open_direct
-from snapd.core.staging import CHUNK, Boost, Copier, Pool, Region, Sink
+from snapd.core.staging import CHUNK, Copier, Pool, Region, Sink, boost
 from snapd.freeze import ptrace as pt
 
 VERSION = 1
 MAX_AGE = 24 * 3600.0  # seconds
-SAMPLE = 32 << 20  # bytes written per candidate
+SAMPLE = 64 << 20  # bytes written per candidate (less, if it takes longer than TIME_LIMIT)
 MIN_SAMPLE = 4 << 20
-TIME_LIMIT = 0.15  # seconds per candidate, then it is timed on what it wrote so far
+TIME_LIMIT = 0.1  # seconds per candidate, then it is timed on what it wrote so far
 DRIFT = 2.0  # a dump this many times slower or faster than predicted makes the entry stale
 CHECK_MIN = 64 << 20  # dumps smaller than this say nothing about throughput
 PARTIAL = ".snapd-partial.calibrate."  # removed by whoever cleans partial cores
@@ -260,11 +260,11 @@ def measure_dir(directory: str, key: str = "", fstype: str = "") -> Calibration:
 
 def _memory(src: Region, dst: list[int]) -> float:
     """process_vm_readv of our own memory into warm memory: the reader's ceiling. Timed at the
-    priority a real copy runs at while a target is halted (:class:`Boost`); the best of a few
-    passes, since what is wanted is what the copy can do, not what else the CPUs were doing."""
+    priority a real copy runs at while a target is halted (:func:`staging.boost`); the best of
+    a few passes, since what is wanted is what the copy can do, not what else the CPUs do."""
     reader = VmReader(os.getpid())
     best = 0.0
-    boost = Boost()
+    nice = boost()
     try:
         end = time.monotonic() + 0.05
         while time.monotonic() < end:
@@ -272,7 +272,7 @@ def _memory(src: Region, dst: list[int]) -> float:
             n = sum(reader.copy([(dst[i % len(dst)], a, CHUNK)]) for i, a in enumerate(src.chunks()))
             best = max(best, n / max(time.monotonic() - t, 1e-6))
     finally:
-        boost.stop()
+        nice.stop()
     return best
 
 

@@ -1,9 +1,9 @@
 """The copy engine: target memory read into warm staging chunks, written out by writer threads.
 
 The reader (the calling thread) copies runs of target memory into page-aligned 4 MiB chunks of
-memory that was faulted in before the target was halted, so that it runs at the speed of this
-machine's memory, not of its page cache or disk. Writer threads drain the filled chunks to the
-output file meanwhile, each through its sink:
+memory that is already faulted in, so that it runs at the speed of this machine's memory, not of
+its page cache or its disk. Writer threads drain the filled chunks to the output file meanwhile,
+each through its sink:
 
 - ``direct``: O_DIRECT ``pwrite`` for pieces of at least 1 MiB (no page-cache page is allocated;
   smaller pieces, whose O_DIRECT writes would each wait for the disk, go buffered);
@@ -11,9 +11,14 @@ output file meanwhile, each through its sink:
 
 Every writer takes the next filled chunk from one queue as soon as it is free, so when both
 kinds run at once the bytes split between them in proportion to how fast each drains, measured
-as it happens. The reader waits for a free chunk only when the pool is exhausted: with a pool as
-large as the dump it never waits, and the target can be resumed as soon as the last byte has
-been read (:meth:`Copier.read` returns), while the writers finish (:meth:`Copier.finish`).
+as it happens. While a target is halted (``hold``) buffered writers wait: they would compete
+with the reader for a CPU and for fresh memory; O_DIRECT writers barely use either.
+
+The chunks are the process's few warm ones plus the dump's staging (:class:`Pool`): a head
+faulted in before the halt, the rest faulted in by a helper thread only when the reader is about
+to run out, up to a budget. So the reader waits only when the staging is exhausted, the target
+is resumed as soon as the last byte has been read (:meth:`Copier.read` returns), and the writers
+finish after (:meth:`Copier.finish`).
 
 A run that fails part-way (a page that cannot be read: PROT_NONE without FOLL_FORCE, beyond EOF
 of a file mapping, a guard page) leaves a one-page hole and the copy goes on after it.
@@ -24,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import functools
 import mmap
 import os
 import queue
@@ -240,9 +246,8 @@ class Copier:
         self._lock = threading.Lock()
         self._pending = 0  # chunks queued and not yet written
         self._reserve = True
-        # Buffered writers compete with the reader for CPU and for fresh memory (the page cache):
-        # with ``hold`` they wait for release() (the target resumed) unless the reader runs out
-        # of chunks. O_DIRECT writers barely use a CPU and always run.
+        # With ``hold`` (a halted target) the gate stays closed until release(), the resume, or
+        # the staging running out; meanwhile writers run at the priorities of _writer().
         self.gate = threading.Event()
         if not hold:
             self.gate.set()
@@ -263,9 +268,18 @@ class Copier:
         self.gate.set()
 
     def _writer(self, sink: Sink) -> None:
-        if sink is Sink.BUFFERED:
-            self.gate.wait()
+        # While the target is halted (the gate closed): an O_DIRECT writer runs at the reader's
+        # priority; a buffered one at nice +10 (only on CPU time nobody else wants), or, where
+        # its priority cannot be restored after, not at all (see Nice).
+        nice: Nice | None = None
+        if not self.gate.is_set():
+            nice = boost() if sink is Sink.DIRECT else Nice(UNBOOST)
+            if sink is Sink.BUFFERED and not nice.active:
+                self.gate.wait()
         while (item := self.work.get()) is not None:
+            if nice is not None and self.gate.is_set():
+                nice.stop()
+                nice = None
             chunk, pieces = item
             try:
                 if not self.errors:
@@ -451,33 +465,61 @@ class Copier:
             self.finish()
 
 
-BOOST = -10  # nice value of the thread copying a halted target
+BOOST = -10  # nice value of the reader and O_DIRECT writers while a target is halted
+UNBOOST = 10  # nice value of buffered writers while a target is halted
 
 
-class Boost:
-    """Run the calling thread at a higher CPU priority (nice -10) while a target is halted.
+class Nice:
+    """Run the calling thread at nice ``value`` while a target is halted; :meth:`stop`
+    (idempotent) restores the old value, as soon as the target runs again.
 
     On a busy machine the copy out of a halted target is CPU-bound (process_vm_readv copies in
     the kernel) and competes with everything else, while the target, halted, uses nothing: the
-    freeze is shortened by giving the copying thread the target's share. setpriority(2) on a
-    thread id affects only that thread; it needs CAP_SYS_NICE (root), else nothing changes.
-    :meth:`stop` (idempotent) restores the old value; call it as soon as the target runs again.
+    freeze is shortened by giving the reader (and the O_DIRECT writers, which need little CPU
+    but promptly) the target's share, nice -10, and by letting buffered writers, which compete
+    with the reader for a CPU and for fresh memory, have only what nobody else wants, nice +10.
+    setpriority(2) on a thread id affects only that thread. Lowering a nice value needs
+    CAP_SYS_NICE, so without it nothing changes (a raised value could not be restored).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, value: int) -> None:
         self.tid = threading.get_native_id()
         self.old: int | None = None
+        if not _may_renice():
+            return
         with contextlib.suppress(OSError):
             old = os.getpriority(os.PRIO_PROCESS, self.tid)
-            if old > BOOST:
-                os.setpriority(os.PRIO_PROCESS, self.tid, BOOST)
+            if old != value:
+                os.setpriority(os.PRIO_PROCESS, self.tid, value)
                 self.old = old
+
+    @property
+    def active(self) -> bool:
+        return self.old is not None
 
     def stop(self) -> None:
         if self.old is not None:
             with contextlib.suppress(OSError):
                 os.setpriority(os.PRIO_PROCESS, self.tid, self.old)
             self.old = None
+
+
+def boost() -> Nice:
+    """The reader's priority while a target is halted."""
+    return Nice(BOOST)
+
+
+@functools.cache
+def _may_renice() -> bool:
+    """CAP_SYS_NICE (bit 23) in the effective set (capabilities(7))."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> 23 & 1)
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def _pwrite_all(fd: int, view: memoryview, off: int) -> None:

@@ -41,7 +41,11 @@ from snapd.procfs import Mapping
 AUTO_FORK_MIN = 64 << 20  # "auto" forks targets with at least this much private memory to copy
 DEFAULT_FILTER = 0x33  # the kernel's default coredump_filter
 BUDGET_FRACTION = 0.25  # of MemAvailable, the default staging budget
-PREFER = 1.25  # another method must be this much faster than O_DIRECT to be chosen
+PREFER = 1.25  # the mmap method must be this much faster than the staged one to be chosen
+SPLIT_GAIN = 1.1  # O_DIRECT and buffered at once must beat O_DIRECT alone by this much
+HEAD_SECONDS = 0.15  # at most this long faulting staging in before the halt
+DEFAULT_POPULATE = 1e9  # bytes/s, where it was not measured
+STAGE_GAIN = 1.25  # staging only if the reader is this much faster than the writers
 MARGIN = 1.25  # staging beyond the bare formula: rates measured on tens of MiB are optimistic
 
 
@@ -155,14 +159,9 @@ def choose(
     from $SNAPD_COPY_METHOD or the caller, for comparisons)."""
     force = force or os.environ.get("SNAPD_COPY_METHOD") or None
     rates = cal.rates if cal else Rates()
-    candidates = [Method.DIRECT, Method.SPLIT, Method.BUFFERED, Method.MMAP]  # preference on ties
-    if not have_direct:
-        candidates = [Method.BUFFERED, Method.MMAP]
-    if frozen:
-        candidates.remove(Method.MMAP)  # it cannot be staged: its freeze is the page cache's speed
 
-    def effective(m: Method) -> float:
-        r = (cal.seen(m.value) if cal else 0.0) or rate_of(rates, m)
+    def rate(m: Method) -> float:
+        r = rate_of(rates, m)
         if sync and m is not Method.DIRECT and rates.direct:
             return min(r, rates.direct)  # the page cache is written back before publishing
         return r
@@ -177,29 +176,41 @@ def choose(
         if method in (Method.DIRECT, Method.SPLIT) and not have_direct:
             method = Method.BUFFERED
         why = f"{method.value} (forced)"
-    elif cal is None or not any(effective(m) for m in candidates):
-        method = candidates[0]
+    elif cal is None or not (rates.direct or rates.buffered):
+        method = Method.DIRECT if have_direct else Method.BUFFERED
         why = f"{method.value} (not measured)"
     else:
-        method = max(candidates, key=lambda m: (effective(m), -candidates.index(m)))
-        if Method.DIRECT in candidates and effective(method) < PREFER * effective(Method.DIRECT):
-            method = Method.DIRECT  # steadier (the disk), and it takes no memory
+        # The page cache alone is never chosen where O_DIRECT works: its speed is that of
+        # fresh memory, which a test write of tens of MiB may find warm and a real dump cold.
+        # Beside O_DIRECT it can only help: writers pull chunks as fast as each drains.
+        direct = have_direct and rate(Method.DIRECT) > 0
+        method = Method.DIRECT if direct else Method.BUFFERED
         why = f"{method.value} (fastest measured{', counting write-back for --sync' if sync else ''})"
-    predicted = effective(method)
+        if direct and rate(Method.SPLIT) > SPLIT_GAIN * rate(Method.DIRECT):
+            method = Method.SPLIT
+            gain = rate(Method.SPLIT) / rate(Method.DIRECT)
+            why = f"{method.value} (both at once measured {gain:.1f}x O_DIRECT alone)"
+        if not frozen and rate(Method.MMAP) > PREFER * rate(method):
+            method = Method.MMAP  # a fork's child or an unstaged copy: no staging to lose
+            why = f"{method.value} (fastest measured)"
+    predicted = rate(method)
     memory = (cal.seen("memory") if cal else 0.0) or rates.memory
     staging = head = 0
     if frozen and method is not Method.MMAP:
-        # While halted only O_DIRECT writers run (see Copier's hold): they drain at the
-        # direct rate; buffered ones join after the resume.
-        during = 0.0
-        if Sink.DIRECT in SINKS[method]:
-            during = (cal.seen(Method.DIRECT.value) if cal else 0.0) or rates.direct
-        # Staging is faulted in only when the reader would otherwise wait (see Pool), so the
-        # cap can be the whole dump; but faulting in is slower than the reader, so what it and
-        # the writers together cannot supply in time is faulted in before the halt.
-        staging = staging_for(nbytes, 0.0, 0.0, cap)
-        head = staging_for(nbytes, memory, during + rates.populate, cap)
-        head = _head_override(head, staging)
+        # While halted O_DIRECT writers run at the reader's priority; buffered ones only on
+        # CPU time nobody wants (see staging.Nice), so they are not counted on.
+        during = rates.direct if Sink.DIRECT in SINKS[method] else 0.0
+        if memory and during and memory < STAGE_GAIN * during:
+            why += "; no staging: the writers keep up with the reader"
+        else:
+            # Staging is faulted in only when the reader would otherwise wait (see Pool), so
+            # the cap can be the whole dump; faulting in is slower than the reader, so what it
+            # and the writers together cannot supply in time is faulted in before the halt,
+            # within HEAD_SECONDS (it delays the halt: the moment the core shows).
+            staging = staging_for(nbytes, 0.0, 0.0, cap)
+            head = staging_for(nbytes, memory, during + rates.populate, cap)
+            head = min(head, int((rates.populate or DEFAULT_POPULATE) * HEAD_SECONDS) // CHUNK * CHUNK)
+            head = _head_override(head, staging)
     return Strategy(method, staging, nbytes, cap, predicted, cal, why, frozen, head)
 
 

@@ -25,7 +25,7 @@ from snapd.core.info import CoreInfo
 from snapd.core.memory import MemReader, Reader, VmReader, copy_runs, open_direct
 from snapd.core.pages import PageMap
 from snapd.core.select import Amount
-from snapd.core.staging import Boost, Copier, Pool, Stats, warm
+from snapd.core.staging import Copier, Nice, Pool, Stats, boost, warm
 from snapd.core.strategy import Strategy
 from snapd.errors import OutputError, SnapdError, SnapshotError, TargetGone, Zombie
 from snapd.freeze import Halted, halt, precheck
@@ -436,20 +436,20 @@ def write_core(
             out.start(strat, pool)
         except Zombie as err:
             raise TargetGone(pid, "the dump") from err
-        boost = Boost()  # until the target runs again
+        nice = boost()  # until the target runs again
         try:
             h = halted or halt(pid, timeout=timeout)
         except Zombie as err:
             # It passed precheck above, so it died since (while the temp file was made): that is
             # "exited during the dump", not a zombie we were asked to dump (this race made
             # tests/core/test_errors.py::test_target_exits_mid_dump fail about half the time).
-            boost.stop()
+            nice.stop()
             raise TargetGone(pid, "the dump") from err
         except BaseException:
-            boost.stop()
+            nice.stop()
             raise
         try:
-            res = _dump(h, out, _Request(spec, mode, state, current_tid, progress, pre, boost))
+            res = _dump(h, out, _Request(spec, mode, state, current_tid, progress, pre, nice))
         except (OSError, ValueError, IndexError, struct.error) as err:
             # SIGKILL cannot be held off by a ptrace-stop: a target can die at any point, and
             # /proc files of a dying process read as empty or vanish. Name that, not the symptom.
@@ -458,7 +458,7 @@ def write_core(
             raise TargetGone(pid, "the dump") from err
         finally:
             h.resume()
-            boost.stop()
+            nice.stop()
         t_drain = time.monotonic()
         stats = out.drain((lambda done: progress(done, res.copied)) if progress else None)
         drain = time.monotonic() - t_drain
@@ -509,7 +509,7 @@ class _Request:
     current_tid: int | None
     progress: Progress | None
     pre: list[Mapping] | None  # smaps read before the halt
-    boost: Boost  # the CPU priority of the copy while halted, to end at the resume
+    boost: Nice  # the CPU priority of the copy while halted, to end at the resume
 
 
 def _dump(h: Halted, out: CoreFile, req: _Request) -> _Result:
