@@ -292,7 +292,7 @@ def test_gcore_verbose(compile_victim, spawn, snapd_cmd, tmp_path, cache):
     assert re.fullmatch(rf"snapd gcore: {tmp_path}/core\.{v.pid} dumped \(frozen \d+ ms\)", lines[0]), lines
     assert all(line.startswith("snapd gcore: ") for line in lines), lines
     text = "\n".join(lines)
-    assert re.search(r"copy: (direct|buffered|direct\+buffered) \(fastest measured", text), text
+    assert re.search(r"copy: (direct|buffered|direct\+buffered) \((fastest|both at once) measured", text), text
     assert re.search(r"measured: memory [\d.]+ [GM]B/s, .*O_DIRECT", text), text
     bad = subprocess.run(
         [*snapd_cmd, "gcore", "--staging-budget", "lots", str(v.pid)], capture_output=True, text=True, env=env
@@ -322,3 +322,14 @@ def test_calibration_runs_beside_a_running_copy():
         assert (
             json.loads((Path(d) / "cache" / "calibration.json").read_text())["version"] == calibrate.VERSION
         )
+
+
+def test_two_copies_at_once_never_share_chunks():
+    """The warm chunks are lent to one copy at a time; another one gets chunks of its own."""
+    from snapd.core.staging import Pool
+
+    with Pool() as a, Pool(8 << 20) as b:
+        assert a.borrowed and not b.borrowed
+        assert set(a.chunks).isdisjoint(b.chunks)
+    with Pool() as c:
+        assert c.borrowed and c.chunks == a.chunks

@@ -240,17 +240,17 @@ def measure_dir(directory: str, key: str = "", fstype: str = "") -> Calibration:
         pattern = bytes(range(256)) * (CHUNK // 256)  # not zeros: nothing may special-case them
         for addr in src.chunks():
             ctypes.memmove(addr, pattern, CHUNK)
-        with Pool(src.size) as pool:
-            staged = pool.chunks[: src.size // CHUNK]
-            rates = Rates(memory=_memory(src, staged), populate=populate)
-            if size >= MIN_SAMPLE:
-                # Each candidate gets a new file and keeps it until the end, so that none of
-                # them writes into page-cache pages another one has just freed.
-                direct = _drain(directory, files, staged, (Sink.DIRECT,) * 3)
-                buffered = _drain(directory, files, staged, (Sink.BUFFERED,))
-                split = _drain(directory, files, staged, (Sink.DIRECT, Sink.DIRECT, Sink.BUFFERED))
-                mmap = _mapped(directory, files, src)
-                rates = replace(rates, direct=direct, buffered=buffered, split=split, mmap=mmap)
+        with Pool() as pool:
+            rates = Rates(memory=_memory(src, pool.chunks), populate=populate)
+        if size >= MIN_SAMPLE:
+            # Each candidate gets a new file and keeps it until the end, so that none of
+            # them writes into page-cache pages another one has just freed.
+            chunks = src.chunks()
+            direct = _drain(directory, files, chunks, (Sink.DIRECT,) * 3)
+            buffered = _drain(directory, files, chunks, (Sink.BUFFERED,))
+            split = _drain(directory, files, chunks, (Sink.DIRECT, Sink.DIRECT, Sink.BUFFERED))
+            mmap = _mapped(directory, files, src)
+            rates = replace(rates, direct=direct, buffered=buffered, split=split, mmap=mmap)
     finally:
         for f in files:
             f.close()
@@ -308,13 +308,14 @@ def _drain(directory: str, files: list[_TempFile], chunks: list[int], sinks: tup
     files.append(f)
     if Sink.DIRECT in sinks and f.dfd is None:
         return 0.0
-    copier = Copier(f.fd, f.dfd, sinks, Pool())
-    try:
-        for i, c in enumerate(chunks):
-            copier.put(c, [(i * CHUNK, 0, CHUNK)])
-        copier.wait(TIME_LIMIT)
-    finally:
-        copier.close()
+    with Pool() as pool:
+        copier = Copier(f.fd, f.dfd, sinks, pool)
+        try:
+            for i, c in enumerate(chunks):
+                copier.put(c, [(i * CHUNK, 0, CHUNK)])
+            copier.wait(TIME_LIMIT)
+        finally:
+            copier.close()
     stats = copier.stats
     written = stats.written or {}
     if Sink.DIRECT in sinks and not written.get(Sink.DIRECT.value):

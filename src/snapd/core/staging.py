@@ -92,22 +92,41 @@ class Region:
 
 
 class _Warm:
-    """The few chunks every dump uses, faulted in once per process."""
+    """The few chunks every dump uses, faulted in once per process, lent to one Pool at a time
+    (a daemon may calibrate or dump in two threads at once)."""
 
     _lock = threading.Lock()
     _region: ClassVar[Region | None] = None
+    _lent = False
 
     @classmethod
-    def chunks(cls) -> list[int]:
+    def _make(cls) -> Region:
+        if cls._region is None:
+            cls._region = Region(WARM_CHUNKS * CHUNK)
+        return cls._region
+
+    @classmethod
+    def prepare(cls) -> None:
         with cls._lock:
-            if cls._region is None:
-                cls._region = Region(WARM_CHUNKS * CHUNK)
-            return cls._region.chunks()
+            cls._make()
+
+    @classmethod
+    def lend(cls) -> list[int] | None:
+        with cls._lock:
+            if cls._lent:
+                return None
+            cls._lent = True
+            return cls._make().chunks()
+
+    @classmethod
+    def give_back(cls) -> None:
+        with cls._lock:
+            cls._lent = False
 
 
 def warm() -> None:
     """Fault in the process's warm chunks now (not while a target is halted)."""
-    _Warm.chunks()
+    _Warm.prepare()
 
 
 class Pool:
@@ -125,7 +144,13 @@ class Pool:
 
     def __init__(self, extra: int = 0, head: int | None = None) -> None:
         self.region: Region | None = None
-        self.chunks = _Warm.chunks()
+        self.own: Region | None = None  # instead of the warm chunks, lent to another Pool
+        lent = _Warm.lend()
+        self.borrowed = lent is not None
+        if lent is None:
+            self.own = Region(WARM_CHUNKS * CHUNK)
+            lent = self.own.chunks()
+        self.chunks = lent
         self.ready = list(self.chunks)
         self._stop = threading.Event()
         self._need = threading.Event()
@@ -194,10 +219,15 @@ class Pool:
             self._thread = None
 
     def close(self) -> None:
+        """Idempotent; after the copier using the chunks has stopped."""
         self.stop()
-        if self.region is not None:
-            self.region.close()
-            self.region = None
+        for r in (self.region, self.own):
+            if r is not None:
+                r.close()
+        self.region = self.own = None
+        if self.borrowed:
+            self.borrowed = False
+            _Warm.give_back()
 
     def __enter__(self) -> Pool:
         return self
