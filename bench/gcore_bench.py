@@ -196,7 +196,7 @@ def main(argv: list[str]) -> int:
     outdir = Path(args.dir)
     outdir.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix="snapd-bench-"))
-    exe = build / "bigmem"
+    exe = build / "snapd-benchvic"  # a comm no rule of a daemon running beside is likely to watch
     subprocess.run(["gcc", "-O1", "-g", "-pthread", "-o", str(exe), str(VICTIM_SRC)], check=True)
     if args.variants:
         variants = args.variants.split(",")

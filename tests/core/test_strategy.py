@@ -37,13 +37,17 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return d
 
 
-@pytest.fixture
-def stagecopy(compile_victim, spawn, tmp_path):
-    """A victim whose memory never changes: 32 MiB in one run, many small runs, PROT_NONE,
+def start_stagecopy(compile_victim, spawn, tmp_path: Path, mib: int = 32):  # type: ignore[no-untyped-def]
+    """A victim whose memory never changes: MIB MiB in one run, many small runs, PROT_NONE,
     pages beyond EOF, MADV_DONTFORK. Without rseq: the kernel writes the CPU a thread last ran
     on into its struct rseq (kernel/rseq.c), which would differ between two dumps."""
     env = {**os.environ, "GLIBC_TUNABLES": "glibc.pthread.rseq=0"}
-    return spawn([compile_victim("stagecopy"), 32, tmp_path / "stagecopy.map"], env=env)
+    return spawn([compile_victim("stagecopy"), mib, tmp_path / f"stagecopy.{mib}.map"], env=env)
+
+
+@pytest.fixture
+def stagecopy(compile_victim, spawn, tmp_path):
+    return start_stagecopy(compile_victim, spawn, tmp_path)
 
 
 def segments(path: Path) -> list[tuple[int, int, int, str]]:
@@ -174,8 +178,8 @@ def test_a_corrupt_cache_is_measured_again(tmp_path, cache):
     assert json.loads((cache / "calibration.json").read_text())["version"] == calibrate.VERSION
 
 
-def test_never_measured_while_the_target_is_halted(compile_victim, spawn, tmp_path, cache, monkeypatch):
-    v = spawn([compile_victim("bigmem"), 16, 16])
+def test_never_measured_while_the_target_is_halted(stagecopy, tmp_path, cache, monkeypatch):
+    v = stagecopy
     seen: list[str] = []
     real = calibrate.measure_dir
 
@@ -266,8 +270,8 @@ sys.stdin.read()
 def test_auto_snapshot(compile_victim, spawn, tmp_path, cache, monkeypatch):
     """Fork for much private memory; freeze small processes, and those whose memory is mostly
     shared (a fork copies shared memory live, so it would gain nothing)."""
-    small = spawn([compile_victim("bigmem"), 8, 8])
-    big = spawn([compile_victim("bigmem"), 96, 96])
+    small = start_stagecopy(compile_victim, spawn, tmp_path, 8)
+    big = start_stagecopy(compile_victim, spawn, tmp_path, 96)
     shared = spawn(["/usr/bin/python3", "-c", SHARED_VICTIM])
     monkeypatch.setattr(strategy, "AUTO_FORK_MIN", 64 << 20)
     got = [
@@ -277,8 +281,8 @@ def test_auto_snapshot(compile_victim, spawn, tmp_path, cache, monkeypatch):
     assert got == ["frozen", "fork", "frozen"]
 
 
-def test_gcore_verbose(compile_victim, spawn, snapd_cmd, tmp_path, cache):
-    v = spawn([compile_victim("bigmem"), 16, 16])
+def test_gcore_verbose(stagecopy, snapd_cmd, tmp_path, cache):
+    v = stagecopy
     env = {**os.environ, "SNAPD_CACHE_DIR": str(cache)}
     r = subprocess.run(
         [*snapd_cmd, "gcore", "-v", "-o", str(tmp_path / "core"), str(v.pid)],
@@ -292,7 +296,7 @@ def test_gcore_verbose(compile_victim, spawn, snapd_cmd, tmp_path, cache):
     assert re.fullmatch(rf"snapd gcore: {tmp_path}/core\.{v.pid} dumped \(frozen \d+ ms\)", lines[0]), lines
     assert all(line.startswith("snapd gcore: ") for line in lines), lines
     text = "\n".join(lines)
-    assert re.search(r"copy: (direct|buffered|direct\+buffered) \((fastest|both at once) measured", text), text
+    assert re.search(r"copy: (direct|direct\+buffered) \((fastest|both at once) measured", text), text
     assert re.search(r"measured: memory [\d.]+ [GM]B/s, .*O_DIRECT", text), text
     bad = subprocess.run(
         [*snapd_cmd, "gcore", "--staging-budget", "lots", str(v.pid)], capture_output=True, text=True, env=env
