@@ -110,9 +110,10 @@ def dump(tool: str, pid: int, outdir: Path) -> Run:
         argv += ["-ex", f"gcore {prefix}.{pid}"]
     else:
         argv = [*SNAPD, "gcore", "-v", "--snapshot", tool, "-o", str(prefix), str(pid)]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # as installed
     sampler = StopSampler(pid)
     t0 = time.monotonic()
-    r = subprocess.run(argv, capture_output=True, text=True, check=False)
+    r = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
     el = time.monotonic() - t0
     freeze = sampler.stop()
     if r.returncode != 0:

@@ -17,7 +17,6 @@ import contextlib
 import ctypes
 import json
 import os
-import secrets
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -209,7 +208,7 @@ def _store(cdir: Path, cal: Calibration) -> bool:
         entries = _load(cdir)
         entries[cal.key] = cal
         doc = {"version": VERSION, "filesystems": {k: c.to_json() for k, c in sorted(entries.items())}}
-        tmp = cdir / f".{CACHE_NAME}.{secrets.token_hex(4)}"
+        tmp = cdir / f".{CACHE_NAME}.{os.urandom(4).hex()}"
         try:
             tmp.write_text(json.dumps(doc, indent=1) + "\n")
             os.replace(tmp, cdir / CACHE_NAME)
@@ -278,7 +277,7 @@ def _memory(src: Region, dst: list[int]) -> float:
 
 class _TempFile:
     def __init__(self, directory: str, size: int) -> None:
-        self.path = os.path.join(directory, f"{PARTIAL}{secrets.token_hex(4)}")
+        self.path = os.path.join(directory, f"{PARTIAL}{os.urandom(4).hex()}")
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         self.fd = os.open(self.path, flags, 0o600)
         self.dfd: int | None = None

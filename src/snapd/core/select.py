@@ -8,7 +8,6 @@ target's coredump_filter (fs/coredump.c vma_dump_size, before 6.x in fs/binfmt_e
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from collections.abc import Callable
 from enum import IntEnum, IntFlag
 
@@ -43,7 +42,8 @@ class Filter(IntFlag):
 
 
 # Tell tmpfs files apart from other shared files: statfs(2) f_type at offset 0 of struct statfs.
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# glibc's soname, not ctypes.util.find_library("c"): that runs ldconfig -p, ~12 ms at each start.
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
 
 def _fs_type(path: str) -> int:

@@ -92,31 +92,32 @@ class Region:
 
 
 class _Warm:
-    """The few chunks every dump uses, faulted in once per process, lent to one Pool at a time
-    (a daemon may calibrate or dump in two threads at once)."""
+    """The few chunks every dump uses, faulted in once per process (as many as dumps so far
+    needed, up to WARM_CHUNKS), lent to one Pool at a time (a daemon may calibrate or dump in
+    two threads at once)."""
 
     _lock = threading.Lock()
     _region: ClassVar[Region | None] = None
+    _ready = 0  # chunks faulted in
     _lent = False
 
     @classmethod
-    def _make(cls) -> Region:
-        if cls._region is None:
-            cls._region = Region(WARM_CHUNKS * CHUNK)
-        return cls._region
-
-    @classmethod
-    def prepare(cls) -> None:
+    def prepare(cls, n: int) -> None:
         with cls._lock:
-            cls._make()
+            if cls._region is None:
+                cls._region = Region(WARM_CHUNKS * CHUNK, populate=0)
+            n = min(max(n, 1), WARM_CHUNKS)
+            if n > cls._ready:
+                cls._region.populate(cls._ready * CHUNK, (n - cls._ready) * CHUNK)
+                cls._ready = n
 
     @classmethod
     def lend(cls) -> list[int] | None:
         with cls._lock:
-            if cls._lent:
+            if cls._lent or cls._region is None or not cls._ready:
                 return None
             cls._lent = True
-            return cls._make().chunks()
+            return cls._region.chunks()[: cls._ready]
 
     @classmethod
     def give_back(cls) -> None:
@@ -124,9 +125,10 @@ class _Warm:
             cls._lent = False
 
 
-def warm() -> None:
-    """Fault in the process's warm chunks now (not while a target is halted)."""
-    _Warm.prepare()
+def warm(nbytes: int = WARM_CHUNKS * CHUNK) -> None:
+    """Fault in the warm chunks a copy of about ``nbytes`` uses, now (not while a target is
+    halted): enough to keep the reader and the writers busy, never more than WARM_CHUNKS."""
+    _Warm.prepare(max(2, -(-nbytes // CHUNK)))
 
 
 class Pool:
@@ -148,7 +150,7 @@ class Pool:
         lent = _Warm.lend()
         self.borrowed = lent is not None
         if lent is None:
-            self.own = Region(WARM_CHUNKS * CHUNK)
+            self.own = Region(2 * CHUNK)
             lent = self.own.chunks()
         self.chunks = lent
         self.ready = list(self.chunks)

@@ -38,6 +38,7 @@ from snapd.core.staging import CHUNK, WARM_CHUNKS, Sink, Stats
 from snapd.errors import SnapdError
 from snapd.procfs import Mapping
 
+WARM_ALL = WARM_CHUNKS * CHUNK  # a copy not sized in advance (a fork's child) gets them all
 AUTO_FORK_MIN = 64 << 20  # "auto" forks targets with at least this much private memory to copy
 DEFAULT_FILTER = 0x33  # the kernel's default coredump_filter
 BUDGET_FRACTION = 0.25  # of MemAvailable, the default staging budget

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -258,13 +257,12 @@ class CoreFile:
     def __init__(self, path: str) -> None:
         self.path = path
         d = os.path.dirname(path) or "."
-        self.tmp = os.path.join(d, f"{PARTIAL_PREFIX}{os.path.basename(path)}.{secrets.token_hex(4)}")
+        self.tmp = os.path.join(d, f"{PARTIAL_PREFIX}{os.path.basename(path)}.{os.urandom(4).hex()}")
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         self.published = False
         self.dfd: int | None = None
         self.copier: Copier | None = None
         self.mapped = Stats()  # what the mmap method did (it has no copier)
-        warm()  # fault them in now, not while the target is halted
         try:
             os.stat(d)  # EACCES on a parent is "permission denied", not "no such directory"
             self.fd = os.open(self.tmp, flags, 0o600)
@@ -432,7 +430,9 @@ def write_core(
                 pid, pre, spec, os.path.dirname(path), snapshot,
                 sync=sync, have_direct=out.dfd is not None, cap=cap, force=method, measure=halted is None,
             )  # fmt: skip
-            pool = Pool(strat.staging, strat.head)  # the head faulted in while the target still runs
+            # Faulted in while the target still runs, as is the staging's head:
+            warm(strat.estimate if strat.frozen else strategy.WARM_ALL)
+            pool = Pool(strat.staging, strat.head)
             out.start(strat, pool)
         except Zombie as err:
             raise TargetGone(pid, "the dump") from err

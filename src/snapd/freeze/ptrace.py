@@ -7,12 +7,12 @@ ptrace is per thread: every request for a tracee must come from the OS thread th
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import struct
 from enum import IntEnum, IntFlag
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# glibc's soname, not ctypes.util.find_library("c"): that runs ldconfig -p, ~12 ms at each start.
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
 _ptrace = _libc.ptrace
 _ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
 _ptrace.restype = ctypes.c_long
