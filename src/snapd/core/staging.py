@@ -47,6 +47,9 @@ from snapd.procfs import PAGE_SIZE
 CHUNK = 4 << 20  # one staging chunk
 DIRECT_MIN = 1 << 20  # pieces at least this long are written with O_DIRECT by a direct writer
 WARM_CHUNKS = 6  # kept faulted in for the life of the process (the daemon dumps many times)
+PARALLEL_MIN = 64 << 20  # copies at least this big get one thread per reader given
+#: readers of a fork's child (/proc/PID/mem copies in the kernel, a page at a time, one CPU each)
+READERS = max(1, min(int(os.environ.get("SNAPD_READERS", "2")), os.cpu_count() or 1))
 
 #: (file offset, offset in the chunk, length)
 Piece = tuple[int, int, int]
@@ -71,6 +74,7 @@ class Region:
         self._anchor: ctypes.Array[ctypes.c_char] | None = (ctypes.c_char * size).from_buffer(self._map)
         self.addr = ctypes.addressof(self._anchor)
         self.populated = 0
+        self._lock = threading.Lock()
         self.populate(0, size if populate is None else min(populate, size))
 
     def populate(self, offset: int, length: int) -> None:
@@ -80,7 +84,16 @@ class Region:
             self._map.madvise(MADV_POPULATE_WRITE, offset, length)
         except OSError:  # before 5.14: write each page
             ctypes.memset(self.addr + offset, 0, length)
-        self.populated += length
+        with self._lock:
+            self.populated += length
+
+    def release(self, addr: int, length: int) -> None:
+        """Give these pages back now (MADV_DONTNEED): the page cache being written next can
+        have them while they are still warm, instead of memory the hypervisor must fault in."""
+        if self._anchor is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self._map.madvise(mmap.MADV_DONTNEED, addr - self.addr, length)
 
     def chunks(self) -> list[int]:
         return [self.addr + i for i in range(0, self.size - CHUNK + 1, CHUNK)]
@@ -131,6 +144,34 @@ def warm(nbytes: int = WARM_CHUNKS * CHUNK) -> None:
     _Warm.prepare(max(2, -(-nbytes // CHUNK)))
 
 
+def _populate_parallel(region: Region, length: int) -> None:
+    """Fault in the first ``length`` bytes with one thread per CPU (at most 4): faulting in is
+    CPU work (zeroing pages, and the hypervisor's own faults), and before the halt the CPUs are
+    the target's and ours alike."""
+    n = max(1, min(os.cpu_count() or 1, 4, length // (16 * CHUNK)))
+    if n == 1:
+        region.populate(0, length)
+        return
+    per = -(-length // n // CHUNK) * CHUNK
+    parts = [(i * per, min(per, length - i * per)) for i in range(n) if i * per < length]
+    errors: list[BaseException] = []
+
+    def one(off: int, ln: int) -> None:
+        try:
+            region.populate(off, ln)
+        except BaseException as err:  # pragma: no cover (out of memory)
+            errors.append(err)
+
+    threads = [threading.Thread(target=one, args=p, daemon=True) for p in parts[1:]]
+    for t in threads:
+        t.start()
+    one(*parts[0])
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
 class Pool:
     """The warm chunks plus, for one dump, up to ``extra`` bytes of staging.
 
@@ -162,7 +203,8 @@ class Pool:
         n = -(-max(extra, 0) // CHUNK)
         if n:
             h = n if head is None else min(-(-max(head, 0) // CHUNK), n)
-            self.region = Region(n * CHUNK, populate=h * CHUNK)
+            self.region = Region(n * CHUNK, populate=0)
+            _populate_parallel(self.region, h * CHUNK)
             fresh = self.region.chunks()
             self.chunks = self.chunks + fresh
             self.ready += fresh[:h]
@@ -212,6 +254,14 @@ class Pool:
                     self.exhausted = True
                     return  # out of memory, or closed: the reader makes do with what it has
                 free.put(c)
+
+    def release(self, chunk: int) -> bool:
+        """Give a staging chunk's memory back (not a warm one's); False if it is not staging."""
+        r = self.region
+        if r is None or not r.addr <= chunk < r.addr + r.size:
+            return False
+        r.release(chunk, CHUNK)
+        return True
 
     def stop(self) -> None:
         self._stop.set()
@@ -277,6 +327,7 @@ class Copier:
         self._t_last = 0.0
         self._lock = threading.Lock()
         self._pending = 0  # chunks queued and not yet written
+        self._reading_done = False  # from then on staging chunks are given back once written
         self._reserve = True
         # With ``hold`` (a halted target) the gate stays closed until release(), the resume, or
         # the staging running out; meanwhile writers run at the priorities of _writer().
@@ -325,7 +376,8 @@ class Copier:
             finally:
                 with self._lock:
                     self._pending -= 1
-                self.free.put(chunk)
+                if not (self._reading_done and self.pool.release(chunk)):
+                    self.free.put(chunk)
 
     def _write(self, sink: Sink, addr: int, off: int, n: int) -> Sink:
         if self._reserve:
@@ -352,16 +404,58 @@ class Copier:
 
     def read(
         self,
-        reader: Reader,
+        reader: Reader | Sequence[Reader],
         runs: Sequence[tuple[int, int, int]],
         progress: Callable[[int], None] | None = None,
+        *,
+        boosted: bool = False,
     ) -> int:
-        """Copy ``runs`` of (file offset, address, length) into chunks and queue them.
+        """Copy ``runs`` of (file offset, address, length) into chunks and queue them; with
+        several readers, one thread each, sharing the runs (``boosted``: at the reader's
+        priority, as the calling thread is while a target is halted).
 
         Returns when every byte has been read (not written): the source may change from then on.
         """
+        readers = [reader] if not isinstance(reader, Sequence) else list(reader)
         t0 = time.monotonic()
         base = self.stats.read_bytes
+        shares = _shares(runs, len(readers)) if sum(r[2] for r in runs) >= PARALLEL_MIN else [list(runs)]
+        errors: list[BaseException] = []
+        waits = [0.0] * len(shares)
+
+        def one(i: int) -> None:
+            nice = boost() if boosted and i else None
+            try:
+                waits[i] = self._read_share(readers[i], shares[i], progress if i == 0 else None, base)
+            except BaseException as err:
+                errors.append(err)
+            finally:
+                if nice is not None:
+                    nice.stop()
+
+        threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(1, len(shares))]
+        for t in threads:
+            t.start()
+        one(0)
+        for t in threads:
+            t.join()
+        self.stats.read_seconds += time.monotonic() - t0
+        self.stats.waited_seconds += max(waits)
+        if errors:
+            raise errors[0]
+        if self.errors:
+            raise self.errors[0]
+        return self.stats.read_bytes - base
+
+    def _read_share(
+        self,
+        reader: Reader,
+        runs: Sequence[tuple[int, int, int]],
+        progress: Callable[[int], None] | None,
+        base: int,
+    ) -> float:
+        """One reader's share; returns the time it waited for free chunks."""
+        waited = 0.0
         chunk = 0
         pos = 0
         pairs: list[Pair] = []
@@ -369,7 +463,8 @@ class Copier:
         for off, addr, length in runs:
             while length > 0:
                 if not chunk:
-                    chunk = self._take()
+                    chunk, w = self._take()
+                    waited += w
                     pos = 0
                 n = min(length, CHUNK - pos)
                 pairs.append((chunk + pos, addr, n))
@@ -383,18 +478,18 @@ class Copier:
                     if progress:
                         progress(self.stats.read_bytes - base)
                     chunk, pairs, pieces = 0, [], []
+                if self.errors:
+                    return waited
         if chunk:
             self._fill(reader, chunk, pairs, pieces)
-        self.stats.read_seconds += time.monotonic() - t0
-        if self.errors:
-            raise self.errors[0]
-        return self.stats.read_bytes - base
+        return waited
 
-    def _take(self) -> int:
+    def _take(self) -> tuple[int, float]:
+        """A free chunk, and how long it took to get one."""
         try:
             c = self.free.get_nowait()
             self.pool.low(self.free)
-            return c
+            return c, 0.0
         except queue.Empty:
             self.pool.low(self.free)
         t = time.monotonic()
@@ -408,8 +503,7 @@ class Copier:
                 break
             except queue.Empty:
                 continue
-        self.stats.waited_seconds += time.monotonic() - t
-        return c
+        return c, time.monotonic() - t
 
     def _fill(self, reader: Reader, chunk: int, pairs: list[Pair], pieces: list[Piece]) -> None:
         """Read ``pairs`` (one chunk's worth); queue the pieces that were read."""
@@ -428,7 +522,8 @@ class Copier:
                 good = n & ~(PAGE_SIZE - 1)
                 if good:
                     done.append((off, pos, good))
-                self.stats.skipped_pages += 1
+                with self._lock:
+                    self.stats.skipped_pages += 1
                 rest = good + PAGE_SIZE
                 if rest < length:
                     pairs[k] = (laddr + rest, raddr + rest, length - rest)
@@ -440,7 +535,8 @@ class Copier:
             else:
                 j = len(pairs)
         got = sum(p[2] for p in done)
-        self.stats.read_bytes += got
+        with self._lock:
+            self.stats.read_bytes += got
         if got:
             self._queue(chunk, done)
         else:
@@ -471,6 +567,7 @@ class Copier:
     def finish(self, progress: Callable[[int], None] | None = None) -> Stats:
         """Wait for the writers; raise the first write error. Idempotent."""
         self.pool.stop()  # the reading is over: no more staging
+        self._reading_done = True
         self.stats.staging_used = self.pool.populated
         self.gate.set()
         if self.threads:
@@ -552,6 +649,25 @@ def _may_renice() -> bool:
     except (OSError, ValueError):
         pass
     return False
+
+
+def _shares(runs: Sequence[tuple[int, int, int]], n: int) -> list[list[tuple[int, int, int]]]:
+    """``runs`` cut into ``n`` shares of about as many bytes, a run split at a chunk boundary."""
+    if n < 2:
+        return [list(runs)]
+    total = sum(r[2] for r in runs)
+    per = -(-total // n // CHUNK) * CHUNK
+    out: list[list[tuple[int, int, int]]] = [[]]
+    room = per
+    for off, addr, length in runs:
+        while length > 0:
+            if room == 0 and len(out) < n:
+                out.append([])
+                room = per
+            take = length if len(out) == n else min(length, room)
+            out[-1].append((off, addr, take))
+            off, addr, length, room = off + take, addr + take, length - take, max(room - take, 0)
+    return [s for s in out if s]
 
 
 def _pwrite_all(fd: int, view: memoryview, off: int) -> None:

@@ -44,7 +44,7 @@ DEFAULT_FILTER = 0x33  # the kernel's default coredump_filter
 BUDGET_FRACTION = 0.25  # of MemAvailable, the default staging budget
 PREFER = 1.25  # the mmap method must be this much faster than the staged one to be chosen
 SPLIT_GAIN = 1.1  # O_DIRECT and buffered at once must beat O_DIRECT alone by this much
-HEAD_SECONDS = 0.15  # at most this long faulting staging in before the halt
+HEAD_SECONDS = 0.4  # at most this long faulting staging in before the halt
 DEFAULT_POPULATE = 1e9  # bytes/s, where it was not measured
 STAGE_GAIN = 1.25  # staging only if the reader is this much faster than the writers
 MARGIN = 1.25  # staging beyond the bare formula: rates measured on tens of MiB are optimistic
@@ -204,13 +204,12 @@ def choose(
         if memory and during and memory < STAGE_GAIN * during:
             why += "; no staging: the writers keep up with the reader"
         else:
-            # Staging is faulted in only when the reader would otherwise wait (see Pool), so
-            # the cap can be the whole dump; faulting in is slower than the reader, so what it
-            # and the writers together cannot supply in time is faulted in before the halt,
-            # within HEAD_SECONDS (it delays the halt: the moment the core shows).
+            # The staging is faulted in before the halt (the head), as much as HEAD_SECONDS
+            # allow (it delays the halt: the moment the core shows); any more only when the
+            # reader is about to run out (see Pool), which slows the reader: faulting memory in
+            # competes with it for a CPU and for memory bandwidth.
             staging = staging_for(nbytes, 0.0, 0.0, cap)
-            head = staging_for(nbytes, memory, during + rates.populate, cap)
-            head = min(head, int((rates.populate or DEFAULT_POPULATE) * HEAD_SECONDS) // CHUNK * CHUNK)
+            head = min(staging, int((rates.populate or DEFAULT_POPULATE) * HEAD_SECONDS) // CHUNK * CHUNK)
             head = _head_override(head, staging)
     return Strategy(method, staging, nbytes, cap, predicted, cal, why, frozen, head)
 
