@@ -219,6 +219,7 @@ def test_never_measured_while_the_target_is_halted(stagecopy, tmp_path, cache, m
         h.resume()
     assert seen == []
     assert info.copy is not None and info.copy.calibration == "none"
+    assert info.copy.staging_used == 0  # nothing faulted in while it was halted
     assert not (cache / "calibration.json").exists()
 
 

@@ -246,9 +246,11 @@ def prepare(
     have_direct: bool,
     cap: int,
     force: str | None,
-    measure: bool,
+    before_halt: bool,
 ) -> tuple[str, Strategy]:
-    """Before the halt: the snapshot mode ("auto" resolved) and the copy strategy for it."""
+    """The snapshot mode ("auto" resolved) and the copy strategy for it. ``before_halt``: the
+    target still runs, so the calibration may be measured and staging faulted in (a target
+    the caller halted already gets the cached calibration, or none, and no staging)."""
     filt = DEFAULT_FILTER
     with contextlib.suppress(SnapdError, ValueError):  # a dying target: the halt will say so
         filt = procfs.coredump_filter(pid)
@@ -264,7 +266,9 @@ def prepare(
     nbytes = early if mode == "fork" else total
     cal = None
     with contextlib.suppress(OSError):
-        cal = calibrate.get(directory, measure=measure)
+        cal = calibrate.get(directory, measure=before_halt)
+    if not before_halt:
+        cap = 0  # already halted: faulting staging in now would only lengthen the freeze
     strat = choose(
         cal, nbytes, frozen=mode == "frozen", sync=sync, have_direct=have_direct, cap=cap, force=force
     )
