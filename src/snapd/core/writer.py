@@ -433,9 +433,17 @@ def write_core(
         try:
             pre = procfs.smaps(pid) if halted is None else None  # the slow part, before the freeze
             mode, strat = strategy.prepare(
-                pid, pre, spec, os.path.dirname(path), snapshot,
-                sync=sync, have_direct=out.dfd is not None, cap=cap, force=method, before_halt=halted is None,
-            )  # fmt: skip
+                pid,
+                pre,
+                spec,
+                os.path.dirname(path),
+                snapshot,
+                sync=sync,
+                have_direct=out.dfd is not None,
+                cap=cap,
+                force=method,
+                before_halt=halted is None,
+            )
             # Faulted in while the target still runs, as is the staging's head:
             warm(strat.estimate if strat.frozen else strategy.WARM_ALL)
             pool = Pool(strat.staging, strat.head)
