@@ -5,7 +5,8 @@ For each scenario the victim (tests/victims/bigmem.c) touches a known amount of 
 a heartbeat thread that times its own stalls: that is the freeze the target saw. Each tool runs
 as a user would run it (a fresh process, start-up included), writing into the same directory;
 cores are deleted between runs. After a warm-up of each tool, runs alternate gdb/snapd so that
-page-cache and disk state affect both alike; the median of the rounds is printed with ratios.
+page-cache and disk state affect both alike (the order rotated each round: what one run frees,
+the next finds warm); the median of the rounds is printed with ratios.
 
     sudo .venv/bin/python bench/gcore_bench.py [--rounds 3] [--dir /var/tmp/snapd-bench]
          [--snapshot frozen|fork|auto|both] [--set gcore|freeze|small] [--variants V,V...]
@@ -220,8 +221,10 @@ def main(argv: list[str]) -> int:
             for tool in tools:  # warm-up: page cache, gdb's symbol loading, our imports
                 run_tool(tool, v, outdir)
             runs: dict[str, list[Run]] = {t: [] for t in tools}
-            for _ in range(args.rounds):
-                for tool in tools:
+            for r in range(args.rounds):
+                # Rotated each round: a run leaves memory behind (freed page cache, freed
+                # staging) that the next one finds warm; no tool may always follow the same one.
+                for tool in tools[r % len(tools) :] + tools[: r % len(tools)]:
                     runs[tool].append(run_tool(tool, v, outdir))
         finally:
             v.close()

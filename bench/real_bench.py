@@ -129,8 +129,8 @@ def compare(name: str, pid: int, tools: list[str], rounds: int, outdir: Path) ->
     for t in tools:
         dump(t, pid, outdir)  # warm-up
     runs: dict[str, list[Run]] = {t: [] for t in tools}
-    for _ in range(rounds):
-        for t in tools:
+    for r in range(rounds):
+        for t in tools[r % len(tools) :] + tools[: r % len(tools)]:  # rotated: see gcore_bench.py
             runs[t].append(dump(t, pid, outdir))
     for t in tools[1:]:
         print(f"{t}, last run:")
