@@ -358,3 +358,19 @@ def test_two_copies_at_once_never_share_chunks():
         assert set(a.chunks).isdisjoint(b.chunks)
     with Pool() as c:
         assert c.borrowed and c.chunks == a.chunks
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), RuntimeError("a bug")])
+def test_a_writer_failing_never_leaves_the_target_halted(stagecopy, tmp_path, cache, monkeypatch, error):
+    """Whatever a writer thread dies of, the reader stops, the target runs on, no file is left."""
+    from snapd.core.staging import Copier
+
+    def fail(*a: object, **kw: object) -> None:
+        raise error
+
+    monkeypatch.setattr(Copier, "_write", fail)
+    with pytest.raises((SnapdError, RuntimeError)):
+        write_core(stagecopy.pid, str(tmp_path / "core"), sync=False, budget=0)
+    status = Path(f"/proc/{stagecopy.pid}/status").read_text()
+    assert re.search(r"TracerPid:\s+0\n", status) and re.search(r"State:\s+S", status), status
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(("core", ".snapd-partial"))]

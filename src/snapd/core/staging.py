@@ -320,7 +320,7 @@ class Copier:
         for c in pool.ready:
             self.free.put(c)
         self.work: queue.SimpleQueue[tuple[int, list[Piece]] | None] = queue.SimpleQueue()
-        self.errors: list[OSError] = []
+        self.errors: list[BaseException] = []
         self.written = {s.value: 0 for s in Sink}
         self.stats = Stats(written=self.written)
         self._t_first = 0.0
@@ -371,7 +371,7 @@ class Copier:
                         with self._lock:
                             self.written[used.value] += n
                             self._t_last = time.monotonic()
-            except OSError as err:
+            except BaseException as err:  # recorded, never lost: the reader must not wait forever
                 self.errors.append(err)
             finally:
                 with self._lock:
@@ -498,6 +498,8 @@ class Copier:
                 self.gate.set()  # out of staging: every writer must help now
             if self.errors:
                 raise self.errors[0]
+            if not any(t.is_alive() for t in self.threads):
+                raise OSError(errno.EIO, "the writer threads are gone")
             try:
                 c = self.free.get(timeout=0.005)
                 break
