@@ -250,9 +250,9 @@ class Pool:
                     return
                 try:
                     region.populate(c - region.addr, CHUNK)
-                except (OSError, ValueError):
-                    self.exhausted = True
-                    return  # out of memory, or closed: the reader makes do with what it has
+                except BaseException:
+                    self.exhausted = True  # out of memory, or closed: the reader makes do
+                    return
                 free.put(c)
 
     def release(self, chunk: int) -> bool:
