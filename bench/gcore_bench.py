@@ -176,8 +176,14 @@ def machine(outdir: Path) -> list[str]:
     for f in fields:
         v = [c["rates"][f] / 1e6 for c in cals]
         rates.append(f"{f} {statistics.median(v):,.0f} MB/s ({min(v):,.0f}-{max(v):,.0f})")
+    med = {f: statistics.median(c["rates"][f] for c in cals) / 1e6 for f in fields}
+    avx = "yes" if "avx512f" in flags else "no"
     return [
-        f"CPU: {model}, {os.cpu_count()} CPUs, AVX-512 {'yes' if 'avx512f' in flags else 'no'}",
+        "| CPU | AVX-512 | file system | O_DIRECT MB/s | buffered MB/s | both MB/s | memory MB/s |",
+        "|---|---|---|---|---|---|---|",
+        f"| {model}, {os.cpu_count()} CPUs | {avx} | {cals[0]['fstype']} | {med['direct']:,.0f} | "
+        f"{med['buffered']:,.0f} | {med['split']:,.0f} | {med['memory']:,.0f} |",
+        f"CPU: {model}, {os.cpu_count()} CPUs, AVX-512 {avx}",
         f"disk: {cals[0]['fstype']} ({cals[0]['key']}); load average {os.getloadavg()[0]:.1f}",
         f"calibration (3 runs, {statistics.median(c['seconds'] for c in cals) * 1e3:.0f} ms each; "
         f"median (min-max)): {', '.join(rates)}",
