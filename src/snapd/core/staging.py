@@ -300,12 +300,6 @@ class Stats:
     skipped_pages: int = 0
     staging_used: int = 0  # bytes of staging faulted in (the warm chunks not counted)
 
-    def merge(self, other: Stats) -> None:
-        self.read_bytes += other.read_bytes
-        self.read_seconds += other.read_seconds
-        self.waited_seconds += other.waited_seconds
-        self.skipped_pages += other.skipped_pages
-
 
 class Copier:
     """Writer threads draining a pool to ``fd`` (buffered) and ``dfd`` (O_DIRECT, optional)."""
@@ -329,8 +323,8 @@ class Copier:
         self._pending = 0  # chunks queued and not yet written
         self._reading_done = False  # from then on staging chunks are given back once written
         self._reserve = True
-        # With ``hold`` (a halted target) the gate stays closed until release(), the resume, or
-        # the staging running out; meanwhile writers run at the priorities of _writer().
+        # With ``hold`` (a halted target) the gate stays closed until finish() (after the resume)
+        # or the staging running out; meanwhile writers run at the priorities of _writer().
         self.gate = threading.Event()
         if not hold:
             self.gate.set()
@@ -345,10 +339,6 @@ class Copier:
         pool.feed(self.free)
 
     # --- writers --------------------------------------------------------------------------
-
-    def release(self) -> None:
-        """Let held (buffered) writers run: the source can no longer be disturbed by them."""
-        self.gate.set()
 
     def _writer(self, sink: Sink) -> None:
         # While the target is halted (the gate closed): an O_DIRECT writer runs at the reader's
