@@ -350,7 +350,7 @@ def test_calibration_runs_beside_a_running_copy():
 
 def test_two_copies_at_once_never_share_chunks():
     """The warm chunks are lent to one copy at a time; another one gets chunks of its own."""
-    from snapd.core.staging import Pool, warm
+    from snapd.core.pool import Pool, warm
 
     warm()
     with Pool() as a, Pool(8 << 20) as b:

@@ -23,7 +23,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from snapd.core.memory import VmReader, copy_runs, open_direct
-from snapd.core.staging import CHUNK, Copier, Pool, Region, Sink, boost
+from snapd.core.pool import CHUNK, Pool, Region
+from snapd.core.priority import boost
+from snapd.core.staging import Copier, Sink
 from snapd.freeze import ptrace as pt
 
 VERSION = 1
@@ -259,7 +261,7 @@ def measure_dir(directory: str, key: str = "", fstype: str = "") -> Calibration:
 
 def _memory(src: Region, dst: list[int]) -> float:
     """process_vm_readv of our own memory into warm memory: the reader's ceiling. Timed at the
-    priority a real copy runs at while a target is halted (:func:`staging.boost`); the best of
+    priority a real copy runs at while a target is halted (:func:`priority.boost`); the best of
     a few passes, since what is wanted is what the copy can do, not what else the CPUs do."""
     reader = VmReader(os.getpid())
     best = 0.0

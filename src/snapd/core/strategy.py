@@ -34,7 +34,8 @@ from snapd.content import ContentSpec
 from snapd.core import calibrate, select
 from snapd.core.calibrate import Calibration, Rates
 from snapd.core.info import CopyReport
-from snapd.core.staging import CHUNK, WARM_CHUNKS, Sink, Stats
+from snapd.core.pool import CHUNK, WARM_CHUNKS
+from snapd.core.staging import Sink, Stats
 from snapd.errors import SnapdError
 from snapd.procfs import Mapping
 
@@ -199,14 +200,14 @@ def choose(
     staging = head = 0
     if frozen and method is not Method.MMAP:
         # While halted O_DIRECT writers run at the reader's priority; buffered ones only on
-        # CPU time nobody wants (see staging.Nice), so they are not counted on.
+        # CPU time nobody wants (see priority.Nice), so they are not counted on.
         during = rates.direct if Sink.DIRECT in SINKS[method] else 0.0
         if memory and during and memory < STAGE_GAIN * during:
             why += "; no staging: the writers keep up with the reader"
         else:
             # The staging is faulted in before the halt (the head), as much as HEAD_SECONDS
             # allow (it delays the halt: the moment the core shows); any more only when the
-            # reader is about to run out (see Pool), which slows the reader: faulting memory in
+            # reader is about to run out (see pool.Pool), which slows the reader: faulting memory in
             # competes with it for a CPU and for memory bandwidth.
             staging = staging_for(nbytes, 0.0, 0.0, cap)
             head = min(staging, int((rates.populate or DEFAULT_POPULATE) * HEAD_SECONDS) // CHUNK * CHUNK)

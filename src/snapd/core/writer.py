@@ -23,8 +23,10 @@ from snapd.core.elf import PF, PT, Phdr
 from snapd.core.info import CoreInfo
 from snapd.core.memory import MemReader, Reader, VmReader, copy_runs, open_direct
 from snapd.core.pages import PageMap
+from snapd.core.pool import Pool, warm
+from snapd.core.priority import Nice, boost
 from snapd.core.select import Amount
-from snapd.core.staging import READERS, Copier, Nice, Pool, Stats, boost, warm
+from snapd.core.staging import READERS, Copier, Stats
 from snapd.core.strategy import Strategy
 from snapd.errors import OutputError, SnapdError, SnapshotError, TargetGone, Zombie
 from snapd.freeze import Halted, halt, precheck
