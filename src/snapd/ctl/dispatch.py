@@ -34,8 +34,9 @@ class CtlHandler(Protocol):
     def rules(self) -> Reply:
         """The loaded rules and their state (a list of objects)."""
 
-    def snap(self, pid: int, content: str | None, uid: int) -> Reply:
-        """Take an on-demand snapshot of ``pid``; the catalog entry as a dict (via a Future)."""
+    def snap(self, pid: int, content: str | None, snapshot: str | None, uid: int) -> Reply:
+        """Take an on-demand snapshot of ``pid`` (``snapshot``: frozen, fork or auto, as
+        ``snapd gcore --snapshot``); the catalog entry as a dict (via a Future)."""
 
     def pause(self, reason: str, uid: int) -> Reply:
         """Stop every freeze and dump (persist with :class:`snapd.store.PauseSwitch`)."""
@@ -85,7 +86,9 @@ HANDLERS: dict[str, Callable[[Request], Reply]] = {
     "status": lambda r: r.handler.status(),
     "rules": lambda r: r.handler.rules(),
     "rm": _rm,
-    "snap": lambda r: r.handler.snap(r.args["pid"], r.args.get("content"), r.peer.uid),
+    "snap": lambda r: r.handler.snap(
+        r.args["pid"], r.args.get("content"), r.args.get("snapshot"), r.peer.uid
+    ),
     "pause": lambda r: r.handler.pause(r.args.get("reason", ""), r.peer.uid),
     "resume": lambda r: r.handler.resume(r.peer.uid),
     "reload": lambda r: r.handler.reload(r.peer.uid),
