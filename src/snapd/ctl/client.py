@@ -312,6 +312,11 @@ def _parser() -> argparse.ArgumentParser:
     snap = sub.add_parser("snap", help="take a snapshot of PID now, through the daemon (root)")
     snap.add_argument("pid", type=int)
     snap.add_argument("--content", "-c", help="content spec (default: the target's coredump_filter)")
+    snap.add_argument(
+        "--snapshot",
+        choices=("frozen", "fork", "auto"),
+        help="as snapd gcore --snapshot (default: auto: fork big processes, freeze small ones)",
+    )
     snap.add_argument("--json", action="store_true")
 
     for name, text in (
@@ -372,7 +377,7 @@ def main(argv: list[str]) -> int:
             entry = c.call("info", id=args.id)
             return _debug(entry, args.debugger, args.debugger_arguments)
         if cmd == "snap":
-            result = c.call("snap", pid=args.pid, content=args.content)
+            result = c.call("snap", pid=args.pid, content=args.content, snapshot=args.snapshot)
             if args.json:
                 _print_json(result)
             elif isinstance(result, dict) and "id" in result:

@@ -35,8 +35,9 @@ class CtlHandler(Protocol):
     def rules(self) -> Reply:
         """The loaded rules and their state (a list of objects)."""
 
-    def snap(self, pid: int, content: str | None, uid: int) -> Reply:
-        """Take an on-demand snapshot of ``pid``; the catalog entry as a dict (via a Future)."""
+    def snap(self, pid: int, content: str | None, snapshot: str | None, uid: int) -> Reply:
+        """Take an on-demand snapshot of ``pid`` (``snapshot``: frozen, fork or auto, as
+        ``snapd gcore --snapshot``); the catalog entry as a dict (via a Future)."""
 
     def diff(self, a: int, b: int, top: int | None) -> Reply:
         """Compare cores ``a`` and ``b`` (snapd.diff, with their contexts and reports): the
@@ -114,7 +115,9 @@ HANDLERS: dict[str, Callable[[Request], Reply]] = {
     "status": lambda r: r.handler.status(),
     "rules": lambda r: r.handler.rules(),
     "rm": _rm,
-    "snap": lambda r: r.handler.snap(r.args["pid"], r.args.get("content"), r.peer.uid),
+    "snap": lambda r: r.handler.snap(
+        r.args["pid"], r.args.get("content"), r.args.get("snapshot"), r.peer.uid
+    ),
     "pause": lambda r: r.handler.pause(r.args.get("reason", ""), r.peer.uid),
     "resume": lambda r: r.handler.resume(r.peer.uid),
     "reload": lambda r: r.handler.reload(r.peer.uid),

@@ -54,7 +54,7 @@ COMMANDS: dict[str, tuple[Access, dict[str, tuple[Any, bool]]]] = {
     "status": (Access.READ, {}),
     "rules": (Access.READ, {}),
     "rm": (Access.ADMIN, {"id": (_INT, True)}),
-    "snap": (Access.ADMIN, {"pid": (_INT, True), "content": (_STR, False)}),
+    "snap": (Access.ADMIN, {"pid": (_INT, True), "content": (_STR, False), "snapshot": (_STR, False)}),
     "pause": (Access.ADMIN, {"reason": (_STR, False)}),
     "resume": (Access.ADMIN, {}),
     "reload": (Access.ADMIN, {}),

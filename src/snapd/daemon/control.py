@@ -80,12 +80,17 @@ class Control:
         out += [{"path": p, "errors": list(e)} for p, e in self._rules.bad.items()]
         return out
 
-    def snap(self, pid: int, content: str | None, uid: int) -> Future[Any]:
+    def snap(self, pid: int, content: str | None, snapshot: str | None, uid: int) -> Future[Any]:
         if self._switch.paused:
             raise SnapdError("snapshots are paused (snapd ctl resume)")
         if pid == os.getpid():
             raise SnapdError(f"pid {pid} is this snapd daemon: it cannot snapshot itself")
         spec = parse_spec(content or "default")
+        try:
+            mode = SnapshotMode(snapshot or SnapshotMode.AUTO.value)
+        except ValueError as err:
+            known = ", ".join(m.value for m in SnapshotMode)
+            raise SnapdError(f"unknown snapshot mode {snapshot!r}; use one of: {known}") from err
         try:
             procfs.stat(pid)
         except SnapdError as err:
@@ -96,7 +101,7 @@ class Control:
             tid=None,
             trigger={"kind": "ctl", "uid": uid},
             content=spec,
-            mode=SnapshotMode.FROZEN,
+            mode=mode,
             template=DEFAULT_TEMPLATE,
         )
         fut = self._dumps.submit_waiting(req)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -61,7 +62,7 @@ class Dumps:
             digest=adm.state.digest,
             count=core.repeat,
             interval_ns=core.interval_ns,
-            now=adm.now,
+            now=time.monotonic(),  # the first core's reservation, not the firing
         )
 
     def reserve(self, req: CoreRequest) -> Job | None:
@@ -105,6 +106,7 @@ class Dumps:
         job = self.reserve(req)
         if job is not None:
             self.worker.submit(job)
+        self.repeats.add(rep.next(time.monotonic()))
 
     def fail_entry(self, entry_id: int, why: str) -> None:
         """Mark a catalog entry failed; a catalog that cannot write (disk full) is logged, not
