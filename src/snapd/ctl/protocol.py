@@ -49,6 +49,8 @@ COMMANDS: dict[str, tuple[Access, dict[str, tuple[Any, bool]]]] = {
         {"rule": (_STR, False), "pid": (_INT, False), "since": (_NUM, False), "all": (bool, False)},
     ),
     "info": (Access.READ, {"id": (_INT, True)}),
+    "diff": (Access.READ, {"a": (_INT, True), "b": (_INT, True), "top": (_INT, False)}),
+    "series": (Access.READ, {"id": (_INT, True)}),
     "status": (Access.READ, {}),
     "rules": (Access.READ, {}),
     "rm": (Access.ADMIN, {"id": (_INT, True)}),
