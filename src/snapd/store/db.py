@@ -18,42 +18,12 @@ from collections.abc import Iterator
 
 from snapd.store import fsutil
 from snapd.store.errors import StoreError, UnsafePath
+from snapd.store.schema import STEPS, STEPS_TABLE
 
 log = logging.getLogger("snapd.store")
 
 DB_NAME = "catalog.db"
-SCHEMA_VERSION = 1
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS cores (
-    id              INTEGER PRIMARY KEY AUTOINCREMENT,
-    name            TEXT NOT NULL UNIQUE,
-    rule            TEXT NOT NULL,
-    pid             INTEGER NOT NULL,
-    comm            TEXT NOT NULL DEFAULT '',
-    exe             TEXT NOT NULL DEFAULT '',
-    cmdline         TEXT NOT NULL DEFAULT '[]',
-    uid             INTEGER NOT NULL DEFAULT -1,
-    cgroup          TEXT NOT NULL DEFAULT '',
-    unit            TEXT NOT NULL DEFAULT '',
-    time            TEXT NOT NULL,
-    created         REAL NOT NULL,
-    trigger         TEXT NOT NULL DEFAULT '{}',
-    content         TEXT NOT NULL DEFAULT '',
-    snapshot        TEXT NOT NULL DEFAULT '',
-    size            INTEGER NOT NULL DEFAULT 0,
-    disk_bytes      INTEGER NOT NULL DEFAULT 0,
-    threads         INTEGER NOT NULL DEFAULT 0,
-    freeze_seconds  REAL NOT NULL DEFAULT 0,
-    dump_seconds    REAL NOT NULL DEFAULT 0,
-    status          TEXT NOT NULL,
-    context         TEXT NOT NULL DEFAULT '{}',
-    info            TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS cores_rule ON cores(rule, created);
-CREATE INDEX IF NOT EXISTS cores_pid ON cores(pid, created);
-CREATE INDEX IF NOT EXISTS cores_created ON cores(created);
-"""
+SCHEMA_VERSION = 1  # user_version; tables added since are steps (snapd.store.schema.STEPS)
 
 
 class Database:
@@ -107,7 +77,7 @@ class Database:
             ok = db.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {ok}")
-            db.executescript(SCHEMA)
+            _migrate(db)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
             db.close()
@@ -176,3 +146,18 @@ class Database:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Apply each schema step not yet recorded, in order, each in its own transaction."""
+    db.execute(f"CREATE TABLE IF NOT EXISTS {STEPS_TABLE} (name TEXT PRIMARY KEY, applied REAL NOT NULL)")
+    done = {r[0] for r in db.execute(f"SELECT name FROM {STEPS_TABLE}")}
+    for name, ddl in STEPS:
+        if name in done:
+            continue
+        # executescript() commits first and runs the script in autocommit mode: the BEGIN and
+        # COMMIT here make the step and its record one transaction.
+        db.executescript(
+            f"BEGIN IMMEDIATE; {ddl}\n"
+            f"INSERT INTO {STEPS_TABLE} (name, applied) VALUES ('{name}', {time.time()!r}); COMMIT;"
+        )
