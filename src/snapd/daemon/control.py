@@ -46,6 +46,8 @@ class Control:
         self._switch = switch
         self._reload = reload
         self._changed = changed
+        #: the Prometheus text of the daemon's metrics (snapd.daemon.metricsfeed)
+        self.metrics_text: Callable[[], str] | None = None
 
     def status(self) -> dict[str, Any]:
         suppressed: dict[str, int] = {}
@@ -108,6 +110,11 @@ class Control:
         log.warning("snapshots resumed by uid %d", uid)
         self._changed()
         return state.to_dict()
+
+    def metrics(self) -> str:
+        if self.metrics_text is None:
+            raise SnapdError("this daemon keeps no metrics")
+        return self.metrics_text()
 
     def reload(self, uid: int) -> dict[str, Any]:
         self._reload()

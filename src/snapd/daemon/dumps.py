@@ -9,10 +9,12 @@ attempt does not use up the rule's ``max_cores``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
 from snapd import procfs
+from snapd.core import CoreInfo
 from snapd.daemon.actionrun import run_action
 from snapd.daemon.admission import Admitted, resume
 from snapd.daemon.journal import StopJournal
@@ -22,7 +24,7 @@ from snapd.daemon.rulesync import RuleSet
 from snapd.daemon.worker import Job, Result, Worker
 from snapd.errors import SnapdError
 from snapd.procfs.context import capture
-from snapd.store import Catalog
+from snapd.store import Catalog, Entry
 
 log = logging.getLogger("snapd")
 
@@ -37,6 +39,13 @@ class Dumps:
         self.futures: dict[int, Future[Any]] = {}  # entry id -> a ctl snap waiting for it
         self.cores = 0
         self.failed = 0
+        #: the first stage of a published core's work after publication (snapd.store.shipping),
+        #: recorded with it; "" for none
+        self.after_stage = ""
+        #: called once a core is published (its entry complete), and when a dump fails
+        #: (rule, stage, why): the daemon's post-publish work and metrics
+        self.on_published: Callable[[Entry, CoreRequest, CoreInfo], None] | None = None
+        self.on_failed: Callable[[CoreRequest, str, str], None] | None = None
 
     def start(self, adm: Admitted) -> None:
         """Reserve and queue an admitted firing's core, and schedule its repeats."""
@@ -114,13 +123,15 @@ class Dumps:
         """A dump is over: publish or fail its entry, answer a waiting ctl snap, run the action."""
         job = res.job
         req = job.request
+        stage = "dump"
         if res.info is not None:
             try:
-                entry = self.catalog.publish(job.entry_id, res.info)
+                entry = self.catalog.publish(job.entry_id, res.info, after=self.after_stage)
             except SnapdError as err:
                 # The core took the last free blocks and SQLite cannot commit, say: the core is
                 # lost, the daemon is not.
                 res = Result(job, None, f"cannot record the core in the catalog: {err}")
+                stage = "catalog"
         st = self.rules.states.get(req.rule)
         fut = self.futures.pop(job.entry_id, None)
         if res.info is None:
@@ -132,6 +143,8 @@ class Dumps:
             log.error("rule %s: pid %d: core failed: %s", req.rule, req.pid, res.error)
             if fut:
                 fut.set_exception(SnapdError(res.error))
+            if self.on_failed:
+                self.on_failed(req, stage, res.error)
             return
         self.cores += 1
         info = res.info
@@ -149,6 +162,8 @@ class Dumps:
         )
         if fut:
             fut.set_result(entry.to_dict(context=False))
+        if self.on_published and entry.complete:
+            self.on_published(entry, req, info)
         if st and st.rule.action.run:
             run_action(st.rule.action.run, core=entry.path, rule=req.rule, pid=req.pid, comm=info.comm)
 

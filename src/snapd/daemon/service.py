@@ -19,16 +19,24 @@ import time
 from types import FrameType
 
 from snapd import sdnotify
+from snapd.core import CoreInfo
 from snapd.ctl.server import CtlServer
 from snapd.daemon.admission import Admission, resume
+from snapd.daemon.aftercore import AfterCore
+from snapd.daemon.config import DaemonConfig
 from snapd.daemon.control import Control
 from snapd.daemon.dumps import Dumps
 from snapd.daemon.journal import StopJournal
 from snapd.daemon.limits import Limiter
+from snapd.daemon.metricsfeed import MetricsFeed
+from snapd.daemon.parts import LoopPart
+from snapd.daemon.request import CoreRequest
 from snapd.daemon.rulesync import RULE_EVENTS, RuleSet
+from snapd.daemon.uploads import Uploads
 from snapd.daemon.worker import Worker
 from snapd.probe import Probes
-from snapd.store import Catalog, PauseSwitch, Retention
+from snapd.ship.metrics import Metrics
+from snapd.store import Catalog, Entry, PauseSwitch, Retention
 from snapd.sys.inotify import Watch
 
 log = logging.getLogger("snapd")
@@ -46,7 +54,10 @@ class Daemon:
         socket_path: str,
         retention: Retention | None = None,
         cores_per_hour: int = 60,
+        *,
+        config: DaemonConfig | None = None,
     ) -> None:
+        self.config = config or DaemonConfig()
         self.rules_dir = os.path.abspath(rules_dir)
         self.state_dir = os.path.abspath(state_dir)
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
@@ -67,6 +78,7 @@ class Daemon:
         self.control = Control(
             self.rules, self.probes, self.admission, self.dumps, self.switch, self.sync_rules, self._status
         )
+        self.parts: list[LoopPart] = self._parts()
         self.stopping = False
         self.reload_requested = False
         self.dirty_at: float | None = None
@@ -77,6 +89,27 @@ class Daemon:
         self.sel.register(self.watch.fileno(), selectors.EVENT_READ, "watch")
         self.sel.register(self.ctl.fileno(), selectors.EVENT_READ, "ctl")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
+
+    def _parts(self) -> list[LoopPart]:
+        """What runs beside the dumps: the work after publication, uploads, metrics."""
+        cfg = self.config
+        self.metrics = MetricsFeed(
+            Metrics(), self.rules, textfile=cfg.metrics_textfile, interval=cfg.metrics_interval
+        )
+        self.after = AfterCore(self.catalog, cfg, self.metrics.metrics)
+        self.uploads = Uploads(cfg.upload, self.catalog, self.metrics.metrics) if cfg.upload else None
+        if self.uploads is not None:
+            self.after.upload = self.uploads.submit
+        self.dumps.after_stage = self.after.first_stage
+        self.dumps.on_published = self._published
+        self.dumps.on_failed = lambda req, stage, why: self.metrics.dump_failed(req.rule, stage)
+        self.metrics.refreshers.append(self.after.refresh_metrics)
+        self.control.metrics_text = self.metrics.render
+        return [self.after, *([self.uploads] if self.uploads else []), self.metrics]
+
+    def _published(self, entry: Entry, req: CoreRequest, info: CoreInfo) -> None:
+        self.metrics.core_published(req.rule, info)
+        self.after.published(entry)
 
     def sync_rules(self) -> None:
         """Make the loaded rules match the directory (:meth:`RuleSet.sync`)."""
@@ -104,6 +137,12 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         self.worker.start()
+        if self.uploads is not None:
+            self.uploads.start()
+            up = self.config.upload
+            assert up is not None
+            log.info("uploading every core as a bundle to %s, bucket %s", up.endpoint or "AWS S3", up.bucket)
+        self.after.resume()
         self.sync_rules()
         sdnotify.ready(f"{len(self.rules.states)} rules loaded")
         log.info(
@@ -136,6 +175,8 @@ class Daemon:
                 self.dumps.finish(res)
             now = time.monotonic()
             self.dumps.run_due(now)
+            for part in self.parts:
+                part.tick(now)
             if self.reload_requested or (self.dirty_at and now - self.dirty_at >= SETTLE_S):
                 self.reload_requested = False
                 self.sync_rules()
@@ -162,5 +203,7 @@ class Daemon:
         self.journal.close()  # clean: no probe left to stop anything, nothing left stopped
         self.ctl.close()
         self.watch.close()
+        for part in self.parts:
+            part.close()
         self.catalog.close()
         return 0
