@@ -34,6 +34,9 @@ class CtlHandler(Protocol):
     def rules(self) -> Reply:
         """The loaded rules and their state (a list of objects)."""
 
+    def metrics(self) -> Reply:
+        """The daemon's metrics in the Prometheus text format (a string)."""
+
     def snap(self, pid: int, content: str | None, uid: int) -> Reply:
         """Take an on-demand snapshot of ``pid``; the catalog entry as a dict (via a Future)."""
 
@@ -73,6 +76,12 @@ def _list_cores(r: Request) -> Reply:
     return [e.to_dict(context=False) for e in entries]
 
 
+def _info(r: Request) -> Reply:
+    # Where the binaries kept for it are: `ctl export` and `ctl debug` (run as root, beside the
+    # daemon) read them by build-id.
+    return {**r.store.get(r.args["id"]).to_dict(), "elf_cache": r.store.shipping.elf_cache_dir}
+
+
 def _rm(r: Request) -> Reply:
     store = r.store
     log.info("ctl: uid %d removes core %d", r.peer.uid, r.args["id"])
@@ -81,9 +90,10 @@ def _rm(r: Request) -> Reply:
 
 HANDLERS: dict[str, Callable[[Request], Reply]] = {
     "list-cores": _list_cores,
-    "info": lambda r: r.store.get(r.args["id"]).to_dict(),
+    "info": _info,
     "status": lambda r: r.handler.status(),
     "rules": lambda r: r.handler.rules(),
+    "metrics": lambda r: r.handler.metrics(),
     "rm": _rm,
     "snap": lambda r: r.handler.snap(r.args["pid"], r.args.get("content"), r.peer.uid),
     "pause": lambda r: r.handler.pause(r.args.get("reason", ""), r.peer.uid),
