@@ -387,7 +387,8 @@ def main(argv: list[str]) -> int:
             return _again(c, args.id, lambda e: export.export(e, args.out, force=args.force))
         if cmd == "debug":
             entry = c.call("info", id=args.id)
-            if entry.get("status") == "complete" and _needs_unpacking(entry):
+            status = entry.get("status")
+            if status == "remote" or (status == "complete" and _needs_unpacking(entry)):
                 from snapd.ctl import export
 
                 return _again(c, args.id, lambda e: export.debug(e, args.debugger, args.debugger_arguments))

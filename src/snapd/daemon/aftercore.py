@@ -234,6 +234,14 @@ class AfterCore:
             self.upload(entry, row.exe_build_id if row else "")
         except StoreError as err:
             self._retry(task, str(err))
+            return
+        self._vacuum(entry.id)  # the bundle is bytes on disk: retention may have to make room
+
+    def _vacuum(self, spare: int) -> None:
+        try:
+            self.catalog.vacuum(exclude=(spare,))
+        except (StoreError, OSError) as err:
+            log.warning("retention after a bundle failed: %s", err)
 
     def _retry(self, task: Task, why: str) -> None:
         """A bundle could not be written: try again later (forever if the disk is full, since
@@ -245,6 +253,8 @@ class AfterCore:
                       task.core_id, why, task.attempts)  # fmt: skip
             self._stage(task.core_id, DONE, error=why)
             return
+        if full:
+            self._vacuum(task.core_id)
         delay = min(RETRY_MAX, RETRY_MIN * 2 ** min(task.attempts - 1, 16))
         self._warn_once(f"core {task.core_id}: work after publication failed: {why}; retrying")
         task.due = time.monotonic() + delay

@@ -145,6 +145,8 @@ class Uploads:
             remote = entry is not None and entry.status == REMOTE
             dropped = " (local file dropped: keep_local is false)" if remote else ""
             log.info("core %d uploaded to %s, %d bytes%s", core_id, where, res.size, dropped)
+        elif entry is None:
+            log.info("core %d: removed before its upload to %s ended", core_id, where)
         else:
             log.error("core %d: not uploaded to %s: %s", core_id, where, res.error)
         if self.done is not None:
