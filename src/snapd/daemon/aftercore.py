@@ -280,11 +280,9 @@ class AfterCore:
             log.info("ELF cache: released %d file(s) no core needs", len(gone))
 
     def refresh_metrics(self, m: Metrics) -> None:
-        try:
+        with contextlib.suppress(OSError, SnapdError):  # unreadable now: the last value stands
             cores = self.catalog.usage() + self.shipping.outbox_bytes()
             m.set_disk_bytes(cores, self.cache.usage().own_bytes)
-        except (OSError, SnapdError):
-            pass
 
     def close(self) -> None:
         self.capture.close()

@@ -104,6 +104,8 @@ class Daemon:
         self.dumps.on_published = self._published
         self.dumps.on_failed = lambda req, stage, why: self.metrics.dump_failed(req.rule, stage)
         self.metrics.refreshers.append(self.after.refresh_metrics)
+        if self.uploads is not None:
+            self.metrics.refreshers.append(self.uploads.refresh_metrics)
         self.control.metrics_text = self.metrics.render
         return [self.after, *([self.uploads] if self.uploads else []), self.metrics]
 

@@ -12,6 +12,7 @@ as a second object. Once stored, the bundle goes, and with ``keep_local: false``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import time
@@ -126,8 +127,10 @@ class Uploads:
             except queue.Empty:
                 break
             self._took(res)
-        jobs, pending = self.catalog.shipping.backlog()
-        self.metrics.set_upload_backlog(jobs, pending)
+
+    def refresh_metrics(self, m: Metrics) -> None:
+        with contextlib.suppress(StoreError):  # a catalog that cannot be read: the last value
+            m.set_upload_backlog(*self.catalog.shipping.backlog())
 
     def _took(self, res: UploadResult) -> None:
         core_id = int(res.job_id)
