@@ -136,6 +136,11 @@ def listed(daemon: DaemonHarness, core_id: int) -> dict[str, Any] | None:
     return None
 
 
+def attempts(daemon: DaemonHarness, core_id: int) -> int:
+    """How many times its upload was tried (0 before it is queued)."""
+    return int((((listed(daemon, core_id) or {}).get("upload")) or {}).get("attempts") or 0)
+
+
 def upload_state(daemon: DaemonHarness, core_id: int) -> str:
     c = listed(daemon, core_id)
     return str(((c or {}).get("upload") or {}).get("state", ""))
@@ -296,8 +301,7 @@ def test_the_store_down_when_a_core_is_taken(
     fresh_weed.stop()
     daemon.start("--config", str(config.path))
     c = one_core(daemon, shipd(), "shipdown")
-    wait_for(lambda: (listed(daemon, c["id"]) or {}).get("upload", {}).get("attempts", 0) >= 2, 60,
-             "retries while the store is down")  # fmt: skip
+    wait_for(lambda: attempts(daemon, c["id"]) >= 2, 60, "retries while the store is down")
     assert upload_state(daemon, c["id"]) == "queued"
     assert "queued (retry" in daemon.ctl("list-cores").stdout
     fresh_weed.start()
@@ -351,8 +355,7 @@ def test_wrong_credentials_or_a_missing_bucket(
         line = "bucket 'no-such-bucket' does not exist"
     daemon.start("--config", str(config.path))
     c = one_core(daemon, shipd(), f"ship{fault}")
-    wait_for(lambda: ((listed(daemon, c["id"]) or {}).get("upload") or {}).get("attempts", 0) >= 3, 60,
-             "three attempts")  # fmt: skip
+    wait_for(lambda: attempts(daemon, c["id"]) >= 3, 60, "three attempts")
     log = daemon.log_text()
     assert log.count(line) == 1, log  # one clear line, retried quietly
     assert daemon.status()["cores"] == 1, "the daemon runs on"
@@ -368,8 +371,7 @@ def test_keep_local_false_drops_the_file_only_once_uploaded(
     fresh_weed.stop()
     daemon.start("--config", str(config.path))
     c = one_core(daemon, shipd(), "shiplocal")
-    wait_for(lambda: ((listed(daemon, c["id"]) or {}).get("upload") or {}).get("attempts", 0) >= 2, 60,
-             "retries")  # fmt: skip
+    wait_for(lambda: attempts(daemon, c["id"]) >= 2, 60, "retries")
     e = entry(daemon, c["id"])
     assert e["status"] == "complete" and os.path.exists(e["path"]), "never dropped before the upload"
     fresh_weed.start()
