@@ -225,8 +225,9 @@ def test_compressed_core_kept_binaries_export_and_metrics(
     e = one_core(daemon, v, "shipz")
     done = wait_for(lambda: (x := entry(daemon, e["id"]))["compression"] == "zstd" and x, 120, "compression")
     assert isinstance(done, dict)
-    assert done["path"].endswith(".zst") and done["name"] == e["name"] + ".zst"
-    assert not os.path.exists(e["path"]), "the plain core is removed once the entry points at .zst"
+    plain = e["path"].removesuffix(".zst")  # listed before or after the swap
+    assert done["path"] == plain + ".zst"
+    assert not os.path.exists(plain), "the plain core is removed once the entry points at .zst"
     assert done["disk_bytes"] == os.stat(done["path"]).st_blocks * 512
     assert done["build_ids"], "the binaries the core maps are kept"
     assert sorted(os.listdir(done["elf_cache"])) == sorted(done["build_ids"])
@@ -276,7 +277,7 @@ def test_every_core_goes_to_the_store_as_a_bundle(
     for c in cores:
         e = entry(daemon, c["id"])
         key = e["upload"]["key"]
-        assert key == f"fleet/{host}/{c['id']}-{c['name']}.snapd", key
+        assert key == f"fleet/{host}/{c['id']}-{c['name'].removesuffix('.zst')}.snapd", key
         assert key in objs
         head = weed.client().head_object(Bucket=weed.bucket, Key=key)
         meta = head["Metadata"]
@@ -418,3 +419,24 @@ def test_the_disk_filling_while_uploads_queue(
     assert set(objects(fresh_weed)) == keys, "every core kept is uploaded, nothing else"
     assert outbox(daemon) == []
     assert not [n for n in os.listdir(small_state / "cores") if n.startswith(".snapd-partial")]
+
+
+def test_a_compressed_core_whose_bundle_was_not_written_is_uploaded_after_a_restart(
+    daemon: DaemonHarness, config: Config, shipd: Callable[..., DVictim], weed: Weed,
+    snapd_cmd: list[str], workdir: Path,
+) -> None:  # fmt: skip
+    config.write("compress: zstd\n")
+    daemon.start("--config", str(config.path))
+    c = one_core(daemon, shipd(), "shipresume")
+    wait_for(lambda: entry(daemon, c["id"])["compression"] == "zstd", 120, "compression")
+    daemon.stop()
+    # As a daemon stopped between the two leaves it: compressed, its bundle still to write.
+    with sqlite3.connect(daemon.state / "catalog.db") as db:
+        db.execute("UPDATE shipping SET stage = 'store' WHERE core_id = ?", (c["id"],))
+    config.upload(weed, extra="compress: zstd\n")
+    daemon.start()
+    wait_for(lambda: upload_state(daemon, c["id"]) == "uploaded", 120, "the upload")
+    got = workdir / "resumed.snapd"
+    weed.client().download_file(weed.bucket, entry(daemon, c["id"])["upload"]["key"], str(got))
+    assert "shipd_victim_parked" in debug_bt(snapd_cmd, got)
+    assert os.listdir(daemon.state / "tmp") == [], "the plain copy it was bundled from is gone"

@@ -201,7 +201,10 @@ class AfterCore:
             "name": entry.name.removesuffix(".zst"),
             "host": up.host if up else None,
         }
-        return BoundedRun(JOB, args, self._limits(entry, 300.0))
+        # Bundling a core already compressed unpacks it first: into the store's scratch directory
+        # (the child may write nowhere else).
+        env = {"SNAPD_TMPDIR": self.shipping.scratch_dir}
+        return BoundedRun(JOB, args, self._limits(entry, 300.0), env=env)
 
     def _store_done(self, task: Task, res: Result | Failure) -> None:
         if isinstance(res, Failure):
@@ -227,8 +230,9 @@ class AfterCore:
             self._retry(task, str(v.get("bundle_error") or "no bundle written"))
             return
         entry = self._entry(task.core_id)
-        if entry is None:
-            return  # removed meanwhile: queued() would refuse it; its bundle goes with the row
+        if entry is None:  # removed meanwhile (ctl rm, retention): its bundle goes too
+            self.shipping.drop_bundle(task.core_id)
+            return
         row = self.shipping.rows([entry.id]).get(entry.id)
         try:
             self.upload(entry, row.exe_build_id if row else "")
@@ -321,7 +325,7 @@ class AfterCore:
             file_size=(1 << 62),
             user="root",  # it reads 0600 cores and writes into the store; Landlock bounds where
             read_paths=("/",),
-            write_paths=(d.cores_dir, d.outbox_dir, d.elf_cache_dir),
+            write_paths=(d.cores_dir, d.outbox_dir, d.elf_cache_dir, d.scratch_dir),
             output_bytes=1 << 20,
         )
 

@@ -144,6 +144,8 @@ class Daemon:
             up = self.config.upload
             assert up is not None
             log.info("uploading every core as a bundle to %s, bucket %s", up.endpoint or "AWS S3", up.bucket)
+        elif (queued := self.catalog.shipping.backlog()[0]) > 0:
+            log.warning("%d core(s) wait for an upload, but the configuration has no upload: section", queued)
         self.after.resume()
         self.sync_rules()
         sdnotify.ready(f"{len(self.rules.states)} rules loaded")

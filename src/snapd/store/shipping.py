@@ -16,11 +16,14 @@ JSON-able dict; the daemon adapts them (snapd.daemon.uploads).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import shutil
 import sqlite3
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +37,7 @@ log = logging.getLogger("snapd.store")
 
 OUTBOX_DIR = "outbox"
 ELF_CACHE_DIR = "elfcache"
+SCRATCH_DIR = "tmp"  # plain copies of compressed cores while a bundle is written from one
 COMPRESSED_SUFFIX = ".zst"  # snapd.ship.compress.SUFFIX: the store only recognises its files
 
 CAPTURE, STORE, UPLOAD, DONE = "capture", "store", "upload", "done"
@@ -101,6 +105,8 @@ class ShipLog:
         self.elf_cache_dir = os.path.join(state_dir, ELF_CACHE_DIR)
         self._outbox_fd = fsutil.open_dir(OUTBOX_DIR, 0o700, at=state_fd, label=self.outbox_dir)
         os.fchmod(self._outbox_fd, 0o700)
+        self.scratch_dir = os.path.join(state_dir, SCRATCH_DIR)
+        os.close(fsutil.open_dir(SCRATCH_DIR, 0o700, at=state_fd, label=self.scratch_dir))
 
     def close(self) -> None:
         if self._outbox_fd >= 0:
@@ -211,6 +217,10 @@ class ShipLog:
     # --- uploads -------------------------------------------------------------------------------
     def bundle_path(self, core_id: int) -> str:
         return os.path.join(self.outbox_dir, bundle_name(core_id))
+
+    def drop_bundle(self, core_id: int) -> None:
+        """Remove a bundle written for an entry that went meanwhile (never queued)."""
+        fsutil.unlink_at(self._outbox_fd, bundle_name(core_id))
 
     def queued(self, core_id: int, key: str) -> bool:
         """The entry's bundle (:meth:`bundle_path`) is written; it is queued for upload as
@@ -348,8 +358,17 @@ class ShipLog:
                 removed.append(name)
         wanted = {r[0] for r in db.execute("SELECT bundle FROM shipping WHERE bundle != ''")}
         for name in _scan(self._outbox_fd):
-            if name not in wanted:
+            st = fsutil.lstat_at(self._outbox_fd, name)
+            if name not in wanted and st is not None and not stat.S_ISDIR(st.st_mode):
                 fsutil.unlink_at(self._outbox_fd, name)
+        # What a killed job left in its scratch directory (a directory only we can write).
+        for name in os.listdir(self.scratch_dir):
+            path = os.path.join(self.scratch_dir, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
         # A queued upload whose bundle is gone (removed by hand) is written again.
         for r in db.execute("SELECT core_id, bundle FROM shipping WHERE upload = ?", (QUEUED,)).fetchall():
             if r["bundle"] and fsutil.lstat_at(self._outbox_fd, r["bundle"]) is None:
