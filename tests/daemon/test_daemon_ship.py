@@ -421,6 +421,34 @@ def test_the_disk_filling_while_uploads_queue(
     assert not [n for n in os.listdir(small_state / "cores") if n.startswith(".snapd-partial")]
 
 
+def test_a_full_disk_while_uploads_queue(
+    small_state: Path, daemon: DaemonHarness, config: Config, shipd: Callable[..., DVictim],
+    fresh_weed: Weed,
+) -> None:  # fmt: skip
+    # No retention limit: the third core, or its bundle, meets ENOSPC (and so may the catalog).
+    config.upload(fresh_weed, extra="retention:\n  max_use: infinity\n  keep_free: 0\n")
+    fresh_weed.stop()
+    daemon.start("--config", str(config.path))
+    cores = [one_core(daemon, shipd(random_mib=32), f"shipenospc-{i}") for i in range(2)]
+    v = shipd(random_mib=32)
+    daemon.write_rule("shipenospc-2.yaml", syscall_rule("shipenospc-2", v.pid))
+    wait_for(lambda: "shipenospc-2" in {r.get("name") for r in daemon.rules_list()}, 60, "the third rule")
+    v.cmd("g 1")
+    third = wait_for(lambda: (daemon.cores("--rule", "shipenospc-2") or [None])[0], 120, "the third entry")
+    assert isinstance(third, dict)
+    wait_for(lambda: "no space left on device" in daemon.log_text().lower(), 120, "the disk full")
+    assert daemon.status()["cores"] >= 2, "the daemon runs on"
+    fresh_weed.start()
+    complete = [c for c in daemon.cores() if c["status"] == "complete"]
+    assert {c["id"] for c in cores} <= {c["id"] for c in complete}
+    for c in complete:  # the third, when it was written, once the first two left room
+        wait_for(lambda c=c: upload_state(daemon, c["id"]) == "uploaded", 240, f"core {c['id']} uploaded")
+    keys = {entry(daemon, c["id"])["upload"]["key"] for c in complete}
+    assert set(objects(fresh_weed)) == keys
+    assert outbox(daemon) == []
+    assert not [n for n in os.listdir(small_state / "cores") if n.startswith(".snapd-partial")]
+
+
 def test_a_compressed_core_whose_bundle_was_not_written_is_uploaded_after_a_restart(
     daemon: DaemonHarness, config: Config, shipd: Callable[..., DVictim], weed: Weed,
     snapd_cmd: list[str], workdir: Path,
