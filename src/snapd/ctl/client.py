@@ -343,11 +343,11 @@ def _parser() -> argparse.ArgumentParser:
     ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--json", action="store_true")
+    sub.add_parser("metrics", help="the daemon's metrics, in the Prometheus text format")
     pause = sub.add_parser(
         "pause", help="stop every freeze and dump until 'resume' (root; survives restarts)"
     )
     pause.add_argument("--reason", default="", help="recorded with the pause")
-    sub.add_parser("metrics", help="the daemon's metrics, in the Prometheus text format")
     sub.add_parser("resume", help="allow snapshots again (root)")
     sub.add_parser("reload", help="re-read the rules directory (root)")
     return p
