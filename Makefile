@@ -36,6 +36,7 @@ install: setup
 	ln -sfn $(LIBDIR)/bin/snapd $(PREFIX)/bin/snapd
 	install -m 0644 systemd/snapd-cores.service /etc/systemd/system/snapd-cores.service
 	install -m 0644 docs/*.md $(PREFIX)/share/doc/snapd-cores/
+	install -m 0644 systemd/snapd-cores.service.d/upload.conf $(PREFIX)/share/doc/snapd-cores/upload.conf
 	getent group snapd >/dev/null || groupadd --system snapd
 	if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "now: systemctl enable --now snapd-cores.service; rules go in /etc/snapd-cores/rules.d/"

@@ -53,6 +53,9 @@ class DaemonLikeHandler:
     def rules(self) -> Any:
         return [{"name": "demo", "file": "/etc/snapd-cores/rules.d/demo.yaml", "state": "attached"}]
 
+    def metrics(self) -> Any:
+        return "# HELP snapd_cores_total Cores published\n# TYPE snapd_cores_total counter\n"
+
     def snap(self, pid: int, content: str | None, snapshot: str | None, uid: int) -> Any:
         if pid <= 0:
             raise SnapdError(f"pid {pid}: no such process")

@@ -229,3 +229,29 @@ def test_helpers() -> None:
         ]
     )
     assert len(table.splitlines()) == 2 and "2.0K" in table and "a\\nb" in table
+
+
+def test_metrics_and_upload_columns(serve: Callable[..., Served], ctl: Run) -> None:
+    s = serve()
+    r = ctl(s.path, "metrics")
+    assert r.returncode == 0 and r.stdout.startswith("# HELP snapd_cores_total"), r.stdout + r.stderr
+    plain = take(s.catalog, rule="plain", pid=1)
+    assert "UPLOAD" not in ctl(s.path, "list-cores").stdout, "no column while nothing is uploaded"
+    up = take(s.catalog, rule="up", pid=2)
+    with s.catalog._db.tx() as db:  # the daemon's way is Catalog.publish(after=...)
+        s.catalog.shipping.begin(db, up.id, "upload")
+    with open(s.catalog.shipping.bundle_path(up.id), "wb") as f:
+        f.write(b"bundle")
+    assert s.catalog.shipping.queued(up.id, "fleet/h/2-core.snapd")
+    s.catalog.shipping.save_upload_state(up.id, {"job": {}}, 3, "cannot reach http://x:1: refused")
+    lines = ctl(s.path, "list-cores").stdout.splitlines()
+    assert lines[0].split()[-2:] == ["UPLOAD", "EXE"], lines[0]
+    assert lines[1].split()[-2:] == ["-", "/usr/bin/victim"], lines[1]
+    assert "queued (retry 3)" in lines[2], lines[2]
+    info = ctl(s.path, "info", str(up.id)).stdout
+    assert "Upload: queued fleet/h/2-core.snapd (retry 3: cannot reach http://x:1: refused)" in info, info
+    got = json.loads(ctl(s.path, "info", str(up.id), "--json").stdout)
+    assert got["upload"]["state"] == "queued" and got["elf_cache"] == s.catalog.shipping.elf_cache_dir
+    assert json.loads(ctl(s.path, "info", str(plain.id), "--json").stdout)["upload"] is None
+    r = ctl(s.path, "export", str(up.id), "-o", os.path.join(s.catalog.state_dir, "x.snapd"))
+    assert r.returncode == 1 and "not a valid ELF core" in r.stderr and "Traceback" not in r.stderr, r.stderr

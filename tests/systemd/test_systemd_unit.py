@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 UNIT = Path(__file__).resolve().parents[2] / "systemd" / "snapd-cores.service"
+UPLOAD_DROPIN = UNIT.parent / "snapd-cores.service.d" / "upload.conf"
 MAX_EXPOSURE = 3.0  # systemd-analyze security: < 3.0 is well inside "OK" (2.0-4.9)
+#: with the upload drop-in (2.4 -> 3.1): the network it opens, and nothing else, may cost more
+MAX_EXPOSURE_UPLOAD = 3.2
 
 pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 
@@ -36,6 +39,40 @@ def unit_copy(tmp_path: Path) -> Path:
     p = tmp_path / "snapd-cores.service"
     p.write_text(text)
     return p
+
+
+def _exposure(unit: Path) -> tuple[float, str]:
+    r = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    m = re.search(r"Overall exposure level for snapd-cores\.service: ([\d.]+) (\w+)", r.stdout)
+    assert m, r.stdout + r.stderr
+    return float(m.group(1)), r.stdout
+
+
+def test_upload_dropin_opens_the_network_and_nothing_else(unit_copy: Path) -> None:
+    """`upload:` needs TCP; the unit forbids it, the drop-in the docs show allows it."""
+    keys = set()
+    for raw in UPLOAD_DROPIN.read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith(("#", ";", "[")):
+            keys.add(line.partition("=")[0])
+    assert keys == {"PrivateNetwork", "RestrictAddressFamilies", "IPAddressAllow"}, keys
+    assert "IPAddressDeny" not in keys, "the unit's IPAddressDeny=any stays: only the allowed hosts"
+    d = unit_copy.parent / "snapd-cores.service.d"
+    d.mkdir()
+    (d / "upload.conf").write_text(UPLOAD_DROPIN.read_text())
+    r = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(unit_copy)], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0 and "snapd-cores.service" not in r.stderr, r.stderr
+    score, out = _exposure(unit_copy)
+    print(f"\nsystemd-analyze security with the upload drop-in: {score}")
+    assert score < MAX_EXPOSURE_UPLOAD, out
+    assert "Service has access to the host's network" in out and "only localhost entries" in out
 
 
 def test_verify(unit_copy: Path) -> None:

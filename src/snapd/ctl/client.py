@@ -17,11 +17,12 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from snapd.ctl import reportview
 from snapd.ctl.protocol import DEFAULT_GROUP, MAX_REPLY, CtlError, request
+from snapd.errors import SnapdError
 from snapd.paths import DEFAULT_SOCKET
 from snapd.store.retention import parse_age
 from snapd.text import safe
@@ -127,6 +128,22 @@ class Client:
 _LIST_COLUMNS = ("ID", "TIME", "PID", "UID", "RULE", "COMM", "SIZE", "STATUS", "WHERE", "EXE")
 
 
+def upload_word(up: dict[str, Any] | None) -> str:
+    """One word for the UPLOAD column: queued, queued (retry 3), uploaded, failed."""
+    if not up:
+        return "-"
+    state = str(up.get("state", ""))
+    if state == "queued" and int(up.get("attempts") or 0):
+        return f"queued (retry {int(up['attempts'])})"
+    return "failed" if state.startswith("failed") else state
+
+
+def iso_of(when: float) -> str:
+    return _dt.datetime.fromtimestamp(when, _dt.timezone.utc).isoformat(timespec="seconds").replace(
+        "+00:00", "Z"
+    )
+
+
 def _short_time(iso: str) -> str:
     return safe(iso[:19].replace("T", " ") + ("Z" if iso.endswith("Z") else ""))
 
@@ -143,11 +160,12 @@ def format_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
 
 
 def format_cores(cores: Sequence[dict[str, Any]]) -> str:
-    rows = []
+    """The list-cores table; an UPLOAD column (before EXE) when some core has an upload."""
+    uploads = any(c.get("upload") for c in cores)
+    rows: list[tuple[str, ...]] = []
     for c in cores:
         status = str(c.get("status", ""))
-        rows.append(
-            (
+        row: tuple[str, ...] = (
                 str(c.get("id", "")),
                 _short_time(str(c.get("time", ""))),
                 str(c.get("pid", "")),
@@ -159,8 +177,11 @@ def format_cores(cores: Sequence[dict[str, Any]]) -> str:
                 reportview.where_cell(c) if status == "complete" else "-",
                 safe(c.get("exe", "")),
             )
-        )
-    return format_table(rows, _LIST_COLUMNS)
+        if uploads:
+            row = (*row[:-1], upload_word(c.get("upload")), row[-1])
+        rows.append(row)
+    header = (*_LIST_COLUMNS[:-1], "UPLOAD", _LIST_COLUMNS[-1]) if uploads else _LIST_COLUMNS
+    return format_table(rows, header)
 
 
 def format_info(e: dict[str, Any]) -> str:
@@ -187,6 +208,19 @@ def format_info(e: dict[str, Any]) -> str:
         f"       Frozen: {float(e.get('freeze_seconds') or 0) * 1000:.1f} ms",
         f"         Dump: {float(e.get('dump_seconds') or 0) * 1000:.1f} ms",
     ]
+    if e.get("compression"):
+        lines.append(f"       Stored: {safe(e['compression'])} (compressed at rest)")
+    if e.get("build_ids"):
+        lines.append(f"     Binaries: {len(e['build_ids'])} kept by build-id (for ctl export and debug)")
+    up = e.get("upload")
+    if up:
+        state = str(up.get("state", ""))
+        text = f"{safe(state)} {safe(up.get('key', ''))}"
+        if up.get("uploaded_at"):
+            text += f" at {_short_time(iso_of(float(up['uploaded_at'])))}"
+        if state == "queued" and up.get("attempts"):
+            text += f" (retry {up['attempts']}: {safe(up.get('error', ''))})"
+        lines.append(f"       Upload: {text}")
     if ctx:
         lines.append("")
         lines.append("Context at snapshot time:")
@@ -304,6 +338,13 @@ def _parser() -> argparse.ArgumentParser:
     rm = sub.add_parser("rm", help="delete a core and its entry (root)")
     rm.add_argument("id", type=int)
 
+    exp = sub.add_parser(
+        "export", help="write a bundle of a core and the binaries it ran, for snapd debug anywhere"
+    )
+    exp.add_argument("id", type=int)
+    exp.add_argument("-o", dest="out", required=True, metavar="FILE", help="the bundle to write")
+    exp.add_argument("--force", action="store_true", help="replace FILE if it exists")
+
     dbg = sub.add_parser("debug", help="start gdb on a core and its executable")
     dbg.add_argument("id", type=int)
     dbg.add_argument("--debugger", default=os.environ.get("SNAPD_DEBUGGER", "gdb"))
@@ -325,6 +366,7 @@ def _parser() -> argparse.ArgumentParser:
     ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--json", action="store_true")
+    sub.add_parser("metrics", help="the daemon's metrics, in the Prometheus text format")
     pause = sub.add_parser(
         "pause", help="stop every freeze and dump until 'resume' (root; survives restarts)"
     )
@@ -373,9 +415,21 @@ def main(argv: list[str]) -> int:
             entry = c.call("rm", id=args.id)
             print(f"removed core {entry['id']}: {safe(entry['path'])}")
             return 0
+        if cmd == "export":
+            from snapd.ctl import export  # the ship stage: bundles
+
+            return _again(c, args.id, lambda e: export.export(e, args.out, force=args.force))
         if cmd == "debug":
             entry = c.call("info", id=args.id)
+            status = entry.get("status")
+            if status == "remote" or (status == "complete" and _needs_unpacking(entry)):
+                from snapd.ctl import export
+
+                return _again(c, args.id, lambda e: export.debug(e, args.debugger, args.debugger_arguments))
             return _debug(entry, args.debugger, args.debugger_arguments)
+        if cmd == "metrics":
+            sys.stdout.write(str(c.call("metrics")))
+            return 0
         if cmd == "snap":
             result = c.call("snap", pid=args.pid, content=args.content, snapshot=args.snapshot)
             if args.json:
@@ -393,6 +447,22 @@ def main(argv: list[str]) -> int:
         elif result is not None:
             print(format_value(result))
         return 0
+
+
+def _needs_unpacking(entry: dict[str, Any]) -> bool:
+    return bool(entry.get("compression") or entry.get("build_ids"))
+
+
+def _again(c: Client, core_id: int, act: Callable[[dict[str, Any]], int]) -> int:
+    """``act(entry)``; once more with a fresh entry if its file went meanwhile (the daemon
+    swaps a core for its compressed copy once it is written)."""
+    entry = c.call("info", id=core_id)
+    try:
+        return act(entry)
+    except SnapdError:
+        if os.path.exists(str(entry.get("path", ""))):
+            raise
+    return act(c.call("info", id=core_id))
 
 
 def _debug(entry: dict[str, Any], debugger: str, extra: str) -> int:

@@ -35,6 +35,9 @@ class CtlHandler(Protocol):
     def rules(self) -> Reply:
         """The loaded rules and their state (a list of objects)."""
 
+    def metrics(self) -> Reply:
+        """The daemon's metrics in the Prometheus text format (a string)."""
+
     def snap(self, pid: int, content: str | None, snapshot: str | None, uid: int) -> Reply:
         """Take an on-demand snapshot of ``pid`` (``snapshot``: frozen, fork or auto, as
         ``snapd gcore --snapshot``); the catalog entry as a dict (via a Future)."""
@@ -98,7 +101,10 @@ def _list_cores(r: Request) -> Reply:
 
 def _info(r: Request) -> Reply:
     entry = r.store.get(r.args["id"])
-    return _with_report(entry.to_dict(), r.store.reports.get(entry.id), True)
+    out = _with_report(entry.to_dict(), r.store.reports.get(entry.id), True)
+    # Where the binaries kept for it are: `ctl export` and `ctl debug` (run as root, beside the
+    # daemon) read them by build-id.
+    return {**out, "elf_cache": r.store.shipping.elf_cache_dir}
 
 
 def _rm(r: Request) -> Reply:
@@ -114,6 +120,7 @@ HANDLERS: dict[str, Callable[[Request], Reply]] = {
     "series": lambda r: r.handler.series(r.args["id"]),
     "status": lambda r: r.handler.status(),
     "rules": lambda r: r.handler.rules(),
+    "metrics": lambda r: r.handler.metrics(),
     "rm": _rm,
     "snap": lambda r: r.handler.snap(
         r.args["pid"], r.args.get("content"), r.args.get("snapshot"), r.peer.uid

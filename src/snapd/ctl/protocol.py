@@ -53,6 +53,7 @@ COMMANDS: dict[str, tuple[Access, dict[str, tuple[Any, bool]]]] = {
     "series": (Access.READ, {"id": (_INT, True)}),
     "status": (Access.READ, {}),
     "rules": (Access.READ, {}),
+    "metrics": (Access.READ, {}),
     "rm": (Access.ADMIN, {"id": (_INT, True)}),
     "snap": (Access.ADMIN, {"pid": (_INT, True), "content": (_STR, False), "snapshot": (_STR, False)}),
     "pause": (Access.ADMIN, {"reason": (_STR, False)}),

@@ -2,7 +2,9 @@
 
 Prints ``FILE: ok`` or each error as ``FILE:LINE:COL: message``. Exit status 0 only when every
 file is valid (and, as root, loads); 1 otherwise; 2 for usage errors. A directory argument checks
-every ``*.yaml``/``*.yml`` in it.
+every ``*.yaml``/``*.yml`` in it. A file named ``snapd.yaml`` (the daemon's configuration file,
+snapd.paths.DEFAULT_CONFIG), or one given with ``--config FILE``, is checked as the daemon reads
+its configuration, ownership and mode included.
 
 It lives in the wiring layer because loading a rule's probes joins two stages (rules, probe).
 """
@@ -13,16 +15,21 @@ import os
 import sys
 from collections.abc import Sequence
 
+from snapd.daemon.config import check_config
+from snapd.paths import DEFAULT_CONFIG
 from snapd.rules.error import RuleError
 from snapd.rules.loader import check_file, rule_names
 from snapd.rules.model import Rule
 from snapd.text import safe
 
-USAGE = """usage: snapd check [--no-load] FILE|DIR...
+USAGE = """usage: snapd check [--no-load] [--config FILE] FILE|DIR...
 
-Validate snapd rule files (see docs/rules.md). Prints 'FILE: ok' or every error as
+Validate snapd rule files (see docs/rules.md) and the daemon's configuration file (snapd.yaml,
+or any FILE given with --config; see docs/catalog.md). Prints 'FILE: ok' or every error as
 'FILE:LINE:COL: message'; exits 0 only if all are valid. As root it also compiles and loads
 each rule's BPF probes, then unloads them (--no-load skips that)."""
+
+CONFIG_NAME = os.path.basename(DEFAULT_CONFIG)
 
 
 def _expand(args: Sequence[str]) -> list[str]:
@@ -44,10 +51,28 @@ def main(argv: list[str]) -> int:
     if "--no-load" in args:
         args.remove("--no-load")
         load = False
+    configs: list[str] = []
+    while "--config" in args:
+        i = args.index("--config")
+        if i + 1 >= len(args):
+            print(f"snapd check: --config needs a FILE\n\n{USAGE}", file=sys.stderr)
+            return 2
+        configs.append(args[i + 1])
+        del args[i : i + 2]
+    configs += [a for a in args if os.path.basename(a) == CONFIG_NAME and not os.path.isdir(a)]
+    args = [a for a in args if a not in configs]
     bad = [a for a in args if a.startswith("-") and a != "-"]
-    if bad or not args:
+    if bad or not (args or configs):
         print(USAGE if not bad else f"snapd check: unknown option {bad[0]}\n\n{USAGE}", file=sys.stderr)
         return 2
+    config_bad = False
+    for path in configs:
+        _, problems = check_config(path)
+        config_bad = config_bad or bool(problems)
+        for line in problems or [f"{safe(path)}: ok"]:
+            print(line)
+    if not args:
+        return 1 if config_bad else 0
     files = _expand(args)
     if not files:
         print("snapd check: no rule files (*.yaml, *.yml) found", file=sys.stderr)
@@ -71,7 +96,7 @@ def main(argv: list[str]) -> int:
     for path in files:
         for line in report[path] or [f"{safe(path)}: ok"]:
             print(line)
-    return 1 if any(report.values()) else 0
+    return 1 if config_bad or any(report.values()) else 0
 
 
 def _load_all(rules: list[tuple[str, Rule]]) -> dict[str, RuleError]:

@@ -53,6 +53,8 @@ class Control:
         self._changed = changed
         self._reports = reports
         self._compare = compare
+        #: the Prometheus text of the daemon's metrics (snapd.daemon.metricsfeed)
+        self.metrics_text: Callable[[], str] | None = None
 
     def status(self) -> dict[str, Any]:
         suppressed: dict[str, int] = {}
@@ -131,6 +133,11 @@ class Control:
         log.warning("snapshots resumed by uid %d", uid)
         self._changed()
         return state.to_dict()
+
+    def metrics(self) -> str:
+        if self.metrics_text is None:
+            raise SnapdError("this daemon keeps no metrics")
+        return self.metrics_text()
 
     def reload(self, uid: int) -> dict[str, Any]:
         self._reload()

@@ -16,6 +16,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from snapd import procfs
+from snapd.core import CoreInfo
 from snapd.daemon.actionrun import run_action
 from snapd.daemon.admission import Admitted, resume
 from snapd.daemon.journal import StopJournal
@@ -40,9 +41,15 @@ class Dumps:
         self.futures: dict[int, Future[Any]] = {}  # entry id -> a ctl snap waiting for it
         self.cores = 0
         self.failed = 0
-        #: called with each published entry and its request, after it is listed and its ctl
-        #: snap answered (the reports); the target runs again by then
-        self.published: list[Callable[[Entry, CoreRequest], None]] = []
+        #: called with each published entry, its request and what the writer reported, after it
+        #: is listed and its ctl snap answered (reports, shipping, metrics); the target runs again
+        #: by then. An error of one is logged: the core is published whatever a hook says.
+        self.after_publish: list[Callable[[Entry, CoreRequest, CoreInfo], None]] = []
+        #: called with (request, stage, why) when a dump fails (metrics)
+        self.after_failure: list[Callable[[CoreRequest, str, str], None]] = []
+        #: the first stage of a published core's work after publication (snapd.store.shipping),
+        #: recorded with it; "" for none
+        self.after_stage = ""
 
     def start(self, adm: Admitted) -> None:
         """Reserve and queue an admitted firing's core, and schedule its repeats."""
@@ -121,13 +128,15 @@ class Dumps:
         """A dump is over: publish or fail its entry, answer a waiting ctl snap, run the action."""
         job = res.job
         req = job.request
+        stage = "dump"
         if res.info is not None:
             try:
-                entry = self.catalog.publish(job.entry_id, res.info)
+                entry = self.catalog.publish(job.entry_id, res.info, after=self.after_stage)
             except SnapdError as err:
                 # The core took the last free blocks and SQLite cannot commit, say: the core is
                 # lost, the daemon is not.
                 res = Result(job, None, f"cannot record the core in the catalog: {err}")
+                stage = "catalog"
         st = self.rules.states.get(req.rule)
         fut = self.futures.pop(job.entry_id, None)
         if res.info is None:
@@ -139,6 +148,8 @@ class Dumps:
             log.error("rule %s: pid %d: core failed: %s", req.rule, req.pid, res.error)
             if fut:
                 fut.set_exception(SnapdError(res.error))
+            for hook in self.after_failure:
+                hook(req, stage, res.error)
             return
         self.cores += 1
         info = res.info
@@ -156,11 +167,12 @@ class Dumps:
         )
         if fut:
             fut.set_result(entry.to_dict(context=False))
-        for hook in self.published:
-            try:
-                hook(entry, req)
-            except SnapdError as err:  # the core is published whatever a hook says
-                log.error("core %d: after publishing: %s", entry.id, err)
+        if entry.complete:
+            for hook in self.after_publish:
+                try:
+                    hook(entry, req, info)
+                except SnapdError as err:
+                    log.error("core %d: after publishing: %s", entry.id, err)
         if st and st.rule.action.run:
             run_action(st.rule.action.run, core=entry.path, rule=req.rule, pid=req.pid, comm=info.comm)
 

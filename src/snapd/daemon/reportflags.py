@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 
 from snapd.daemon.reports import ReportSettings
@@ -51,30 +52,27 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--report-threads",
         type=_count,
-        default=_L.max_threads,
         metavar="N",
-        help=f"threads a report shows at most (default {_L.max_threads})",
+        help=f"threads a report shows at most (default: report.max_threads, {_L.max_threads})",
     )
     g.add_argument(
         "--report-frames",
         type=_count,
-        default=_L.max_frames,
         metavar="N",
-        help=f"frames a thread shows at most (default {_L.max_frames})",
+        help=f"frames a thread shows at most (default: report.max_frames, {_L.max_frames})",
     )
     g.add_argument(
         "--report-deadline",
         type=_seconds,
-        default=_L.deadline,
         metavar="SECONDS",
-        help=f"a report still running then is killed and recorded failed (default {_L.deadline:g})",
+        help="a report still running then is killed and recorded failed "
+        f"(default: report.deadline, {_L.deadline:g})",
     )
     g.add_argument(
         "--report-memory",
         type=_size,
-        default=_L.memory,
         metavar="SIZE",
-        help=f"address space of the report worker (default {_L.memory >> 30}GiB)",
+        help=f"address space of the report worker (default: report.memory, {_L.memory >> 30}GiB)",
     )
     g.add_argument(
         "--reports-at-once",
@@ -92,13 +90,16 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def settings(args: argparse.Namespace) -> ReportSettings:
-    limits = ReportLimits(
-        max_threads=args.report_threads,
-        max_frames=args.report_frames,
-        deadline=args.report_deadline,
-        memory=args.report_memory,
-    )
+def settings(args: argparse.Namespace, base: ReportLimits | None = None) -> ReportSettings:
+    """The flags given, over ``base`` (the configuration file's ``report:``), over the defaults."""
+    base = base or ReportLimits()
+    given = {
+        "max_threads": args.report_threads,
+        "max_frames": args.report_frames,
+        "deadline": args.report_deadline,
+        "memory": args.report_memory,
+    }
+    limits = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
     return ReportSettings(
         limits=limits,
         at_once=args.reports_at_once,

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from snapd import report
+from snapd.core.info import CoreInfo
 from snapd.daemon.hooks import FdWatch
 from snapd.daemon.request import CoreRequest
 from snapd.errors import SnapdError
@@ -87,7 +88,7 @@ class Reports:
 
     # -- in ---------------------------------------------------------------------------------
 
-    def published(self, entry: Entry, req: CoreRequest) -> None:
+    def published(self, entry: Entry, req: CoreRequest, info: CoreInfo | None = None) -> None:
         """A core was published: queue its report (the post-publish hook of Dumps)."""
         if not self.settings.enabled:
             return

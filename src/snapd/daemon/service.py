@@ -22,19 +22,26 @@ from collections.abc import Callable
 from types import FrameType
 
 from snapd import sdnotify
+from snapd.core import CoreInfo
 from snapd.ctl.server import CtlServer
 from snapd.daemon.admission import Admission, resume
+from snapd.daemon.aftercore import AfterCore
 from snapd.daemon.compare import Comparisons
+from snapd.daemon.config import DaemonConfig
 from snapd.daemon.control import Control
 from snapd.daemon.dumps import Dumps
 from snapd.daemon.hooks import LoopClient
 from snapd.daemon.journal import StopJournal
 from snapd.daemon.limits import Limiter
+from snapd.daemon.metricsfeed import MetricsFeed
 from snapd.daemon.reports import Reports, ReportSettings
+from snapd.daemon.request import CoreRequest
 from snapd.daemon.rulesync import RULE_EVENTS, RuleSet
+from snapd.daemon.uploads import Uploads
 from snapd.daemon.worker import Worker
 from snapd.probe import Probes
-from snapd.store import Catalog, PauseSwitch, Retention
+from snapd.ship.metrics import Metrics
+from snapd.store import Catalog, Entry, PauseSwitch, Retention
 from snapd.sys.inotify import Watch
 
 log = logging.getLogger("snapd")
@@ -52,8 +59,11 @@ class Daemon:
         socket_path: str,
         retention: Retention | None = None,
         cores_per_hour: int = 60,
+        *,
         reports: ReportSettings | None = None,
+        config: DaemonConfig | None = None,
     ) -> None:
+        self.config = config or DaemonConfig()
         self.rules_dir = os.path.abspath(rules_dir)
         self.state_dir = os.path.abspath(state_dir)
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
@@ -74,7 +84,7 @@ class Daemon:
         self.sel = selectors.DefaultSelector()
         settings = reports or ReportSettings()
         self.reports = Reports(self.catalog, settings, self, self._dumps_idle)
-        self.dumps.published.append(self.reports.published)
+        self.dumps.after_publish.append(self.reports.published)
         self.compare = Comparisons(self.catalog, settings, self)
         self.clients: list[LoopClient] = [self.reports, self.compare]
         self.control = Control(
@@ -88,6 +98,7 @@ class Daemon:
             reports=self.reports,
             compare=self.compare,
         )
+        self.clients += self._shipping()
         self.stopping = False
         self.reload_requested = False
         self.dirty_at: float | None = None
@@ -108,6 +119,29 @@ class Daemon:
 
     def _dumps_idle(self) -> bool:
         return self.worker.busy is None and self.worker.waiting() == 0
+
+    def _shipping(self) -> list[LoopClient]:
+        """What runs beside the dumps: the work after publication, uploads, metrics."""
+        cfg = self.config
+        self.metrics = MetricsFeed(
+            Metrics(), self.rules, textfile=cfg.metrics_textfile, interval=cfg.metrics_interval
+        )
+        self.after = AfterCore(self.catalog, cfg, self.metrics.metrics)
+        self.uploads = Uploads(cfg.upload, self.catalog, self.metrics.metrics) if cfg.upload else None
+        if self.uploads is not None:
+            self.after.upload = self.uploads.submit
+        self.dumps.after_stage = self.after.first_stage
+        self.dumps.after_publish.append(self._published)
+        self.dumps.after_failure.append(lambda req, stage, why: self.metrics.dump_failed(req.rule, stage))
+        self.metrics.refreshers.append(self.after.refresh_metrics)
+        if self.uploads is not None:
+            self.metrics.refreshers.append(self.uploads.refresh_metrics)
+        self.control.metrics_text = self.metrics.render
+        return [self.after, *([self.uploads] if self.uploads else []), self.metrics]
+
+    def _published(self, entry: Entry, req: CoreRequest, info: CoreInfo) -> None:
+        self.metrics.core_published(req.rule, info)
+        self.after.published(entry)
 
     def sync_rules(self) -> None:
         """Make the loaded rules match the directory (:meth:`RuleSet.sync`)."""
@@ -136,6 +170,14 @@ class Daemon:
             signal.signal(sig, self._on_signal)
         self.worker.start()
         self.reports.resume_unfinished()
+        if self.uploads is not None:
+            self.uploads.start()
+            up = self.config.upload
+            assert up is not None
+            log.info("uploading every core as a bundle to %s, bucket %s", up.endpoint or "AWS S3", up.bucket)
+        elif (queued := self.catalog.shipping.backlog()[0]) > 0:
+            log.warning("%d core(s) wait for an upload, but the configuration has no upload: section", queued)
+        self.after.resume()
         self.sync_rules()
         sdnotify.ready(f"{len(self.rules.states)} rules loaded")
         log.info(

@@ -23,16 +23,18 @@ class _Refused(yaml.MarkedYAMLError):
 class _StrictLoader(yaml.SafeLoader):
     """A SafeLoader that refuses anchors and aliases while composing."""
 
+    kind = "rule file"
+
     def compose_node(self, parent: Node | None, index: int) -> Node | None:
         event: Any = self.peek_event()  # type: ignore[no-untyped-call]
         if isinstance(event, yaml.AliasEvent):
             raise _Refused(
-                problem="YAML aliases (*name) are not allowed in rule files",
+                problem=f"YAML aliases (*name) are not allowed in {self.kind}s",
                 problem_mark=getattr(event, "start_mark", None),
             )
         if getattr(event, "anchor", None) is not None:
             raise _Refused(
-                problem="YAML anchors (&name) are not allowed in rule files",
+                problem=f"YAML anchors (&name) are not allowed in {self.kind}s",
                 problem_mark=getattr(event, "start_mark", None),
             )
         node: Node | None = super().compose_node(parent, index)
@@ -46,13 +48,21 @@ def decode(path: str, data: bytes, ctx: Ctx) -> str | None:
         before = data[: err.start]
         line = before.count(b"\n") + 1
         col = err.start - (before.rfind(b"\n") + 1) + 1
-        ctx.err_at(line, col, f"not UTF-8 (byte 0x{data[err.start]:02x}); rule files are UTF-8 text")
+        ctx.err_at(line, col, f"not UTF-8 (byte 0x{data[err.start]:02x}); {ctx.kind}s are UTF-8 text")
         return None
 
 
-def compose(text: str, ctx: Ctx) -> Node | None:
+def _loader(kind: str) -> type[_StrictLoader]:
+    if kind == _StrictLoader.kind:
+        return _StrictLoader
+    return type("_KindLoader", (_StrictLoader,), {"kind": kind})
+
+
+def compose(text: str, ctx: Ctx, *, allow_empty: bool = False) -> Node | None:
+    """The node tree of ``text``, or None after recording why not. ``allow_empty``: a file
+    of comments only is no error (it is None; the caller's defaults apply)."""
     try:
-        node: Node | None = yaml.compose(text, Loader=_StrictLoader)
+        node: Node | None = yaml.compose(text, Loader=_loader(ctx.kind))
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         msg = err.problem or err.context or "YAML syntax error"
@@ -75,7 +85,7 @@ def compose(text: str, ctx: Ctx) -> Node | None:
     except RecursionError:
         ctx.err_at(1, 1, "YAML nested too deeply")
         return None
-    if node is None:
-        ctx.err_at(1, 1, "empty rule file; see docs/rules.md for the keys")
+    if node is None and not allow_empty:
+        ctx.err_at(1, 1, f"empty {ctx.kind}; see docs/rules.md for the keys")
     return node
 

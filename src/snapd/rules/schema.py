@@ -40,10 +40,12 @@ T = TypeVar("T")
 
 
 class Ctx:
-    """Collects errors for one file so that `snapd check` can show them all."""
+    """Collects errors for one file so that `snapd check` can show them all. ``kind`` names
+    the file in messages: the daemon's configuration is read with the same accessors."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, kind: str = "rule file") -> None:
         self.path = path
+        self.kind = kind
         self.errors: list[RuleError] = []
 
     def err(self, node: Node, msg: str, offset: int = 0) -> None:
@@ -66,7 +68,7 @@ class Schema:
 
     def tags_ok(self, node: Node) -> bool:
         if node.tag not in KNOWN_TAGS:
-            self.ctx.err(node, f"YAML tag {node.tag!r} is not allowed in rule files")
+            self.ctx.err(node, f"YAML tag {node.tag!r} is not allowed in {self.ctx.kind}s")
             return False
         return True
 

@@ -27,7 +27,6 @@ import yaml
 
 from snapd.ship.errors import ConfigError
 
-DEFAULT_CONFIG = "/etc/snapd-cores/snapd.yaml"
 MIB = 1 << 20
 MIN_PART = 5 * MIB  # S3's smallest part but the last (UploadPart)
 MAX_PARTS = 10000
@@ -128,12 +127,14 @@ def _from_node(node: yaml.Node, path: str) -> UploadConfig:
         values[key] = (yaml.safe_load(yaml.serialize(v)), at(v))
     try:
         return upload_config_from({k: v for k, (v, _) in values.items()}, path)
-    except _Bad as bad:
+    except BadValue as bad:
         line, col = values[bad.key][1] if bad.key in values else at(node)
         raise ConfigError(path, bad.msg, line, col) from None
 
 
-class _Bad(Exception):
+class BadValue(Exception):
+    """One wrong value of the ``upload:`` section: its ``key`` (to find its line) and why."""
+
     def __init__(self, key: str, msg: str) -> None:
         super().__init__(msg)
         self.key, self.msg = key, msg
@@ -141,39 +142,39 @@ class _Bad(Exception):
 
 def upload_config_from(d: dict[str, Any], source: str) -> UploadConfig:
     """Build the record from an already-parsed mapping (the daemon's config loader calls this);
-    raises :class:`_Bad` (key, message) on a wrong value."""
+    raises :class:`BadValue` (key, message) on a wrong value."""
     for key, (typ, required) in _KEYS.items():
         if required and key not in d:
-            raise _Bad(key, f"upload.{key} is required")
+            raise BadValue(key, f"upload.{key} is required")
         if key in d and (not isinstance(d[key], typ) or (typ is not bool and isinstance(d[key], bool))):
-            raise _Bad(key, f"upload.{key} must be {_type_name(typ)}, not {type(d[key]).__name__}")
+            raise BadValue(key, f"upload.{key} must be {_type_name(typ)}, not {type(d[key]).__name__}")
     if not _BUCKET.fullmatch(d["bucket"]):
-        raise _Bad("bucket", f"upload.bucket {d['bucket']!r} is not a valid bucket name")
+        raise BadValue("bucket", f"upload.bucket {d['bucket']!r} is not a valid bucket name")
     kw: dict[str, Any] = {k: d[k] for k in ("endpoint", "region", "host", "keep_local") if k in d}
     if "endpoint" in d and not re.match(r"https?://", d["endpoint"]):
-        raise _Bad("endpoint", "upload.endpoint must be an http:// or https:// URL")
+        raise BadValue("endpoint", "upload.endpoint must be an http:// or https:// URL")
     kw["prefix"] = d.get("prefix", "").strip("/")
     for key in ("part_size", "multipart_threshold"):
         if key in d:
             try:
                 kw[key] = parse_size(d[key])
             except ValueError as err:
-                raise _Bad(key, f"upload.{key}: {err}") from None
+                raise BadValue(key, f"upload.{key}: {err}") from None
     if kw.get("part_size", MIN_PART) < MIN_PART:
-        raise _Bad("part_size", f"upload.part_size must be at least {MIN_PART // MIB}MiB (S3's minimum)")
+        raise BadValue("part_size", f"upload.part_size must be at least {MIN_PART // MIB}MiB (S3's minimum)")
     for key in ("retry_min", "retry_max"):
         if key in d:
             if d[key] <= 0:
-                raise _Bad(key, f"upload.{key} must be positive")
+                raise BadValue(key, f"upload.{key} must be positive")
             kw[key] = float(d[key])
     if "credentials" in d:
         cred = d["credentials"]
         if not os.path.isabs(cred):
-            raise _Bad("credentials", "upload.credentials must be an absolute path")
+            raise BadValue("credentials", "upload.credentials must be an absolute path")
         try:
             read_credentials(cred)
         except ConfigError as err:
-            raise _Bad("credentials", str(err)) from None
+            raise BadValue("credentials", str(err)) from None
         kw["credentials"] = cred
     return UploadConfig(bucket=d["bucket"], source=source, **kw)
 

@@ -147,6 +147,15 @@ class ElfCache:
                     own += st.st_blocks * 512
         return CacheUsage(files, disk, own)
 
+    def own_bytes(self, build_id: str) -> int:
+        """Blocks only the cache holds for ``build_id`` (0 while the original file shares them,
+        or when it is not kept): what releasing it would free."""
+        try:
+            st = os.lstat(self.path_of(build_id))
+        except (FileNotFoundError, CacheError):
+            return 0
+        return st.st_blocks * 512 if st.st_nlink == 1 else 0
+
     def release(self, build_id: str) -> bool:
         try:
             os.unlink(self.path_of(build_id))

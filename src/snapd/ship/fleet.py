@@ -18,8 +18,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from snapd.paths import DEFAULT_CONFIG
 from snapd.ship import index
-from snapd.ship.config import DEFAULT_CONFIG, UploadConfig, load_upload_config
+from snapd.ship.config import UploadConfig, load_upload_config
 from snapd.ship.errors import ConfigError, StoreUnavailable
 from snapd.ship.publish import atomic_output
 from snapd.ship.s3 import error_code, explain, make_client

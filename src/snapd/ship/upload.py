@@ -120,6 +120,11 @@ class Uploader:
             n += 1
         return n
 
+    def pending(self) -> int:
+        """Jobs not yet uploaded (cheap: no stat of their files)."""
+        with self._cond:
+            return len(self._jobs)
+
     def backlog(self) -> tuple[int, int]:
         """(jobs not yet uploaded, their bytes not yet stored)."""
         with self._cond:
@@ -200,9 +205,12 @@ class Uploader:
         st.attempts += 1
         delay = min(self.cfg.retry_max, self.cfg.retry_min * 2 ** min(st.attempts - 1, 30))
         delay *= random.uniform(0.9, 1.1)
-        if msg != self._logged:
+        # One line per kind of failure, not per job: with many uploads queued during an outage
+        # each retry of each would otherwise log the same thing with another key.
+        kind = code or msg.removeprefix(f"{st.job.key}: ")
+        if kind != self._logged:
             log.warning("upload of %s failed: %s; retrying in %.0f s", st.job.key, msg, delay)
-            self._logged = msg
+            self._logged = kind
         else:
             log.debug("upload of %s failed again (%s); retrying in %.0f s", st.job.key, code, delay)
         st.last_error = msg

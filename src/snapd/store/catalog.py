@@ -12,6 +12,7 @@ The database itself (WAL, transactions, corruption) is :mod:`snapd.store.db`.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import errno
 import fcntl
 import json
@@ -22,7 +23,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from snapd.core.info import CoreInfo
@@ -33,6 +34,7 @@ from snapd.store.errors import CoreBusy, NoSuchCore, StoreError
 from snapd.store.recovery import RecoveryReport, recover
 from snapd.store.reports import ReportStore
 from snapd.store.retention import Retention
+from snapd.store.shipping import ShipLog
 from snapd.template import DEFAULT_TEMPLATE, NameFields, expand, validate_template
 
 log = logging.getLogger("snapd.store")
@@ -45,6 +47,9 @@ class Catalog:
     With ``recover`` (the daemon's way), the state dir is locked for as long as the catalog is
     open and start-up recovery runs; ``recover=False`` opens it alongside a running daemon,
     e.g. to read it, and must not be used to take cores.
+
+    ``elf_bytes(build_id)``: the bytes on disk that only the ELF cache holds for that file
+    (snapd.ship.elfcache); retention counts them with the newest core that uses it.
     """
 
     def __init__(
@@ -53,8 +58,10 @@ class Catalog:
         retention: Retention | None = None,
         *,
         recover: bool = True,
+        elf_bytes: Callable[[str], int] | None = None,
     ) -> None:
         self.state_dir = os.path.abspath(os.fspath(state_dir))
+        self.elf_bytes = elf_bytes
         self.cores_dir = os.path.join(self.state_dir, CORES_DIR)
         self.db_path = os.path.join(self.state_dir, DB_NAME)
         self.retention = retention if retention is not None else Retention()
@@ -68,6 +75,8 @@ class Catalog:
             self._db = Database(self._state_fd, self.state_dir)
             #: the morning reports of the cores (snapd.store.reports)
             self.reports = ReportStore(self._db)
+            #: what happens to cores after publication: kept binaries, compression, uploads
+            self.shipping = ShipLog(self._db, self._state_fd, self.state_dir, self._cores_fd, self.cores_dir)
             self.recovery = RecoveryReport(db_reset=self._db.reset_to)
         except BaseException:
             self._close_fds()
@@ -99,6 +108,8 @@ class Catalog:
         if db is not None:
             with db.lock:
                 db.close()
+                if hasattr(self, "shipping"):
+                    self.shipping.close()
                 self._close_fds()
         else:
             self._close_fds()
@@ -214,12 +225,14 @@ class Catalog:
             return name
         raise StoreError(f"{self.cores_dir}: no free name for {base!r}; clean the directory")
 
-    def publish(self, core_id: int, info: CoreInfo, *, vacuum: bool = True) -> Entry:
+    def publish(self, core_id: int, info: CoreInfo, *, vacuum: bool = True, after: str = "") -> Entry:
         """Mark a pending entry complete with what the writer reported.
 
         The file at ``entry.path`` must be a regular file owned by us with a single link;
         otherwise the entry is marked failed (and returned, not raised). With ``vacuum``, the
         retention limits are applied afterwards, sparing this new core (like systemd-coredump).
+        ``after``: the first stage of its work after publication (snapd.store.shipping),
+        recorded in the same transaction.
         """
         with self._db.tx() as db:
             row = self._row(db, core_id)
@@ -276,6 +289,8 @@ class Catalog:
                         core_id,
                     ),
                 )
+                if after:
+                    self.shipping.begin(db, core_id, after)
             entry = self._entry(self._row(db, core_id))
         if vacuum and entry.complete:
             self.vacuum(exclude=(core_id,))
@@ -330,11 +345,13 @@ class Catalog:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created, id"
         with self._db.reading() as db:
-            return [self._entry(r) for r in db.execute(sql, args)]
+            entries = [self._entry(r) for r in db.execute(sql, args)]
+        return self.shipping.decorate(entries)
 
     def get(self, core_id: int) -> Entry:
         with self._db.reading() as db:
-            return self._entry(self._row(db, core_id))
+            entry = self._entry(self._row(db, core_id))
+        return self.shipping.decorate([entry])[0]
 
     def usage(self) -> int:
         """Bytes on disk used by complete cores."""
@@ -352,6 +369,7 @@ class Catalog:
             if entry.pending:
                 raise CoreBusy(core_id, "remove")
             fsutil.drop_core(self._cores_fd, self.cores_dir, entry.name, only_ours=False)
+            self.shipping.forget(db, core_id)
             db.execute("DELETE FROM cores WHERE id = ?", (core_id,))
         return entry
 
@@ -361,6 +379,8 @@ class Catalog:
         """Remove the writer's partial files, fail pending entries (deleting their files),
         and report complete entries whose file vanished and files no entry names."""
         with self._db.tx() as db:
+            names = {r["name"]: r["status"] for r in db.execute("SELECT name, status FROM cores")}
+            self.recovery.partial_removed += self.shipping.recover(db, self._cores_fd, names)
             recover(db, self._cores_fd, self.cores_dir, self.recovery)
         return self.recovery
 
@@ -375,10 +395,18 @@ class Catalog:
             ).fetchall()
             vfs = os.fstatvfs(self._cores_fd)
             space = vacuum.Space(size=vfs.f_blocks * vfs.f_frsize, free=vfs.f_bavail * vfs.f_frsize)
-            doomed = vacuum.plan([self._entry(r) for r in rows], self.retention, space, now, set(exclude))
+            entries = [self._entry(r) for r in rows]
+            # Bytes on disk: the core, its bundle waiting for upload, the binaries kept for it.
+            extra = self.shipping.footprints(db, entries, self.elf_bytes)
+            entries = [
+                dataclasses.replace(e, disk_bytes=e.disk_bytes + extra[e.id]) if extra.get(e.id) else e
+                for e in entries
+            ]
+            doomed = vacuum.plan(entries, self.retention, space, now, set(exclude))
             for e in doomed:
                 if e.complete:
                     fsutil.drop_core(self._cores_fd, self.cores_dir, e.name, only_ours=False)
+                self.shipping.forget(db, e.id)
                 db.execute("DELETE FROM cores WHERE id = ? AND status != ?", (e.id, PENDING))
         for e in doomed:
             if e.complete:

@@ -22,38 +22,7 @@ from snapd.store.errors import StoreError, UnsafePath
 log = logging.getLogger("snapd.store")
 
 DB_NAME = "catalog.db"
-SCHEMA_VERSION = 1
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS cores (
-    id              INTEGER PRIMARY KEY AUTOINCREMENT,
-    name            TEXT NOT NULL UNIQUE,
-    rule            TEXT NOT NULL,
-    pid             INTEGER NOT NULL,
-    comm            TEXT NOT NULL DEFAULT '',
-    exe             TEXT NOT NULL DEFAULT '',
-    cmdline         TEXT NOT NULL DEFAULT '[]',
-    uid             INTEGER NOT NULL DEFAULT -1,
-    cgroup          TEXT NOT NULL DEFAULT '',
-    unit            TEXT NOT NULL DEFAULT '',
-    time            TEXT NOT NULL,
-    created         REAL NOT NULL,
-    trigger         TEXT NOT NULL DEFAULT '{}',
-    content         TEXT NOT NULL DEFAULT '',
-    snapshot        TEXT NOT NULL DEFAULT '',
-    size            INTEGER NOT NULL DEFAULT 0,
-    disk_bytes      INTEGER NOT NULL DEFAULT 0,
-    threads         INTEGER NOT NULL DEFAULT 0,
-    freeze_seconds  REAL NOT NULL DEFAULT 0,
-    dump_seconds    REAL NOT NULL DEFAULT 0,
-    status          TEXT NOT NULL,
-    context         TEXT NOT NULL DEFAULT '{}',
-    info            TEXT NOT NULL DEFAULT '{}'
-);
-CREATE INDEX IF NOT EXISTS cores_rule ON cores(rule, created);
-CREATE INDEX IF NOT EXISTS cores_pid ON cores(pid, created);
-CREATE INDEX IF NOT EXISTS cores_created ON cores(created);
-"""
+SCHEMA_VERSION = 1  # user_version; tables are named migrations (snapd.store.migrations)
 
 
 class Database:
@@ -107,9 +76,8 @@ class Database:
             ok = db.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
                 raise sqlite3.DatabaseError(f"quick_check: {ok}")
-            db.executescript(SCHEMA)
+            migrations.apply(db)  # every table, once each (snapd.store.migrations)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            migrations.apply(db)  # the tables beside ``cores`` (snapd.store.migrations)
         except BaseException:
             db.close()
             raise
@@ -177,3 +145,4 @@ class Database:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+

@@ -12,6 +12,9 @@ from typing import Any
 PENDING = "pending"
 COMPLETE = "complete"
 FAILED = "failed"
+#: uploaded, and the local file dropped after it (``upload: keep_local: false``): the core is
+#: in the object store only
+REMOTE = "remote"
 
 MAX_WHY = 500  # characters of a failure's reason
 
@@ -62,9 +65,15 @@ class Entry:
     threads: int
     freeze_seconds: float
     dump_seconds: float
-    status: str  # "pending" | "complete" | "failed: why"
+    status: str  # "pending" | "complete" | "remote" | "failed: why"
     context: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    #: after publication (snapd.store.shipping): "zstd" when stored compressed
+    compression: str = ""
+    #: its upload: {"state": "queued"|"uploaded"|"failed: why", "key", "attempts", "error",
+    #: "uploaded_at"}, or None when it is not uploaded
+    upload: dict[str, Any] | None = None
+    build_ids: list[str] = field(default_factory=list)  # the ELF files kept for it (info only)
 
     @property
     def pending(self) -> bool:
@@ -74,11 +83,16 @@ class Entry:
     def complete(self) -> bool:
         return self.status == COMPLETE
 
+    @property
+    def failed(self) -> bool:
+        return self.status.startswith(FAILED)
+
     def to_dict(self, *, context: bool = True) -> dict[str, Any]:
         d = asdict(self)
         if not context:
             d.pop("context")
             d.pop("info")
+            d.pop("build_ids")
         return d
 
     @classmethod

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from snapd.store.entry import Entry
 from snapd.store.retention import Retention
 
-MAX_FAILED_ROWS = 1000  # failed entries have no file; keep only the newest ones
+MAX_FAILED_ROWS = 1000  # failed (and remote) entries have no file; keep only the newest ones
 
 
 @dataclass(frozen=True)
