@@ -148,8 +148,8 @@ class Dumps:
             log.error("rule %s: pid %d: core failed: %s", req.rule, req.pid, res.error)
             if fut:
                 fut.set_exception(SnapdError(res.error))
-            for hook in self.after_failure:
-                hook(req, stage, res.error)
+            for failed in self.after_failure:
+                failed(req, stage, res.error)
             return
         self.cores += 1
         info = res.info
