@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from snapd.store import Catalog, Entry, Retention
-from snapd.store.db import DB_NAME, SCHEMA
-from snapd.store.migrations import MIGRATIONS, Migration, apply
+from snapd.store.db import DB_NAME
+from snapd.store.migrations import CORES, MIGRATIONS, Migration, apply
 
 REPORT = {"threads": [{"tid": 7, "frames": []}], "modules": [], "truncated": False, "error": None}
 
@@ -19,7 +19,8 @@ def test_a_catalog_of_before_the_migration_gets_its_reports_table(state_dir: Pat
     # A catalog as snapd wrote it before the reports table: the cores table only.
     state_dir.mkdir(mode=0o700)
     db = sqlite3.connect(state_dir / DB_NAME)
-    db.executescript(SCHEMA)
+    for stmt in CORES.statements:
+        db.execute(stmt)
     db.execute(
         "INSERT INTO cores (name, rule, pid, time, created, status) "
         "VALUES ('old.core', 'r', 1, '2026-01-01T00:00:00.000Z', 1.0, 'complete')"
@@ -39,7 +40,8 @@ def test_a_catalog_of_before_the_migration_gets_its_reports_table(state_dir: Pat
 
 def test_migrations_run_once_each_and_compose_by_name(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
-    db.executescript(SCHEMA)
+    for stmt in CORES.statements:
+        db.execute(stmt)
     assert apply(db) == [m.name for m in MIGRATIONS]
     assert apply(db) == []
     # another branch's migration, added later under its own name: applied alone
