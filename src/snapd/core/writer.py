@@ -342,7 +342,9 @@ def write_core(
             warm(strat.estimate if strat.frozen else strategy.WARM_ALL)
             pool = Pool(strat.staging, strat.head)
             out.start(strat, pool)
-        except Zombie as err:
+        except (Zombie, TargetGone) as err:
+            # Gone after precheck, while the plan was read and the temp file made: say "during
+            # the dump", as for a death while halted, not the bare "no such process".
             raise TargetGone(pid, "the dump") from err
         nice = boost()  # until the target runs again
         try:

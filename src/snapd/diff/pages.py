@@ -29,6 +29,11 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
+# numpy's bundled OpenBLAS starts cpu_count - 1 server threads when numpy is imported, and they
+# stay, idle, in whatever imported it (the daemon, through daemon/compare). The diff does no
+# linear algebra: one BLAS thread, the caller's, is all it could use.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import numpy as np
 import numpy.typing as npt
 
