@@ -231,7 +231,10 @@ BAD = [
         "3:9: action.stop: kernel needs a syscall or cpu "
         "trigger (the probe that sends SIGSTOP must run in the target)",
     ),
-    (T + S + "action: {snapshot: thawed}\n", "3:20: action.snapshot: 'thawed' is not one of frozen, fork, auto"),
+    (
+        T + S + "action: {snapshot: thawed}\n",
+        "3:20: action.snapshot: 'thawed' is not one of frozen, fork, auto",
+    ),
     (
         T + S + "action: {core: {content: heap+bogus}}\n",
         f"3:26: action.core.content: content 'heap+bogus': unknown class 'bogus'; valid: {valid_names()}",
