@@ -45,6 +45,7 @@ MODIFIERS: dict[str, str] = {
     "haltshared": "fork snapshots: copy shared mappings while halted (consistent, longer freeze)",
 }
 
+
 class SnapshotMode(str, Enum):
     """How the memory is copied: ``frozen``, with every thread halted while it is read;
     ``fork``, from a copy-on-write child forked while halted (docs/fork-snapshot.md); ``auto``,

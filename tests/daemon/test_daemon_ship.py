@@ -318,6 +318,7 @@ def test_the_store_killed_mid_multipart_and_the_daemon_restarted(
     config.upload(fresh_weed, upload_extra="  part_size: 5MiB\n  multipart_threshold: 5MiB\n")
     daemon.start("--config", str(config.path))
     c = one_core(daemon, shipd(random_mib=64), "shipkill")  # ~13 parts: it does not compress
+
     # Kill the store once some parts are stored (the daemon records each one in the catalog).
     def some_parts() -> dict[str, Any] | None:
         raw = shipping_row(daemon, c["id"]).get("upload_state")

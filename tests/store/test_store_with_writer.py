@@ -36,7 +36,9 @@ def test_real_dump_is_catalogued_and_readable(catalog: Catalog, spawn: Callable[
     assert not [n for n in os.listdir(catalog.cores_dir) if n.startswith(PARTIAL_PREFIX)]
     r = subprocess.run(
         ["gdb", "-batch", "-nx", "-ex", "info threads", done.exe, done.path],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert f"LWP {pid}" in r.stdout, r.stdout + r.stderr
     # The name is taken: a second dump to the same path is refused, never overwriting.

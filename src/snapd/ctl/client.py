@@ -139,8 +139,10 @@ def upload_word(up: dict[str, Any] | None) -> str:
 
 
 def iso_of(when: float) -> str:
-    return _dt.datetime.fromtimestamp(when, _dt.timezone.utc).isoformat(timespec="seconds").replace(
-        "+00:00", "Z"
+    return (
+        _dt.datetime.fromtimestamp(when, _dt.timezone.utc)
+        .isoformat(timespec="seconds")
+        .replace("+00:00", "Z")
     )
 
 
@@ -166,17 +168,17 @@ def format_cores(cores: Sequence[dict[str, Any]]) -> str:
     for c in cores:
         status = str(c.get("status", ""))
         row: tuple[str, ...] = (
-                str(c.get("id", "")),
-                _short_time(str(c.get("time", ""))),
-                str(c.get("pid", "")),
-                str(c.get("uid", "")),
-                safe(c.get("rule", ""))[:32],
-                safe(c.get("comm", "")),
-                human_size(int(c.get("disk_bytes", 0) or 0)) if status == "complete" else "-",
-                safe(status if len(status) <= 40 else status[:39] + "…"),
-                reportview.where_cell(c) if status == "complete" else "-",
-                safe(c.get("exe", "")),
-            )
+            str(c.get("id", "")),
+            _short_time(str(c.get("time", ""))),
+            str(c.get("pid", "")),
+            str(c.get("uid", "")),
+            safe(c.get("rule", ""))[:32],
+            safe(c.get("comm", "")),
+            human_size(int(c.get("disk_bytes", 0) or 0)) if status == "complete" else "-",
+            safe(status if len(status) <= 40 else status[:39] + "…"),
+            reportview.where_cell(c) if status == "complete" else "-",
+            safe(c.get("exe", "")),
+        )
         if uploads:
             row = (*row[:-1], upload_word(c.get("upload")), row[-1])
         rows.append(row)

@@ -29,9 +29,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-use", help="retention: most disk the cores may use (e.g. 4G, 10%%)")
     p.add_argument("--keep-free", help="retention: disk to leave free (e.g. 1G, 15%%)")
     p.add_argument("--max-age", help="retention: delete cores older than this (e.g. 7d)")
-    p.add_argument(
-        "--cores-per-hour", type=int, help=f"daemon-wide cap (default {DEFAULT_CORES_PER_HOUR})"
-    )
+    p.add_argument("--cores-per-hour", type=int, help=f"daemon-wide cap (default {DEFAULT_CORES_PER_HOUR})")
     p.add_argument("--foreground", action="store_true", help="accepted for clarity; always foreground")
     reportflags.add_flags(p)
     args = p.parse_args(argv)

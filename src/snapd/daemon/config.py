@@ -358,4 +358,3 @@ def _float(text: str) -> float | None:
     except ValueError:
         return None
     return v if v == v and abs(v) != float("inf") else None
-

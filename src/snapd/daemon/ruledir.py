@@ -116,9 +116,7 @@ def scan(
         names = rule_names(directory)
     except OSError as err:
         raise RuleError(directory, 0, 0, f"cannot read the rules directory: {err.strerror}") from err
-    files = {
-        f.path: f for f in (read_rule(directory, n, require_root, cache) for n in names)
-    }
+    files = {f.path: f for f in (read_rule(directory, n, require_root, cache) for n in names)}
     if cache is not None:  # forget files that are gone or changed
         keep = {id(f) for f in files.values()}
         for k in [k for k, f in cache.items() if id(f) not in keep]:

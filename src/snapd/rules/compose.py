@@ -88,4 +88,3 @@ def compose(text: str, ctx: Ctx, *, allow_empty: bool = False) -> Node | None:
     if node is None and not allow_empty:
         ctx.err_at(1, 1, f"empty {ctx.kind}; see docs/rules.md for the keys")
     return node
-

@@ -151,9 +151,7 @@ class Schema:
                 self.ctx.err(node, f"{where}: control characters are not allowed")
                 return None
             if unicodedata.category(c) == "Cf":
-                self.ctx.err(
-                    node, f"{where}: invisible formatting character U+{ord(c):04X} is not allowed"
-                )
+                self.ctx.err(node, f"{where}: invisible formatting character U+{ord(c):04X} is not allowed")
                 return None
         return s
 
@@ -186,4 +184,3 @@ def _unit_hint(parse: Callable[..., object]) -> str:
     if parse is parse_size:
         return "e.g. 512MiB or 2GiB"
     return "e.g. 90%"
-

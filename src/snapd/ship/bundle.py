@@ -78,8 +78,20 @@ def write_bundle(
                 fds.append(fd)
                 runs = sparse.data_runs(fd)
                 size = os.fstat(fd).st_size
-                files.append((fd, runs, BundledFile(mf.path, "root" + mf.path, mf.build_id or "", size,
-                                                    sparse.data_bytes(runs), verified)))
+                files.append(
+                    (
+                        fd,
+                        runs,
+                        BundledFile(
+                            mf.path,
+                            "root" + mf.path,
+                            mf.build_id or "",
+                            size,
+                            sparse.data_bytes(runs),
+                            verified,
+                        ),
+                    )
+                )
             manifest = Manifest(
                 name=name or os.path.basename(core_path),
                 host=host or socket.gethostname(),
@@ -94,9 +106,10 @@ def write_bundle(
                 missing=missing,
                 records=list(records),
             )
-            with atomic_output(out_path, mode=0o600, replace=replace) as out, os.fdopen(
-                os.dup(out), "wb", buffering=1 << 20
-            ) as f:
+            with (
+                atomic_output(out_path, mode=0o600, replace=replace) as out,
+                os.fdopen(os.dup(out), "wb", buffering=1 << 20) as f,
+            ):
                 w = container.Writer(f, Kind.BUNDLE, level=level, threads=threads)
                 w.add_bytes("manifest.json", _json(manifest.to_dict()))
                 w.add_fd("core", core_fd, mode=0o600, runs=core_runs)
@@ -325,8 +338,12 @@ def _create(dfd: int, name: str, mode: int, path: str) -> int:
             fds.append(nxt)
             cur = nxt
         try:
-            fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         mode & 0o755, dir_fd=cur)
+            fd = os.open(
+                parts[-1],
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                mode & 0o755,
+                dir_fd=cur,
+            )
         except FileExistsError as err:
             raise BundleError(path, f"member {name!r} collides with another") from err
         if not stat.S_ISREG(os.fstat(fd).st_mode):

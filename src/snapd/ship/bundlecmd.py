@@ -27,8 +27,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--exe", help="the executable, when it is no longer at the path it ran from")
     p.add_argument("--elf-cache", metavar="DIR", help="also take binaries from this ELF cache (by build-id)")
     p.add_argument("--entry", metavar="JSON", help="a catalog entry (JSON file) to include")
-    p.add_argument("--unverified", action="store_true",
-                   help="include files the core holds no build-id for (marked unverified)")
+    p.add_argument(
+        "--unverified",
+        action="store_true",
+        help="include files the core holds no build-id for (marked unverified)",
+    )
     p.add_argument("--force", action="store_true", help="replace FILE if it exists")
     args = p.parse_args(argv)
     sources: list[ElfSource] = []

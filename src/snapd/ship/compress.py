@@ -54,9 +54,10 @@ def compress_core(
         raise BundleError(path, f"cannot read core: {err.strerror}") from err
     try:
         st = os.fstat(src)
-        with atomic_output(out, mode=0o600, replace=replace) as fd, os.fdopen(
-            os.dup(fd), "wb", buffering=1 << 20
-        ) as f:
+        with (
+            atomic_output(out, mode=0o600, replace=replace) as fd,
+            os.fdopen(os.dup(fd), "wb", buffering=1 << 20) as f,
+        ):
             w = container.Writer(f, Kind.CORE, level=level, threads=threads)
             try:
                 data = w.add_fd("core", src, mode=st.st_mode)

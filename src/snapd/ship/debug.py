@@ -108,9 +108,7 @@ def main(argv: list[str]) -> int:
         epilog="Arguments after -- go to the debugger, e.g.: "
         "snapd debug B -- -batch -ex 'thread apply all bt'",
     )
-    p.add_argument(
-        "file", metavar="FILE", help="a bundle (snapd bundle, ctl export, fleet fetch) or a core"
-    )
+    p.add_argument("file", metavar="FILE", help="a bundle (snapd bundle, ctl export, fleet fetch) or a core")
     p.add_argument("--debugger", choices=DEBUGGERS, default="gdb")
     args = p.parse_args(argv)
     prog = find_debugger(args.debugger)

@@ -76,8 +76,14 @@ class Manifest:
             return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 63 else 0
 
         files = [
-            BundledFile(s(f.get("path")), s(f.get("member")), s(f.get("build_id"), 256),
-                        i(f.get("size")), i(f.get("data_bytes")), f.get("verified") is True)
+            BundledFile(
+                s(f.get("path")),
+                s(f.get("member")),
+                s(f.get("build_id"), 256),
+                i(f.get("size")),
+                i(f.get("data_bytes")),
+                f.get("verified") is True,
+            )
             for f in _dicts(d.get("files"))
         ]
         missing = [

@@ -262,8 +262,15 @@ class Uploader:
         c = self._c()
         if size < self.cfg.multipart_threshold:
             with open(job.path, "rb") as f:
-                self._call(job.key, c.put_object, Key=job.key, Body=f, ContentLength=size,
-                           Metadata=job.metadata, ContentType=CONTENT_TYPE)
+                self._call(
+                    job.key,
+                    c.put_object,
+                    Key=job.key,
+                    Body=f,
+                    ContentLength=size,
+                    Metadata=job.metadata,
+                    ContentType=CONTENT_TYPE,
+                )
             return False
         st.part_size = st.part_size or max(self.cfg.part_size, math.ceil(size / MAX_PARTS))
         nparts = math.ceil(size / st.part_size)
@@ -278,8 +285,13 @@ class Uploader:
         if not st.upload_id:
             if self._object_is_ours(c, job, size):
                 return True
-            r = self._call(job.key, c.create_multipart_upload, Key=job.key, Metadata=job.metadata,
-                           ContentType=CONTENT_TYPE)
+            r = self._call(
+                job.key,
+                c.create_multipart_upload,
+                Key=job.key,
+                Metadata=job.metadata,
+                ContentType=CONTENT_TYPE,
+            )
             st.upload_id, st.parts = str(r["UploadId"]), []
             self.store.save(st)
         done = {p.number for p in st.parts}
@@ -294,14 +306,26 @@ class Uploader:
                 if len(body) != length:
                     st.upload_id, st.parts = "", []
                     raise StoreUnavailable(job.key, "the bundle shrank while uploading; starting over")
-                r = self._call(job.key, c.upload_part, Key=job.key, UploadId=st.upload_id,
-                               PartNumber=n, Body=body, ContentLength=length)
+                r = self._call(
+                    job.key,
+                    c.upload_part,
+                    Key=job.key,
+                    UploadId=st.upload_id,
+                    PartNumber=n,
+                    Body=body,
+                    ContentLength=length,
+                )
                 st.parts.append(Part(n, str(r["ETag"]), length))
                 self.store.save(st)
         parts = [{"ETag": p.etag, "PartNumber": p.number} for p in sorted(st.parts, key=lambda p: p.number)]
         try:
-            self._call(job.key, c.complete_multipart_upload, Key=job.key, UploadId=st.upload_id,
-                       MultipartUpload={"Parts": parts})
+            self._call(
+                job.key,
+                c.complete_multipart_upload,
+                Key=job.key,
+                UploadId=st.upload_id,
+                MultipartUpload={"Parts": parts},
+            )
         except StoreUnavailable as err:
             if err.code not in ("NoSuchUpload", "InvalidPart", "InvalidPartOrder"):
                 raise
@@ -316,8 +340,9 @@ class Uploader:
         marker = 0
         while True:
             try:
-                r = c.list_parts(Bucket=self.cfg.bucket, Key=st.job.key, UploadId=st.upload_id,
-                                 PartNumberMarker=marker)
+                r = c.list_parts(
+                    Bucket=self.cfg.bucket, Key=st.job.key, UploadId=st.upload_id, PartNumberMarker=marker
+                )
             except Exception as err:
                 if error_code(err) in ("NoSuchUpload", "NoSuchKey"):
                     return None
@@ -365,8 +390,12 @@ class Uploader:
             entry: dict[str, Any] = index.decode_meta(st.job.metadata)
             entry.update(key=st.job.key, size=st.size)
             cores = [e for e in cores if e.get("key") != st.job.key] + [entry]
-            c.put_object(Bucket=self.cfg.bucket, Key=key, Body=index.render_index(self.cfg.host, cores),
-                         ContentType="application/json")
+            c.put_object(
+                Bucket=self.cfg.bucket,
+                Key=key,
+                Body=index.render_index(self.cfg.host, cores),
+                ContentType="application/json",
+            )
         except Exception as err:  # the fleet view falls back to listing objects
             log.warning("upload index %s not updated: %s", key, explain(err, self.cfg, key))
 

@@ -41,6 +41,7 @@ log = logging.getLogger("snapd.store")
 
 CORES_DIR = "cores"
 
+
 class Catalog:
     """The embedded catalog in ``state_dir`` (created 0700 if missing).
 

@@ -145,4 +145,3 @@ class Database:
             if self._db is not None:
                 self._db.close()
                 self._db = None
-

@@ -40,9 +40,7 @@ def open_dir(path: str, mode: int = 0o700, *, at: int | None = None, label: str 
         fd = os.open(path, DIR_FLAGS, dir_fd=at)
     except OSError as err:
         if err.errno in (errno.ELOOP, errno.ENOTDIR):
-            raise UnsafePath(
-                shown, "is a symlink or not a directory; the store refuses it"
-            ) from err
+            raise UnsafePath(shown, "is a symlink or not a directory; the store refuses it") from err
         raise UnsafePath(shown, f"cannot open directory: {err.strerror}") from err
     try:
         st = os.fstat(fd)
@@ -78,12 +76,7 @@ def unlink_at(dir_fd: int, name: str) -> bool:
 
 
 def is_own_regular(st: os.stat_result | None) -> bool:
-    return (
-        st is not None
-        and stat.S_ISREG(st.st_mode)
-        and st.st_uid == os.geteuid()
-        and st.st_nlink == 1
-    )
+    return st is not None and stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1
 
 
 def drop_core(cores_fd: int, cores_dir: str, name: str, *, only_ours: bool) -> bool:

@@ -116,9 +116,7 @@ class ShipLog:
     # --- the entry's side --------------------------------------------------------------------
     def begin(self, db: sqlite3.Connection, core_id: int, stage: str) -> None:
         """Inside the publishing transaction ``db``: the entry has work after publication."""
-        db.execute(
-            "INSERT OR REPLACE INTO shipping (core_id, stage) VALUES (?, ?)", (int(core_id), stage)
-        )
+        db.execute("INSERT OR REPLACE INTO shipping (core_id, stage) VALUES (?, ?)", (int(core_id), stage))
 
     def rows(self, ids: Iterable[int] | None = None) -> dict[int, ShipRow]:
         with self._db.reading() as db:
