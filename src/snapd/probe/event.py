@@ -18,7 +18,8 @@ class Event:
     ``ret`` is set for exit probes only. ``value`` is the measurement that crossed the threshold:
     percent of one CPU (cpu), bytes (rss), threads, open fds; None for syscall/every.
     ``stopped`` means the probe itself sent SIGSTOP (``stop: kernel``): the daemon must take over
-    and resume the target with SIGCONT.
+    and resume the target with SIGCONT. ``at_load`` marks a sampled (rss, threads, fds) firing
+    at the rule's first sample: the process was already above the threshold when it loaded.
     """
 
     rule: str
@@ -32,3 +33,4 @@ class Event:
     ret: int | None = None
     value: int | None = None
     stopped: bool = False
+    at_load: bool = False
