@@ -133,19 +133,22 @@ def fork_child(h: Halted, snap: Snapshot, spec: ContentSpec) -> SnapshotChild:
     if _uses_userfaultfd(pid):
         raise ForkUnsafe("it uses userfaultfd, whose fork events could deadlock")
     regs = next(t.regs for t in snap.threads if t.tid == tid)
-    for _ in range(RETRIES):
-        ret, child_pid = inject.inject(pid, tid, regs, insn, inject.NR_CLONE, CLONE_ARGS)
-        if ret > 0 and child_pid:
-            sc = SnapshotChild(pid, child_pid, ret, insn, h.tids)
-            try:
-                sc.adopt()
-            except BaseException:
-                sc.kill()
-                inject.reap_in_target(pid, ret, insn, [tid])
-                raise
-            return sc
-        if ret != -ERESTARTNOINTR:  # a signal raced the clone: try again
-            break
+    # Held from the clone until the child has PTRACE_O_EXITKILL: a tracer that exits in between
+    # would detach a child that then runs the target's code a second time.
+    with inject.signals_held():
+        for _ in range(RETRIES):
+            ret, child_pid = inject.inject(pid, tid, regs, insn, inject.NR_CLONE, CLONE_ARGS)
+            if ret > 0 and child_pid:
+                sc = SnapshotChild(pid, child_pid, ret, insn, h.tids)
+                try:
+                    sc.adopt()
+                except BaseException:
+                    sc.kill()
+                    inject.reap_in_target(pid, ret, insn, [tid])
+                    raise
+                return sc
+            if ret != -ERESTARTNOINTR:  # a signal raced the clone: try again
+                break
     reasons = {
         -EAGAIN: "EAGAIN: RLIMIT_NPROC or pids.max reached",
         -ENOMEM: "ENOMEM: memory overcommit refused",
