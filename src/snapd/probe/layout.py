@@ -26,6 +26,9 @@ PATH_MAX = 256  # exec filenames hashed for `exe`; longer ones never match in th
 MAX_STOPPED = 4096  # processes stop: kernel may hold stopped at once
 MAX_MINE = 4096  # tasks snapd created (action.run, sandboxes, snapshot children) alive at once
 MUTE_FOREVER = (1 << 64) - 1  # a `mutes` value: until the daemon unmutes the rule
+# The flags of a fork snapshot's injected clone: CLONE_FILES, exit signal 0 (snapd.core.fork
+# CLONE_ARGS; probe may not import core, tests/probe checks they agree).
+SNAPSHOT_CLONE_FLAGS = 0x400
 CPU_SAMPLE_PERIOD_NS = 10_101_010  # ~99 Hz per CPU, off the common 100 Hz timer beat
 SIGNAL_STOP = 19  # SIGSTOP on every Linux architecture snapd supports (x86_64, arm64)
 
@@ -138,6 +141,7 @@ def cflags() -> list[str]:
         f"-DSNAPD_MAX_STOPPED={MAX_STOPPED}",
         f"-DSNAPD_MAX_MINE={MAX_MINE}",
         f"-DSIGNAL_STOP={SIGNAL_STOP}",
+        f"-DSNAPSHOT_CLONE_FLAGS={SNAPSHOT_CLONE_FLAGS}",
     ]
     for enum in (Insn, Op):
         out += [f"-D{enum.__name__.upper()}_{m.name}={m.value}" for m in enum]

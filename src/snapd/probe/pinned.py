@@ -1,11 +1,12 @@
 """The ``stopped`` map pinned in bpffs: every process ``stop: kernel`` stopped, outliving a daemon.
 
-The probe records each process it SIGSTOPs (tgid -> the leader's ``start_boottime``) in the
-kernel, before the daemon hears of it; the daemon deletes the entry once it has resumed the
-process or taken it over. Pinned (bpf(2) BPF_OBJ_PIN), the map survives a daemon killed at any
-instant, so the next start resumes exactly the processes the probe stopped and nobody resumed,
-and never a recycled pid: /proc/PID/stat's starttime is the same start_boottime in clock ticks
-(fs/proc/array.c do_task_stat, nsec_to_clock_t).
+The probe records each process it SIGSTOPs (tgid -> the moment, CLOCK_BOOTTIME) in the kernel,
+before the daemon hears of it; the daemon deletes the entry once it has resumed the process or
+taken it over. Pinned (bpf(2) BPF_OBJ_PIN), the map survives a daemon killed at any instant, so
+the next start resumes exactly the processes the probe stopped and nobody resumed, and never a
+recycled pid: /proc/PID/stat's starttime counts clock ticks on the same boot-based clock
+(fs/proc/array.c do_task_stat, nsec_to_clock_t), and the process that holds a pid now is the
+one that was stopped if and only if it started before the stop.
 
 Each state directory has its own pin directory below :data:`BPFFS_ROOT`: daemons on other state
 directories (tests, a second instance) never resume each other's targets.
@@ -35,9 +36,9 @@ def pin_dir_for(state_dir: str) -> str:
     return os.path.join(BPFFS_ROOT, digest)
 
 
-def start_ticks(start_boottime_ns: int) -> int:
-    """/proc/PID/stat starttime for a task's start_boottime."""
-    return start_boottime_ns // NS_PER_TICK
+def ticks(boottime_ns: int) -> int:
+    """A CLOCK_BOOTTIME instant in /proc/PID/stat starttime's clock ticks."""
+    return boottime_ns // NS_PER_TICK
 
 
 def _lib() -> Any:
@@ -71,7 +72,7 @@ def pin(map_fd: int, pin_dir: str) -> str:
 
 
 def read(pin_dir: str) -> dict[int, int]:
-    """The processes a previous daemon's probe stopped: pid -> /proc starttime ({} if none)."""
+    """The processes a previous daemon's probe stopped: pid -> when, in starttime ticks."""
     path = os.path.join(pin_dir, STOPPED)
     if not os.path.exists(path):
         return {}
@@ -86,7 +87,7 @@ def read(pin_dir: str) -> dict[int, int]:
         while lib.bpf_get_next_key(fd, prev, ct.byref(nxt)) == 0:
             key.value = nxt.value
             if lib.bpf_lookup_elem(fd, ct.byref(key), ct.byref(val)) == 0:
-                out[int(key.value)] = start_ticks(int(val.value))
+                out[int(key.value)] = ticks(int(val.value))
             prev = ct.byref(key)
     finally:
         os.close(fd)
@@ -97,3 +98,5 @@ def unpin(pin_dir: str) -> None:
     """Remove the pin (a clean shutdown: nothing is left stopped)."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(pin_dir, STOPPED))
+    with contextlib.suppress(OSError):
+        os.rmdir(pin_dir)

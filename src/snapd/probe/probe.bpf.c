@@ -125,14 +125,18 @@ BPF_PERCPU_ARRAY(counters, u64, CTR_NR);
 // Until when a rule's events are useless (max_cores reached: forever); checked before its
 // predicate, so a rule that has spent its budget costs a map lookup per event, not a firing.
 BPF_ARRAY(mutes, u64, SNAPD_MAX_RULES);
+BPF_PERCPU_ARRAY(muted_by_rule, u64, SNAPD_MAX_RULES);  // CTR_MUTED per slot, for ctl rules
 BPF_TABLE("lru_hash", struct wkey, struct pmute, pmutes, SNAPD_MAX_WINDOWS);
-// Every process stop: kernel stopped (tgid -> its start_boottime), until the daemon has resumed
-// it or taken it over. Pinned in bpffs by snapd.probe, so a restarted daemon resumes exactly
-// these, and never a recycled pid (the start time tells).
+// Every process stop: kernel stopped (tgid -> CLOCK_BOOTTIME of the stop), until the daemon has
+// resumed it or taken it over. Pinned in bpffs by snapd.probe, so a restarted daemon resumes
+// exactly these: a process with that pid that started before the stop is the one stopped (two
+// live processes never share a pid); a recycled pid started after it.
 BPF_HASH(stopped, u32, u64, SNAPD_MAX_STOPPED);
 // Tasks snapd created, and what they created (tid -> 1): never targets. The daemon's and the
 // dumper's own tgids are in `globals`.
 BPF_TABLE("lru_hash", u32, u8, mine, SNAPD_MAX_MINE);
+// Threads inside a fork snapshot's injected clone (tid -> 1), from its entry to its exit.
+BPF_HASH(injecting, u32, u8, 256);
 BPF_TABLE("lru_hash", u32, struct inflight, inflight, SNAPD_MAX_INFLIGHT);
 BPF_TABLE("lru_hash", struct wkey, struct wstate, windows, SNAPD_MAX_WINDOWS);
 BPF_TABLE("lru_hash", struct wkey, struct cpustate, cpuwin, SNAPD_MAX_WINDOWS);
@@ -309,18 +313,7 @@ static __always_inline int is_own(u32 tgid)
     return mine.lookup(&tgid) != 0;
 }
 
-// Is the current thread held by snapd's ptrace (a thread it halted for a dump)? What such a
-// thread creates is snapd's doing (a fork snapshot's child), never a target, whatever its comm.
-// task->parent is the tracer while a task is traced (include/linux/sched.h).
-static __always_inline int traced_by_own(void)
-{
-    struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-    if (t->ptrace == 0)
-        return 0;
-    return is_own(t->parent->tgid);
-}
-
-static __always_inline int muted(u32 slot, const struct rule_cfg *r, u32 tgid, u64 now)
+static __always_inline int is_muted(u32 slot, const struct rule_cfg *r, u32 tgid, u64 now)
 {
     u64 *mu = mutes.lookup(&slot);
     if (mu && now < *mu)
@@ -328,6 +321,17 @@ static __always_inline int muted(u32 slot, const struct rule_cfg *r, u32 tgid, u
     struct wkey k = {.slot = slot, .tgid = tgid};
     struct pmute *pm = pmutes.lookup(&k);
     return pm && pm->gen == r->gen && now < pm->until;
+}
+
+static __always_inline int muted(u32 slot, const struct rule_cfg *r, u32 tgid, u64 now)
+{
+    if (!is_muted(slot, r, tgid, now))
+        return 0;
+    count_up(CTR_MUTED);
+    u64 *n = muted_by_rule.lookup(&slot);
+    if (n)
+        (*n)++;
+    return 1;
 }
 
 static __always_inline void emit(u32 slot, const struct rule_cfg *r, u64 pid_tgid, s32 nr,
@@ -353,12 +357,13 @@ static __always_inline void emit(u32 slot, const struct rule_cfg *r, u64 pid_tgi
         // so /proc/PID/syscall still names this syscall (kernel/signal.c do_signal_stop).
         if (bpf_send_signal(SIGNAL_STOP) == 0) {
             flags |= EF_STOPPED;
-            // /proc/PID/stat's starttime is the leader's start_boottime in clock ticks
-            // (fs/proc/array.c do_task_stat): what tells this process from a recycled pid.
-            struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-            u64 start = t->group_leader->start_boottime;
+            // The moment, on the clock of /proc/PID/stat's starttime (boot-based, fs/proc/
+            // array.c): what tells this process from one that got its pid later. (Reading the
+            // task's own start time would need task_struct offsets, which the kernel headers
+            // bcc compiles against need not match.)
+            u64 when = bpf_ktime_get_boot_ns();
             u32 tgid = pid_tgid >> 32;
-            stopped.update(&tgid, &start);
+            stopped.update(&tgid, &when);
         }
     }
     e->flags = flags;
@@ -395,9 +400,7 @@ int snapd_eval(struct sys_ctx *ctx)
     struct rule_cfg *r = rules.lookup(&slot);
     if (r && r->gen != 0) {
         u64 pid_tgid = es->pid_tgid, now = es->now;
-        if (muted(slot, r, pid_tgid >> 32, now)) {
-            count_up(CTR_MUTED);
-        } else {
+        if (!muted(slot, r, pid_tgid >> 32, now)) {
             count_up(CTR_SEEN);
             if (eval_pred(r, f) && window_hit(slot, r, pid_tgid >> 32, now))
                 emit(slot, r, pid_tgid, es->nr, f, now, es->flags, 0);
@@ -597,11 +600,38 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     return 0;
 }
 
+// A fork snapshot's clone, injected by snapd's dumper into a halted (so traced) thread of the
+// target: clone(CLONE_FILES) with exit signal 0 (snapd.core.fork CLONE_ARGS), a call programs
+// do not make. Marked from its entry to its exit, so that the fork probe, which runs in
+// between, knows the child for snapd's.
+int snapd_clone_enter(struct sys_ctx *ctx)
+{
+    u64 flags = 0;
+    bpf_probe_read_kernel(&flags, sizeof(flags), (void *)ctx + sizeof(struct sys_ctx));
+    if (flags != SNAPSHOT_CLONE_FLAGS)
+        return 0;
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+    if (t->ptrace == 0)
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u8 one = 1;
+    injecting.update(&tid, &one);
+    return 0;
+}
+
+int snapd_clone_exit(struct sys_ctx *ctx)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    injecting.delete(&tid);
+    return 0;
+}
+
 TRACEPOINT_PROBE(sched, sched_process_fork)
 {
-    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 parent = pid_tgid >> 32, tid = (u32)pid_tgid;
     u32 child = args->child_pid;
-    if (is_own(parent) || traced_by_own()) {
+    if (is_own(parent) || injecting.lookup(&tid)) {
         // A child of snapd (action.run, the dumper), or a fork snapshot's child: it keeps the
         // target's comm, exe and cgroup, and must never be taken for a target.
         u8 one = 1;
@@ -666,10 +696,8 @@ int snapd_cpu_step(struct bpf_perf_event_data *ctx)
     struct rule_cfg *r = rules.lookup(&slot);
     if (!r || r->gen == 0 || r->cpu_bucket_ns == 0)
         goto next;
-    if (muted(slot, r, pid_tgid >> 32, now)) {
-        count_up(CTR_MUTED);
+    if (muted(slot, r, pid_tgid >> 32, now))
         goto next;
-    }
     struct wkey k = {.slot = slot, .tgid = pid_tgid >> 32};
     struct cpustate *c = cpuwin.lookup(&k);
     if (!c || c->gen != r->gen) {

@@ -1,12 +1,11 @@
 """Probes: loads rules into the one shared BPF program set and turns firings into Events.
 
-This is the only module that imports bcc. probe.bpf.c is compiled and verified once, by
-:meth:`Probes.compile` (the daemon does it at start, before it says it is ready); a rule is then
-only map data, armed in milliseconds: a row in the ``rules`` map (its slot), one bit in the masks
-of the syscalls/timers it uses and one bit in ``targets`` for each process it selects.
-Tracepoints and perf events are attached when the first rule needs them and detached when the
-last one goes, so loading or unloading a rule never disturbs the others. Replacing a rule arms
-the new version before the old one goes: a version that cannot be armed leaves the old running.
+Only the probe package imports bcc. probe.bpf.c is compiled and verified once (:meth:`Probes.compile`;
+the daemon does it at start, before it says it is ready); a rule is then only map data, armed in
+milliseconds: a row in the ``rules`` map (its slot), one bit in the masks of the syscalls/timers
+it uses and one bit in ``targets`` for each process it selects. Tracepoints and perf events are
+attached when the first rule needs them and detached when the last one goes. Replacing a rule
+arms the new version before the old one goes: one that cannot be armed leaves the old running.
 """
 
 from __future__ import annotations
@@ -23,47 +22,23 @@ from typing import Any
 
 from snapd import procfs
 from snapd.errors import SnapdError
-from snapd.probe import layout, pinned, samplers, targets
+from snapd.probe import layout, perfevents, pinned, samplers, targets
+from snapd.probe.decode import RawEvent, to_event
 from snapd.probe.event import Event, Kind
 from snapd.probe.plan import Plan, plan, rule_cfg, rule_error
 from snapd.rules import syscalls as _sys
 from snapd.rules.error import RuleError
 from snapd.rules.model import (
-    CpuTrigger,
-    FdsTrigger,
-    RssTrigger,
     Rule,
-    ThreadsTrigger,
-    trigger_kind,
 )
 
 SOURCE = Path(__file__).with_name("probe.bpf.c")
-PERF_TYPE_SOFTWARE = 1  # include/uapi/linux/perf_event.h
-PERF_COUNT_SW_CPU_CLOCK = 0
 RESCAN_INTERVAL_S = 2.0
 MAX_BATCH = 1024  # events handed out per poll(): bounds memory and latency under a storm
 
 
 class ProbeError(SnapdError):
     """The shared BPF program set cannot be built, verified or attached on this system."""
-
-
-class _RawEvent(ct.Structure):
-    """struct event in probe.bpf.c."""
-
-    _fields_ = [
-        ("ts", ct.c_uint64),
-        ("args", ct.c_int64 * 6),
-        ("ret", ct.c_int64),
-        ("value", ct.c_uint64),
-        ("pid", ct.c_uint32),
-        ("tid", ct.c_uint32),
-        ("slot", ct.c_uint32),
-        ("gen", ct.c_uint32),
-        ("nr", ct.c_int32),
-        ("flags", ct.c_uint32),
-        ("comm", ct.c_char * 16),
-    ]
 
 
 @dataclass
@@ -76,6 +51,7 @@ class _Loaded:
     cgroup: str | None = None
     crossing: samplers.Crossing = field(default_factory=samplers.Crossing)
     sampled: bool = False  # the /proc samplers have looked at its targets once
+    muted_base: int = 0  # the slot's muted count when this rule took it
 
     @property
     def rule(self) -> Rule:
@@ -122,6 +98,8 @@ class Probes:
         self._own: tuple[int, ...] = ()  # set_own: the daemon and its dumper
         self.pin_dir = pin_dir
         self.pinned: str | None = None  # the pinned path, once pinned
+        self.pin_error = ""  # why the stopped map could not be pinned, if it could not
+        self.compile_error: ProbeError | None = None
 
     # ---- BPF set-up ---------------------------------------------------------------------------
 
@@ -139,6 +117,15 @@ class Probes:
             return
         if self._closed:
             raise ProbeError("the probe set is closed")
+        if self.compile_error is not None:
+            raise self.compile_error  # it failed once: it would again, after as many seconds
+        try:
+            self._compile()
+        except ProbeError as err:
+            self.compile_error = err
+            raise
+
+    def _compile(self) -> None:
         try:
             from bcc import BPF  # the only bcc import in snapd
 
@@ -152,6 +139,8 @@ class Probes:
             b[b"cpuprog"][ct.c_int(0)] = ct.c_int(step.fd)
             b.load_func(b"snapd_cpu_sample", BPF.PERF_EVENT)
             b[b"events"].open_ring_buffer(self._on_event)
+            b.attach_tracepoint(tp=b"syscalls:sys_enter_clone", fn_name=b"snapd_clone_enter")
+            b.attach_tracepoint(tp=b"syscalls:sys_exit_clone", fn_name=b"snapd_clone_exit")
         except Exception as err:  # bcc reports compile/verifier/permission errors as Exception
             raise ProbeError(f"cannot build the BPF program: {err}") from err
         for ours, table in ((layout.RuleCfg, b"rules"), (layout.SysMask, b"sysmasks")):
@@ -161,7 +150,10 @@ class Probes:
         self._bpf = b
         self._write_own()
         if self.pin_dir is not None:
-            self.pinned = pinned.pin(b[b"stopped"].map_fd, self.pin_dir)
+            try:
+                self.pinned = pinned.pin(b[b"stopped"].map_fd, self.pin_dir)
+            except OSError as err:
+                self.pin_error = str(err)
 
     def _set_global(self, which: layout.Global, value: int) -> None:
         self._bpf[b"globals"][ct.c_int(which)] = ct.c_uint64(value)
@@ -213,6 +205,7 @@ class Probes:
         self._check_chains(p, old)
         self._gen = (self._gen % 0xFFFFFFFE) + 1
         ent = _Loaded(p, free[0], self._gen, cgroup=p.cgroup)
+        ent.muted_base = self._slot_muted(ent.slot)
         self._slots[ent.slot] = ent
         try:
             self._write_cfg(ent)
@@ -282,31 +275,14 @@ class Probes:
             ticks[pkey] = ct.c_uint64((cur.value if cur is not None else 0) | bit)
             self._tick_refs[period] += 1
             if period not in self._tick_fds:
-                from bcc import BPF, lib
-
-                fn = self._bpf.load_func(b"snapd_tick", BPF.PERF_EVENT)
-                fd = lib.bpf_attach_perf_event(
-                    ct.c_int(fn.fd),
-                    ct.c_uint(PERF_TYPE_SOFTWARE),
-                    ct.c_uint(PERF_COUNT_SW_CPU_CLOCK),
-                    ct.c_ulonglong(period),
-                    ct.c_ulonglong(0),
-                    ct.c_int(-1),
-                    ct.c_int(0),
-                    ct.c_int(-1),
-                )
-                if fd < 0:
-                    raise rule_error(ent.rule, f"cannot open a cpu-clock perf event: {os.strerror(-fd)}")
-                self._tick_fds[period] = fd
+                try:
+                    self._tick_fds[period] = perfevents.open_tick(self._bpf, period)
+                except OSError as err:
+                    raise rule_error(ent.rule, f"cannot open a cpu-clock perf event: {err.strerror}") from err
         elif p.cpu:
             self._set_global(layout.Global.CPU_RULES, self._get_global(layout.Global.CPU_RULES) | bit)
             if not self._cpu_attached:
-                self._bpf.attach_perf_event(
-                    ev_type=PERF_TYPE_SOFTWARE,
-                    ev_config=PERF_COUNT_SW_CPU_CLOCK,
-                    fn_name=b"snapd_cpu_sample",
-                    sample_period=layout.CPU_SAMPLE_PERIOD_NS,
-                )
+                perfevents.attach_sampler(self._bpf)
                 self._cpu_attached = True
 
     def _tp_ref(self, tp: str, delta: int) -> None:
@@ -383,11 +359,9 @@ class Probes:
                 del self._tick_refs[period]
                 fd = self._tick_fds.pop(period, None)
                 if fd is not None:
-                    from bcc import lib
-
-                    lib.bpf_close_perf_event_fd(ct.c_int(fd))
+                    perfevents.close_tick(fd)
         if self._cpu_attached and not any(e.plan.cpu for e in self._slots.values()):
-            b.detach_perf_event(ev_type=PERF_TYPE_SOFTWARE, ev_config=PERF_COUNT_SW_CPU_CLOCK)
+            perfevents.detach_sampler(b)
             self._cpu_attached = False
         tmap = b[b"targets"]
         for k, v in list(tmap.items()):
@@ -415,25 +389,32 @@ class Probes:
             return
         self._bpf[b"mutes"][ct.c_int(ent.slot)] = ct.c_uint64(until_ns or 0)
 
+    def _slot_muted(self, slot: int) -> int:
+        return int(sum(self._bpf[b"muted_by_rule"][ct.c_int(slot)]))
+
+    def muted_count(self, name: str) -> int:
+        """Events of rule ``name`` the kernel skipped because it was muted."""
+        ent = self._loaded.get(name)
+        if ent is None or self._bpf is None:
+            return 0
+        return self._slot_muted(ent.slot) - ent.muted_base
+
     def mute_process(self, name: str, pid: int, until_ns: int) -> None:
         """Mute rule ``name`` for process ``pid`` until CLOCK_MONOTONIC ``until_ns``."""
         ent = self._loaded.get(name)
         if ent is None or self._bpf is None:
             return
         t = self._bpf[b"pmutes"]
-        key = t.Key(slot=ent.slot, tgid=pid)
-        leaf = t.Leaf()
-        leaf.until, leaf.gen = until_ns, ent.gen
-        t[key] = leaf
+        t[t.Key(slot=ent.slot, tgid=pid)] = t.Leaf(until=until_ns, gen=ent.gen)
 
     # ---- stop: kernel bookkeeping (the pinned `stopped` map) ---------------------------------
 
     def stopped(self) -> dict[int, int]:
-        """Processes the probe stopped and nobody has resumed or taken over yet: pid -> start
-        time (/proc/PID/stat ticks)."""
+        """Processes the probe stopped and nobody has resumed or taken over yet: pid -> when
+        (in /proc/PID/stat starttime ticks: the process started no later)."""
         if self._bpf is None:
             return {}
-        return {int(k.value): pinned.start_ticks(int(v.value)) for k, v in self._bpf[b"stopped"].items()}
+        return {int(k.value): pinned.ticks(int(v.value)) for k, v in self._bpf[b"stopped"].items()}
 
     def forget_stopped(self, pid: int) -> None:
         """``pid`` was resumed, or is ours now (halted by the dumper)."""
@@ -441,8 +422,6 @@ class Probes:
             return
         with contextlib.suppress(KeyError):
             del self._bpf[b"stopped"][ct.c_uint32(pid)]
-
-    # ---- what a rule selects -----------------------------------------------------------------
 
     def targets_of(self, name: str) -> list[int]:
         """The processes the kernel currently targets for rule ``name``."""
@@ -461,7 +440,7 @@ class Probes:
         return -1 if len(self._pending) >= MAX_BATCH and not self._closed else 0
 
     def _take(self, data: Any) -> None:
-        raw = ct.cast(data, ct.POINTER(_RawEvent)).contents
+        raw = ct.cast(data, ct.POINTER(RawEvent)).contents
         flags = layout.EventFlag(raw.flags)
         if flags & layout.EventFlag.TICK:
             self._on_tick(raw.value, raw.ts)
@@ -473,42 +452,7 @@ class Probes:
                 _release(raw.pid)  # we stopped it; nobody else will hear of it
                 self.forget_stopped(raw.pid)
             return
-        comm = raw.comm.decode("utf-8", "replace")
-        if flags & layout.EventFlag.CPU:
-            trig = ent.rule.trigger
-            assert isinstance(trig, CpuTrigger)
-            pct = raw.value * layout.CPU_SAMPLE_PERIOD_NS * 100 // trig.for_ns
-            self._pending.append(
-                Event(
-                    rule=ent.rule.name,
-                    pid=raw.pid,
-                    tid=raw.tid,
-                    comm=comm,
-                    kind=Kind.CPU,
-                    time_ns=raw.ts,
-                    value=int(pct),
-                    stopped=bool(flags & layout.EventFlag.STOPPED),
-                )
-            )
-            return
-        name = self._names_by_nr.get(raw.nr, f"syscall_{raw.nr}")
-        n = _sys.arity(name)
-        args = tuple(int(a) for a in raw.args[: 6 if n is None else n])
-        ret = int(raw.ret) if flags & layout.EventFlag.EXIT else None
-        self._pending.append(
-            Event(
-                rule=ent.rule.name,
-                pid=raw.pid,
-                tid=raw.tid,
-                comm=comm,
-                kind=Kind.SYSCALL,
-                time_ns=raw.ts,
-                syscall=name,
-                args=args,
-                ret=ret,
-                stopped=bool(flags & layout.EventFlag.STOPPED),
-            )
-        )
+        self._pending.append(to_event(raw, ent.rule, self._names_by_nr))
 
     def _pids_of(self, slot: int) -> list[int]:
         bit = 1 << slot
@@ -540,30 +484,12 @@ class Probes:
     def _sample(self) -> None:
         now_ns = time.monotonic_ns()
         for ent in list(self._slots.values()):
-            trig = ent.rule.trigger
-            if not isinstance(trig, (RssTrigger, ThreadsTrigger, FdsTrigger)):
-                continue
-            above = samplers.threshold(trig)
-            pids = self._pids_of(ent.slot)
-            first = not ent.sampled
-            ent.sampled = True
-            for pid in pids:
-                value = samplers.measure(trig, pid)
-                self._stats["samples"] += 1
-                if value is not None and ent.crossing.update(pid, value, above):
-                    self._pending.append(
-                        Event(
-                            rule=ent.rule.name,
-                            pid=pid,
-                            tid=pid,
-                            comm=procfs.comm(pid),
-                            kind=trigger_kind(trig),
-                            time_ns=now_ns,
-                            value=value,
-                            at_load=first,
-                        )
-                    )
-            ent.crossing.forget_except(set(pids))
+            if samplers.is_sampled(ent.rule.trigger):
+                pids = self._pids_of(ent.slot)
+                self._stats["samples"] += len(pids)
+                first = not ent.sampled
+                self._pending += samplers.crossings(ent.rule, ent.crossing, pids, now_ns, first=first)
+                ent.sampled = True
 
     def _rescan(self) -> None:
         for ent in list(self._slots.values()):
@@ -576,9 +502,7 @@ class Probes:
             self._mark_targets(ent)
 
     def _has_samplers(self) -> bool:
-        return any(
-            isinstance(e.rule.trigger, (RssTrigger, ThreadsTrigger, FdsTrigger)) for e in self._slots.values()
-        )
+        return any(samplers.is_sampled(e.rule.trigger) for e in self._slots.values())
 
     def fileno(self) -> int:
         """A descriptor readable when firings wait in the ring buffer (a BPF ring buffer map
@@ -600,6 +524,7 @@ class Probes:
         now = time.monotonic()
         if self._slots and now >= self._next_rescan:
             self._rescan()
+            self._stats["rescans"] += 1
             self._next_rescan = now + RESCAN_INTERVAL_S
         if self._has_samplers() and now >= self._next_sample:
             self._sample()
@@ -657,10 +582,8 @@ class Probes:
             with contextlib.suppress(Exception):  # keep tearing down the rest
                 self.unload(name)
         if self._bpf is not None:
-            from bcc import lib
-
             for fd in self._tick_fds.values():
-                lib.bpf_close_perf_event_fd(ct.c_int(fd))
+                perfevents.close_tick(fd)
             self._tick_fds.clear()
             if self.pin_dir is not None and self.pinned and not keep_pin:
                 with contextlib.suppress(OSError):
