@@ -148,9 +148,10 @@ class DaemonHarness:
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log_text()}")
             try:
-                # The socket exists before the rules are loaded; the daemon answers once its
-                # loop runs (BPF compiles can take seconds on a loaded machine).
-                return self.ctl("status", check=False, timeout=10).returncode == 0
+                # The daemon answers while its probes compile (seconds on a loaded machine),
+                # with state "starting"; "ready" once every rule is armed.
+                r = self.ctl("status", "--json", check=False, timeout=10)
+                return r.returncode == 0 and json.loads(r.stdout).get("state", "ready") == "ready"
             except subprocess.TimeoutExpired:
                 return False
 

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from snapd.ctl.protocol import DEFAULT_GROUP, MAX_REPLY, CtlError, request
+from snapd.ctl.rulesview import format_rules
 from snapd.paths import DEFAULT_SOCKET
 from snapd.store.retention import parse_age
 from snapd.text import safe
@@ -298,10 +299,12 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, text in (
         ("status", "rules, probes, events seen/suppressed, cores taken, paused?"),
-        ("rules", "the loaded rules and their state"),
+        ("rules", "the rules and their state (armed, invalid, waiting for target, muted...)"),
     ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--json", action="store_true")
+        if name == "rules":
+            sp.add_argument("--matches", action="store_true", help="the processes each rule selects now")
     pause = sub.add_parser(
         "pause", help="stop every freeze and dump until 'resume' (root; survives restarts)"
     )
@@ -351,6 +354,13 @@ def main(argv: list[str]) -> int:
                 print(f"core {result['id']}: {path} ({status})")
             else:
                 print(format_value(result))
+            return 0
+        if cmd == "rules":
+            rules = c.call("rules", matches=True if args.matches else None)
+            if args.json:
+                _print_json(rules)
+            else:
+                print(format_rules(rules))
             return 0
         reason = (args.reason or None) if cmd == "pause" else None
         result = c.call(cmd, reason=reason)

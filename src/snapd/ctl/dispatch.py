@@ -31,8 +31,9 @@ class CtlHandler(Protocol):
     def status(self) -> Reply:
         """Rules, probes, events seen/suppressed, cores taken, paused?"""
 
-    def rules(self) -> Reply:
-        """The loaded rules and their state (a list of objects)."""
+    def rules(self, matches: bool = False) -> Reply:
+        """The rules and their state (a list of objects); with ``matches``, the processes each
+        selects right now."""
 
     def snap(self, pid: int, content: str | None, uid: int) -> Reply:
         """Take an on-demand snapshot of ``pid``; the catalog entry as a dict (via a Future)."""
@@ -83,7 +84,7 @@ HANDLERS: dict[str, Callable[[Request], Reply]] = {
     "list-cores": _list_cores,
     "info": lambda r: r.store.get(r.args["id"]).to_dict(),
     "status": lambda r: r.handler.status(),
-    "rules": lambda r: r.handler.rules(),
+    "rules": lambda r: r.handler.rules(bool(r.args.get("matches"))),
     "rm": _rm,
     "snap": lambda r: r.handler.snap(r.args["pid"], r.args.get("content"), r.peer.uid),
     "pause": lambda r: r.handler.pause(r.args.get("reason", ""), r.peer.uid),

@@ -50,7 +50,7 @@ COMMANDS: dict[str, tuple[Access, dict[str, tuple[Any, bool]]]] = {
     ),
     "info": (Access.READ, {"id": (_INT, True)}),
     "status": (Access.READ, {}),
-    "rules": (Access.READ, {}),
+    "rules": (Access.READ, {"matches": (bool, False)}),
     "rm": (Access.ADMIN, {"id": (_INT, True)}),
     "snap": (Access.ADMIN, {"pid": (_INT, True), "content": (_STR, False)}),
     "pause": (Access.ADMIN, {"reason": (_STR, False)}),
