@@ -1,10 +1,15 @@
-"""``snapd check FILE...``: validate rule files; as root, also build and load their probes.
+"""``snapd check FILE...``: validate rule files; as root, also check them against the kernel.
 
 Prints ``FILE: ok`` or each error as ``FILE:LINE:COL: message``. Exit status 0 only when every
-file is valid (and, as root, loads); 1 otherwise; 2 for usage errors. A directory argument checks
-every ``*.yaml``/``*.yml`` in it.
+file is valid (and, as root, armable); 1 otherwise; 2 for usage errors. A directory argument
+checks every ``*.yaml``/``*.yml`` in it. ``--matches`` also lists the running processes each
+valid rule would select now.
 
-It lives in the wiring layer because loading a rule's probes joins two stages (rules, probe).
+The kernel check compiles nothing: the BPF program is the same whatever a rule says, so a rule
+is checked against what arming it takes (snapd.probe.plan): its ``rule_cfg`` row, its syscall
+numbers and tracepoints (tracefs), the perf events it needs (opened and closed).
+
+It lives in the wiring layer because it joins two stages (rules, probe).
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from snapd.rules.loader import check_file, rule_names
 from snapd.rules.model import Rule
 from snapd.text import safe
 
-USAGE = """usage: snapd check [--no-load] FILE|DIR...
+USAGE = """usage: snapd check [--no-load] [--matches] FILE|DIR...
 
 Validate snapd rule files (see docs/rules.md). Prints 'FILE: ok' or every error as
-'FILE:LINE:COL: message'; exits 0 only if all are valid. As root it also compiles and loads
-each rule's BPF probes, then unloads them (--no-load skips that)."""
+'FILE:LINE:COL: message'; exits 0 only if all are valid. As root it also checks that the
+running kernel can arm each rule (syscall numbers, tracepoints, perf events), without
+compiling anything (--no-load skips that). --matches lists the running processes each valid
+rule would select now (pid, comm, exe, unit)."""
 
 
 def _expand(args: Sequence[str]) -> list[str]:
@@ -40,10 +47,9 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(USAGE)
         return 0
-    load = True
-    if "--no-load" in args:
-        args.remove("--no-load")
-        load = False
+    flags = {a for a in args if a in ("--no-load", "--matches")}
+    args = [a for a in args if a not in flags]
+    load, matches = "--no-load" not in flags, "--matches" in flags
     bad = [a for a in args if a.startswith("-") and a != "-"]
     if bad or not args:
         print(USAGE if not bad else f"snapd check: unknown option {bad[0]}\n\n{USAGE}", file=sys.stderr)
@@ -64,29 +70,38 @@ def main(argv: list[str]) -> int:
             names[rule.name] = path
             ok_rules.append((path, rule))
     if load and os.geteuid() == 0 and ok_rules:
-        for path, err in _load_all(ok_rules).items():
+        for path, err in _check_kernel(ok_rules).items():
             report[path].append(str(err))
     elif load and ok_rules:
-        print("snapd check: not root: rules validated but their probes were not loaded", file=sys.stderr)
+        print("snapd check: not root: rules validated but not checked against the kernel", file=sys.stderr)
     for path in files:
         for line in report[path] or [f"{safe(path)}: ok"]:
             print(line)
+    if matches:
+        _print_matches([(p, r) for p, r in ok_rules if not report[p]])
     return 1 if any(report.values()) else 0
 
 
-def _load_all(rules: list[tuple[str, Rule]]) -> dict[str, RuleError]:
-    from snapd.probe import Probes  # only as root: this builds BPF
+def _check_kernel(rules: list[tuple[str, Rule]]) -> dict[str, RuleError]:
+    from snapd.probe.plan import check_kernel, plan
 
     failed: dict[str, RuleError] = {}
-    probes = Probes()
-    try:
-        for path, rule in rules:
-            try:
-                probes.load(rule)
-            except RuleError as err:
-                failed[path] = err
-            else:
-                probes.unload(rule.name)
-    finally:
-        probes.close()
+    for path, rule in rules:
+        try:
+            check_kernel(plan(rule))
+        except RuleError as err:
+            failed[path] = err
     return failed
+
+
+def _print_matches(rules: list[tuple[str, Rule]]) -> None:
+    from snapd.ctl.rulesview import format_matches
+    from snapd.probe import targets
+
+    for _path, rule in rules:
+        found = [
+            targets.describe(pid)
+            for pid in targets.scan(rule.target, targets.target_cgroup(rule.target))
+        ]
+        print(f"\nrule {safe(rule.name)} selects {len(found)} process(es) now:")
+        print(format_matches(found))
