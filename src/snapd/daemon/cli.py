@@ -4,13 +4,12 @@ foreground."""
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
+from snapd.daemon.logsetup import configure
 from snapd.paths import DEFAULT_RULES, DEFAULT_SOCKET, DEFAULT_STATE
 from snapd.store import Retention
-from snapd.text import SafeFormatter
 
 
 def main(argv: list[str]) -> int:
@@ -24,9 +23,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--cores-per-hour", type=int, default=60, help="daemon-wide cap (default 60)")
     p.add_argument("--foreground", action="store_true", help="accepted for clarity; always foreground")
     args = p.parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(SafeFormatter("%(levelname)s: %(message)s"))  # comm etc. are the target's
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    configure(sys.stderr)  # comm etc. are the target's: escaped; ISO times unless journald reads
     if os.geteuid() != 0:
         print("snapd daemon: must run as root (eBPF, ptrace of other users' processes)", file=sys.stderr)
         return 1
