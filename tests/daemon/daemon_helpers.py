@@ -119,7 +119,7 @@ class DaemonHarness:
 
     # --- process ------------------------------------------------------------------------------
 
-    def start(self, *extra: str, ready_timeout: float = READY_TIMEOUT) -> None:
+    def start(self, *extra: str, ready_timeout: float = READY_TIMEOUT, wait: bool = True) -> None:
         assert self.proc is None, "already running"
         self.extra = extra or self.extra
         with open(self.log_path, "ab") as log:
@@ -140,7 +140,8 @@ class DaemonHarness:
                 stdout=log,
                 stderr=log,
             )
-        self.wait_ready(ready_timeout)
+        if wait:
+            self.wait_ready(ready_timeout)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         def ready() -> bool:
