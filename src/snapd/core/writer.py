@@ -70,7 +70,7 @@ class Segment:
 def plan(snap: Snapshot, spec: ContentSpec, mem: MemReader) -> list[Segment]:
     """Decide every segment's class and how much of it goes in the file (no runs yet)."""
     stack_ptrs = {t.sp for t in snap.threads}
-    is_elf = select.elf_checker(mem.read)
+    is_elf = select.elf_checker(mem.read, snap.pid)
     segs = []
     for m in snap.mappings:
         cls = select.classify(snap.pid, m, stack_ptrs)
