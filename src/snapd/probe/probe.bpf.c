@@ -287,15 +287,17 @@ static __always_inline int window_hit(u32 slot, const struct rule_cfg *r, u32 tg
     return 1;
 }
 
-// Is the current thread, or its process's main thread, traced (gdb, strace, another snapd)?
-// Then stop: kernel must not SIGSTOP it: the signal goes to the tracer as a signal-delivery-stop
+// Is the current thread traced (gdb, strace, another snapd: they trace every thread)? Then
+// stop: kernel must not SIGSTOP it: the signal goes to the tracer as a signal-delivery-stop
 // (ptrace(2)), and a tracer that does not pass it on leaves the target halted for good, by our
-// doing; the daemon cannot take an already traced target over anyway. (bcc turns these field
-// reads into bpf_probe_read_kernel.)
+// doing; the daemon cannot take an already traced target over anyway. task_struct.ptrace is the
+// one field of a kernel structure this program reads (bcc turns the read into
+// bpf_probe_read_kernel): the headers bcc compiles against need not be the running kernel's,
+// and fields further into task_struct move between versions; this one has not.
 static __always_inline int current_traced(void)
 {
     struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-    return t->ptrace != 0 || t->group_leader->ptrace != 0;
+    return t->ptrace != 0;
 }
 
 static __always_inline u64 global(u32 which)
