@@ -42,7 +42,10 @@ def ticks(boottime_ns: int) -> int:
 
 
 def _lib() -> Any:
-    from bcc import lib  # libbcc links libbpf, which exports the object calls
+    try:
+        from bcc import lib  # libbcc links libbpf, which exports the object calls
+    except ImportError as err:
+        raise PinError(errno.ENOSYS, f"bcc is not importable: {err}") from err
 
     lib.bpf_obj_pin.restype = ct.c_int
     lib.bpf_obj_pin.argtypes = [ct.c_int, ct.c_char_p]
