@@ -2,7 +2,7 @@
 # Idempotent, complete setup for snapd on Debian 12 / Ubuntu 22.04+ (run as root, usually via make).
 #   1. distro packages (bcc comes from the distro: the PyPI package named "bcc" is unrelated)
 #   2. kernel headers for bcc, with a fallback for kernels that ship none
-#   3. tracefs / debugfs mounts
+#   3. tracefs / debugfs / bpffs mounts
 #   4. .venv from the distro python with --system-site-packages, snapd installed editable
 # Every step checks before it acts, so a second run costs a second or two.
 set -euo pipefail
@@ -70,6 +70,9 @@ fi
 # --- 3. mounts ----------------------------------------------------------------------------------
 mountpoint -q /sys/kernel/tracing || { say "mounting tracefs"; mount -t tracefs nodev /sys/kernel/tracing; }
 mountpoint -q /sys/kernel/debug   || { say "mounting debugfs"; mount -t debugfs nodev /sys/kernel/debug; }
+# bpffs: stop: kernel pins what it stopped there (snapd.probe.pinned), for crash recovery.
+mountpoint -q /sys/fs/bpf         || { say "mounting bpffs"; mount -t bpf bpf /sys/fs/bpf; }
+mkdir -p -m 0700 /sys/fs/bpf/snapd-cores
 
 # --- 4. venv ------------------------------------------------------------------------------------
 VENV=.venv

@@ -172,3 +172,55 @@ def test_rlimit_nproc_exhausted_falls_back(compile_victim, spawn, tmp_path):
     assert v.alive() and ask(v, b"w") == "ECHILD" and no_children(v.pid)
     v.kill()
     shutil.rmtree(pub)
+
+
+class _Stop(Exception):
+    """What our SIGTERM handler raises: a Python program's ^C or kill, mid-dump."""
+
+
+def zombie_children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                data = Path(f"/proc/{d}/stat").read_bytes()
+            except OSError:
+                continue
+            f = data[data.rindex(b")") + 2 :].split()
+            if f[0] == b"Z" and int(f[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+def test_sigterm_during_the_injected_clone_leaves_the_target_whole(compile_victim, spawn, tmp_path):
+    """A SIGTERM that lands while the clone is injected (the thread holding our registers) is
+    held until the thread is restored: the target runs on as if nothing happened, the snapshot
+    child is disposed of, and the signal still reaches the program (here, as an exception)."""
+    import signal
+
+    from snapd.freeze import inject
+
+    v = spawn([compile_victim("bigmem"), 64, 64])
+    wait_for(lambda: int(ask(v, b"c")) > 0, 10, "the counter thread to run")
+
+    def stop(signum, frame):
+        raise _Stop
+
+    def kill_me(tid: int, nr: int) -> None:
+        if nr == inject.NR_CLONE:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    old = signal.signal(signal.SIGTERM, stop)
+    inject.on_call_entered = kill_me
+    try:
+        with pytest.raises(_Stop):
+            write_core(v.pid, str(tmp_path / "core"), snapshot="fork", sync=False)
+    finally:
+        inject.on_call_entered = None
+        signal.signal(signal.SIGTERM, old)
+    assert v.alive(), v.exit_status()
+    assert int(ask(v, b"c")) > 0  # its read() of stdin returned what it read, not our clone's pid
+    states = set(thread_states(v.pid).values())
+    assert states and not states & {"t", "T"}, states
+    assert zombie_children(v.pid) == []
+    assert os.listdir(tmp_path) == []  # no core, no partial file

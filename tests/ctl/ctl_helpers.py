@@ -50,7 +50,7 @@ class DaemonLikeHandler:
             "events": {"seen": 3, "suppressed": 1},
         }
 
-    def rules(self) -> Any:
+    def rules(self, matches: bool = False) -> Any:
         return [{"name": "demo", "file": "/etc/snapd-cores/rules.d/demo.yaml", "state": "attached"}]
 
     def metrics(self) -> Any:

@@ -119,7 +119,7 @@ class DaemonHarness:
 
     # --- process ------------------------------------------------------------------------------
 
-    def start(self, *extra: str, ready_timeout: float = READY_TIMEOUT) -> None:
+    def start(self, *extra: str, ready_timeout: float = READY_TIMEOUT, wait: bool = True) -> None:
         assert self.proc is None, "already running"
         self.extra = extra or self.extra
         with open(self.log_path, "ab") as log:
@@ -140,7 +140,8 @@ class DaemonHarness:
                 stdout=log,
                 stderr=log,
             )
-        self.wait_ready(ready_timeout)
+        if wait:
+            self.wait_ready(ready_timeout)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         def ready() -> bool:
@@ -148,9 +149,10 @@ class DaemonHarness:
             if self.proc.poll() is not None:
                 raise AssertionError(f"daemon exited {self.proc.returncode}:\n{self.log_text()}")
             try:
-                # The socket exists before the rules are loaded; the daemon answers once its
-                # loop runs (BPF compiles can take seconds on a loaded machine).
-                return self.ctl("status", check=False, timeout=10).returncode == 0
+                # The daemon answers while its probes compile (seconds on a loaded machine),
+                # with state "starting"; "ready" once every rule is armed.
+                r = self.ctl("status", "--json", check=False, timeout=10)
+                return r.returncode == 0 and json.loads(r.stdout).get("state", "ready") == "ready"
             except subprocess.TimeoutExpired:
                 return False
 

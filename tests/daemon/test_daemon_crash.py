@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from daemon_helpers import DaemonHarness, Victims, gdb_bt, halted_why, syscall_rule
-from tests.conftest import wait_for
+from tests.conftest import Victim, wait_for
+from trust_helpers import NamedVictims
 
 pytestmark = pytest.mark.kernel
 
@@ -116,7 +117,65 @@ def test_stop_kernel_target_stopped_before_the_daemon_read_the_event(
     wait_for(lambda: halted_why(v.pid) is None, 5, f"the restarted daemon to resume the victim ({why})")
     v.reply()
     v.cmd("p")
-    assert "stop: kernel rule k" in daemon.log_text()
+    assert f"resumed pid {v.pid}, left stopped by a previous daemon's stop: kernel probe" in daemon.log_text()
+
+
+def test_crash_recovery_resumes_exactly_what_the_probe_stopped(
+    daemon: DaemonHarness, spawn: Callable[..., Victim], victim_exe: Path
+) -> None:
+    """After a crash, the next start resumes the process the probe stopped, and not another
+    process of the same rule's target that an operator stopped on purpose (kill -STOP): the
+    kernel recorded which process it stopped (a pinned map), nothing is guessed from /proc."""
+    named = NamedVictims(spawn, victim_exe)
+    a, b = named("trust-exact"), named("trust-exact")  # both match the rule; only a fires
+    rule = f"name: k\ntarget:\n  comm: {a.comm}\ntrigger:\n  syscall: getppid\naction:\n  stop: kernel\n"
+    daemon.write_rule("k.yaml", rule + "limits:\n  max_cores: 100\n  min_interval: 1ms\n")
+    daemon.start()
+    os.kill(b.pid, signal.SIGSTOP)  # the operator's
+    try:
+        os.kill(daemon.pid, signal.SIGSTOP)  # the event will sit unread in the ring buffer
+        a.send("g 1")
+        wait_for(lambda: halted_why(a.pid), 10, "the probe to stop victim a")
+        daemon.kill9()
+        daemon.start()
+        why = halted_why(a.pid)
+        wait_for(lambda: halted_why(a.pid) is None, 5, f"the restarted daemon to resume a ({why})")
+        assert halted_why(b.pid) == f"thread {b.pid} in state T", "the operator's stop was lifted"
+        assert f"resumed pid {b.pid}" not in daemon.log_text()
+    finally:
+        os.kill(b.pid, signal.SIGCONT)
+    a.reply()
+    a.cmd("p")
+    b.cmd("p")
+    named.close()
+
+
+def test_recovery_never_resumes_a_recycled_pid(tmp_path: Path) -> None:
+    """The pinned record says when the probe stopped a pid; a process holding that pid now
+    that started later is another process (the pid was recycled) and stays as it is."""
+    import subprocess
+
+    from snapd.daemon.journal import StopJournal
+    from snapd.probe import Probes, pinned
+
+    proc = subprocess.Popen(["sleep", "600"])
+    try:
+        os.kill(proc.pid, signal.SIGSTOP)
+        wait_for(lambda: halted_why(proc.pid), 10, "sleep to stop")
+        pin_dir = pinned.pin_dir_for(str(tmp_path))
+        p = Probes(pin_dir=pin_dir)
+        p.compile()
+        stopped = p._bpf[b"stopped"]  # as the probe writes it: pid -> CLOCK_BOOTTIME of the stop
+        start_ns = int(Path(f"/proc/{proc.pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[19])
+        start_ns *= pinned.NS_PER_TICK
+        stopped[stopped.Key(proc.pid)] = stopped.Leaf(start_ns - 10 * pinned.NS_PER_TICK)  # before it began
+        p.close(keep_pin=True)  # as a SIGKILLed daemon leaves it
+        assert StopJournal(str(tmp_path), Probes(pin_dir=pin_dir)).recover() == []
+        assert halted_why(proc.pid) == f"thread {proc.pid} in state T"
+        assert not os.path.exists(os.path.join(pin_dir, pinned.STOPPED))
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_clean_restart_leaves_a_deliberately_stopped_process_alone(

@@ -5,6 +5,7 @@ Each test provokes its event once."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -264,13 +265,31 @@ def test_redis_rule_core_report(daemon: DaemonHarness, redis: subprocess.Popen[b
 # -- a report that fails: the core stays listed and usable -----------------------------------------
 
 
+@contextlib.contextmanager
+def every_cpu_busy() -> Iterator[None]:
+    """A busy loop at nice 0 pinned to each CPU we may use: a report worker, at nice 19, then
+    gets about 1/70 of a CPU (sched(7): weight 15 against 1024), on any machine."""
+    hogs = []
+    try:
+        for cpu in sorted(os.sched_getaffinity(0)):
+            p = subprocess.Popen(["/bin/sh", "-c", "while :; do :; done"])
+            hogs.append(p)
+            os.sched_setaffinity(p.pid, {cpu})
+        yield
+    finally:
+        for p in hogs:
+            p.kill()
+            p.wait()
+
+
 def test_a_report_killed_by_its_deadline_leaves_the_core(
     daemon: DaemonHarness, spawn: Callable[..., Victim], compile_victim: Callable[..., Path]
 ) -> None:
     v = spawn([compile_victim("rpt_hostile")])  # cyclic frame pointers, a garbage stack
     daemon.start("--report-deadline", "0.3")
-    core_id = snap(daemon, v.pid)
-    e = report_done(daemon, core_id)
+    with every_cpu_busy():  # the report, which yields to everything, cannot finish in 0.3 s
+        core_id = snap(daemon, v.pid)
+        e = report_done(daemon, core_id)
     assert e["status"] == "complete"
     assert e["report_status"].startswith("failed: timed out after 0.3 s"), e["report_status"]
     assert e["report"]["error"] and e["report"]["threads"] == []

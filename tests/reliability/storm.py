@@ -49,7 +49,8 @@ class StormResult:
         a = self.after or Usage(0.0, 0, 0, 0)
         return (
             f"storm {self.seconds:.0f}s: {self.calls} matching calls ({self.rate / 1e3:.0f}k/s); "
-            f"kernel fired {p.get('kernel_fired')} dropped {p.get('dropped')}; daemon read "
+            f"kernel fired {p.get('kernel_fired')} dropped {p.get('dropped')} muted "
+            f"{p.get('kernel_muted')}; daemon read "
             f"{st.get('events')} events, suppressed {st.get('suppressed')}; cores {self.cores} "
             f"(entries {self.entries}, max_cores {MAX_CORES}); daemon CPU {self.cpu:.1f}s over "
             f"{self.wall:.1f}s ({self.cpu_share:.0%} of one CPU); RSS {b.rss_kib} -> {a.rss_kib} KiB "

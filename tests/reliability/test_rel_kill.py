@@ -155,7 +155,10 @@ def test_sigkill_at_random_moments(
         f"\nseed {seed}: {KILLS} kills; phases: {dict(phases)}; of which in retention's unlink: "
         f"{retention_hits}; spans {spans}"
     )
-    print(f"zombie children left in the fork-snapshot victim: {zombie_children(b.pid)}")
+    # The dumper outlives each killed daemon and disposes of its snapshot child; a zombie left
+    # by one that died itself is reaped by the next (docs/reliability.md).
+    zombies = zombie_children(b.pid)
+    print(f"zombie children left in the fork-snapshot victim: {zombies}")
     # Both victims still answer, and the daemon still takes cores after all that.
     for v, name in ((a, "rel-a"), (b, "rel-b")):
         last = max((c["id"] for c in daemon.cores()), default=0)
@@ -170,3 +173,4 @@ def test_sigkill_at_random_moments(
     assert integrity(db) == "ok"
     assert sum(phases.values()) == KILLS
     assert phases["dump (partial file present)"] >= 3, f"seed {seed}: kills did not land in dumps: {phases}"
+    assert zombies == 0, f"seed {seed}: {zombies} snapshot children left as zombies of the fork target"

@@ -19,6 +19,7 @@ from snapd_testlib import scaled
 pytestmark = pytest.mark.kernel
 
 SECONDS = float(os.environ.get("SNAPD_STORM_SECONDS", "10"))
+RING_RECORDS = (256 * 4096) // 120  # probe/layout.py RINGBUF_PAGES; struct event is 120 bytes
 
 
 def test_trigger_storm(
@@ -33,13 +34,18 @@ def test_trigger_storm(
     assert r.rate > 100_000, f"the storm was too weak to mean anything: {r.rate:.0f}/s"
     # Limits hold.
     assert r.cores == MAX_CORES and r.entries == MAX_CORES, daemon.cores()
-    # Every matching call is accounted for in the kernel: an event, or a counted drop.
-    assert probes["kernel_fired"] + probes["dropped"] == r.calls, probes
-    assert probes["dropped"] > 0, "the ring buffer never overflowed: not a storm"
+    # Every matching call is accounted for in the kernel: an event, a counted drop, or (once
+    # the budget is spent and the rule muted) a counted mute.
+    assert probes["kernel_fired"] + probes["dropped"] + probes["kernel_muted"] == r.calls, probes
+    assert probes["kernel_seen"] == probes["kernel_fired"] + probes["dropped"], probes
+    assert probes["kernel_muted"] > r.calls // 2, "the rule was not muted once its budget was spent"
     # Every event the daemon read became a core or a counted suppression.
     assert st["events"] == sum(st["suppressed"].values()) + r.entries, st
-    # CPU bounded: at most the one main-loop thread's worth, whatever the rate.
-    assert r.cpu_share < 1.1, r.summary()
+    # Muted once max_cores is booked, the rule sends nothing more: the daemon reads at most the
+    # ring buffer's worth of what the kernel emitted before (1 MiB of 120-byte records),
+    # whatever the storm's length or rate; its CPU follows (bench/storm.py prints it).
+    assert st["events"] <= RING_RECORDS, st
+    assert r.cpu_share < 0.5, r.summary()
     # Memory: no growth with the number of events (the RSS at the end is close to the first
     # sample taken during the storm), no fd or thread left behind.
     assert r.after is not None and r.before is not None

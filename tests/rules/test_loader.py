@@ -474,11 +474,12 @@ def test_unprivileged_fallback_keeps_names_syntactic(monkeypatch: pytest.MonkeyP
     from snapd.rules import syscalls
 
     monkeypatch.setattr(syscalls, "traced_names", lambda: None)
-    monkeypatch.setattr(syscalls, "arity", lambda name: None)
-    # without tracefs, the C headers' syscall table is used ...
+    monkeypatch.setattr(syscalls, "args", lambda name: None)
+    # without tracefs, the kernel's syscall table (and the C headers) name the calls ...
     with pytest.raises(RuleError, match="unknown syscall 'not_checked_here'"):
         load(T + "trigger: {syscall: not_checked_here}\n")
     assert load(T + "trigger: {syscall: getppid, when: arg5 == 1}\n").trigger.syscalls == ("getppid",)
-    # ... and without either, only the spelling
-    monkeypatch.setattr(syscalls, "numbers", dict)
+    assert load(T + "trigger: {syscall: sendfile64}\n").trigger.syscalls == ("sendfile",)
+    # ... and without any of them, only the spelling
+    monkeypatch.setattr(syscalls, "known_names", lambda: None)
     assert load(T + "trigger: {syscall: not_checked_here}\n").trigger == SyscallTrigger(("not_checked_here",))

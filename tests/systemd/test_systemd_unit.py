@@ -130,7 +130,12 @@ def test_hardening_lets_the_daemon_work() -> None:
         "CAP_FOWNER",
     }
     assert s["ProtectSystem"] == ["strict"]
-    assert set(s["ReadWritePaths"][0].split()) == {"/var/lib/snapd-cores", "/run/snapd-cores"}
+    assert set(s["ReadWritePaths"][0].split()) == {
+        "/var/lib/snapd-cores",
+        "/run/snapd-cores",
+        "-/sys/fs/bpf/snapd-cores",  # the pinned stop: kernel record (snapd.probe.pinned)
+    }
+    assert s["OOMScoreAdjust"] == ["-1000"], "the dumper must not be the OOM killer's pick"
     assert s["ProtectHome"] == ["read-only"], "yes/tmpfs would hide executables run from /home"
     assert s["ProtectProc"] == ["default"], "invisible would hide the targets"
     assert s["MemoryDenyWriteExecute"] == ["no"]

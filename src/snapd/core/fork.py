@@ -133,22 +133,79 @@ def fork_child(h: Halted, snap: Snapshot, spec: ContentSpec) -> SnapshotChild:
     if _uses_userfaultfd(pid):
         raise ForkUnsafe("it uses userfaultfd, whose fork events could deadlock")
     regs = next(t.regs for t in snap.threads if t.tid == tid)
-    for _ in range(RETRIES):
-        ret, child_pid = inject.inject(pid, tid, regs, insn, inject.NR_CLONE, CLONE_ARGS)
-        if ret > 0 and child_pid:
-            sc = SnapshotChild(pid, child_pid, ret, insn, h.tids)
-            try:
-                sc.adopt()
-            except BaseException:
-                sc.kill()
-                inject.reap_in_target(pid, ret, insn, [tid])
-                raise
-            return sc
-        if ret != -ERESTARTNOINTR:  # a signal raced the clone: try again
-            break
+    # Held from the clone until the child has PTRACE_O_EXITKILL: a tracer that exits in between
+    # would detach a child that then runs the target's code a second time.
+    with inject.signals_held():
+        for _ in range(RETRIES):
+            ret, child_pid = inject.inject(pid, tid, regs, insn, inject.NR_CLONE, CLONE_ARGS)
+            if ret > 0 and child_pid:
+                sc = SnapshotChild(pid, child_pid, ret, insn, h.tids)
+                try:
+                    sc.adopt()
+                except BaseException:
+                    sc.kill()
+                    inject.reap_in_target(pid, ret, insn, [tid])
+                    raise
+                return sc
+            if ret != -ERESTARTNOINTR:  # a signal raced the clone: try again
+                break
     reasons = {
         -EAGAIN: "EAGAIN: RLIMIT_NPROC or pids.max reached",
         -ENOMEM: "ENOMEM: memory overcommit refused",
     }
     why = reasons.get(ret) or (os.strerror(-ret) if ret < 0 else f"returned {ret}")
     raise ForkUnsafe(f"clone() failed in the target ({why})")
+
+
+def _ns_level_pid(pid: int, level: int) -> int | None:
+    """``pid`` as seen in the pid namespace ``level`` deep (/proc/PID/status NSpid)."""
+    try:
+        ns = procfs.status(pid).get("NSpid", "").split()
+        return int(ns[level]) if len(ns) > level else None
+    except (SnapdError, ValueError):
+        return None
+
+
+def orphans(target: int) -> list[int]:
+    """Zombie children of ``target`` created with exit signal 0 (/proc/PID/stat field 38): what
+    a fork snapshot leaves when its tracer dies before the target could reap the child."""
+    out: list[int] = []
+    try:
+        tids = procfs.tids(target)
+    except SnapdError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{target}/task/{tid}/children") as f:
+                kids = [int(k) for k in f.read().split()]
+        except (OSError, ValueError):
+            continue
+        for kid in kids:
+            try:
+                with open(f"/proc/{kid}/stat", "rb") as f:
+                    data = f.read()
+            except OSError:
+                continue
+            fields = data[data.rindex(b")") + 2 :].split()
+            if fields[0] == b"Z" and len(fields) > 35 and int(fields[35]) == 0:
+                out.append(kid)
+    return sorted(set(out))
+
+
+def reap_orphans(target: int) -> int:
+    """Have ``target`` reap the :func:`orphans` it holds (one short halt of one thread each,
+    as :meth:`SnapshotChild.dispose`); returns how many it reaped."""
+    kids = orphans(target)
+    if not kids:
+        return 0
+    vdso = next((m for m in procfs.maps(target) if m.path == "[vdso]"), None)
+    insn = inject.find_syscall_insn(target, vdso.start, vdso.end) if vdso else None
+    if insn is None:
+        return 0
+    level = len(procfs.status(target).get("NSpid", "x").split()) - 1
+    reaped = 0
+    for kid in kids:
+        vpid = _ns_level_pid(kid, level)
+        if vpid is not None and inject.reap_in_target(target, vpid, insn, procfs.tids(target)):
+            reaped += 1
+    return reaped

@@ -1,12 +1,28 @@
 """Which mappings go into the core, and how much of each.
 
 Each VMA gets one content class (the vocabulary of :mod:`snapd.content`), and the spec decides
-NONE / ELFHDR (first page only) / WHOLE. ``default`` reproduces the kernel's own choice for the
-target's coredump_filter (fs/coredump.c vma_dump_size, before 6.x in fs/binfmt_elf.c).
+NONE / ELFHDR (first page only) / WHOLE. ``default`` decides exactly as the kernel does for the
+target's coredump_filter (fs/coredump.c vma_dump_size), from what /proc/PID/smaps shows:
+
+- special mappings ([vdso], [vvar], [vsyscall], [uprobes]...) always, whole, even VM_DONTDUMP
+  or VM_IO ones (always_dump_vma comes first);
+- VM_DONTDUMP (VmFlags ``dd``): nothing; hugetlb (``ht``) by bits 5/6; VM_IO (``io``): nothing;
+- VM_SHARED (``sh``, not the ``s`` of the perms, which is VM_MAYSHARE, ``ms``: a read-only
+  MAP_SHARED file mapping is private to this filter): bit 1 for an unlinked file (shmem,
+  SysV, memfd), else bit 3;
+- private with an anon_vma (anonymous pages: written or COWed; seen as Anonymous or Swap in
+  smaps): bit 0; other anonymous: nothing; other file: bit 2;
+- else, with bit 4, a readable pgoff-0 file mapping gets its first page when the file has an
+  exec bit or starts with the ELF magic.
+
+One approximation: a private mapping whose anonymous pages were all dropped again
+(MADV_DONTNEED) keeps its anon_vma, so the kernel writes it (as zeros) and snapd does not.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable
 from enum import IntEnum, IntFlag
 
@@ -14,8 +30,9 @@ from snapd.content import ContentSpec
 from snapd.procfs import Mapping
 from snapd.sys.fs import TMPFS_MAGIC, fs_type
 
-#: [vvar] and friends are always in a kernel core but can never be read (VM_PFNMAP pages)
-UNREADABLE_SPECIAL = frozenset({"[vvar]", "[vvar_vclock]"})
+#: special mappings whose pages cannot be read (VM_PFNMAP, VM_IO): in a kernel core with their
+#: size, here all holes
+UNREADABLE_SPECIAL = frozenset({"[vvar]", "[vvar_vclock]", "[uprobes]"})
 ALWAYS_DUMP = frozenset({"[vdso]", "[vsyscall]", *UNREADABLE_SPECIAL})
 
 
@@ -65,7 +82,7 @@ def classify(pid: int, m: Mapping, stack_ptrs: frozenset[int] | set[int]) -> str
         if m.path.startswith("[stack") or any(m.start <= sp < m.end for sp in stack_ptrs):
             return "stack"
         return "anon"
-    if m.anonymous > 0:
+    if has_anon_vma(m):
         return "data"
     if m.executable:
         return "text"
@@ -77,25 +94,35 @@ def never_read(m: Mapping) -> bool:
     return bool(m.vmflags & {"io", "pf"}) and m.path not in ALWAYS_DUMP
 
 
+def vm_shared(m: Mapping) -> bool:
+    """VM_SHARED: MAP_SHARED and writable through its file (smaps VmFlags ``sh``). Without
+    VmFlags (maps, not smaps), the perms' ``s`` is the closest there is."""
+    return "sh" in m.vmflags if m.vmflags else m.shared
+
+
+def has_anon_vma(m: Mapping) -> bool:
+    """Whether the kernel has given the mapping an anon_vma: it has, or had, anonymous pages."""
+    return m.anonymous > 0 or m.swap > 0
+
+
 def kernel_default(m: Mapping, cls: str, filt: int, is_elf: Callable[[Mapping], bool]) -> Amount:
     f = Filter(filt & 0x1FF)
     if m.path in ALWAYS_DUMP:
         return Amount.WHOLE
     if "dd" in m.vmflags:
         return Amount.NONE
+    shared = vm_shared(m)
     if cls == "hugetlb":
-        bit = Filter.HUGETLB_SHARED if m.shared else Filter.HUGETLB_PRIVATE
+        bit = Filter.HUGETLB_SHARED if shared else Filter.HUGETLB_PRIVATE
         return Amount.WHOLE if f & bit else Amount.NONE
     if never_read(m):
         return Amount.NONE
-    if m.shared:
+    if shared:
         # i_nlink == 0 (SysV shm, shared anonymous, memfd all print " (deleted)") is bit 1.
         unlinked = m.deleted or not m.path.startswith("/")
         bit = Filter.ANON_SHARED if unlinked else Filter.MAPPED_SHARED
         return Amount.WHOLE if f & bit else Amount.NONE
-    # The kernel dumps private mappings that have anonymous pages (vma->anon_vma) under bit 0.
-    # An anonymous mapping never written is all holes for us anyway, so we count it as written.
-    if (not m.file_backed or m.anonymous > 0) and f & Filter.ANON_PRIVATE:
+    if has_anon_vma(m) and f & Filter.ANON_PRIVATE:
         return Amount.WHOLE
     if not m.file_backed:
         return Amount.NONE
@@ -135,6 +162,8 @@ def decide(
             amount = max(amount, v)
         elif v == Amount.WHOLE or (v == Amount.ELFHDR and amount == Amount.ELFHDR):
             amount = Amount.NONE
+    if m.path in ALWAYS_DUMP:
+        return amount  # the kernel's always_dump_vma: even VM_DONTDUMP ([vvar] is)
     if "dd" in m.vmflags and amount and not dontdump_allowed(spec):
         amount = Amount.NONE
     if never_read(m):
@@ -151,16 +180,29 @@ def dontdump_allowed(spec: ContentSpec) -> bool:
     return allowed
 
 
-def elf_checker(read: Callable[[int, int], bytes | None]) -> Callable[[Mapping], bool]:
-    """Build ``is_elf(m)``: a readable, offset-0 file mapping whose first bytes are ELF magic."""
+def elf_checker(
+    read: Callable[[int, int], bytes | None], pid: int | None = None
+) -> Callable[[Mapping], bool]:
+    """Build ``is_elf(m)``: a readable, offset-0 file mapping whose file has an exec bit or
+    whose first bytes are the ELF magic (the kernel's ELF_HEADERS test; it looks at the file's
+    mode first, then at the bytes). The mode is read through /proc/PID/map_files (``pid``)."""
     cache: dict[int, bool] = {}
 
     def is_elf(m: Mapping) -> bool:
         if not (m.file_backed and m.offset == 0 and m.readable):
             return False
         if m.start not in cache:
-            head = read(m.start, 4)
-            cache[m.start] = head == b"\x7fELF"
+            cache[m.start] = _executable(pid, m) or read(m.start, 4) == b"\x7fELF"
         return cache[m.start]
 
     return is_elf
+
+
+def _executable(pid: int | None, m: Mapping) -> bool:
+    if pid is None:
+        return False
+    try:
+        mode = os.stat(f"/proc/{pid}/map_files/{m.start:x}-{m.end:x}").st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) and bool(mode & 0o111)

@@ -10,7 +10,7 @@ import errno
 from dataclasses import dataclass
 
 from snapd import procfs
-from snapd.core import elf, notes
+from snapd.core import elf, notes, select
 from snapd.core.pages import PageMap
 from snapd.errors import TargetGone
 from snapd.freeze import Halted
@@ -96,7 +96,8 @@ def halted_mappings(pid: int, pre: list[Mapping] | None) -> list[Mapping]:
     appeared, vanished or moved meanwhile; if one did, smaps is read again now. Of smaps we need
     the VmFlags (which change only through madvise/mmap calls, a window of milliseconds we
     accept) and whether a private file mapping holds anonymous (written) pages: for those that
-    had none, PAGEMAP_SCAN asks, cheaply, whether one has been written since.
+    had none, PAGEMAP_SCAN asks, cheaply, whether one has been written since (the kernel's
+    filter dumps a private mapping only once it has anonymous pages: core.select).
     """
     if pre is None:
         return procfs.smaps(pid)
@@ -105,7 +106,14 @@ def halted_mappings(pid: int, pre: list[Mapping] | None) -> list[Mapping]:
     try:
         with PageMap(pid) as pm:
             for m in pre:
-                if m.file_backed and not m.shared and not m.anonymous and pm.has_anon(m.start, m.end):
+                if (
+                    not m.shared
+                    and not m.anonymous
+                    and not m.swap
+                    and m.path not in select.ALWAYS_DUMP
+                    and not select.never_read(m)
+                    and pm.has_anon(m.start, m.end)
+                ):
                     m.anonymous = elf.PAGE
     except OSError:
         return procfs.smaps(pid)

@@ -33,6 +33,7 @@ from snapd.core.strategy import Strategy
 from snapd.errors import OutputError, SnapdError, SnapshotError, TargetGone, Zombie
 from snapd.freeze import Halted, halt, precheck
 from snapd.freeze.halted import DEFAULT_TIMEOUT
+from snapd.freeze.inject import signals_held
 from snapd.procfs import Mapping
 from snapd.sys.fs import fallocate
 
@@ -65,7 +66,7 @@ class Segment:
 def plan(snap: Snapshot, spec: ContentSpec, mem: MemReader) -> list[Segment]:
     """Decide every segment's class and how much of it goes in the file (no runs yet)."""
     stack_ptrs = {t.sp for t in snap.threads}
-    is_elf = select.elf_checker(mem.read)
+    is_elf = select.elf_checker(mem.read, snap.pid)
     segs = []
     for m in snap.mappings:
         cls = select.classify(snap.pid, m, stack_ptrs)
@@ -427,17 +428,23 @@ def _dump(h: Halted, out: CoreFile, req: _Request) -> _Result:
         segs = plan(snap, req.spec, mem)
     child: fork.SnapshotChild | None = None
     fallback = ""
-    if req.mode is SnapshotMode.FORK:
-        try:
-            child = fork.fork_child(h, snap, req.spec)
-        except fork.ForkUnsafe as why:
-            fallback = str(why)
     try:
+        if req.mode is SnapshotMode.FORK:
+            try:
+                # A ^C or SIGTERM held during the clone is delivered as this block ends: by
+                # then the child is ours to dispose of (the finally below), never leaked.
+                with signals_held():
+                    child = fork.fork_child(h, snap, req.spec)
+            except fork.ForkUnsafe as why:
+                fallback = str(why)
         if child is None:
             return _frozen(h, out, snap, segs, req, fallback)
         return _from_child(h, out, snap, segs, req, child)
     finally:
         if child is not None:
+            # The target reaps the child in a halt of its own (fork.SnapshotChild.dispose), so
+            # it must be running by then, also when a failure skipped the resume.
+            h.resume()
             child.dispose()
 
 

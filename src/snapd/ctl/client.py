@@ -22,6 +22,7 @@ from typing import Any
 
 from snapd.ctl import reportview
 from snapd.ctl.protocol import DEFAULT_GROUP, MAX_REPLY, CtlError, request
+from snapd.ctl.rulesview import format_rules
 from snapd.errors import SnapdError
 from snapd.paths import DEFAULT_SOCKET
 from snapd.store.retention import parse_age
@@ -364,10 +365,12 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, text in (
         ("status", "rules, probes, events seen/suppressed, cores taken, paused?"),
-        ("rules", "the loaded rules and their state"),
+        ("rules", "the rules and their state (armed, invalid, waiting for target, muted...)"),
     ):
         sp = sub.add_parser(name, help=text)
         sp.add_argument("--json", action="store_true")
+        if name == "rules":
+            sp.add_argument("--matches", action="store_true", help="the processes each rule selects now")
     sub.add_parser("metrics", help="the daemon's metrics, in the Prometheus text format")
     pause = sub.add_parser(
         "pause", help="stop every freeze and dump until 'resume' (root; survives restarts)"
@@ -441,6 +444,13 @@ def main(argv: list[str]) -> int:
                 print(f"core {result['id']}: {path} ({status})")
             else:
                 print(format_value(result))
+            return 0
+        if cmd == "rules":
+            rules = c.call("rules", matches=True if args.matches else None)
+            if args.json:
+                _print_json(rules)
+            else:
+                print(format_rules(rules))
             return 0
         reason = (args.reason or None) if cmd == "pause" else None
         result = c.call(cmd, reason=reason)

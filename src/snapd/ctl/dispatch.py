@@ -32,8 +32,9 @@ class CtlHandler(Protocol):
     def status(self) -> Reply:
         """Rules, probes, events seen/suppressed, cores taken, paused?"""
 
-    def rules(self) -> Reply:
-        """The loaded rules and their state (a list of objects)."""
+    def rules(self, matches: bool = False) -> Reply:
+        """The rules and their state (a list of objects); with ``matches``, the processes each
+        selects right now."""
 
     def metrics(self) -> Reply:
         """The daemon's metrics in the Prometheus text format (a string)."""
@@ -119,7 +120,7 @@ HANDLERS: dict[str, Callable[[Request], Reply]] = {
     "diff": lambda r: r.handler.diff(r.args["a"], r.args["b"], r.args.get("top")),
     "series": lambda r: r.handler.series(r.args["id"]),
     "status": lambda r: r.handler.status(),
-    "rules": lambda r: r.handler.rules(),
+    "rules": lambda r: r.handler.rules(bool(r.args.get("matches"))),
     "metrics": lambda r: r.handler.metrics(),
     "rm": _rm,
     "snap": lambda r: r.handler.snap(

@@ -52,7 +52,7 @@ COMMANDS: dict[str, tuple[Access, dict[str, tuple[Any, bool]]]] = {
     "diff": (Access.READ, {"a": (_INT, True), "b": (_INT, True), "top": (_INT, False)}),
     "series": (Access.READ, {"id": (_INT, True)}),
     "status": (Access.READ, {}),
-    "rules": (Access.READ, {}),
+    "rules": (Access.READ, {"matches": (bool, False)}),
     "metrics": (Access.READ, {}),
     "rm": (Access.ADMIN, {"id": (_INT, True)}),
     "snap": (Access.ADMIN, {"pid": (_INT, True), "content": (_STR, False), "snapshot": (_STR, False)}),

@@ -1,9 +1,11 @@
 """Admission: whether a firing becomes a core, and the request it becomes.
 
 Every firing is counted for its rule; one that does not become a core is counted under the
-reason (paused, inactive, max_cores, min_interval, global_cap, busy, gone), so ``snapd ctl
-status`` shows a storm for what it is. A target the probe stopped (``stop: kernel``) is either
-admitted with no dump ahead of it or resumed with SIGCONT at once: it never waits in a queue.
+reason (paused, inactive, max_cores, min_interval, global_cap, busy, gone, own), so ``snapd ctl
+status`` shows a storm for what it is; what makes further firings useless (a spent budget, a
+min_interval running) mutes the rule in the kernel (:mod:`snapd.daemon.mutes`). A target the
+probe stopped (``stop: kernel``) is either admitted with no dump ahead of it or resumed with
+SIGCONT at once: it never waits in a queue.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from snapd import procfs
 from snapd.daemon.journal import StopJournal
 from snapd.daemon.limits import Limiter, RuleState
+from snapd.daemon.mutes import Mutes
 from snapd.daemon.request import CoreRequest
 from snapd.daemon.rulesync import RuleSet
 from snapd.daemon.worker import Worker
@@ -31,17 +34,25 @@ class Admitted:
     state: RuleState
     start: int  # the process's start time (/proc/PID/stat): a recycled pid is another process
     now: float  # time.monotonic() of the admission
+    cores: int = 1  # of the rule's budget: this core and its repeats
 
 
 class Admission:
     def __init__(
-        self, rules: RuleSet, switch: PauseSwitch, limiter: Limiter, worker: Worker, journal: StopJournal
+        self,
+        rules: RuleSet,
+        switch: PauseSwitch,
+        limiter: Limiter,
+        worker: Worker,
+        journal: StopJournal,
+        mutes: Mutes,
     ) -> None:
         self.rules = rules
         self.switch = switch
         self.limiter = limiter
         self.worker = worker
         self.journal = journal
+        self.mutes = mutes
         self.events = 0
 
     def admit(self, ev: Event) -> Admitted | None:
@@ -52,10 +63,16 @@ class Admission:
             self.release(ev)
             return None
         st.seen += 1
+        if self.rules.probes.is_own(ev.pid):
+            # The kernel leaves snapd's own processes out; this is the same rule, kept here too.
+            st.suppressed["own"] += 1
+            self.release(ev)
+            return None
         try:
             start = procfs.stat(ev.pid).starttime
         except SnapdError:
             st.suppressed["gone"] += 1
+            self.journal.done(ev.pid)
             return None
         now = time.monotonic()
         busy = self.worker.waiting() + (1 if self.worker.busy else 0)
@@ -65,11 +82,12 @@ class Admission:
         if reason:
             st.suppressed[reason] += 1
             self.release(ev)
+            if reason == "max_cores":
+                self.mutes.update(st)
             return None
-        if ev.stopped:
-            self.journal.add(ev.pid)
-        self.limiter.taken(st, (ev.pid, start), now)
-        return Admitted(CoreRequest.from_event(st.rule, ev), st, start, now)
+        n = self.limiter.taken(st, (ev.pid, start), now)
+        self.mutes.took_core(st, ev.pid, now)
+        return Admitted(CoreRequest.from_event(st.rule, ev), st, start, now, n)
 
     def release(self, ev: Event) -> None:
         """A probe-stopped target we will not dump: resume it now."""

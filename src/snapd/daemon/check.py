@@ -1,12 +1,17 @@
-"""``snapd check FILE...``: validate rule files; as root, also build and load their probes.
+"""``snapd check FILE...``: validate rule files; as root, also check them against the kernel.
 
 Prints ``FILE: ok`` or each error as ``FILE:LINE:COL: message``. Exit status 0 only when every
-file is valid (and, as root, loads); 1 otherwise; 2 for usage errors. A directory argument checks
-every ``*.yaml``/``*.yml`` in it. A file named ``snapd.yaml`` (the daemon's configuration file,
+file is valid (and, as root, armable); 1 otherwise; 2 for usage errors. A directory argument
+checks every ``*.yaml``/``*.yml`` in it. ``--matches`` also lists the running processes each
+valid rule would select now. A file named ``snapd.yaml`` (the daemon's configuration file,
 snapd.paths.DEFAULT_CONFIG), or one given with ``--config FILE``, is checked as the daemon reads
 its configuration, ownership and mode included.
 
-It lives in the wiring layer because loading a rule's probes joins two stages (rules, probe).
+The kernel check compiles nothing: the BPF program is the same whatever a rule says, so a rule
+is checked against what arming it takes (snapd.probe.plan): its ``rule_cfg`` row, its syscall
+numbers and tracepoints (tracefs), the perf events it needs (opened and closed).
+
+It lives in the wiring layer because it joins two stages (rules, probe).
 """
 
 from __future__ import annotations
@@ -22,12 +27,14 @@ from snapd.rules.loader import check_file, rule_names
 from snapd.rules.model import Rule
 from snapd.text import safe
 
-USAGE = """usage: snapd check [--no-load] [--config FILE] FILE|DIR...
+USAGE = """usage: snapd check [--no-load] [--matches] [--config FILE] FILE|DIR...
 
 Validate snapd rule files (see docs/rules.md) and the daemon's configuration file (snapd.yaml,
 or any FILE given with --config; see docs/catalog.md). Prints 'FILE: ok' or every error as
-'FILE:LINE:COL: message'; exits 0 only if all are valid. As root it also compiles and loads
-each rule's BPF probes, then unloads them (--no-load skips that)."""
+'FILE:LINE:COL: message'; exits 0 only if all are valid. As root it also checks that the
+running kernel can arm each rule (syscall numbers, tracepoints, perf events), without
+compiling anything (--no-load skips that). --matches lists the running processes each valid
+rule would select now (pid, comm, exe, unit)."""
 
 CONFIG_NAME = os.path.basename(DEFAULT_CONFIG)
 
@@ -47,10 +54,6 @@ def main(argv: list[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
         print(USAGE)
         return 0
-    load = True
-    if "--no-load" in args:
-        args.remove("--no-load")
-        load = False
     configs: list[str] = []
     while "--config" in args:
         i = args.index("--config")
@@ -59,6 +62,9 @@ def main(argv: list[str]) -> int:
             return 2
         configs.append(args[i + 1])
         del args[i : i + 2]
+    flags = {a for a in args if a in ("--no-load", "--matches")}
+    args = [a for a in args if a not in flags]
+    load, matches = "--no-load" not in flags, "--matches" in flags
     configs += [a for a in args if os.path.basename(a) == CONFIG_NAME and not os.path.isdir(a)]
     args = [a for a in args if a not in configs]
     bad = [a for a in args if a.startswith("-") and a != "-"]
@@ -89,29 +95,37 @@ def main(argv: list[str]) -> int:
             names[rule.name] = path
             ok_rules.append((path, rule))
     if load and os.geteuid() == 0 and ok_rules:
-        for path, err in _load_all(ok_rules).items():
+        for path, err in _check_kernel(ok_rules).items():
             report[path].append(str(err))
     elif load and ok_rules:
-        print("snapd check: not root: rules validated but their probes were not loaded", file=sys.stderr)
+        print("snapd check: not root: rules validated but not checked against the kernel", file=sys.stderr)
     for path in files:
         for line in report[path] or [f"{safe(path)}: ok"]:
             print(line)
+    if matches:
+        _print_matches([(p, r) for p, r in ok_rules if not report[p]])
     return 1 if config_bad or any(report.values()) else 0
 
 
-def _load_all(rules: list[tuple[str, Rule]]) -> dict[str, RuleError]:
-    from snapd.probe import Probes  # only as root: this builds BPF
+def _check_kernel(rules: list[tuple[str, Rule]]) -> dict[str, RuleError]:
+    from snapd.probe.plan import check_kernel, plan
 
     failed: dict[str, RuleError] = {}
-    probes = Probes()
-    try:
-        for path, rule in rules:
-            try:
-                probes.load(rule)
-            except RuleError as err:
-                failed[path] = err
-            else:
-                probes.unload(rule.name)
-    finally:
-        probes.close()
+    for path, rule in rules:
+        try:
+            check_kernel(plan(rule))
+        except RuleError as err:
+            failed[path] = err
     return failed
+
+
+def _print_matches(rules: list[tuple[str, Rule]]) -> None:
+    from snapd.ctl.rulesview import format_matches
+    from snapd.probe import targets
+
+    for _path, rule in rules:
+        found = [
+            targets.describe(pid) for pid in targets.scan(rule.target, targets.target_cgroup(rule.target))
+        ]
+        print(f"\nrule {safe(rule.name)} selects {len(found)} process(es) now:")
+        print(format_matches(found))

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
 from snapd.daemon import reportflags
 from snapd.daemon.config import ConfigFileError, load_config
+from snapd.daemon.logsetup import configure
 from snapd.paths import DEFAULT_CONFIG, DEFAULT_RULES, DEFAULT_SOCKET, DEFAULT_STATE
-from snapd.text import SafeFormatter
 
 DEFAULT_CORES_PER_HOUR = 60
 
@@ -33,9 +32,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--foreground", action="store_true", help="accepted for clarity; always foreground")
     reportflags.add_flags(p)
     args = p.parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(SafeFormatter("%(levelname)s: %(message)s"))  # comm etc. are the target's
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    configure(sys.stderr)  # comm etc. are the target's: escaped; ISO times unless journald reads
     if os.geteuid() != 0:
         print("snapd daemon: must run as root (eBPF, ptrace of other users' processes)", file=sys.stderr)
         return 1

@@ -1,5 +1,8 @@
 """The daemon's answers to ``snapd ctl`` (the :class:`~snapd.ctl.CtlHandler` the server calls):
-status, rules, on-demand snapshots, the kill switch, reload."""
+status, rules, on-demand snapshots, the kill switch, reload.
+
+The control socket answers from the first moment, while the probes still compile: ``status``
+says ``starting`` until every rule of the directory has been armed (or refused)."""
 
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from snapd.daemon.request import CoreRequest
 from snapd.daemon.rulesync import RuleSet
 from snapd.errors import SnapdError
 from snapd.probe import Probes
+from snapd.probe.targets import describe
 from snapd.store import PauseSwitch
 from snapd.template import DEFAULT_TEMPLATE
 
@@ -40,6 +44,7 @@ class Control:
         switch: PauseSwitch,
         reload: Callable[[], None],
         changed: Callable[[], None],
+        phase: Callable[[], str],
         *,
         reports: Reports | None = None,
         compare: Comparisons | None = None,
@@ -51,10 +56,15 @@ class Control:
         self._switch = switch
         self._reload = reload
         self._changed = changed
+        self._phase = phase
         self._reports = reports
         self._compare = compare
         #: the Prometheus text of the daemon's metrics (snapd.daemon.metricsfeed)
         self.metrics_text: Callable[[], str] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._phase() == "ready"
 
     def status(self) -> dict[str, Any]:
         suppressed: dict[str, int] = {}
@@ -64,9 +74,11 @@ class Control:
         worker = self._dumps.worker
         busy = worker.busy
         return {
+            "state": self._phase(),
             "rules": len(self._rules.states),
             "bad_rule_files": len(self._rules.bad),
-            "probes": self._probes.stats(),
+            # Not while the probes compile in another thread; nothing has run in them yet.
+            "probes": self._probes.stats() if self.ready else {},
             "events": self._admission.events,
             "suppressed": suppressed,
             "cores": self._dumps.cores,
@@ -75,11 +87,33 @@ class Control:
             "dumping": {"pid": busy.request.pid, "rule": busy.request.rule} if busy else None,
             "queued": worker.waiting(),
             "reports": self._reports.status() if self._reports else None,
+            "dumper": worker.pid,
         }
 
-    def rules(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = [st.to_dict() for st in self._rules.states.values()]
-        out += [{"path": p, "errors": list(e)} for p, e in self._rules.bad.items()]
+    def rules(self, matches: bool = False) -> list[dict[str, Any]]:
+        """Every rule with its STATE: armed, waiting for target, muted (budget spent), last good
+        version kept (bad edit: why); every file that is not loaded, as invalid: why. With
+        ``matches``, the processes each rule selects right now, as the kernel does."""
+        if not self.ready:
+            return [{"path": p, "state": "starting: not armed yet"} for p in self._rules.files()]
+        out: list[dict[str, Any]] = []
+        loaded = {st.rule.path for st in self._rules.states.values()}
+        for st in self._rules.states.values():
+            pids = self._probes.targets_of(st.rule.name)
+            row: dict[str, Any] = {
+                **st.to_dict(),
+                "state": st.state(len(pids)),
+                "targets": len(pids),
+                "muted": self._probes.muted_count(st.rule.name),  # skipped in the kernel
+            }
+            if st.bad_edit:
+                row["errors"] = list(self._rules.bad.get(st.rule.path, (st.bad_edit,)))
+            if matches:
+                row["matches"] = [describe(pid) for pid in pids]
+            out.append(row)
+        for p, e in self._rules.bad.items():
+            if p not in loaded:
+                out.append({"path": p, "state": f"invalid: {e[0]}", "errors": list(e)})
         return out
 
     def snap(self, pid: int, content: str | None, snapshot: str | None, uid: int) -> Future[Any]:

@@ -3,7 +3,9 @@ published or failed, then ``action.run``; its repeat cores; cancellation.
 
 Whatever fails, a request ends as a complete or a failed entry (or, when even the catalog cannot
 write, as a pending one that the next start-up fails): never listed half-written, and a failed
-attempt does not use up the rule's ``max_cores``.
+attempt does not use up the rule's ``max_cores``. A firing books its repeat cores in the budget
+when it is admitted (max_cores counts cores, not firings); a repeat that is not taken gives its
+core back.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from snapd.core import CoreInfo
 from snapd.daemon.actionrun import run_action
 from snapd.daemon.admission import Admitted, resume
 from snapd.daemon.journal import StopJournal
+from snapd.daemon.limits import RuleState
+from snapd.daemon.mutes import Mutes
 from snapd.daemon.repeats import Repeat, Repeats
 from snapd.daemon.request import CoreRequest
 from snapd.daemon.rulesync import RuleSet
@@ -32,11 +36,14 @@ log = logging.getLogger("snapd")
 
 
 class Dumps:
-    def __init__(self, catalog: Catalog, worker: Worker, journal: StopJournal, rules: RuleSet) -> None:
+    def __init__(
+        self, catalog: Catalog, worker: Worker, journal: StopJournal, rules: RuleSet, mutes: Mutes
+    ) -> None:
         self.catalog = catalog
         self.worker = worker
         self.journal = journal
         self.rules = rules
+        self.mutes = mutes
         self.repeats = Repeats()
         self.futures: dict[int, Future[Any]] = {}  # entry id -> a ctl snap waiting for it
         self.cores = 0
@@ -58,7 +65,7 @@ class Dumps:
         if job is None:
             if req.kernel_stopped:
                 resume(req.pid, self.journal)
-            adm.state.cores -= 1
+            self._give_back(adm.state, adm.cores)
             adm.state.failed += 1
             return
         self.worker.submit(job)
@@ -67,10 +74,20 @@ class Dumps:
             dataclasses.replace(req, firing=job.entry_id),  # its repeats: one series
             start=adm.start,
             digest=adm.state.digest,
-            count=core.repeat,
+            count=adm.cores,
             interval_ns=core.interval_ns,
             now=time.monotonic(),  # the first core's reservation, not the firing
         )
+
+    def _give_back(self, st: RuleState | None, n: int = 1) -> None:
+        """Cores booked for ``st`` that will not be taken return to its budget."""
+        if st is not None and n:
+            st.cores = max(0, st.cores - n)
+            self.mutes.update(st)
+
+    def _state_of(self, rule: str, digest: str | None = None) -> RuleState | None:
+        st = self.rules.states.get(rule)
+        return st if st is not None and (digest is None or st.digest == digest) else None
 
     def reserve(self, req: CoreRequest) -> Job | None:
         """A catalog entry for ``req`` (its /proc context captured now, while the process is
@@ -99,8 +116,8 @@ class Dumps:
         """A repeat core fell due: reserve and queue it, if its rule is still loaded (a rule
         deleted or edited takes no more cores) and its process is still the same one."""
         req = rep.request
-        st = self.rules.states.get(req.rule)
-        if st is None or st.digest != rep.digest:
+        st = self._state_of(req.rule, rep.digest)
+        if st is None:
             log.info("rule %s: changed or removed: repeat core %d dropped", req.rule, rep.n)
             return
         try:
@@ -109,10 +126,13 @@ class Dumps:
             same = False
         if not same:
             log.info("rule %s: pid %d exited before repeat core %d", req.rule, req.pid, rep.n)
+            self._give_back(st, rep.count - rep.n + 1)  # this one and the rest of the series
             return
         job = self.reserve(req)
         if job is not None:
             self.worker.submit(job)
+        else:
+            self._give_back(st)
         self.repeats.add(rep.next(time.monotonic()))
 
     def fail_entry(self, entry_id: int, why: str) -> None:
@@ -144,7 +164,7 @@ class Dumps:
             self.failed += 1
             if st:
                 st.failed += 1
-                st.cores -= 1  # a failed attempt does not use up max_cores
+                self._give_back(st)  # a failed attempt does not use up max_cores
             log.error("rule %s: pid %d: core failed: %s", req.rule, req.pid, res.error)
             if fut:
                 fut.set_exception(SnapdError(res.error))
@@ -194,7 +214,10 @@ class Dumps:
                 # submitted in this loop iteration may not have been picked up yet.
                 resume(job.request.pid, self.journal)
             self.fail_entry(job.entry_id, why)
+            self._give_back(self._state_of(job.request.rule))
             fut = self.futures.pop(job.entry_id, None)
             if fut:
                 fut.set_exception(SnapdError(why))
+        for rep in self.repeats.scheduled:
+            self._give_back(self._state_of(rep.request.rule, rep.digest))
         self.repeats.clear()

@@ -1,43 +1,39 @@
-"""What `stop: kernel` left stopped: a journal so that a restarted daemon resumes it.
+"""What `stop: kernel` left stopped, and resuming exactly that after a crash.
 
-The probe stops the target with SIGSTOP before the daemon even hears of it. Each such target is
-written down (pid and start time, so a recycled pid is never signalled) until it has been sent
-SIGCONT; at start-up every entry left by a killed daemon is resumed.
-
-That alone leaves a window: a target the probe stopped whose event was still in the ring buffer
-(not yet read, so not journalled) when the daemon died. The ring buffer dies with the daemon, so
-nobody would ever hear of that target again and it would stay stopped for good. So the journal
-also keeps the targets of every loaded ``stop: kernel`` rule ("armed"), cleared on a clean
-shutdown; after an unclean one, each process matching an armed target that sits in a
-job-control stop (state T, no tracer) is resumed too. The cost: a process that someone else
-stopped on purpose and that matches a ``stop: kernel`` rule is resumed after a daemon crash;
-leaving a production process halted for good is the worse failure.
+The probe stops the target with SIGSTOP before the daemon even hears of it, and records it in
+the kernel at that instant: the ``stopped`` BPF map, pid -> the moment of the stop, pinned in bpffs per
+state directory (:mod:`snapd.probe.pinned`). An entry goes when the daemon has resumed the
+target (SIGCONT) or its dumper has taken it over with ptrace. A daemon killed at any instant,
+even with the event still unread in its ring buffer, leaves the pinned map behind; the next
+start resumes each process in it that is still the same process (started before the stop) and
+still in the job-control stop the probe put it in (state T, no tracer), and nothing else: no
+pid recycled since, no process someone else stopped on purpose.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
 import signal
-import threading
-from typing import Any
 
 from snapd import procfs
-from snapd.atomicfile import write_atomic
 from snapd.errors import SnapdError
-from snapd.probe import targets
-from snapd.rules.model import Target
+from snapd.probe import Probes, pinned
 
 log = logging.getLogger("snapd")
 
+LEGACY = "stopped.json"  # what daemons before the pinned map wrote: still honoured once
 
-def _group_stopped(pid: int) -> bool:
-    """In a job-control stop (fs/proc/array.c: "T (stopped)"), not a ptrace stop ("t")."""
+
+def _group_stopped(pid: int, stopped_at: int) -> bool:
+    """Still the process that was stopped (it started no later than the stop, in /proc
+    starttime ticks), in a job-control stop (fs/proc/array.c: "T (stopped)", not a ptrace
+    stop "t"), with no tracer."""
     try:
-        if procfs.stat(pid).state != "T":
+        st = procfs.stat(pid)
+        if st.starttime > stopped_at or st.state != "T":
             return False
         return int(procfs.status(pid).get("TracerPid", "0")) == 0
     except (SnapdError, ValueError):
@@ -45,83 +41,45 @@ def _group_stopped(pid: int) -> bool:
 
 
 class StopJournal:
-    def __init__(self, state_dir: str) -> None:
-        self.path = os.path.join(state_dir, "stopped.json")
-        self.entries: dict[int, int] = {}  # pid -> starttime
-        self.armed: dict[str, dict[str, Any]] = {}  # rule name -> its Target's fields
-        # done() runs in the dump worker (Worker.on_stop_cleared) while the main thread may
-        # add() or arm(): two writers of the same temp file would make one os.replace fail.
-        self._lock = threading.Lock()
+    """``probes`` keeps the live record (its ``stopped`` map); this is the daemon's view of it."""
 
-    def _save(self) -> None:
-        # Not fsync'ed: what it records (stopped processes) cannot outlive the machine, only the
-        # daemon, and the page cache survives that; the target waits, stopped, while we write.
-        data = {"stopped": {str(k): v for k, v in self.entries.items()}, "armed": self.armed}
-        write_atomic(self.path, json.dumps(data).encode(), sync=False)
+    def __init__(self, state_dir: str, probes: Probes) -> None:
+        self.state_dir = state_dir
+        self.probes = probes
+        self.pin_dir = probes.pin_dir or pinned.pin_dir_for(state_dir)
 
-    def add(self, pid: int) -> None:
-        try:
-            start = procfs.stat(pid).starttime
-        except SnapdError:
-            return
-        with self._lock:
-            self.entries[pid] = start
-            self._save()
+    @property
+    def entries(self) -> dict[int, int]:
+        """Targets the probe stopped that are neither resumed nor taken over: pid -> when."""
+        return self.probes.stopped()
 
     def done(self, pid: int) -> None:
-        with self._lock:
-            if self.entries.pop(pid, None) is not None:
-                self._save()
-
-    def arm(self, name: str, target: Target) -> None:
-        """A ``stop: kernel`` rule is about to be loaded: its probe may stop its targets.
-
-        Kept until a clean shutdown, even if the rule is unloaded (cheap, and always safe)."""
-        fields = dataclasses.asdict(target)
-        with self._lock:
-            if self.armed.get(name) != fields:
-                self.armed[name] = fields
-                self._save()
-
-    def close(self) -> None:
-        """Clean shutdown: every stopped target was resumed and no probe is attached."""
-        with self._lock:
-            self.entries = {}
-            self.armed = {}
-            self._save()
+        """``pid`` was resumed, or the dumper holds it now."""
+        self.probes.forget_stopped(pid)
 
     def recover(self) -> list[int]:
-        """SIGCONT every journalled target that is still the same process (returns their pids),
-        and, after an unclean shutdown, every job-control-stopped process matching an armed
-        target (logged here)."""
+        """SIGCONT what a previous daemon's probe stopped and nobody resumed (before this
+        daemon's probes pin their own map); returns the pids resumed."""
+        left: dict[int, int] = {}
         try:
-            with open(self.path) as f:
+            left = pinned.read(self.pin_dir)
+        except OSError as err:
+            log.error("cannot read what a previous daemon's probes stopped (%s): %s", self.pin_dir, err)
+        legacy = os.path.join(self.state_dir, LEGACY)
+        with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
+            with open(legacy) as f:
                 data = json.load(f)
-            if "stopped" not in data:  # the format before "armed"
-                data = {"stopped": data}
-            old = {int(k): int(v) for k, v in data["stopped"].items()}
-            armed = {str(k): Target(**v) for k, v in data.get("armed", {}).items()}
-        except (OSError, ValueError, AttributeError, TypeError):
-            old, armed = {}, {}
+            for k, v in dict(data.get("stopped", data)).items():
+                left.setdefault(int(k), int(v))
         resumed = []
-        for pid, start in old.items():
-            with contextlib.suppress(SnapdError, ProcessLookupError):
-                if procfs.stat(pid).starttime == start:
+        for pid, when in sorted(left.items()):
+            if _group_stopped(pid, when):
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
                     resumed.append(pid)
-        for name, target in armed.items():
-            for pid in targets.scan(target, targets.target_cgroup(target)):
-                if pid not in resumed and _group_stopped(pid):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGCONT)
-                        log.warning(
-                            "resumed pid %d: stopped, and a target of stop: kernel rule %s when the "
-                            "previous daemon died (its event may never have been read)",
-                            pid,
-                            name,
-                        )
-        with self._lock:
-            self.entries = {}
-            self.armed = {}
-            self._save()
+                    log.warning("resumed pid %d, left stopped by a previous daemon's stop: kernel probe", pid)
+        with contextlib.suppress(OSError):
+            pinned.unpin(self.pin_dir)
+        with contextlib.suppress(OSError):
+            os.unlink(legacy)
         return resumed

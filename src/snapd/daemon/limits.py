@@ -18,15 +18,31 @@ HOUR = 3600.0
 
 @dataclass
 class RuleState:
-    """A loaded rule and its counters; replaced (counters reset) when its file's content changes."""
+    """A loaded (armed) rule and its counters; replaced (counters reset) when its file's content
+    changes. ``bad_edit``: its file was edited into something that cannot be loaded, and this
+    last good version keeps running; why, with file:line:col."""
 
     rule: Rule
     digest: str
     seen: int = 0
-    cores: int = 0  # taken or being taken: what max_cores counts
+    cores: int = 0  # taken, being taken or due (repeats): what max_cores counts
     failed: int = 0
     suppressed: Counter[str] = field(default_factory=Counter)
     last_by_process: dict[tuple[int, int], float] = field(default_factory=dict)
+    bad_edit: str = ""
+    muted: bool = False  # muted in the kernel: max_cores reached
+
+    @property
+    def spent(self) -> bool:
+        return self.cores >= self.rule.limits.max_cores
+
+    def state(self, targets: int) -> str:
+        """What ``ctl rules`` shows in its STATE column."""
+        if self.bad_edit:
+            return f"last good version kept (bad edit: {self.bad_edit})"
+        if self.spent:
+            return "muted (budget spent)"
+        return "armed" if targets else "waiting for target"
 
     def to_dict(self) -> dict[str, object]:
         r = self.rule
@@ -80,7 +96,11 @@ class Limiter:
             return "busy"
         return None
 
-    def taken(self, st: RuleState, process: tuple[int, int], now: float) -> None:
-        st.cores += 1
+    def taken(self, st: RuleState, process: tuple[int, int], now: float) -> int:
+        """Book an admitted firing: it takes ``repeat`` cores of the rule's budget, or what is
+        left of it; returns how many (at least 1)."""
+        n = max(1, min(st.rule.action.core.repeat, st.rule.limits.max_cores - st.cores))
+        st.cores += n
         st.last_by_process[process] = now
         self.recent.append(now)
+        return n

@@ -56,5 +56,8 @@ class Repeats:
             self.scheduled = [r for r in self.scheduled if r.due > now]
         return due
 
+    def next_due(self) -> float | None:
+        return min((r.due for r in self.scheduled), default=None)
+
     def clear(self) -> None:
         self.scheduled.clear()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from snapd.rules import RuleError, parse_rule
 from snapd.rules.bounds import MAX_FILE_BYTES
-from snapd.rules.loader import rule_names
+from snapd.rules.loader import is_rule_name, rule_names
 from snapd.rules.model import Rule
 
 
@@ -26,6 +26,7 @@ class RuleFile:
     digest: str  # sha256 of the content: a change of content is a new rule (limits reset)
     rule: Rule | None
     errors: tuple[str, ...]
+    trusted: bool = True  # False: refused unread (not root's, writable by others, a symlink...)
 
 
 def trust_problem(st: os.stat_result) -> str | None:
@@ -82,7 +83,7 @@ def read_rule(
             if err.errno == 40
             else err.strerror
         )
-        return RuleFile(path, "", None, (f"{path}: refused: {why}",))
+        return RuleFile(path, "", None, (f"{path}: refused: {why}",), trusted=False)
     try:
         st = os.fstat(fd)
         problem = (
@@ -91,7 +92,7 @@ def read_rule(
             else (None if stat.S_ISREG(st.st_mode) else "not a regular file")
         )
         if problem:
-            return RuleFile(path, "", None, (f"{path}: refused: {problem}",))
+            return RuleFile(path, "", None, (f"{path}: refused: {problem}",), trusted=False)
         key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         if cache is not None and key in cache and cache[key].path == path:
             return cache[key]
@@ -122,3 +123,14 @@ def scan(
         for k in [k for k, f in cache.items() if id(f) not in keep]:
             del cache[k]
     return files
+
+
+def skipped(directory: str) -> list[str]:
+    """Names in ``directory`` that are not rule files and not dot files (editors' and tools'
+    temporary files): each is worth one log line, since a rule saved as ``x.yml.txt`` or
+    ``notes`` would otherwise be silently ignored."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return sorted(n for n in names if not n.startswith(".") and not is_rule_name(n))

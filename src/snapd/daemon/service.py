@@ -1,13 +1,22 @@
-"""The daemon: rules -> probes -> admission -> dump worker -> catalog -> ctl. The only place that
+"""The daemon: rules -> probes -> admission -> dumper -> catalog -> ctl. The only place that
 wires the stages together.
 
-The main thread owns the probes (bcc), the catalog (SQLite), the control socket and the rules
-watch; it never blocks on a dump. The dump worker (:mod:`snapd.daemon.worker`) owns every ptrace
-request. One turn of the loop: events -> :class:`~snapd.daemon.admission.Admission` ->
-:class:`~snapd.daemon.dumps.Dumps` (reserve, queue); finished dumps -> ``Dumps.finish``
-(publish, action.run); repeats that fell due; the rules directory; ctl requests; the loop
-clients (:class:`~snapd.daemon.hooks.LoopClient`: the reports of published cores, ctl diffs),
-whose fds the loop watches for them (:meth:`Daemon.watch_fd`).
+Start-up: the state dir's dumper lock (waiting, bounded, for a dumper a killed daemon left),
+the catalog's recovery, the targets a previous daemon's probes left stopped, the dumper; then
+the shared BPF program set compiles in a thread (seconds) while the loop already serves the
+control socket (``ctl status``: ``starting``); once it is built every rule is armed and only
+then is READY=1 sent. A rule dropped later is map data: armed within milliseconds.
+
+The loop is event-driven: it sleeps in one selector on the ring buffer's fd (firings), the
+control socket, the rules directory's inotify fd, the dumper's socket, a wake pipe (signals,
+the compile thread) and the fds of its loop clients (:class:`~snapd.daemon.hooks.LoopClient`:
+the reports of published cores, ctl diffs, the work after publication, uploads, metrics;
+:meth:`Daemon.watch_fd`), with a timeout for the next timer (samplers, rescans, repeats, the
+settle time of an edit, the watchdog, a client's next tick). One turn: events ->
+:class:`~snapd.daemon.admission.Admission` -> :class:`~snapd.daemon.dumps.Dumps` (reserve,
+queue); finished dumps -> ``Dumps.finish`` (publish, action.run); repeats that fell due; the
+rules directory; ctl requests; the clients' ticks. It never blocks on a dump and never traces
+anything: every ptrace request comes from the dumper process (:mod:`snapd.daemon.dumper`).
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ import logging
 import os
 import selectors
 import signal
+import threading
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -34,21 +44,30 @@ from snapd.daemon.hooks import LoopClient
 from snapd.daemon.journal import StopJournal
 from snapd.daemon.limits import Limiter
 from snapd.daemon.metricsfeed import MetricsFeed
+from snapd.daemon.mutes import Mutes
 from snapd.daemon.reports import Reports, ReportSettings
 from snapd.daemon.request import CoreRequest
 from snapd.daemon.rulesync import RULE_EVENTS, RuleSet
 from snapd.daemon.uploads import Uploads
-from snapd.daemon.worker import Worker
-from snapd.probe import Probes
+from snapd.daemon.worker import Worker, take_lock
+from snapd.probe import Event, Kind, Probes, pinned
 from snapd.ship.metrics import Metrics
 from snapd.store import Catalog, Entry, PauseSwitch, Retention
 from snapd.sys.inotify import Watch
 
 log = logging.getLogger("snapd")
 
-POLL_MS = 50
 DRAIN_S = 0.2  # a BPF program runs for microseconds: its last event is queued well within this
 SETTLE_S = 0.1  # editors write files in several steps: wait for quiet before re-reading
+TICK_S = 1.0  # the longest sleep: idle ctl clients expire, the status line stays fresh
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n //= 1024
+    return f"{n} B"
 
 
 class Daemon:
@@ -67,20 +86,24 @@ class Daemon:
         self.rules_dir = os.path.abspath(rules_dir)
         self.state_dir = os.path.abspath(state_dir)
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        self.lock_fd = take_lock(self.state_dir)
         self.catalog = Catalog(self.state_dir, retention)
         self.switch = PauseSwitch(self.state_dir)
-        self.journal = StopJournal(self.state_dir)
-        for pid in self.journal.recover():
-            log.warning("resumed pid %d, left stopped by a previous daemon (stop: kernel)", pid)
-        self.probes = Probes()
-        self.rules = RuleSet(self.rules_dir, self.probes, self.journal)
+        self.probes = Probes(pin_dir=pinned.pin_dir_for(self.state_dir))
+        self.journal = StopJournal(self.state_dir, self.probes)
+        self.journal.recover()
+        self.rules = RuleSet(self.rules_dir, self.probes)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.worker = Worker(self.wake_w)
+        self.worker = Worker(self.state_dir, self.lock_fd)
         self.worker.on_stop_cleared = self.journal.done
+        self.worker.on_started = lambda pid: self.probes.set_own(os.getpid(), pid)
+        self.worker.on_socket = self._register_dumper
+        self.mutes = Mutes(self.probes)
         self.admission = Admission(
-            self.rules, self.switch, Limiter(per_hour=cores_per_hour), self.worker, self.journal
+            self.rules, self.switch, Limiter(per_hour=cores_per_hour), self.worker, self.journal, self.mutes
         )
-        self.dumps = Dumps(self.catalog, self.worker, self.journal, self.rules)
+        self.dumps = Dumps(self.catalog, self.worker, self.journal, self.rules, self.mutes)
+        self.phase = "starting"
         self.sel = selectors.DefaultSelector()
         settings = reports or ReportSettings()
         self.reports = Reports(self.catalog, settings, self, self._dumps_idle)
@@ -95,6 +118,7 @@ class Daemon:
             self.switch,
             self.sync_rules,
             self._status,
+            lambda: self.phase,
             reports=self.reports,
             compare=self.compare,
         )
@@ -102,12 +126,23 @@ class Daemon:
         self.stopping = False
         self.reload_requested = False
         self.dirty_at: float | None = None
-        self.drain_until = 0.0  # time.monotonic(): keep reading the ring buffer after an unload
+        self.compiled = threading.Event()
         self.watch = Watch(self.rules_dir, RULE_EVENTS)
         self.ctl = CtlServer(socket_path, self.control, self.catalog)
         self.sel.register(self.watch.fileno(), selectors.EVENT_READ, "watch")
         self.sel.register(self.ctl.fileno(), selectors.EVENT_READ, "ctl")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
+        self._dumper_fd = -1
+        self.worker.start()
+        _oom_reset()
+
+    def _register_dumper(self) -> None:
+        if self._dumper_fd >= 0:
+            with contextlib.suppress(KeyError, ValueError):
+                self.sel.unregister(self._dumper_fd)
+        self._dumper_fd = self.worker.fileno()
+        if self._dumper_fd >= 0:
+            self.sel.register(self._dumper_fd, selectors.EVENT_READ, "dumper")
 
     def watch_fd(self, fd: int, ready: Callable[[], None]) -> None:
         """:class:`~snapd.daemon.hooks.FdWatch`: ``ready()`` when ``fd`` is readable."""
@@ -144,13 +179,13 @@ class Daemon:
         self.after.published(entry)
 
     def sync_rules(self) -> None:
-        """Make the loaded rules match the directory (:meth:`RuleSet.sync`)."""
+        """Make the loaded rules match the directory (:meth:`RuleSet.sync`); before the probes
+        are built, only noted (it runs as soon as they are)."""
+        if self.phase != "ready":
+            self.reload_requested = True
+            return
         self.dirty_at = None
-        if self.rules.sync():
-            # A probe that ran just before the unload may have stopped its target (stop: kernel)
-            # and queued the event: it must still be read (Probes releases events of unloaded
-            # rules) even if no rule is left to make the loop poll.
-            self.drain_until = time.monotonic() + DRAIN_S
+        self.rules.sync()
         self._status()
 
     def _status(self) -> None:
@@ -165,10 +200,73 @@ class Daemon:
         with contextlib.suppress(OSError):
             os.write(self.wake_w, b"s")
 
+    def _compile(self) -> None:
+        with contextlib.suppress(Exception):  # kept in Probes.compile_error, reported on return
+            self.probes.compile()
+        self.compiled.set()
+        with contextlib.suppress(OSError):
+            os.write(self.wake_w, b"c")
+
+    def _became_ready(self) -> None:
+        t0 = self._t0
+        if self.probes.compile_error is not None:
+            log.error("%s: no rule can be armed (ctl snap still works)", self.probes.compile_error)
+        else:
+            self.sel.register(self.probes.fileno(), selectors.EVENT_READ, "probes")
+            if self.probes.pinned is None:
+                why = self.probes.pin_error or "no pin directory"
+                self.rules.stop_kernel_refused = (
+                    f"stop: kernel rules are refused: what they stop could not be recorded for "
+                    f"recovery after a crash ({why}; mount bpffs: mount -t bpf bpf /sys/fs/bpf)"
+                )
+                log.error("%s", self.rules.stop_kernel_refused)
+        self.phase = "ready"
+        self.reload_requested = False
+        self.sync_rules()
+        sdnotify.ready(f"{len(self.rules.states)} rules loaded")
+        log.info(
+            "snapd daemon ready in %.1f s: %d rules armed from %s, cores in %s, control socket %s%s",
+            time.monotonic() - t0,
+            len(self.rules.states),
+            self.rules_dir,
+            self.catalog.cores_dir,
+            self.ctl.path,
+            " (PAUSED: snapd ctl resume)" if self.switch.paused else "",
+        )
+
+    def _on_event(self, ev: Event) -> None:
+        if ev.at_load and ev.value is not None:
+            value = _size(ev.value) if ev.kind is Kind.RSS else str(ev.value)
+            log.warning(
+                "rule %s fires at load: pid %d (%s) is already above its %s threshold (%s)",
+                ev.rule,
+                ev.pid,
+                ev.comm,
+                ev.kind.value,
+                value,
+            )
+        admitted = self.admission.admit(ev)
+        if admitted is not None:
+            self.dumps.start(admitted)
+
+    def _timeout(self, next_dog: float | None) -> float:
+        now = time.monotonic()
+        due = [now + TICK_S]
+        if self.phase == "ready" and (w := self.probes.next_wakeup()) is not None:
+            due.append(w)
+        if (r := self.dumps.repeats.next_due()) is not None:
+            due.append(r)
+        if self.dirty_at is not None:
+            due.append(self.dirty_at + SETTLE_S)
+        if next_dog is not None:
+            due.append(next_dog)
+        due += [t for c in self.clients if (t := c.next_tick()) is not None]
+        return max(0.0, min(due) - now)
+
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        self.worker.start()
+        self._t0 = time.monotonic()
         self.reports.resume_unfinished()
         if self.uploads is not None:
             self.uploads.start()
@@ -178,51 +276,46 @@ class Daemon:
         elif (queued := self.catalog.shipping.backlog()[0]) > 0:
             log.warning("%d core(s) wait for an upload, but the configuration has no upload: section", queued)
         self.after.resume()
-        self.sync_rules()
-        sdnotify.ready(f"{len(self.rules.states)} rules loaded")
-        log.info(
-            "snapd daemon ready: %d rules from %s, cores in %s, control socket %s%s",
-            len(self.rules.states),
-            self.rules_dir,
-            self.catalog.cores_dir,
-            self.ctl.path,
-            " (PAUSED: snapd ctl resume)" if self.switch.paused else "",
-        )
+        sdnotify.status("starting: building the BPF probes")
+        log.info("snapd daemon starting: building the BPF probes (control socket %s answers)", self.ctl.path)
+        threading.Thread(target=self._compile, name="snapd-compile", daemon=True).start()
         dog = sdnotify.watchdog_interval()
-        next_dog = 0.0
+        next_dog = time.monotonic() if dog else None
         while not self.stopping:
-            if self.rules.states or time.monotonic() < self.drain_until:
-                for ev in self.probes.poll(POLL_MS):
-                    admitted = self.admission.admit(ev)
-                    if admitted is not None:
-                        self.dumps.start(admitted)
-                ready = self.sel.select(0)
-            else:
-                ready = self.sel.select(POLL_MS / 1000)
-            for key, _ in ready:
+            for key, _ in self.sel.select(self._timeout(next_dog)):
                 if key.data == "watch" and self.watch.drain():
                     self.dirty_at = time.monotonic()
                 elif key.data == "wake":
                     with contextlib.suppress(BlockingIOError):
                         os.read(self.wake_r, 4096)
+                elif key.data == "dumper":
+                    self.worker.on_readable()
                 elif callable(key.data):
                     key.data()
+            if self.phase == "starting" and self.compiled.is_set():
+                self._became_ready()
             self.ctl.handle(0)
+            if self.phase == "ready":
+                for ev in self.probes.service():
+                    self._on_event(ev)
             for res in self.worker.take_results():
                 self.dumps.finish(res)
             now = time.monotonic()
             self.dumps.run_due(now)
             for client in self.clients:
                 client.tick(now)
-            if self.reload_requested or (self.dirty_at and now - self.dirty_at >= SETTLE_S):
+            if self.phase == "ready" and (
+                self.reload_requested or (self.dirty_at and now - self.dirty_at >= SETTLE_S)
+            ):
                 self.reload_requested = False
                 self.sync_rules()
-            if dog and now >= next_dog:
+            if dog and next_dog is not None and now >= next_dog:
                 sdnotify.watchdog()
                 next_dog = now + dog / 2
         return self.shutdown()
 
     def shutdown(self) -> int:
+        self.phase = "stopping"
         sdnotify.stopping("shutting down")
         log.info("snapd daemon stopping")
         self.dumps.cancel_queued("cancelled: daemon stopped")
@@ -231,6 +324,7 @@ class Daemon:
             self.dumps.finish(res)
         for client in self.clients:
             client.close()  # reports left running run again at the next start
+        self.compiled.wait(60)  # a compile in flight holds the probes
         for pid in list(self.journal.entries):
             resume(pid, self.journal)
         # Unload first, then read what probes emitted meanwhile: a target stopped by an event
@@ -238,9 +332,23 @@ class Daemon:
         self.rules.unload_all()
         for ev in self.probes.poll(int(DRAIN_S * 1000)):
             self.admission.release(ev)
-        self.probes.close()
-        self.journal.close()  # clean: no probe left to stop anything, nothing left stopped
+        self.probes.close()  # clean: no probe left to stop anything, nothing left stopped: unpinned
         self.ctl.close()
         self.watch.close()
         self.catalog.close()
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
         return 0
+
+
+def _oom_reset() -> None:
+    """The unit gives the daemon oom_score_adj -1000 for its dumper to inherit (lowering it
+    needs CAP_SYS_RESOURCE); the daemon itself, whose death harms no target, goes back to 0, and
+    so do the programs it runs (action.run)."""
+    try:
+        with open("/proc/self/oom_score_adj", "r+") as f:
+            if int(f.read() or 0) < 0:
+                f.seek(0)
+                f.write("0")
+    except (OSError, ValueError):
+        pass

@@ -10,6 +10,13 @@ nanosleep...), its rax holding -ERESTART*. Resumed from the original ptrace stop
 restart that call; resumed from our syscall-exit-stop it would not, and the program would see
 errno 512. So we do the restart ourselves when restoring: rax = orig_rax (or restart_syscall for
 -ERESTART_RESTARTBLOCK), rip -= 2, orig_rax = -1.
+
+Between moving the registers and restoring them, the tracer must not stop: a tracer that exits
+then leaves the thread running from the injected state (kernel/ptrace.c exit_ptrace detaches it
+as it is): rip after a [vdso] ``syscall``, every signal blocked, the clone's result in rax where
+the program expects its own call's. SIGINT, SIGTERM and SIGHUP are therefore held
+(:func:`signals_held`) until the thread is restored; SIGKILL cannot be, which is why the daemon
+does its dumps in a separate process (:mod:`snapd.daemon.dumper`) that outlives it.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import os
 import signal
 import struct
 import time
+from collections.abc import Callable, Iterator
 
 from snapd import procfs
 from snapd.errors import SnapdError, TargetError, TargetGone
@@ -42,6 +50,26 @@ SYSCALL_STOP = signal.SIGTRAP | 0x80  # with PTRACE_O_TRACESYSGOOD
 
 class InjectError(TargetError):
     """The injected call could not be made; the thread was restored."""
+
+
+#: The signals a tracer's user sends to stop it (^C, kill, systemctl stop, a lost terminal).
+HELD_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+#: Called with (tid, nr) at the syscall-enter-stop of every injected call, the thread holding
+#: our registers: tests use it to kill a tracer at exactly that moment.
+on_call_entered: Callable[[int, int], None] | None = None
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Block :data:`HELD_SIGNALS` in this thread; whatever arrived is delivered on the way out
+    (Python runs its handler at the next bytecode, after the target is whole again). A process
+    whose other threads leave these signals unblocked must hold them there too."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _signed(v: int) -> int:
@@ -150,8 +178,16 @@ def inject(
 ) -> tuple[int, int | None]:
     """Run system call ``nr(args)`` in halted thread ``tid``; return (result, traced child or None).
 
-    The thread is left halted, registers and signal mask as they were (see module docstring).
+    The thread is left halted, registers and signal mask as they were (see module docstring),
+    whatever signal reaches us meanwhile (:func:`signals_held`).
     """
+    with signals_held():
+        return _inject(pid, tid, saved_regs, insn, nr, args)
+
+
+def _inject(
+    pid: int, tid: int, saved_regs: bytes, insn: int, nr: int, args: tuple[int, ...]
+) -> tuple[int, int | None]:
     saved_mask = pt.get_sigmask(tid)
     moved = False
     child: int | None = None
@@ -170,6 +206,8 @@ def inject(
         status = _step_past_jobctl(pid, tid, wait_stop(pid, tid))
         if os.WSTOPSIG(status) != SYSCALL_STOP:
             raise InjectError(pid, f"thread {tid} stopped with {status:#x} instead of entering the call")
+        if on_call_entered is not None:
+            on_call_entered(tid, nr)
         pt.syscall_step(tid)
         while True:
             status = _step_past_jobctl(pid, tid, wait_stop(pid, tid))

@@ -30,7 +30,9 @@ class Event:
     percent of one CPU (cpu), bytes (rss), threads, open fds; None for syscall/every.
     ``stopped`` means the probe itself sent SIGSTOP (``stop: kernel``): the daemon must take over
     and resume the target with SIGCONT. ``stack`` is the firing thread's registers and top of
-    stack at the event, for probes that record them (None otherwise).
+    stack at the event, for probes that record them (None otherwise). ``at_load`` marks a
+    sampled (rss, threads, fds) firing at the rule's first sample: the process was already above
+    the threshold when it loaded.
     """
 
     rule: str
@@ -45,3 +47,4 @@ class Event:
     value: int | None = None
     stopped: bool = False
     stack: UserStack | None = None
+    at_load: bool = False

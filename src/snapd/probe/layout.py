@@ -1,10 +1,13 @@
-"""Constants shared by probe.bpf.c and Python, defined once here and passed to C as -D flags.
+"""Constants and map rows shared by probe.bpf.c and Python, defined once here: constants are
+passed to C as -D flags, rows (``struct rule_cfg``, ``struct sysmask``) are ctypes structures
+whose layout Probes checks against the compiled program's own once it is built.
 
-This module imports nothing from bcc.
+This module imports nothing from bcc: ``snapd check`` builds a rule's rows without compiling.
 """
 
 from __future__ import annotations
 
+import ctypes as ct
 from enum import IntEnum, IntFlag
 
 # The predicate encoding and the rule-language bounds belong to snapd.rules (an earlier stage);
@@ -21,6 +24,12 @@ MAX_INFLIGHT = 16384
 MAX_WINDOWS = 4096
 RINGBUF_PAGES = 256  # 1 MiB with 4 KiB pages
 PATH_MAX = 256  # exec filenames hashed for `exe`; longer ones never match in the kernel
+MAX_STOPPED = 4096  # processes stop: kernel may hold stopped at once
+MAX_MINE = 4096  # tasks snapd created (action.run, sandboxes, snapshot children) alive at once
+MUTE_FOREVER = (1 << 64) - 1  # a `mutes` value: until the daemon unmutes the rule
+# The flags of a fork snapshot's injected clone: CLONE_FILES, exit signal 0 (snapd.core.fork
+# CLONE_ARGS; probe may not import core, tests/probe checks they agree).
+SNAPSHOT_CLONE_FLAGS = 0x400
 CPU_SAMPLE_PERIOD_NS = 10_101_010  # ~99 Hz per CPU, off the common 100 Hz timer beat
 SIGNAL_STOP = 19  # SIGSTOP on every Linux architecture snapd supports (x86_64, arm64)
 
@@ -46,14 +55,76 @@ class Global(IntEnum):
     ACTIVE = 0  # any rule loaded: the exec probe classifies new processes
     PID_RULES = 1  # mask of rules with a pid selector (children do not inherit them)
     CPU_RULES = 2  # mask of rules with a cpu trigger
-    NR = 3
+    SELF = 3  # the daemon's tgid: it and what it creates are never targets
+    DUMPER = 4  # the dumper's tgid (the tracer of every dump)
+    NR = 5
 
 
 class Counter(IntEnum):
-    SEEN = 0  # a targeted process hit a rule's syscall (before the predicate)
+    """Per event and rule, exactly one of MUTED or SEEN; a SEEN one may then be FIRED (or
+    DROPPED when the ring buffer is full)."""
+
+    SEEN = 0  # a targeted process hit a rule's syscall (the predicate was evaluated)
     FIRED = 1
     DROPPED = 2  # ring buffer full
-    NR = 3
+    MUTED = 3  # the rule was muted (max_cores spent, min_interval running): not evaluated
+    NR = 4
+
+
+class InsnRow(ct.Structure):
+    """struct insn."""
+
+    _fields_ = [
+        ("kind", ct.c_uint8),
+        ("field", ct.c_uint8),
+        ("op", ct.c_uint8),
+        ("pad", ct.c_uint8 * 5),
+        ("k", ct.c_int64),
+    ]
+
+
+class RuleCfg(ct.Structure):
+    """struct rule_cfg: one rule's row in the ``rules`` map."""
+
+    _fields_ = [
+        ("gen", ct.c_uint32),
+        ("flags", ct.c_uint32),
+        ("pid", ct.c_uint32),
+        ("uid", ct.c_uint32),
+        ("cg_level", ct.c_uint32),
+        ("count", ct.c_uint32),
+        ("cg_id", ct.c_uint64),
+        ("exe_hash", ct.c_uint64 * 2),
+        ("within_ns", ct.c_uint64),
+        ("cpu_bucket_ns", ct.c_uint64),
+        ("cpu_threshold", ct.c_uint64),
+        ("n_insns", ct.c_uint32),
+        ("glob_len", ct.c_uint32),
+        ("glob_star", ct.c_uint32),
+        ("pad", ct.c_uint32),
+        ("insns", InsnRow * MAX_INSNS),
+        ("glob_chars", ct.c_uint32 * 256),
+    ]
+
+
+class SysMask(ct.Structure):
+    """struct sysmask: the rules evaluated on one syscall number, and how to read its args."""
+
+    _fields_ = [
+        ("enter", ct.c_uint64),
+        ("exit", ct.c_uint64),
+        ("argx", ct.c_uint8 * 8),
+    ]
+
+
+def same_layout(ours: type[ct.Structure], theirs: type[ct.Structure]) -> bool:
+    """Whether a ctypes row has the size and field offsets of the compiled program's."""
+    if ct.sizeof(ours) != ct.sizeof(theirs):
+        return False
+    for name, *_ in ours._fields_:
+        if not hasattr(theirs, name) or getattr(ours, name).offset != getattr(theirs, name).offset:
+            return False
+    return True
 
 
 def cflags() -> list[str]:
@@ -68,7 +139,10 @@ def cflags() -> list[str]:
         f"-DSNAPD_MAX_WINDOWS={MAX_WINDOWS}",
         f"-DSNAPD_RINGBUF_PAGES={RINGBUF_PAGES}",
         f"-DSNAPD_PATH_MAX={PATH_MAX}",
+        f"-DSNAPD_MAX_STOPPED={MAX_STOPPED}",
+        f"-DSNAPD_MAX_MINE={MAX_MINE}",
         f"-DSIGNAL_STOP={SIGNAL_STOP}",
+        f"-DSNAPSHOT_CLONE_FLAGS={SNAPSHOT_CLONE_FLAGS}",
     ]
     for enum in (Insn, Op):
         out += [f"-D{enum.__name__.upper()}_{m.name}={m.value}" for m in enum]

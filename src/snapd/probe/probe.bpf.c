@@ -8,8 +8,9 @@
 // passed as -D flags from snapd.probe.layout so Python and C share one definition.
 //
 // Data flow:
-//   sched_process_exec/fork/exit  -> keep `targets` (tgid -> bitmask of rule slots) current
-//   syscalls:sys_enter_X / exit_X -> target check, predicate, count/within, ring buffer
+//   sched_process_exec/fork/exit  -> keep `targets` (tgid -> bitmask of rule slots) current,
+//                                    and `mine` (what snapd itself created) out of it
+//   syscalls:sys_enter_X / exit_X -> target check, mutes, predicate, count/within, ring buffer
 //   perf cpu-clock sampler        -> per-process on-CPU share over a sliding window
 //   perf cpu-clock ticks          -> `every` timers
 // Only firings reach user space, through the `events` ring buffer.
@@ -53,6 +54,17 @@ struct rule_cfg {
 struct sysmask {
     u64 enter;           // rules evaluated at sys_enter of this syscall
     u64 exit;            // rules evaluated at sys_exit (predicate uses ret/errno/latency)
+    // Per argument: how the kernel reads the register (include/linux/syscalls.h casts each to
+    // its declared type): bits 0-5 the shift that keeps the type's width (0, 32, 48), bit 7 set
+    // when the type is signed. The tracepoint records the raw 64-bit registers.
+    u8 argx[8];
+};
+
+// Until when (bpf_ktime_get_ns) a rule's events are useless for one process (min_interval).
+struct pmute {
+    u64 until;
+    u32 gen;             // the rule_cfg gen it was set for: a reused slot starts unmuted
+    u32 pad;
 };
 
 struct inflight {
@@ -110,6 +122,21 @@ BPF_HASH(sysmasks, u32, struct sysmask, 1024);
 BPF_HASH(ticks, u64, u64, SNAPD_MAX_RULES);
 BPF_ARRAY(globals, u64, GLOBAL_NR);
 BPF_PERCPU_ARRAY(counters, u64, CTR_NR);
+// Until when a rule's events are useless (max_cores reached: forever); checked before its
+// predicate, so a rule that has spent its budget costs a map lookup per event, not a firing.
+BPF_ARRAY(mutes, u64, SNAPD_MAX_RULES);
+BPF_PERCPU_ARRAY(muted_by_rule, u64, SNAPD_MAX_RULES);  // CTR_MUTED per slot, for ctl rules
+BPF_TABLE("lru_hash", struct wkey, struct pmute, pmutes, SNAPD_MAX_WINDOWS);
+// Every process stop: kernel stopped (tgid -> CLOCK_BOOTTIME of the stop), until the daemon has
+// resumed it or taken it over. Pinned in bpffs by snapd.probe, so a restarted daemon resumes
+// exactly these: a process with that pid that started before the stop is the one stopped (two
+// live processes never share a pid); a recycled pid started after it.
+BPF_HASH(stopped, u32, u64, SNAPD_MAX_STOPPED);
+// Tasks snapd created, and what they created (tid -> 1): never targets. The daemon's and the
+// dumper's own tgids are in `globals`.
+BPF_TABLE("lru_hash", u32, u8, mine, SNAPD_MAX_MINE);
+// Threads inside a fork snapshot's injected clone (tid -> 1), from its entry to its exit.
+BPF_HASH(injecting, u32, u8, 256);
 BPF_TABLE("lru_hash", u32, struct inflight, inflight, SNAPD_MAX_INFLIGHT);
 BPF_TABLE("lru_hash", struct wkey, struct wstate, windows, SNAPD_MAX_WINDOWS);
 BPF_TABLE("lru_hash", struct wkey, struct cpustate, cpuwin, SNAPD_MAX_WINDOWS);
@@ -260,8 +287,8 @@ static __always_inline int window_hit(u32 slot, const struct rule_cfg *r, u32 tg
     return 1;
 }
 
-// Is the current thread, or its process's main thread, traced (gdb, strace, another snapd)?
-// Then stop: kernel must not SIGSTOP it: the signal goes to the tracer as a signal-delivery-stop
+// Is the current thread traced (gdb, strace, another snapd: they trace every thread)? Then
+// stop: kernel must not SIGSTOP it: the signal goes to the tracer as a signal-delivery-stop
 // (ptrace(2)), and a tracer that does not pass it on leaves the target halted for good, by our
 // doing; the daemon cannot take an already traced target over anyway.
 // The offsets are the running kernel's (snapd.sys.btf, passed by snapd.probe.layout): the headers
@@ -285,6 +312,42 @@ static __always_inline int current_traced(void)
     return ptrace != 0;
 }
 
+static __always_inline u64 global(u32 which)
+{
+    u64 *v = globals.lookup(&which);
+    return v ? *v : 0;
+}
+
+// Is tgid snapd itself (the daemon, its dumper) or something snapd created?
+static __always_inline int is_own(u32 tgid)
+{
+    u64 self = global(GLOBAL_SELF), dumper = global(GLOBAL_DUMPER);
+    if ((self && tgid == self) || (dumper && tgid == dumper))
+        return 1;
+    return mine.lookup(&tgid) != 0;
+}
+
+static __always_inline int is_muted(u32 slot, const struct rule_cfg *r, u32 tgid, u64 now)
+{
+    u64 *mu = mutes.lookup(&slot);
+    if (mu && now < *mu)
+        return 1;
+    struct wkey k = {.slot = slot, .tgid = tgid};
+    struct pmute *pm = pmutes.lookup(&k);
+    return pm && pm->gen == r->gen && now < pm->until;
+}
+
+static __always_inline int muted(u32 slot, const struct rule_cfg *r, u32 tgid, u64 now)
+{
+    if (!is_muted(slot, r, tgid, now))
+        return 0;
+    count_up(CTR_MUTED);
+    u64 *n = muted_by_rule.lookup(&slot);
+    if (n)
+        (*n)++;
+    return 1;
+}
+
 static __always_inline void emit(u32 slot, const struct rule_cfg *r, u64 pid_tgid, s32 nr,
                                  const struct fields *f, u64 now, u32 flags, u64 value)
 {
@@ -306,8 +369,16 @@ static __always_inline void emit(u32 slot, const struct rule_cfg *r, u64 pid_tgi
     if ((r->flags & RF_STOP_KERNEL) && !current_traced()) {
         // DTrace stop(): the whole thread group stops when this thread returns to user mode,
         // so /proc/PID/syscall still names this syscall (kernel/signal.c do_signal_stop).
-        if (bpf_send_signal(SIGNAL_STOP) == 0)
+        if (bpf_send_signal(SIGNAL_STOP) == 0) {
             flags |= EF_STOPPED;
+            // The moment, on the clock of /proc/PID/stat's starttime (boot-based, fs/proc/
+            // array.c): what tells this process from one that got its pid later. (Reading the
+            // task's own start time would need task_struct offsets, which the kernel headers
+            // bcc compiles against need not match.)
+            u64 when = bpf_ktime_get_boot_ns();
+            u32 tgid = pid_tgid >> 32;
+            stopped.update(&tgid, &when);
+        }
     }
     e->flags = flags;
     events.ringbuf_submit(e, 0);
@@ -342,10 +413,12 @@ int snapd_eval(struct sys_ctx *ctx)
     u32 slot = __builtin_popcountll(low - 1) & (SNAPD_MAX_RULES - 1);
     struct rule_cfg *r = rules.lookup(&slot);
     if (r && r->gen != 0) {
-        count_up(CTR_SEEN);
         u64 pid_tgid = es->pid_tgid, now = es->now;
-        if (eval_pred(r, f) && window_hit(slot, r, pid_tgid >> 32, now))
-            emit(slot, r, pid_tgid, es->nr, f, now, es->flags, 0);
+        if (!muted(slot, r, pid_tgid >> 32, now)) {
+            count_up(CTR_SEEN);
+            if (eval_pred(r, f) && window_hit(slot, r, pid_tgid >> 32, now))
+                emit(slot, r, pid_tgid, es->nr, f, now, es->flags, 0);
+        }
     }
     // At most 33 tail calls per event (include/linux/bpf.h MAX_TAIL_CALL_CNT): more rules
     // than that on one syscall of one process are not evaluated; snapd.probe refuses them.
@@ -369,6 +442,19 @@ static __always_inline void eval_rules(struct sys_ctx *ctx, u64 mask, u64 pid_tg
     evalprog.call(ctx, 0);
 }
 
+// A register as the syscall's declared argument type reads it (struct sysmask argx), without
+// a branch: shift the value's width to the top, then back, arithmetically for signed types.
+static __always_inline s64 extend(s64 v, u8 x)
+{
+    u64 sh = x & 63;
+    u64 neg = -(u64)(x >> 7);
+    u64 up = (u64)v << sh;
+    HIDE(up);
+    u64 sx = (u64)((s64)up >> sh);
+    u64 zx = up >> sh;
+    return (s64)((sx & neg) | (zx & ~neg));
+}
+
 int snapd_sys_enter(struct sys_ctx *ctx)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -384,9 +470,14 @@ int snapd_sys_enter(struct sys_ctx *ctx)
     if (!(en | ex))
         return 0;
     u64 now = bpf_ktime_get_ns();
+    s64 a[6] = {};
+    bpf_probe_read_kernel(a, sizeof(a), (void *)ctx + sizeof(struct sys_ctx));
+#pragma unroll
+    for (int i = 0; i < 6; i++)
+        a[i] = extend(a[i], sm->argx[i]);
     if (ex) {
         struct inflight in = {.ts = now, .mask = ex};
-        bpf_probe_read_kernel(in.args, sizeof(in.args), (void *)ctx + sizeof(struct sys_ctx));
+        __builtin_memcpy(in.args, a, sizeof(a));
         u32 tid = (u32)pid_tgid;
         inflight.update(&tid, &in);
     }
@@ -396,7 +487,7 @@ int snapd_sys_enter(struct sys_ctx *ctx)
     struct fields *f = scratch_fields.lookup(&zero);
     if (!f)
         return 0;
-    bpf_probe_read_kernel(f->v, 6 * sizeof(s64), (void *)ctx + sizeof(struct sys_ctx));
+    __builtin_memcpy(f->v, a, sizeof(a));
     f->v[FIELD_RET] = 0;
     f->v[FIELD_ERRNO] = 0;
     f->v[FIELD_LATENCY] = 0;
@@ -495,6 +586,10 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     u64 *active = globals.lookup(&zero);  // GLOBAL_ACTIVE == 0
     if (!active || *active == 0)
         return 0;
+    if (is_own(tgid)) {
+        targets.delete(&tgid);
+        return 0;
+    }
     char comm[16] = {};
     bpf_get_current_comm(comm, sizeof(comm));
     struct path_buf *pb = scratch_path.lookup(&zero);
@@ -519,10 +614,47 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
     return 0;
 }
 
+// A fork snapshot's clone, injected by snapd's dumper into a halted (so traced) thread of the
+// target: clone(CLONE_FILES) with exit signal 0 (snapd.core.fork CLONE_ARGS), a call programs
+// do not make. Marked from its entry to its exit, so that the fork probe, which runs in
+// between, knows the child for snapd's.
+int snapd_clone_enter(struct sys_ctx *ctx)
+{
+    u64 flags = 0;
+    bpf_probe_read_kernel(&flags, sizeof(flags), (void *)ctx + sizeof(struct sys_ctx));
+    if (flags != SNAPSHOT_CLONE_FLAGS)
+        return 0;
+    char *t = (char *)bpf_get_current_task();
+    unsigned int ptrace = 0;
+    bpf_probe_read_kernel(&ptrace, sizeof(ptrace), t + TASK_PTRACE_OFF);
+    if (ptrace == 0)
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u8 one = 1;
+    injecting.update(&tid, &one);
+    return 0;
+}
+
+int snapd_clone_exit(struct sys_ctx *ctx)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    injecting.delete(&tid);
+    return 0;
+}
+
 TRACEPOINT_PROBE(sched, sched_process_fork)
 {
-    u32 parent = bpf_get_current_pid_tgid() >> 32;
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 parent = pid_tgid >> 32, tid = (u32)pid_tgid;
     u32 child = args->child_pid;
+    if (is_own(parent) || injecting.lookup(&tid)) {
+        // A child of snapd (action.run, the dumper), or a fork snapshot's child: it keeps the
+        // target's comm, exe and cgroup, and must never be taken for a target.
+        u8 one = 1;
+        mine.update(&child, &one);
+        targets.delete(&child);
+        return 0;
+    }
     u64 *pm = targets.lookup(&parent);
     u32 which = GLOBAL_PID_RULES;
     u64 *pidrules = globals.lookup(&which);
@@ -542,10 +674,14 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tid = (u32)pid_tgid, tgid = pid_tgid >> 32;
     inflight.delete(&tid);
-    if (tid != tgid)
+    if (tid != tgid) {
         targets.delete(&tid);  // a thread's entry, made by the fork probe
-    if (args->group_dead)
+        mine.delete(&tid);
+    }
+    if (args->group_dead) {
         targets.delete(&tgid);
+        mine.delete(&tgid);
+    }
     return 0;
 }
 
@@ -575,6 +711,8 @@ int snapd_cpu_step(struct bpf_perf_event_data *ctx)
     u64 pid_tgid = cs->pid_tgid, now = cs->now;
     struct rule_cfg *r = rules.lookup(&slot);
     if (!r || r->gen == 0 || r->cpu_bucket_ns == 0)
+        goto next;
+    if (muted(slot, r, pid_tgid >> 32, now))
         goto next;
     struct wkey k = {.slot = slot, .tgid = pid_tgid >> 32};
     struct cpustate *c = cpuwin.lookup(&k);

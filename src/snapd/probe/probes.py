@@ -1,10 +1,11 @@
 """Probes: loads rules into the one shared BPF program set and turns firings into Events.
 
-This is the only module that imports bcc. probe.bpf.c is compiled once per :class:`Probes`, on
-the first :meth:`Probes.load`; a rule is then a row in the ``rules`` map (its slot), one bit in
-the masks of the syscalls/timers it uses and one bit in ``targets`` for each process it selects.
-Tracepoints and perf events are attached when the first rule needs them and detached when the
-last one goes, so loading or unloading a rule never disturbs the others.
+Only the probe package imports bcc. probe.bpf.c is compiled and verified once (:meth:`Probes.compile`;
+the daemon does it at start, before it says it is ready); a rule is then only map data, armed in
+milliseconds: a row in the ``rules`` map (its slot), one bit in the masks of the syscalls/timers
+it uses and one bit in ``targets`` for each process it selects. Tracepoints and perf events are
+attached when the first rule needs them and detached when the last one goes. Replacing a rule
+arms the new version before the old one goes: one that cannot be armed leaves the old running.
 """
 
 from __future__ import annotations
@@ -21,57 +22,40 @@ from typing import Any
 
 from snapd import procfs
 from snapd.errors import SnapdError
-from snapd.probe import layout, samplers, targets
+from snapd.probe import layout, perfevents, pinned, samplers, targets
+from snapd.probe.decode import RawEvent, to_event
 from snapd.probe.event import Event, Kind
+from snapd.probe.plan import Plan, plan, rule_cfg, rule_error
 from snapd.rules import syscalls as _sys
 from snapd.rules.error import RuleError
-from snapd.rules.expr import compile_expr
 from snapd.rules.model import (
-    CpuTrigger,
-    EveryTrigger,
-    FdsTrigger,
-    RssTrigger,
     Rule,
-    StopMode,
-    SyscallTrigger,
-    ThreadsTrigger,
-    trigger_kind,
 )
 
 SOURCE = Path(__file__).with_name("probe.bpf.c")
-PERF_TYPE_SOFTWARE = 1  # include/uapi/linux/perf_event.h
-PERF_COUNT_SW_CPU_CLOCK = 0
 RESCAN_INTERVAL_S = 2.0
 MAX_BATCH = 1024  # events handed out per poll(): bounds memory and latency under a storm
 
 
-class _RawEvent(ct.Structure):
-    """struct event in probe.bpf.c."""
-
-    _fields_ = [
-        ("ts", ct.c_uint64),
-        ("args", ct.c_int64 * 6),
-        ("ret", ct.c_int64),
-        ("value", ct.c_uint64),
-        ("pid", ct.c_uint32),
-        ("tid", ct.c_uint32),
-        ("slot", ct.c_uint32),
-        ("gen", ct.c_uint32),
-        ("nr", ct.c_int32),
-        ("flags", ct.c_uint32),
-        ("comm", ct.c_char * 16),
-    ]
+class ProbeError(SnapdError):
+    """The shared BPF program set cannot be built, verified or attached on this system."""
 
 
 @dataclass
 class _Loaded:
-    rule: Rule
+    plan: Plan
     slot: int
     gen: int
     tracepoints: list[str] = field(default_factory=list)
-    syscall_nrs: list[tuple[int, bool]] = field(default_factory=list)  # (nr, at_exit)
+    syscall_nrs: list[int] = field(default_factory=list)
     cgroup: str | None = None
     crossing: samplers.Crossing = field(default_factory=samplers.Crossing)
+    sampled: bool = False  # the /proc samplers have looked at its targets once
+    muted_base: int = 0  # the slot's muted count when this rule took it
+
+    @property
+    def rule(self) -> Rule:
+        return self.plan.rule
 
 
 def _is_process(pid: int) -> bool:
@@ -87,23 +71,22 @@ def _release(pid: int) -> None:
         os.kill(pid, signal.SIGCONT)
 
 
-def _rule_error(rule: Rule, msg: str) -> RuleError:
-    return RuleError(rule.path or rule.name, 1, 1, f"rule '{rule.name}': {msg}")
-
-
 class Probes:
-    """The probe layer: ``load``/``unload`` rules, ``poll`` for their firings.
+    """The probe layer: ``compile`` once, then ``load``/``unload`` rules, ``poll`` (or
+    ``fileno`` + ``service``) for their firings.
 
-    ``sample_interval_s`` is the /proc sampling period of rss/threads/fds rules.
+    ``sample_interval_s`` is the /proc sampling period of rss/threads/fds rules; ``pin_dir`` the
+    bpffs directory where the ``stopped`` map is pinned (:mod:`snapd.probe.pinned`), or None.
     """
 
-    def __init__(self, sample_interval_s: float = 1.0) -> None:
+    def __init__(self, sample_interval_s: float = 1.0, pin_dir: str | None = None) -> None:
         self._bpf: Any = None
         self._loaded: dict[str, _Loaded] = {}
         self._slots: dict[int, _Loaded] = {}
         self._gen = 0
         self._tp_refs: Counter[str] = Counter()
         self._tick_fds: dict[int, int] = {}
+        self._tick_refs: Counter[int] = Counter()
         self._cpu_attached = False
         self._pending: list[Event] = []
         self._stats: Counter[str] = Counter()
@@ -112,12 +95,37 @@ class Probes:
         self._next_rescan = 0.0
         self._names_by_nr = _sys.names_by_number()
         self._closed = False
+        self._own: tuple[int, ...] = ()  # set_own: the daemon and its dumper
+        self.pin_dir = pin_dir
+        self.pinned: str | None = None  # the pinned path, once pinned
+        self.pin_error = ""  # why the stopped map could not be pinned, if it could not
+        self.compile_error: ProbeError | None = None
 
     # ---- BPF set-up ---------------------------------------------------------------------------
 
-    def _ensure_bpf(self, rule: Rule) -> Any:
+    @property
+    def compiled(self) -> bool:
+        return self._bpf is not None
+
+    def compile(self) -> None:
+        """Build, verify and load the shared program set (idempotent; seconds, once).
+
+        Safe to run in a thread other than the one that later loads rules (bcc's compile is a
+        C call that releases the GIL), as long as nothing else touches this object meanwhile.
+        """
         if self._bpf is not None:
-            return self._bpf
+            return
+        if self._closed:
+            raise ProbeError("the probe set is closed")
+        if self.compile_error is not None:
+            raise self.compile_error  # it failed once: it would again, after as many seconds
+        try:
+            self._compile()
+        except ProbeError as err:
+            self.compile_error = err
+            raise
+
+    def _compile(self) -> None:
         try:
             from bcc import BPF  # the only bcc import in snapd
 
@@ -126,11 +134,26 @@ class Probes:
             b[b"evalprog"][ct.c_int(0)] = ct.c_int(ev.fd)
             b.load_func(b"snapd_sys_enter", BPF.TRACEPOINT)
             b.load_func(b"snapd_sys_exit", BPF.TRACEPOINT)
+            b.load_func(b"snapd_tick", BPF.PERF_EVENT)
+            step = b.load_func(b"snapd_cpu_step", BPF.PERF_EVENT)
+            b[b"cpuprog"][ct.c_int(0)] = ct.c_int(step.fd)
+            b.load_func(b"snapd_cpu_sample", BPF.PERF_EVENT)
             b[b"events"].open_ring_buffer(self._on_event)
+            b.attach_tracepoint(tp=b"syscalls:sys_enter_clone", fn_name=b"snapd_clone_enter")
+            b.attach_tracepoint(tp=b"syscalls:sys_exit_clone", fn_name=b"snapd_clone_exit")
         except Exception as err:  # bcc reports compile/verifier/permission errors as Exception
-            raise _rule_error(rule, f"cannot build the BPF program: {err}") from err
+            raise ProbeError(f"cannot build the BPF program: {err}") from err
+        for ours, table in ((layout.RuleCfg, b"rules"), (layout.SysMask, b"sysmasks")):
+            if not layout.same_layout(ours, b[table].Leaf):
+                b.cleanup()
+                raise ProbeError(f"snapd.probe.layout.{ours.__name__} does not match the compiled program")
         self._bpf = b
-        return b
+        self._write_own()
+        if self.pin_dir is not None:
+            try:
+                self.pinned = pinned.pin(b[b"stopped"].map_fd, self.pin_dir)
+            except OSError as err:
+                self.pin_error = str(err)
 
     def _set_global(self, which: layout.Global, value: int) -> None:
         self._bpf[b"globals"][ct.c_int(which)] = ct.c_uint64(value)
@@ -138,151 +161,128 @@ class Probes:
     def _get_global(self, which: layout.Global) -> int:
         return int(self._bpf[b"globals"][ct.c_int(which)].value)
 
+    def set_own(self, daemon: int, dumper: int | None) -> None:
+        """The daemon's and its dumper's tgids: they, what they create, and what a thread they
+        trace creates (a fork snapshot's child) are never targets."""
+        self._own = (daemon, dumper) if dumper else (daemon,)
+        if self._bpf is not None:
+            self._write_own()
+
+    def _write_own(self) -> None:
+        own = (*self._own, 0, 0)
+        self._set_global(layout.Global.SELF, own[0])
+        self._set_global(layout.Global.DUMPER, own[1])
+
+    def is_own(self, pid: int) -> bool:
+        """Whether ``pid`` is snapd's (the daemon, the dumper, what they or their tracees
+        created), as the kernel's fork probe recorded it."""
+        if pid in self._own:
+            return True
+        if self._bpf is None:
+            return False
+        return self._bpf[b"mine"].get(ct.c_uint32(pid)) is not None
+
     # ---- load / unload ------------------------------------------------------------------------
 
     def load(self, rule: Rule) -> None:
-        """Attach ``rule`` (replacing a loaded rule of the same name); RuleError on failure."""
+        """Arm ``rule`` (replacing a loaded rule of the same name, which keeps running if the
+        new one cannot be armed); RuleError on failure."""
         if self._closed:
-            raise _rule_error(rule, "the probe set is closed")
-        if rule.name in self._loaded:
-            self.unload(rule.name)
-        if rule.action.stop is StopMode.KERNEL and not isinstance(rule.trigger, (SyscallTrigger, CpuTrigger)):
-            raise _rule_error(
-                rule, "stop: kernel needs a syscall or cpu trigger (the probe must run in the target)"
-            )
+            raise rule_error(rule, "the probe set is closed")
+        p = plan(rule)
+        old = self._loaded.get(rule.name)
         free = [s for s in range(layout.MAX_RULES) if s not in self._slots]
+        if not free and old is not None:
+            self.unload(rule.name)  # every slot taken: the new version takes the old one's
+            old = None
+            free = [s for s in range(layout.MAX_RULES) if s not in self._slots]
         if not free:
-            raise _rule_error(rule, f"too many rules loaded (at most {layout.MAX_RULES})")
-        self._ensure_bpf(rule)
+            raise rule_error(rule, f"too many rules loaded (at most {layout.MAX_RULES})")
+        try:
+            self.compile()
+        except ProbeError as err:
+            raise rule_error(rule, str(err)) from err
+        self._check_chains(p, old)
         self._gen = (self._gen % 0xFFFFFFFE) + 1
-        ent = _Loaded(rule, free[0], self._gen, cgroup=targets.target_cgroup(rule.target))
+        ent = _Loaded(p, free[0], self._gen, cgroup=p.cgroup)
+        ent.muted_base = self._slot_muted(ent.slot)
         self._slots[ent.slot] = ent
-        self._loaded[rule.name] = ent
         try:
             self._write_cfg(ent)
             self._attach(ent)
             self._mark_targets(ent)
         except RuleError:
-            self.unload(rule.name)
+            self._disarm(ent)
             raise
         except Exception as err:
-            self.unload(rule.name)
-            raise _rule_error(rule, f"cannot attach: {err}") from err
+            self._disarm(ent)
+            raise rule_error(rule, f"cannot attach: {err}") from err
+        if old is not None:
+            self._disarm(old)
+        self._loaded[rule.name] = ent
         self._stats["rules_loaded"] += 1
 
+    def _check_chains(self, p: Plan, replacing: _Loaded | None) -> None:
+        masks = self._bpf[b"sysmasks"]
+        keep = ~(1 << replacing.slot) if replacing else ~0
+        for use in p.syscalls:
+            cur = masks.get(ct.c_uint32(use.nr))
+            n = bin((cur.enter | cur.exit) & keep).count("1") if cur is not None else 0
+            if n >= layout.MAX_CHAIN:
+                raise rule_error(p.rule, f"more than {layout.MAX_CHAIN} rules on syscall '{use.name}'")
+
     def _write_cfg(self, ent: _Loaded) -> None:
-        rule, t = ent.rule, ent.rule.target
         table = self._bpf[b"rules"]
+        # A unit's cgroup may have appeared or moved since the plan was made (rescans).
+        row = ent.plan.cfg if ent.cgroup == ent.plan.cgroup else rule_cfg(ent.rule, ent.cgroup)
         leaf = table.Leaf()
+        ct.memmove(ct.byref(leaf), ct.byref(row), ct.sizeof(row))
         leaf.gen = ent.gen
-        flags = layout.RuleFlag(0)
-        if t.pid is not None:
-            flags |= layout.RuleFlag.PID
-            leaf.pid = t.pid
-        if t.uid is not None:
-            flags |= layout.RuleFlag.UID
-            leaf.uid = t.uid
-        if t.exe is not None:
-            flags |= layout.RuleFlag.EXE
-            h1, h2 = targets.exe_hashes(t.exe)
-            leaf.exe_hash[0] = h1
-            leaf.exe_hash[1] = h2
-        if t.unit is not None or t.cgroup is not None:
-            flags |= layout.RuleFlag.CGROUP
-            leaf.cg_level, leaf.cg_id = targets.cgroup_id(ent.cgroup)
-        if t.comm is not None:
-            flags |= layout.RuleFlag.COMM
-            g = targets.compile_glob(t.comm)
-            leaf.glob_len, leaf.glob_star = g.length, g.star
-            for i, m in enumerate(g.chars):
-                leaf.glob_chars[i] = m
-        if rule.action.stop is StopMode.KERNEL:
-            flags |= layout.RuleFlag.STOP_KERNEL
-        trig = rule.trigger
-        if isinstance(trig, SyscallTrigger):
-            leaf.count = trig.count
-            leaf.within_ns = trig.within_ns or 0
-            if trig.when is not None:
-                code = compile_expr(trig.when)
-                leaf.n_insns = len(code)
-                for i, ins in enumerate(code):
-                    leaf.insns[i].kind = ins.kind
-                    leaf.insns[i].field = ins.field
-                    leaf.insns[i].op = ins.op
-                    leaf.insns[i].k = ins.k
-        elif isinstance(trig, CpuTrigger):
-            flags |= layout.RuleFlag.CPU
-            leaf.cpu_bucket_ns = max(1, trig.for_ns // layout.CPU_BUCKETS)
-            samples = trig.above_pct / 100.0 * trig.for_ns / layout.CPU_SAMPLE_PERIOD_NS
-            leaf.cpu_threshold = max(1, round(samples))
-        leaf.flags = int(flags)
+        # A reused slot starts unmuted: its previous rule's budget is not this one's.
+        self._bpf[b"mutes"][ct.c_int(ent.slot)] = ct.c_uint64(0)
         table[ct.c_int(ent.slot)] = leaf
         self._set_global(layout.Global.ACTIVE, 1)
-        if t.pid is not None:
-            self._set_global(
-                layout.Global.PID_RULES, self._get_global(layout.Global.PID_RULES) | (1 << ent.slot)
-            )
+        bit = 1 << ent.slot
+        if ent.rule.target.pid is not None:
+            self._set_global(layout.Global.PID_RULES, self._get_global(layout.Global.PID_RULES) | bit)
 
     def _attach(self, ent: _Loaded) -> None:
-        trig, bit = ent.rule.trigger, 1 << ent.slot
-        if isinstance(trig, SyscallTrigger):
-            nrs = _sys.numbers()
-            for name in trig.syscalls:
-                if name not in nrs:
-                    raise _rule_error(
-                        ent.rule, f"no syscall number known for '{name}' on this system (asm/unistd headers)"
-                    )
+        p, bit = ent.plan, 1 << ent.slot
+        if p.syscalls:
             masks = self._bpf[b"sysmasks"]
-            for name in trig.syscalls:
-                nr = nrs[name]
-                key = ct.c_uint32(nr)
+            for use in p.syscalls:
+                key = ct.c_uint32(use.nr)
                 cur = masks.get(key)
-                enter, exit_ = (cur.enter, cur.exit) if cur is not None else (0, 0)
-                if bin(enter | exit_).count("1") >= layout.MAX_CHAIN:
-                    raise _rule_error(ent.rule, f"more than {layout.MAX_CHAIN} rules on syscall '{name}'")
                 leaf = masks.Leaf()
-                leaf.enter, leaf.exit = (enter, exit_ | bit) if trig.at_exit else (enter | bit, exit_)
+                if cur is not None:
+                    ct.memmove(ct.byref(leaf), ct.byref(cur), ct.sizeof(leaf))
+                if use.at_exit:
+                    leaf.exit |= bit
+                else:
+                    leaf.enter |= bit
+                for i, x in enumerate(use.argx):
+                    leaf.argx[i] = x
                 masks[key] = leaf
-                ent.syscall_nrs.append((nr, trig.at_exit))
-                tps = [f"syscalls:sys_enter_{name}"] + ([f"syscalls:sys_exit_{name}"] if trig.at_exit else [])
-                for tp in tps:
+                ent.syscall_nrs.append(use.nr)
+                for tp in use.tracepoints:
                     self._tp_ref(tp, +1)
                     ent.tracepoints.append(tp)
-        elif isinstance(trig, EveryTrigger):
+        elif p.tick_period_ns is not None:
+            period = p.tick_period_ns
             ticks = self._bpf[b"ticks"]
-            pkey = ct.c_uint64(trig.period_ns)
+            pkey = ct.c_uint64(period)
             cur = ticks.get(pkey)
             ticks[pkey] = ct.c_uint64((cur.value if cur is not None else 0) | bit)
-            if trig.period_ns not in self._tick_fds:
-                from bcc import BPF, lib
-
-                fn = self._bpf.load_func(b"snapd_tick", BPF.PERF_EVENT)
-                fd = lib.bpf_attach_perf_event(
-                    ct.c_int(fn.fd),
-                    ct.c_uint(PERF_TYPE_SOFTWARE),
-                    ct.c_uint(PERF_COUNT_SW_CPU_CLOCK),
-                    ct.c_ulonglong(trig.period_ns),
-                    ct.c_ulonglong(0),
-                    ct.c_int(-1),
-                    ct.c_int(0),
-                    ct.c_int(-1),
-                )
-                if fd < 0:
-                    raise _rule_error(ent.rule, f"cannot open a cpu-clock perf event: {os.strerror(-fd)}")
-                self._tick_fds[trig.period_ns] = fd
-        elif isinstance(trig, CpuTrigger):
+            self._tick_refs[period] += 1
+            if period not in self._tick_fds:
+                try:
+                    self._tick_fds[period] = perfevents.open_tick(self._bpf, period)
+                except OSError as err:
+                    raise rule_error(ent.rule, f"cannot open a cpu-clock perf event: {err.strerror}") from err
+        elif p.cpu:
             self._set_global(layout.Global.CPU_RULES, self._get_global(layout.Global.CPU_RULES) | bit)
             if not self._cpu_attached:
-                from bcc import BPF
-
-                step = self._bpf.load_func(b"snapd_cpu_step", BPF.PERF_EVENT)
-                self._bpf[b"cpuprog"][ct.c_int(0)] = ct.c_int(step.fd)
-                self._bpf.attach_perf_event(
-                    ev_type=PERF_TYPE_SOFTWARE,
-                    ev_config=PERF_COUNT_SW_CPU_CLOCK,
-                    fn_name=b"snapd_cpu_sample",
-                    sample_period=layout.CPU_SAMPLE_PERIOD_NS,
-                )
+                perfevents.attach_sampler(self._bpf)
                 self._cpu_attached = True
 
     def _tp_ref(self, tp: str, delta: int) -> None:
@@ -296,10 +296,14 @@ class Probes:
             with contextlib.suppress(Exception):  # already gone: nothing to undo
                 self._bpf.detach_tracepoint(tp=tp.encode())
 
+    def _candidates(self, ent: _Loaded) -> list[int]:
+        """Existing processes matching ``ent``'s target, leaving out snapd's own."""
+        return [pid for pid in targets.scan(ent.rule.target, ent.cgroup) if not self.is_own(pid)]
+
     def _mark_targets(self, ent: _Loaded) -> None:
         tmap = self._bpf[b"targets"]
         bit = 1 << ent.slot
-        for pid in targets.scan(ent.rule.target, ent.cgroup):
+        for pid in self._candidates(ent):
             key = ct.c_uint32(pid)
             cur = tmap.get(key)
             old = cur.value if cur is not None else 0
@@ -309,53 +313,55 @@ class Probes:
     def unload(self, name: str) -> None:
         """Detach rule ``name`` (no-op when it is not loaded); other rules are untouched."""
         ent = self._loaded.pop(name, None)
-        if ent is None:
-            return
-        self._slots.pop(ent.slot, None)
+        if ent is not None:
+            self._disarm(ent)
+
+    def _disarm(self, ent: _Loaded) -> None:
+        """Undo whatever of ``ent`` is armed (also a half-armed one whose load failed)."""
+        if self._slots.get(ent.slot) is ent:
+            del self._slots[ent.slot]
         if self._bpf is None:
             return
         bit = 1 << ent.slot
         b = self._bpf
-        zero = b[b"rules"].Leaf()
-        b[b"rules"][ct.c_int(ent.slot)] = zero
+        b[b"rules"][ct.c_int(ent.slot)] = b[b"rules"].Leaf()
         for g in (layout.Global.PID_RULES, layout.Global.CPU_RULES):
             self._set_global(g, self._get_global(g) & ~bit)
         if not self._slots:
             self._set_global(layout.Global.ACTIVE, 0)
         masks = b[b"sysmasks"]
-        for nr, _ in ent.syscall_nrs:
+        for nr in ent.syscall_nrs:
             key = ct.c_uint32(nr)
             cur = masks.get(key)
             if cur is None:
                 continue
             if (cur.enter | cur.exit) & ~bit:
                 leaf = masks.Leaf()
+                ct.memmove(ct.byref(leaf), ct.byref(cur), ct.sizeof(leaf))
                 leaf.enter, leaf.exit = cur.enter & ~bit, cur.exit & ~bit
                 masks[key] = leaf
             else:
                 del masks[key]
         for tp in ent.tracepoints:
             self._tp_ref(tp, -1)
-        trig = ent.rule.trigger
-        if isinstance(trig, EveryTrigger):
+        period = ent.plan.tick_period_ns
+        if period is not None and self._tick_refs[period] > 0:
+            self._tick_refs[period] -= 1
             ticks = b[b"ticks"]
-            pkey = ct.c_uint64(trig.period_ns)
+            pkey = ct.c_uint64(period)
             cur = ticks.get(pkey)
             rest = (cur.value if cur is not None else 0) & ~bit
             if rest:
                 ticks[pkey] = ct.c_uint64(rest)
-            else:
-                if cur is not None:
-                    del ticks[pkey]
-                fd = self._tick_fds.pop(trig.period_ns, None)
+            elif cur is not None:
+                del ticks[pkey]
+            if not self._tick_refs[period]:
+                del self._tick_refs[period]
+                fd = self._tick_fds.pop(period, None)
                 if fd is not None:
-                    from bcc import lib
-
-                    lib.bpf_close_perf_event_fd(ct.c_int(fd))
-        if self._cpu_attached and not any(
-            isinstance(e.rule.trigger, CpuTrigger) for e in self._slots.values()
-        ):
-            b.detach_perf_event(ev_type=PERF_TYPE_SOFTWARE, ev_config=PERF_COUNT_SW_CPU_CLOCK)
+                    perfevents.close_tick(fd)
+        if self._cpu_attached and not any(e.plan.cpu for e in self._slots.values()):
+            perfevents.detach_sampler(b)
             self._cpu_attached = False
         tmap = b[b"targets"]
         for k, v in list(tmap.items()):
@@ -372,6 +378,56 @@ class Probes:
     def loaded(self) -> list[str]:
         return sorted(self._loaded)
 
+    # ---- mutes: a rule whose events are useless costs nothing --------------------------------
+
+    def mute(self, name: str, until_ns: int | None) -> None:
+        """Mute rule ``name`` in the kernel until CLOCK_MONOTONIC ``until_ns``
+        (:data:`layout.MUTE_FOREVER`: until unmuted); None unmutes it. Its events are then
+        counted (``kernel_muted``) but neither evaluated nor sent."""
+        ent = self._loaded.get(name)
+        if ent is None or self._bpf is None:
+            return
+        self._bpf[b"mutes"][ct.c_int(ent.slot)] = ct.c_uint64(until_ns or 0)
+
+    def _slot_muted(self, slot: int) -> int:
+        return int(sum(self._bpf[b"muted_by_rule"][ct.c_int(slot)]))
+
+    def muted_count(self, name: str) -> int:
+        """Events of rule ``name`` the kernel skipped because it was muted."""
+        ent = self._loaded.get(name)
+        if ent is None or self._bpf is None:
+            return 0
+        return self._slot_muted(ent.slot) - ent.muted_base
+
+    def mute_process(self, name: str, pid: int, until_ns: int) -> None:
+        """Mute rule ``name`` for process ``pid`` until CLOCK_MONOTONIC ``until_ns``."""
+        ent = self._loaded.get(name)
+        if ent is None or self._bpf is None:
+            return
+        t = self._bpf[b"pmutes"]
+        t[t.Key(slot=ent.slot, tgid=pid)] = t.Leaf(until=until_ns, gen=ent.gen)
+
+    # ---- stop: kernel bookkeeping (the pinned `stopped` map) ---------------------------------
+
+    def stopped(self) -> dict[int, int]:
+        """Processes the probe stopped and nobody has resumed or taken over yet: pid -> when
+        (in /proc/PID/stat starttime ticks: the process started no later)."""
+        if self._bpf is None:
+            return {}
+        return {int(k.value): pinned.ticks(int(v.value)) for k, v in self._bpf[b"stopped"].items()}
+
+    def forget_stopped(self, pid: int) -> None:
+        """``pid`` was resumed, or is ours now (halted by the dumper)."""
+        if self._bpf is None:
+            return
+        with contextlib.suppress(KeyError):
+            del self._bpf[b"stopped"][ct.c_uint32(pid)]
+
+    def targets_of(self, name: str) -> list[int]:
+        """The processes the kernel currently targets for rule ``name``."""
+        ent = self._loaded.get(name)
+        return [] if ent is None or self._bpf is None else self._pids_of(ent.slot)
+
     # ---- events -------------------------------------------------------------------------------
 
     def _on_event(self, _ctx: Any, data: Any, _size: int) -> int:
@@ -384,7 +440,7 @@ class Probes:
         return -1 if len(self._pending) >= MAX_BATCH and not self._closed else 0
 
     def _take(self, data: Any) -> None:
-        raw = ct.cast(data, ct.POINTER(_RawEvent)).contents
+        raw = ct.cast(data, ct.POINTER(RawEvent)).contents
         flags = layout.EventFlag(raw.flags)
         if flags & layout.EventFlag.TICK:
             self._on_tick(raw.value, raw.ts)
@@ -394,43 +450,9 @@ class Probes:
             self._stats["events_stale"] += 1  # fired just before its rule was unloaded
             if flags & layout.EventFlag.STOPPED:
                 _release(raw.pid)  # we stopped it; nobody else will hear of it
+                self.forget_stopped(raw.pid)
             return
-        comm = raw.comm.decode("utf-8", "replace")
-        if flags & layout.EventFlag.CPU:
-            trig = ent.rule.trigger
-            assert isinstance(trig, CpuTrigger)
-            pct = raw.value * layout.CPU_SAMPLE_PERIOD_NS * 100 // trig.for_ns
-            self._pending.append(
-                Event(
-                    rule=ent.rule.name,
-                    pid=raw.pid,
-                    tid=raw.tid,
-                    comm=comm,
-                    kind=Kind.CPU,
-                    time_ns=raw.ts,
-                    value=int(pct),
-                    stopped=bool(flags & layout.EventFlag.STOPPED),
-                )
-            )
-            return
-        name = self._names_by_nr.get(raw.nr, f"syscall_{raw.nr}")
-        n = _sys.arity(name)
-        args = tuple(int(a) for a in raw.args[: 6 if n is None else n])
-        ret = int(raw.ret) if flags & layout.EventFlag.EXIT else None
-        self._pending.append(
-            Event(
-                rule=ent.rule.name,
-                pid=raw.pid,
-                tid=raw.tid,
-                comm=comm,
-                kind=Kind.SYSCALL,
-                time_ns=raw.ts,
-                syscall=name,
-                args=args,
-                ret=ret,
-                stopped=bool(flags & layout.EventFlag.STOPPED),
-            )
-        )
+        self._pending.append(to_event(raw, ent.rule, self._names_by_nr))
 
     def _pids_of(self, slot: int) -> list[int]:
         bit = 1 << slot
@@ -438,7 +460,7 @@ class Probes:
         for k, v in self._bpf[b"targets"].items():
             pid = int(k.value)
             # fork also marks new threads (by tid); an Event names a process
-            if v.value & bit and _is_process(pid):
+            if v.value & bit and _is_process(pid) and not self.is_own(pid):
                 out.append(pid)
         return sorted(out)
 
@@ -462,27 +484,12 @@ class Probes:
     def _sample(self) -> None:
         now_ns = time.monotonic_ns()
         for ent in list(self._slots.values()):
-            trig = ent.rule.trigger
-            if not isinstance(trig, (RssTrigger, ThreadsTrigger, FdsTrigger)):
-                continue
-            above = samplers.threshold(trig)
-            pids = self._pids_of(ent.slot)
-            for pid in pids:
-                value = samplers.measure(trig, pid)
-                self._stats["samples"] += 1
-                if value is not None and ent.crossing.update(pid, value, above):
-                    self._pending.append(
-                        Event(
-                            rule=ent.rule.name,
-                            pid=pid,
-                            tid=pid,
-                            comm=procfs.comm(pid),
-                            kind=trigger_kind(trig),
-                            time_ns=now_ns,
-                            value=value,
-                        )
-                    )
-            ent.crossing.forget_except(set(pids))
+            if samplers.is_sampled(ent.rule.trigger):
+                pids = self._pids_of(ent.slot)
+                self._stats["samples"] += len(pids)
+                first = not ent.sampled
+                self._pending += samplers.crossings(ent.rule, ent.crossing, pids, now_ns, first=first)
+                ent.sampled = True
 
     def _rescan(self) -> None:
         for ent in list(self._slots.values()):
@@ -495,54 +502,72 @@ class Probes:
             self._mark_targets(ent)
 
     def _has_samplers(self) -> bool:
-        return any(
-            isinstance(e.rule.trigger, (RssTrigger, ThreadsTrigger, FdsTrigger)) for e in self._slots.values()
-        )
+        return any(samplers.is_sampled(e.rule.trigger) for e in self._slots.values())
+
+    def fileno(self) -> int:
+        """A descriptor readable when firings wait in the ring buffer (a BPF ring buffer map
+        is pollable: kernel/bpf/ringbuf.c ringbuf_map_poll); -1 before :meth:`compile`."""
+        return int(self._bpf[b"events"].map_fd) if self._bpf is not None else -1
+
+    def next_wakeup(self) -> float | None:
+        """When (time.monotonic()) :meth:`service` must run next for the /proc samplers and
+        rescans, or None when no rule needs them."""
+        if not self._slots:
+            return None
+        wake = self._next_rescan
+        if self._has_samplers():
+            wake = min(wake, self._next_sample)
+        return wake
+
+    def service(self) -> list[Event]:
+        """Collect what is ready now (ring buffer, due samples and rescans), oldest first."""
+        now = time.monotonic()
+        if self._slots and now >= self._next_rescan:
+            self._rescan()
+            self._stats["rescans"] += 1
+            self._next_rescan = now + RESCAN_INTERVAL_S
+        if self._has_samplers() and now >= self._next_sample:
+            self._sample()
+            self._next_sample = now + self._sample_interval
+        if self._bpf is not None:
+            self._bpf.ring_buffer_consume()
+        out, self._pending = self._pending, []
+        self._stats["events"] += len(out)
+        return out
 
     def poll(self, timeout_ms: int) -> list[Event]:
         """Wait up to ``timeout_ms`` for firings (0: just collect); return them, oldest first."""
         deadline = time.monotonic() + max(0, timeout_ms) / 1000.0
         while True:
+            out = self.service()
             now = time.monotonic()
-            if self._slots and now >= self._next_rescan:
-                self._rescan()
-                self._next_rescan = now + RESCAN_INTERVAL_S
-            if self._has_samplers() and now >= self._next_sample:
-                self._sample()
-                self._next_sample = now + self._sample_interval
-            if self._bpf is not None:
-                self._bpf.ring_buffer_consume()
-            if self._pending or now >= deadline:
-                break
-            wake = deadline
-            if self._slots:
-                wake = min(wake, self._next_rescan)
-            if self._has_samplers():
-                wake = min(wake, self._next_sample)
+            if out or now >= deadline:
+                return out
+            wake = min(deadline, self.next_wakeup() or deadline)
             wait_ms = max(1, int((wake - now) * 1000))
             if self._bpf is not None:
                 self._bpf.ring_buffer_poll(wait_ms)
             else:
                 time.sleep(wait_ms / 1000.0)
-        out, self._pending = self._pending, []
-        self._stats["events"] += len(out)
-        return out
 
     def stats(self) -> dict[str, int]:
-        """Counters: events returned, fired/seen in the kernel, dropped (ring buffer full), ..."""
+        """Counters: events returned, fired/seen/muted in the kernel, dropped (ring buffer full)."""
         out = dict(self._stats)
         out["rules"] = len(self._slots)
         if self._bpf is not None:
             counters = self._bpf[b"counters"]
-            for c in (layout.Counter.SEEN, layout.Counter.FIRED, layout.Counter.DROPPED):
+            for c in layout.Counter:
+                if c is layout.Counter.NR:
+                    continue
                 vals = counters[ct.c_int(c)]
                 out[f"kernel_{c.name.lower()}"] = int(sum(v for v in vals))
         out["dropped"] = out.get("kernel_dropped", 0)
         return out
 
-    def close(self) -> None:
+    def close(self, *, keep_pin: bool = False) -> None:
         """Detach everything (idempotent). Targets stopped by a probe (``stop: kernel``) whose
-        events were never handed out are resumed: closing must not strand a stopped process."""
+        events were never handed out are resumed: closing must not strand a stopped process.
+        The pin is removed unless ``keep_pin``."""
         if self._closed:
             return
         self._closed = True
@@ -557,11 +582,12 @@ class Probes:
             with contextlib.suppress(Exception):  # keep tearing down the rest
                 self.unload(name)
         if self._bpf is not None:
-            from bcc import lib
-
             for fd in self._tick_fds.values():
-                lib.bpf_close_perf_event_fd(ct.c_int(fd))
+                perfevents.close_tick(fd)
             self._tick_fds.clear()
+            if self.pin_dir is not None and self.pinned and not keep_pin:
+                with contextlib.suppress(OSError):
+                    pinned.unpin(self.pin_dir)
             self._bpf.cleanup()
             self._bpf = None
 

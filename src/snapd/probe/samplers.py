@@ -10,10 +10,12 @@ the first sample).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from snapd import procfs
 from snapd.errors import SnapdError
-from snapd.rules.model import FdsTrigger, RssTrigger, ThreadsTrigger
+from snapd.probe.event import Event
+from snapd.rules.model import FdsTrigger, RssTrigger, Rule, ThreadsTrigger, Trigger, trigger_kind
 
 
 def measure(trigger: RssTrigger | ThreadsTrigger | FdsTrigger, pid: int) -> int | None:
@@ -49,3 +51,37 @@ class Crossing:
 
     def forget_except(self, live: set[int]) -> None:
         self.fired &= live
+
+
+def is_sampled(trigger: Trigger) -> bool:
+    return isinstance(trigger, (RssTrigger, ThreadsTrigger, FdsTrigger))
+
+
+def crossings(
+    rule: Rule, crossing: Crossing, pids: Iterable[int], now_ns: int, *, first: bool
+) -> list[Event]:
+    """Sample ``pids`` for ``rule``: a firing for each that went above its threshold.
+    ``first``: the rule's first sample, whose firings happen at load (``Event.at_load``)."""
+    trig = rule.trigger
+    assert isinstance(trig, (RssTrigger, ThreadsTrigger, FdsTrigger))
+    above = threshold(trig)
+    out = []
+    live = set()
+    for pid in pids:
+        live.add(pid)
+        value = measure(trig, pid)
+        if value is not None and crossing.update(pid, value, above):
+            out.append(
+                Event(
+                    rule=rule.name,
+                    pid=pid,
+                    tid=pid,
+                    comm=procfs.comm(pid),
+                    kind=trigger_kind(trig),
+                    time_ns=now_ns,
+                    value=value,
+                    at_load=first,
+                )
+            )
+    crossing.forget_except(live)
+    return out

@@ -154,3 +154,11 @@ def scan(target: Target, cgroup: str | None) -> list[int]:
         return [target.pid] if matches(target.pid, target, cgroup) else []
     me = os.getpid()
     return [pid for pid in procfs.iter_pids() if pid != me and matches(pid, target, cgroup)]
+
+
+def describe(pid: int) -> dict[str, object]:
+    """What ``snapd check --matches`` and ``ctl rules --matches`` show of a selected process."""
+    from snapd.procfs.context import unit_of
+
+    cg = _proc_cgroup(pid) or ""
+    return {"pid": pid, "comm": procfs.comm(pid), "exe": procfs.exe(pid), "unit": unit_of(cg) if cg else ""}

@@ -153,6 +153,7 @@ class Mapping:
     path: str  # as printed: "", "[heap]", "/usr/lib/x.so", "/SYSV00000000 (deleted)"
     rss: int = 0  # bytes
     anonymous: int = 0  # bytes of anonymous (incl. COW-ed) pages
+    swap: int = 0  # bytes of anonymous pages swapped out
     vmflags: frozenset[str] = field(default_factory=frozenset)
 
     @property
@@ -222,6 +223,8 @@ def parse_smaps(text: str) -> list[Mapping]:
             cur.rss = int(rest.split()[0]) * 1024
         elif key == "Anonymous":
             cur.anonymous = int(rest.split()[0]) * 1024
+        elif key == "Swap":
+            cur.swap = int(rest.split()[0]) * 1024
         elif key == "VmFlags":
             cur.vmflags = frozenset(rest.split())
     return out

@@ -257,11 +257,7 @@ class RuleBuilder:
         else:
             items = [(vnode, self.s.string(vnode, "trigger.syscall", 64))]
         names: list[str] = []
-        traced = _sys.traced_names()
-        if traced is None and _sys.numbers():
-            # tracefs unreadable (unprivileged): the C headers' table is the next best list;
-            # a syscall missing there could not be loaded anyway (no number for the probe).
-            traced = frozenset(_sys.numbers())
+        known = _sys.known_names()
         ok = True
         for n, name in items:
             if name is None:
@@ -270,20 +266,23 @@ class RuleBuilder:
             if not _sys.NAME_RE.fullmatch(name):
                 self.ctx.err(n, f"trigger.syscall: {name!r} is not a syscall name")
                 ok = False
-            elif traced is not None and name not in traced:
-                close = difflib.get_close_matches(name, sorted(traced), n=1)
+                continue
+            call = _sys.lookup(name)
+            if known is not None and name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=1)
                 hint = f"; did you mean '{close[0]}'?" if close else ""
                 self.ctx.err(
                     n,
                     f"trigger.syscall: unknown syscall '{name}' (no tracepoint "
-                    f"syscalls:sys_enter_{name} on this kernel){hint}",
+                    f"syscalls:sys_enter_{call.tracepoint} on this kernel){hint}",
                 )
                 ok = False
-            elif name in names:
-                self.ctx.err(n, f"trigger.syscall: '{name}' is listed twice")
+            elif call.name in names:
+                also = f" (as '{call.name}')" if call.name != name else ""
+                self.ctx.err(n, f"trigger.syscall: '{name}' is listed twice{also}")
                 ok = False
             else:
-                names.append(name)
+                names.append(call.name)  # the name users know: sendfile, not sendfile64
         when: _expr.Expr | None = None
         when_text: str | None = None
         if "when" in m:
@@ -331,13 +330,36 @@ class RuleBuilder:
         if not used:
             return
         for name in names:
-            n = _sys.arity(name)
-            if n is not None and used[-1] >= n:
+            args = _sys.args(name)
+            if args is not None and used[-1] >= len(args):
                 self.ctx.err(
                     wnode,
-                    f"trigger.when: {used[-1].name.lower()} is past the arguments of {name} (it takes {n})",
+                    f"trigger.when: {used[-1].name.lower()} is past the arguments of {name} "
+                    f"(it takes {len(args)})",
                 )
                 return
+        for cmp in _comparisons(when):
+            if cmp.field > _expr.Field.ARG5:
+                continue
+            for name in names:
+                args = _sys.args(name)
+                if args is None:
+                    continue
+                arg = args[cmp.field]
+                lo, hi = arg.kind.range()
+                if not lo <= cmp.value <= hi:
+                    kind = f"{arg.kind.bits}-bit {'signed' if arg.kind.signed else 'unsigned'}"
+                    wrapped = cmp.value & ((1 << arg.kind.bits) - 1)
+                    if arg.kind.signed and wrapped > hi:
+                        wrapped -= 1 << arg.kind.bits
+                    fits = wrapped != cmp.value and lo <= wrapped <= hi
+                    hint = f"; did you mean {wrapped}?" if fits else ""
+                    self.ctx.err(
+                        wnode,
+                        f"trigger.when: {cmp.field.name.lower()} of {name} is '{arg.ctype} {arg.name}', "
+                        f"a {kind} value: {cmp.value} is out of its range ({lo}..{hi}){hint}",
+                    )
+                    return
 
     def _action(self, node: Node) -> Action | None:
         m = self.s.mapping(node, "action", {"stop": False, "snapshot": False, "core": False, "run": False})
@@ -470,3 +492,13 @@ class RuleBuilder:
             self.ctx.err(node, "active: start and end are equal; leave 'active' out to be always on")
             return None
         return ActiveWindow(h1 * 60 + m1, h2 * 60 + m2)
+
+
+def _comparisons(e: _expr.Expr) -> list[_expr.Cmp]:
+    if isinstance(e, _expr.Cmp):
+        return [e]
+    if isinstance(e, (_expr.And, _expr.Or)):
+        return _comparisons(e.left) + _comparisons(e.right)
+    if isinstance(e, _expr.Not):
+        return _comparisons(e.operand)
+    return []

@@ -1,0 +1,63 @@
+"""Records of the ``events`` ring buffer (``struct event`` in probe.bpf.c) turned into Events."""
+
+from __future__ import annotations
+
+import ctypes as ct
+
+from snapd.probe import layout
+from snapd.probe.event import Event, Kind
+from snapd.rules import syscalls as _sys
+from snapd.rules.model import CpuTrigger, Rule
+
+
+class RawEvent(ct.Structure):
+    """struct event in probe.bpf.c."""
+
+    _fields_ = [
+        ("ts", ct.c_uint64),
+        ("args", ct.c_int64 * 6),
+        ("ret", ct.c_int64),
+        ("value", ct.c_uint64),
+        ("pid", ct.c_uint32),
+        ("tid", ct.c_uint32),
+        ("slot", ct.c_uint32),
+        ("gen", ct.c_uint32),
+        ("nr", ct.c_int32),
+        ("flags", ct.c_uint32),
+        ("comm", ct.c_char * 16),
+    ]
+
+
+def to_event(raw: RawEvent, rule: Rule, names_by_nr: dict[int, str]) -> Event:
+    """A syscall or cpu firing of ``rule``."""
+    flags = layout.EventFlag(raw.flags)
+    comm = raw.comm.decode("utf-8", "replace")
+    stopped = bool(flags & layout.EventFlag.STOPPED)
+    if flags & layout.EventFlag.CPU:
+        trig = rule.trigger
+        assert isinstance(trig, CpuTrigger)
+        pct = raw.value * layout.CPU_SAMPLE_PERIOD_NS * 100 // trig.for_ns
+        return Event(
+            rule=rule.name,
+            pid=raw.pid,
+            tid=raw.tid,
+            comm=comm,
+            kind=Kind.CPU,
+            time_ns=raw.ts,
+            value=int(pct),
+            stopped=stopped,
+        )
+    name = names_by_nr.get(raw.nr, f"syscall_{raw.nr}")
+    n = _sys.arity(name)
+    return Event(
+        rule=rule.name,
+        pid=raw.pid,
+        tid=raw.tid,
+        comm=comm,
+        kind=Kind.SYSCALL,
+        time_ns=raw.ts,
+        syscall=name,
+        args=tuple(int(a) for a in raw.args[: 6 if n is None else n]),
+        ret=int(raw.ret) if flags & layout.EventFlag.EXIT else None,
+        stopped=stopped,
+    )
