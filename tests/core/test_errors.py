@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from snapd_testlib import thread_states, wait_for
+from support.proc import thread_states
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 

@@ -12,12 +12,13 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from test_content import _addrs, byte_at
-from test_gcore import gdb
 
 from snapd.core import write_core
 from snapd.core.inspect import read_core
-from snapd_testlib import thread_states, wait_for
+from support.cores import byte_at, ready_addrs
+from support.gdb import gdb
+from support.proc import thread_states
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -117,7 +118,7 @@ def test_invisible_to_the_target(compile_victim, spawn, tmp_path, where):
 
 def test_dontfork_and_wipeonfork_have_real_contents(compile_victim, spawn, tmp_path):
     v = spawn([compile_victim("content"), tmp_path / "f.dat"])
-    a = _addrs(v.ready_line)
+    a = ready_addrs(v.ready_line)
     info = write_core(v.pid, str(tmp_path / "core"), snapshot="fork", sync=False)
     assert info.snapshot == "fork"
     core = read_core(str(tmp_path / "core"))

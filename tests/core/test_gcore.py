@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from snapd.core.inspect import read_core
-from snapd_testlib import proc_state, thread_states, wait_for
+from support.gdb import gdb
+from support.proc import proc_state, thread_states
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -25,14 +27,6 @@ def gcore(
     if check:
         assert r.returncode == 0, r.stderr
     return r
-
-
-def gdb(exe: object, core: object, *cmds: str) -> str:
-    argv = ["gdb", "-nx", "-batch", "-ex", "set debuginfod enabled off"]
-    for c in cmds:
-        argv += ["-ex", c]
-    r = subprocess.run([*argv, str(exe), str(core)], capture_output=True, text=True, timeout=120)
-    return r.stdout + r.stderr
 
 
 def assert_running(v: object) -> None:

@@ -9,20 +9,18 @@ import random
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonHarness, Victims, gdb_bt, halted_why, syscall_rule
-from tests.conftest import wait_for
+
+from support.daemon import DaemonHarness, Victims, syscall_rule
+from support.gdb import gdb_bt
+from support.proc import halted_why
+from support.statedir import partials
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 
-PARTIAL = ".snapd-partial."
 KILLS = 4
-
-
-def partials(cores_dir: Path) -> list[str]:
-    return [n for n in os.listdir(cores_dir) if n.startswith(PARTIAL)]
 
 
 def poll_until(cond: Callable[[], object], timeout: float, what: str) -> None:

@@ -18,7 +18,7 @@ from snapd.core import write_core
 from snapd.diff import diff_cores, series
 from snapd.diff.model import Diff, MappingDelta
 from snapd.procfs.context import capture
-from snapd_testlib import Victim
+from support.victims import Victim
 
 pytestmark = pytest.mark.kernel
 

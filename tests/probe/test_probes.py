@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import Victim, proc_state, wait_for
 
 from snapd.probe import Event, Probes
 from snapd.rules import Rule, RuleError, StopMode, parse_rule
 from snapd.rules import syscalls as sysnames
+from support.proc import proc_state
+from support.victims import Victim
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 Spawn = Callable[..., Victim]

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import DaemonHarness, Victims, halted_why, syscall_rule
-from tests.conftest import wait_for
-from tests.reliability.rel_helpers import check_listing, integrity, partials, pending_rows
+
+from support.daemon import DaemonHarness, Victims, syscall_rule
+from support.proc import halted_why
+from support.statedir import check_listing, integrity, partials, pending_rows
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 

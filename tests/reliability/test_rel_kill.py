@@ -13,18 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonHarness, Victims, halted_why
-from tests.conftest import Victim, wait_for
-from tests.reliability.rel_helpers import (
-    check_bigmem_core,
-    check_listing,
-    integrity,
-    partials,
-    pending_rows,
-    seeded_rng,
-)
 
-from snapd_testlib import MIN_WAIT_S, scaled
+from support.cores import check_bigmem_core
+from support.daemon import DaemonHarness, Victims
+from support.proc import halted_why
+from support.rng import seeded_rng
+from support.statedir import check_listing, integrity, partials, pending_rows
+from support.victims import Victim
+from support.waiting import MIN_WAIT_S, scaled, wait_for
 
 pytestmark = pytest.mark.kernel
 

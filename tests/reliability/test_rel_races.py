@@ -12,18 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonHarness, Victims, halted_why
-from tests.conftest import Victim, wait_for
-from tests.reliability.rel_helpers import (
-    check_listing,
-    elf_segments,
-    integrity,
-    partials,
-    pending_rows,
-    seeded_rng,
-)
 
 from snapd.core import write_core
+from support.cores import elf_segments
+from support.daemon import DaemonHarness, Victims
+from support.proc import halted_why
+from support.rng import seeded_rng
+from support.statedir import check_listing, integrity, partials, pending_rows
+from support.victims import Victim
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 

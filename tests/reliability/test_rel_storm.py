@@ -10,11 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonHarness, halted_why
-from tests.conftest import Victim
-from tests.reliability.storm import MAX_CORES, rule_text, run_storm
 
-from snapd_testlib import scaled
+from support.daemon import DaemonHarness
+from support.proc import halted_why
+from support.storm import MAX_CORES, rule_text, run_storm
+from support.victims import Victim
+from support.waiting import scaled
 
 pytestmark = pytest.mark.kernel
 

@@ -11,11 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonHarness, Victims, halted_why, syscall_rule
-from tests.conftest import Victim, wait_for
-from tests.reliability.rel_helpers import check_listing, partials
 
-from snapd_testlib import scaled
+from support.daemon import DaemonHarness, Victims, syscall_rule
+from support.proc import halted_why
+from support.statedir import check_listing, partials
+from support.victims import Victim
+from support.waiting import scaled, wait_for
 
 pytestmark = pytest.mark.kernel
 

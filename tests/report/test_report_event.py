@@ -7,14 +7,15 @@ import ctypes
 import os
 
 import pytest
-from rpt_helpers import dump, functions, in_syscall, thread_of
 
 from snapd.freeze import halt
 from snapd.procfs import maps
 from snapd.report import MAX_EVENT_STACK, EventStack, render_text, run_report
 from snapd.sys import ptrace as pt
 from snapd.sys.uio import process_vm_readv
-from snapd_testlib import wait_for
+from support.proc import in_syscall
+from support.report import dump, functions, thread_of
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 

@@ -10,10 +10,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from rpt_helpers import context_of, dump, functions, gdb_backtraces, thread_of
 
 from snapd.report import render_text, run_report, where
-from snapd_testlib import wait_for
+from support.gdb import gdb_backtraces
+from support.proc import context_of
+from support.report import dump, functions, thread_of
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 

@@ -8,10 +8,12 @@ import subprocess
 import time
 
 import pytest
-from rpt_helpers import context_of, dump, functions, gdb_backtraces, in_syscall, thread_of
 
 from snapd.report import ReportLimits, render_text, run_report, where
-from snapd_testlib import wait_for
+from support.gdb import gdb_backtraces
+from support.proc import context_of, in_syscall
+from support.report import dump, functions, thread_of
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 

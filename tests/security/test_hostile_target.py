@@ -18,16 +18,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import sec_helpers
-from daemon_helpers import DaemonHarness, DVictim, halted_why, syscall_rule
-from sec_helpers import Hostile
-from tests.conftest import wait_for
+
+from support.daemon import DaemonHarness, DVictim, syscall_rule
+from support.hostile import Hostile
+from support.proc import halted_why
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 
-# fixtures (see sec_helpers: no conftest.py here)
-hostile = sec_helpers.hostile
-sec_daemon = sec_helpers.sec_daemon
 
 EVIL_COMM = "\x1b[2J\x1b]0;x\x07\nA B"  # clear screen, set title, newline, space: 14 bytes
 EVIL_FILE = "sec \x1b[31mred\x1b[0m\nx"  # an executable's file name

@@ -15,21 +15,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import sec_helpers
-from sec_helpers import Hostile
 
 from snapd.probe import layout
 from snapd.probe.probes import SOURCE, Probes
 from snapd.probe.targets import NO_CGROUP, compile_glob, fnv1a
 from snapd.rules import Rule, parse_rule
+from support.hostile import Hostile
 
 pytestmark = pytest.mark.kernel
 
 CORPUS = Path(__file__).with_name("corpus")
 HOSTILE_COMM = '");/*x*/#d'  # 10 bytes: C string end, statement end, comment, preprocessor
-
-# fixtures (see sec_helpers: no conftest.py here)
-hostile = sec_helpers.hostile
 
 
 def accepted_inject_rules() -> list[Rule]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from snapd.rules import MAX_FILE_BYTES, RuleError, check_file
-from snapd_testlib import yaml_cpu_budget
+from support.budget import yaml_cpu_budget
 
 CORPUS = Path(__file__).with_name("corpus")
 FILES = sorted(p.name for p in CORPUS.iterdir())

@@ -19,7 +19,7 @@ from snapd.rules import Rule, RuleError, SyscallTrigger, parse_rule
 from snapd.rules.builder import NAME_RE, glob_problem
 from snapd.rules.expr import MAX_INSNS, Field, Insn, Op, compile_expr
 from snapd.template import NameFields, expand
-from snapd_testlib import yaml_cpu_budget
+from support.budget import yaml_cpu_budget
 
 STRUCTURED_EXAMPLES = 1500
 MUTATION_EXAMPLES = 1000

@@ -17,10 +17,11 @@ import stat
 from pathlib import Path
 
 import pytest
-import sec_helpers
-from daemon_helpers import DaemonHarness, syscall_rule
-from sec_helpers import NOBODY, Hostile, vm_kib
-from tests.conftest import wait_for
+
+from support.daemon import DaemonHarness, syscall_rule
+from support.hostile import NOBODY, Hostile
+from support.proc import vm_kib
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 FOLLOW_S = 5.0
@@ -40,10 +41,6 @@ BOMBS = [
     "dup-target.yaml",
     "inject-comm-00.yaml",
 ]
-
-# fixtures (see sec_helpers: no conftest.py here)
-hostile = sec_helpers.hostile
-sec_daemon = sec_helpers.sec_daemon
 
 
 def refused(daemon: DaemonHarness) -> dict[str, list[str]]:

@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from ship_helpers import GDB_QUIET, build
 
 from snapd.core import write_core
 from snapd.ship import sparse
@@ -20,6 +19,8 @@ from snapd.ship.elfcache import ElfCache
 from snapd.ship.elfid import file_build_id, read_core_files
 from snapd.ship.elfsource import Chain, HostFiles
 from snapd.ship.errors import CacheError
+from support.gdb import GDB_QUIET
+from support.ship import build
 
 pytestmark = pytest.mark.kernel
 

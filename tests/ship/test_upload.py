@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ship_helpers import GDB_QUIET, build
 
 from snapd.core import write_core
 from snapd.ship.bundle import write_bundle
@@ -23,7 +22,9 @@ from snapd.ship.errors import ConfigError
 from snapd.ship.s3 import make_client
 from snapd.ship.upload import Uploader, UploadResult, job_for
 from snapd.ship.uploadstate import JsonStateStore
-from snapd_testlib import wait_for
+from support.gdb import GDB_QUIET
+from support.ship import build
+from support.waiting import wait_for
 
 MiB = 1 << 20
 FAST = {"retry_min": 0.2, "retry_max": 1.0}

@@ -9,10 +9,10 @@ import subprocess
 from collections.abc import Callable
 
 import pytest
-from store_helpers import wait_for
 
 from snapd.procfs.context import capture
 from snapd.store import PARTIAL_PREFIX, Catalog
+from support.waiting import wait_for
 
 
 @pytest.mark.kernel
