@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ import pytest
 from support.daemon import DaemonHarness, Victims
 from support.paths import VICTIMS
 from support.proc import halted_why, proc_state, thread_states
-from support.victims import Victim
+from support.victims import Victim, build_victim, remove_build_dir
 from support.waiting import wait_for
 
 # Deprecated: `from tests.conftest import Victim, wait_for` in tests written before the support
@@ -109,28 +108,11 @@ def _kernel_gate(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(scope="session")
-def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("victims")
-
-
-@pytest.fixture(scope="session")
-def compile_victim(build_dir: Path) -> Callable[..., Path]:
-    """compile_victim("threads") builds tests/victims/threads.c with -g -O0 -pthread, once."""
-    cache: dict[tuple[str, tuple[str, ...]], Path] = {}
-
-    def build(name: str, *extra: str) -> Path:
-        key = (name, extra)
-        if key not in cache:
-            src = VICTIMS / f"{name}.c"
-            out = build_dir / (name + ("-" + "-".join(e.strip("-") for e in extra) if extra else ""))
-            subprocess.run(
-                ["gcc", "-g", "-O0", "-pthread", "-fno-omit-frame-pointer", "-o", str(out), str(src), *extra],
-                check=True,
-            )
-            cache[key] = out
-        return cache[key]
-
-    return build
+def compile_victim() -> Iterator[Callable[..., Path]]:
+    """compile_victim("threads", *flags) builds tests/victims/threads.c once per session, under a
+    name of this session (support.victims.build_victim: use the path's name, never a literal)."""
+    yield build_victim
+    remove_build_dir()
 
 
 @pytest.fixture
@@ -159,18 +141,9 @@ def snapd_cmd() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def victim_exe() -> Iterator[Path]:
-    """tests/victims/daemon_victim.c, built once, in a directory of our own: the shared
-    /tmp/pytest-of-root is also used by other pytest runs on this machine."""
-    d = Path(tempfile.mkdtemp(prefix="snapd-dv-", dir="/tmp"))
-    os.chmod(d, 0o755)
-    exe = d / "daemon_victim"
-    src = VICTIMS / "daemon_victim.c"
-    subprocess.run(
-        ["gcc", "-g", "-O0", "-pthread", "-fno-omit-frame-pointer", "-o", str(exe), str(src)], check=True
-    )
-    yield exe
-    shutil.rmtree(d, ignore_errors=True)
+def victim_exe(compile_victim: Callable[..., Path]) -> Path:
+    """tests/victims/daemon_victim.c, built once (its comm is the program's name)."""
+    return compile_victim("daemon_victim")
 
 
 @pytest.fixture

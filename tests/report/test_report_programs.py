@@ -90,12 +90,10 @@ def test_redis_server(redis, tmp_path):
     assert any(m["path"] == exe and m["build_id"] for m in rep["modules"])
 
 
-def test_package_note(spawn, tmp_path):
+def test_package_note(compile_victim, spawn, tmp_path):
     # ld >= 2.39 writes the note (.note.package), as Fedora's and systemd's builds do
     meta = "--package-metadata=" + json.dumps(PACKAGE, separators=(",", ":"))
-    exe = tmp_path / "pkgvictim"
-    src = Path(__file__).parent.parent / "victims" / "threads.c"
-    subprocess.run(["gcc", "-g", "-O0", "-pthread", "-o", str(exe), str(src), "-Xlinker", meta], check=True)
+    exe = compile_victim("threads", "-Xlinker", meta)
     v = spawn([exe])
     core = dump(v.pid, tmp_path / "core.pkg")
     rep = run_report(str(core))

@@ -51,8 +51,8 @@ def test_every_function_gdb_shows_is_in_the_report(threads_core):
         for name in set(names) & ours:
             assert name in mine, (tid, name, mine)
         assert set(names) & ours, names
-        assert f"Stack trace of thread {tid} (threads)" in text
-    assert f"Stack trace of thread {firing} (threads) [fired the rule]:" in text.splitlines()[0]
+        assert f"Stack trace of thread {tid} ({exe.name})" in text
+    assert f"Stack trace of thread {firing} ({exe.name}) [fired the rule]:" in text.splitlines()[0]
     # JSON: the shape of the issue, with pc/offset as integers and file:line from -g
     frame = next(f for f in thread_of(rep, tids[0])["frames"] if f["function"] == "main_wait")
     assert set(frame) >= {"pc", "function", "module", "offset", "file", "line"}
@@ -73,8 +73,8 @@ def test_inspect_stacks_text_and_json(threads_core, snapd_cmd):
     )
     assert r.returncode == 0, r.stderr
     for name in ("worker_alpha", "worker_beta", "worker_gamma", "main_wait"):
-        assert f" {name} (threads + 0x" in r.stdout, r.stdout
-    assert f"Stack trace of thread {v.pid} (threads)" in r.stdout
+        assert f" {name} ({exe.name} + 0x" in r.stdout, r.stdout
+    assert f"Stack trace of thread {v.pid} ({exe.name})" in r.stdout
     assert "Module " + str(exe) + " with build-id " in r.stdout
     r = subprocess.run(
         [*snapd_cmd, "inspect", str(core), "--stacks", "--json", "--tid", str(v.pid)],
@@ -112,7 +112,7 @@ def test_stripped_binary_gives_module_and_offset(compile_victim, spawn, tmp_path
         assert mine, t
         assert all(f["offset"] is not None and 0 < f["offset"] < 1 << 20 for f in mine)
         assert not {"worker_alpha", "park", "main_wait"} & set(functions(t))
-    assert "(threads-s + 0x" in render_text(rep)
+    assert f"({exe.name} + 0x" in render_text(rep)
 
 
 def test_start_report_polls_without_blocking(threads_core):

@@ -21,11 +21,14 @@ from snapd.probe.probes import SOURCE, Probes
 from snapd.probe.targets import NO_CGROUP, compile_glob, fnv1a
 from snapd.rules import Rule, parse_rule
 from support.hostile import Hostile
+from support.victims import SESSION_TAG
 
 pytestmark = pytest.mark.kernel
 
 CORPUS = Path(__file__).with_name("corpus")
-HOSTILE_COMM = '");/*x*/#d'  # 10 bytes: C string end, statement end, comment, preprocessor
+# C string end, statement end, comment, preprocessor, and the session's tag (a comm rule here
+# must not match another test run's victim): 14 bytes
+HOSTILE_COMM = '");/*x*/#d' + SESSION_TAG
 
 
 def accepted_inject_rules() -> list[Rule]:

@@ -23,7 +23,7 @@ from snapd.ship.s3 import make_client
 from snapd.ship.upload import Uploader, UploadResult, job_for
 from snapd.ship.uploadstate import JsonStateStore
 from support.gdb import GDB_QUIET
-from support.ship import build
+from support.ship import build_in
 from support.waiting import wait_for
 
 MiB = 1 << 20
@@ -290,7 +290,7 @@ def test_wrong_credentials_or_missing_bucket(weed, upload_yaml, tmp_path, caplog
 def test_a_core_goes_to_the_store_and_debugs_elsewhere(weed, upload_yaml, tmp_path, spawn, snapd_cmd):
     """The issue's "done when": bundle here, upload, fetch, and full backtraces once the
     program's binaries are gone."""
-    exe = build(tmp_path / "app" / "ship_victim")
+    exe = build_in(tmp_path / "app")
     v = spawn([exe])
     write_core(v.pid, str(tmp_path / "core"))
     b = tmp_path / "core.snapd"

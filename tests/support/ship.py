@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-from support.paths import VICTIMS
+from support.victims import VICTIMS, build_victim, victim_name
 
 VICTIM = VICTIMS / "ship_victim.c"
 
 
 def build(out: Path, tag: str = "one") -> Path:
     """Compile tests/victims/ship_victim.c to ``out``; another ``tag`` gives another build-id."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = ["gcc", "-g", "-O0", "-pthread", "-fno-omit-frame-pointer", f'-DTAG="{tag}"']
-    subprocess.run([*cmd, "-o", str(out), str(VICTIM)], check=True)
-    return out
+    return build_victim(VICTIM, f'-DTAG="{tag}"', out=out)
+
+
+def build_in(directory: Path, tag: str = "one") -> Path:
+    """:func:`build` into ``directory``, under the session's name of the victim (the same for
+    every ``tag``: a rebuild replaces the program, as an upgrade does)."""
+    return build(directory / victim_name(VICTIM), tag)
