@@ -23,13 +23,15 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VICTIM_SRC = ROOT / "tests" / "victims" / "bigmem.c"
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' support package
+
+from support.victims import build_victim  # noqa: E402
+
 SNAPD = [str(Path(sys.executable).parent / "snapd")]
 
 SETS = {
@@ -127,9 +129,7 @@ def main(argv: list[str]) -> int:
         return 2
     outdir = Path(args.dir)
     outdir.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix="snapd-bench-"))
-    exe = build / "bigmem"
-    subprocess.run(["gcc", "-O1", "-g", "-pthread", "-o", str(exe), str(VICTIM_SRC)], check=True)
+    exe = build_victim("bigmem", "-O1", "-fomit-frame-pointer")
     modes = ["frozen", "fork"] if args.snapshot == "both" else [args.snapshot]
     tools = ["gdb", *[f"snapd-{m}" for m in modes]]
     print(
@@ -173,7 +173,6 @@ def main(argv: list[str]) -> int:
                 f"freeze {g.freeze_ms / max(m.freeze_ms, 0.001):.2f}x, "
                 f"disk {g.disk_bytes / max(m.disk_bytes, 1):.2f}x"
             )
-    shutil.rmtree(build)
     return 0
 
 

@@ -8,10 +8,13 @@ import datetime as dt
 import json
 import os
 import selectors
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +253,24 @@ def clock_rule(pid: int) -> str:
     now = dt.datetime.now()
     a, b = now + dt.timedelta(hours=2), now + dt.timedelta(hours=3)
     return f'name: clock\ntarget:\n  pid: {pid}\ntrigger:\n  every: 100ms\nactive: "{a:%H:%M}-{b:%H:%M}"\n'
+
+
+@contextlib.contextmanager
+def daemon_and_victims() -> Iterator[tuple[DaemonHarness, Path, list[Victim]]]:
+    """The fixtures' harness outside pytest (bench/): (harness, work dir, started victims) on
+    temp dirs; the daemon is stopped and the victims killed (by pid) on exit."""
+    work = Path(tempfile.mkdtemp(prefix="snapd-bench-", dir="/tmp"))
+    os.chmod(work, 0o755)
+    rules = work / "rules.d"
+    rules.mkdir()
+    snapd = shutil.which("snapd", path=str(Path(sys.executable).parent))
+    cmd = [snapd] if snapd else [sys.executable, "-m", "snapd"]
+    h = DaemonHarness(cmd, rules, work / "state", str(work / "ctl.sock"), work)
+    started: list[Victim] = []
+    try:
+        yield h, work, started
+    finally:
+        h.stop()
+        for v in reversed(started):
+            v.kill()
+        shutil.rmtree(work, ignore_errors=True)
