@@ -15,7 +15,7 @@ from snapd.core import write_core
 from snapd.core.inspect import read_core
 from support.cores import byte_at, ready_addrs
 from support.gdb import gdb
-from support.proc import thread_states
+from support.proc import children_of, thread_states
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
@@ -33,8 +33,7 @@ def ask(v, cmd: bytes) -> str:
 
 
 def no_children(pid: int) -> bool:
-    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return kids == []
+    return children_of(pid) == []
 
 
 @pytest.mark.parametrize("mode", ["frozen", "fork"])

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from snapd import procfs
 from snapd.core.inspect import read_core
 from support.gdb import gdb
-from support.proc import proc_state, thread_states
+from support.proc import proc_state, thread_states, tracer_of
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
@@ -34,7 +35,7 @@ def assert_running(v: object) -> None:
     pid = v.pid  # type: ignore[attr-defined]
     states = thread_states(pid)
     assert not [s for s in states.values() if s in "Tt"], states
-    assert Path(f"/proc/{pid}/status").read_text().count("TracerPid:\t0") == 1
+    assert tracer_of(pid) == 0
 
 
 def test_threads_backtraces_globals_tls(compile_victim, spawn, snapd_cmd, tmp_path):
@@ -45,7 +46,7 @@ def test_threads_backtraces_globals_tls(compile_victim, spawn, snapd_cmd, tmp_pa
     assert r.stdout.strip() == f"snapd gcore: {tmp_path}/core.{v.pid} dumped"
     assert core.stat().st_mode & 0o777 == 0o600
     assert_running(v)
-    tids = sorted(int(t) for t in os.listdir(f"/proc/{v.pid}/task"))
+    tids = procfs.tids(v.pid)
 
     out = gdb(
         exe,

@@ -18,7 +18,7 @@ import pytest
 from snapd.probe import Event, Probes
 from snapd.rules import Rule, RuleError, StopMode, parse_rule
 from snapd.rules import syscalls as sysnames
-from support.proc import proc_state
+from support.proc import proc_state, syscall_nr
 from support.victims import Victim, victim_name
 from support.waiting import wait_for
 
@@ -244,8 +244,7 @@ def test_stop_kernel_halts_at_syscall(probes: Probes, spawn: Spawn, victim_path:
     assert events[0].stopped
     try:
         wait_for(lambda: proc_state(v.pid) == "T", 5, "victim stopped by the probe")
-        fields = Path(f"/proc/{v.pid}/syscall").read_text().split()
-        assert int(fields[0]) == sysnames.numbers()["getppid"]
+        assert syscall_nr(v.pid) == sysnames.numbers()["getppid"]
     finally:
         os.kill(v.pid, signal.SIGCONT)
     probes.unload("halt")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from snapd import procfs
 from snapd.report import render_text, run_report, where
 from support.gdb import gdb_backtraces
 from support.proc import context_of
@@ -57,7 +58,7 @@ def redis(tmp_path):
     )
     try:
         wait_for(lambda: log.exists() and "ready to accept connections" in log.read_text(), 30, "redis ready")
-        wait_for(lambda: len(os.listdir(f"/proc/{proc.pid}/task")) >= 4, 30, "redis threads")
+        wait_for(lambda: len(procfs.tids(proc.pid)) >= 4, 30, "redis threads")
         yield proc
     finally:
         proc.send_signal(signal.SIGKILL)

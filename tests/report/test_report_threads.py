@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 
 import pytest
 
+from snapd import procfs
 from snapd.report import ReportLimits, render_text, run_report, where
 from support.gdb import gdb_backtraces
 from support.proc import context_of, in_syscall
@@ -34,7 +34,7 @@ def threads_core(compile_victim, spawn, tmp_path):
 
 def test_every_function_gdb_shows_is_in_the_report(threads_core):
     exe, v, core = threads_core
-    tids = sorted(int(t) for t in os.listdir(f"/proc/{v.pid}/task"))
+    tids = procfs.tids(v.pid)
     firing = tids[2]
     rep = run_report(str(core), firing_tid=firing, context=context_of(v.pid))
     assert rep["error"] is None, rep["error"]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from snapd import procfs
 from snapd.probe import layout
 from snapd.probe.probes import SOURCE, Probes
 from snapd.probe.targets import NO_CGROUP, compile_glob, fnv1a
@@ -45,12 +46,11 @@ def prog_tags() -> list[str]:
     tags = []
     for fd in os.listdir("/proc/self/fdinfo"):
         try:
-            text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+            info = procfs.parse_status(procfs.read_bytes(f"/proc/self/fdinfo/{fd}"))
         except OSError:
             continue
-        m = re.search(r"^prog_tag:\s*(\S+)", text, re.M)
-        if m:
-            tags.append(m.group(1))
+        if "prog_tag" in info:
+            tags.append(info["prog_tag"])
     return sorted(tags)
 
 
@@ -134,7 +134,7 @@ def test_hostile_comm_pattern_selects_that_process_as_data(
     named fires, with its name in the event; a process named differently does not."""
     v = hostile(HOSTILE_COMM)
     other = hostile("plain")
-    assert Path(f"/proc/{v.pid}/comm").read_text().rstrip("\n") == HOSTILE_COMM
+    assert procfs.comm(v.pid) == HOSTILE_COMM
     rule, errs = parse_rule(
         f"name: inj\ntarget: {{comm: '{HOSTILE_COMM}'}}\ntrigger: {{syscall: getppid}}\n", "inj.yaml"
     )

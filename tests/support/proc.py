@@ -1,4 +1,10 @@
-"""What /proc says about a process, for tests: states, tracers, usage, threads, syscalls."""
+"""What /proc says about a process, for tests: states, tracers, usage, children, syscalls.
+
+The one /proc reader of the suite, built on snapd's own (:mod:`snapd.procfs`: its parsers, and
+its one OSError boundary, so a process that is gone is :class:`~snapd.errors.TargetGone`
+here too); what snapd has no reader for (a thread's syscall, children, fds) is read here
+with its helpers.
+"""
 
 from __future__ import annotations
 
@@ -7,23 +13,47 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+from snapd import procfs
+from snapd.errors import TargetError, TargetGone
+from snapd.procfs import CLK_TCK
+from snapd.procfs.context import capture
+
+__all__ = [
+    "CLK_TCK",
+    "Usage",
+    "child_states",
+    "children_of",
+    "context_of",
+    "halted_why",
+    "in_syscall",
+    "pids_of_exe",
+    "proc_state",
+    "syscall_nr",
+    "thread_states",
+    "tracer_of",
+    "vm_kib",
+]
 
 
 def proc_state(pid: int) -> str:
-    data = Path(f"/proc/{pid}/stat").read_bytes()
-    return data[data.rindex(b")") + 2 :].split()[0].decode()
+    """The process's state letter (proc(5): R, S, D, T, t, Z, ...)."""
+    return procfs.stat(pid).state
 
 
 def thread_states(pid: int) -> dict[int, str]:
+    """tid -> state letter of every thread (one that ends while read is left out)."""
     out = {}
-    for t in os.listdir(f"/proc/{pid}/task"):
+    for tid in procfs.tids(pid):
         try:
-            data = Path(f"/proc/{pid}/task/{t}/stat").read_bytes()
-        except FileNotFoundError:
+            out[tid] = procfs.stat(pid, tid).state
+        except TargetGone:
             continue
-        out[int(t)] = data[data.rindex(b")") + 2 :].split()[0].decode()
     return out
+
+
+def tracer_of(pid: int) -> int:
+    """The pid tracing ``pid`` (TracerPid in /proc/PID/status), 0 for none."""
+    return int(procfs.status(pid)["TracerPid"])
 
 
 def halted_why(pid: int) -> str | None:
@@ -31,31 +61,30 @@ def halted_why(pid: int) -> str | None:
 
     A process that has exited is not halted."""
     try:
-        status = Path(f"/proc/{pid}/status").read_text()
-        tids = os.listdir(f"/proc/{pid}/task")
-    except (FileNotFoundError, ProcessLookupError):
+        tracer = tracer_of(pid)
+        tids = procfs.tids(pid)
+    except TargetGone:
         return None
-    for line in status.splitlines():
-        if line.startswith("TracerPid:") and int(line.split()[1]) != 0:
-            return f"traced by {line.split()[1]}"
+    if tracer != 0:
+        return f"traced by {tracer}"
     for tid in tids:
         try:
-            data = Path(f"/proc/{pid}/task/{tid}/stat").read_bytes()
-        except FileNotFoundError:
+            state = procfs.stat(pid, tid).state
+        except TargetGone:
             continue
-        state = data[data.rindex(b")") + 2 :].split()[0].decode()
         if state in ("T", "t"):
             return f"thread {tid} in state {state}"
-        if state == "Z" and tid == str(pid):
+        if state == "Z" and tid == pid:
             return None
     return None
 
 
 def vm_kib(pid: int, field: str = "VmRSS") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} for pid {pid}")
+    """A ``Vm*`` field of /proc/PID/status, in KiB."""
+    status = procfs.status(pid)
+    if field not in status:
+        raise AssertionError(f"no {field} for pid {pid}")
+    return int(status[field].split()[0])
 
 
 @dataclass
@@ -69,34 +98,60 @@ class Usage:
 
     @classmethod
     def of(cls, pid: int) -> Usage:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (proc(5) fields 14, 15)
-        status = dict(
-            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
-        )
+        st = procfs.stat(pid)
+        status = procfs.status(pid)
         return cls(
-            cpu=cpu,
+            cpu=(st.utime + st.stime) / CLK_TCK,
             rss_kib=int(status["VmRSS"].split()[0]),
-            fds=len(os.listdir(f"/proc/{pid}/fd")),
+            fds=len(procfs.proc_call(pid, lambda: os.listdir(f"/proc/{pid}/fd"))),
             threads=int(status["Threads"]),
         )
 
 
 def context_of(pid: int) -> dict[str, Any]:
-    """The part of a /proc context the report uses (store/context.py captures the same)."""
-    threads = []
-    for t in sorted(int(x) for x in os.listdir(f"/proc/{pid}/task")):
-        data = Path(f"/proc/{pid}/task/{t}/stat").read_bytes()
-        comm = data[data.index(b"(") + 1 : data.rindex(b")")].decode()
-        state = data[data.rindex(b")") + 2 :].split()[0].decode()
-        threads.append({"tid": t, "comm": comm, "state": state})
-    maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
-    return {"pid": pid, "threads": threads, "maps": maps}
+    """The /proc context the daemon stores beside a core (snapd.procfs.context.capture), as a
+    report is given it."""
+    return capture(pid)
 
 
 def in_syscall(pid: int, tid: int, nr: int) -> bool:
+    """Whether thread ``tid`` is blocked in system call ``nr`` (/proc/PID/task/TID/syscall)."""
     try:
-        return Path(f"/proc/{pid}/task/{tid}/syscall").read_text().split()[0] == str(nr)
+        return procfs.read_bytes(f"/proc/{pid}/task/{tid}/syscall").split()[0] == str(nr).encode()
     except (OSError, IndexError):
         return False
+
+
+def syscall_nr(pid: int) -> int:
+    """The system call the process's main thread is in (-1: none; proc(5) /proc/PID/syscall)."""
+    return int(procfs.proc_call(pid, lambda: procfs.read_bytes(f"/proc/{pid}/syscall")).split()[0])
+
+
+def children_of(pid: int) -> list[int]:
+    """The children of every thread of ``pid`` (/proc/PID/task/TID/children)."""
+    out: list[int] = []
+    for tid in procfs.tids(pid):
+        try:
+            out += [int(c) for c in procfs.read_bytes(f"/proc/{pid}/task/{tid}/children").split()]
+        except FileNotFoundError:
+            continue
+    return out
+
+
+def child_states(pid: int) -> dict[int, str]:
+    """child pid -> state letter of every process whose parent is ``pid`` (a scan of /proc,
+    which also finds the zombies and stopped children that nobody waits for)."""
+    out = {}
+    for p in procfs.iter_pids():
+        try:
+            st = procfs.stat(p)
+        except TargetError:
+            continue
+        if st.ppid == pid:
+            out[p] = st.state
+    return out
+
+
+def pids_of_exe(exe: Path | str) -> list[int]:
+    """Pids whose executable is ``exe`` (procfs.exe: "" for those we cannot read)."""
+    return [p for p in procfs.iter_pids() if procfs.exe(p) == str(exe)]
