@@ -1,5 +1,5 @@
-"""Fixtures of the security tests: hostile targets, and the real daemon on a socket the
-unprivileged users of these tests can reach."""
+"""Fixtures of the security tests: the rule corpus written out, hostile targets, and the real
+daemon on a socket the unprivileged users of these tests can reach."""
 
 from __future__ import annotations
 
@@ -11,11 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from support import rulecorpus
 from support.daemon import DaemonHarness
 from support.hostile import Hostile
 from support.proc import halted_why
 from support.victims import Victim
 from support.waiting import wait_for
+
+
+@pytest.fixture(scope="session")
+def rule_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The whole rule corpus (support.rulecorpus: the seeds and what is generated from them) in
+    a directory of its own, written once per session."""
+    return rulecorpus.write(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture

@@ -26,15 +26,14 @@ from support.victims import SESSION_TAG
 
 pytestmark = pytest.mark.kernel
 
-CORPUS = Path(__file__).with_name("corpus")
 # C string end, statement end, comment, preprocessor, and the session's tag (a comm rule here
 # must not match another test run's victim): 14 bytes
 HOSTILE_COMM = '");/*x*/#d' + SESSION_TAG
 
 
-def accepted_inject_rules() -> list[Rule]:
+def accepted_inject_rules(corpus: Path) -> list[Rule]:
     out = []
-    for p in sorted(CORPUS.glob("inject-*.yaml")):
+    for p in sorted(corpus.glob("inject-*.yaml")):
         rule, _ = parse_rule(p.read_bytes(), str(p))
         if rule is not None:
             out.append(rule)
@@ -90,9 +89,9 @@ def check_row(p: Probes, rule: Rule) -> None:
 
 
 def test_hostile_rules_compile_identically_and_are_stored_as_data(
-    bpf_builds: list[dict[str, object]],
+    bpf_builds: list[dict[str, object]], rule_corpus: Path
 ) -> None:
-    rules = accepted_inject_rules()
+    rules = accepted_inject_rules(rule_corpus)
     kinds = {Path(r.path).name.rsplit("-", 1)[0] for r in rules}
     assert (
         len(rules) >= 50

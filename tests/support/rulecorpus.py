@@ -1,33 +1,28 @@
-"""Regenerate tests/security/corpus/: malformed and hostile rule files for the loader.
+"""The malformed and hostile rule corpus of tests/security.
 
-    .venv/bin/python tests/security/make_corpus.py
+Two halves. The hand-made seeds are files in tests/security/corpus/, one kind of bad input each,
+read as written: a truncated quote, small YAML bombs, NUL bytes, other encodings and BOMs,
+escape sequences in keys, duplicate keys at every level. The rest is generated here, at
+collection time, from tables and from the seeds: valid-good.yaml cut at many points, every field
+with every wrong type, hostile strings in every string field, tags, invalid UTF-8, nesting and
+sizes up to the file cap. Names say what each file is: ``valid-*`` must load, ``inject-*`` may
+load or not (the kernel test loads the ones that do), every other file must be refused with
+RuleErrors only. A new kind of bad input goes in as a seed file, or here when it is a family.
 
-The files are committed (the fuzz test reads them, never this script), so a new kind of bad
-input is added here once and then stays in the corpus. Names say what each file is:
-``valid-*`` must load, ``inject-*`` may load or not (the kernel test loads the ones that do),
-every other file must be refused with RuleErrors only.
+    PYTHONPATH=tests .venv/bin/python -m support.rulecorpus DIR    # write it all out, to look at
 """
 
 from __future__ import annotations
 
-import shutil
+import functools
+import sys
 from pathlib import Path
 
-OUT = Path(__file__).with_name("corpus")
+from support.paths import TESTS
+
+SEEDS = TESTS / "security" / "corpus"
 CAP = 256 * 1024  # snapd.rules.MAX_FILE_BYTES
 
-GOOD = (
-    "name: good\n"
-    "description: a complete rule, cut short in the truncated-* files\n"
-    "target:\n  comm: nginx\n  uid: 33\n"
-    "trigger:\n  syscall: [write, writev]\n  when: errno == EPIPE and arg2 > 0\n"
-    "  count: 5\n  within: 10s\n"
-    "action:\n  stop: ptrace\n  snapshot: fork\n"
-    "  core: {content: default-shm, name: 'core.%e.%p', repeat: 2, interval: 5s}\n"
-    "  run: [/bin/true, '{core}']\n"
-    "limits: {max_cores: 3, min_interval: 5m}\n"
-    "active: '01:00-04:00'\n"
-)
 T = "target: {comm: x}\n"
 S = "trigger: {syscall: write}\n"
 
@@ -47,31 +42,27 @@ INJECT = [
 ]
 
 
-def files() -> dict[str, bytes]:
+@functools.cache
+def generated() -> dict[str, bytes]:
+    """The generated half of the corpus: name -> content (deterministic)."""
+    good = (SEEDS / "valid-good.yaml").read_text()
     out: dict[str, bytes] = {}
 
     def put(name: str, text: str | bytes) -> None:
         out[name] = text.encode() if isinstance(text, str) else text
 
-    put("valid-good.yaml", GOOD)
-    # truncated documents: a complete rule cut at 24 points (each misses a required part or
+    # truncated documents: valid-good.yaml cut at 24 points (each misses a required part or
     # ends inside a token)
-    cuts = [GOOD.index("trigger:") - k for k in (1, 5, 20, 40)]
-    cuts += [GOOD.index("trigger:") + k for k in (3, 8, 9, 12, 20, 28)]
-    cuts += [GOOD.index("when:") + k for k in (7, 14, 17)]
-    cuts += [GOOD.index("count:") + k for k in (6,)]
-    cuts += [GOOD.index("core:") + k for k in (7, 21, 30, 45, 60)]
-    cuts += [GOOD.index("run:") + k for k in (7, 12)]
-    cuts += [GOOD.index("limits:") + k for k in (10, 30)]
-    cuts += [GOOD.index("active:") + k for k in (10,)]
+    cuts = [good.index("trigger:") - k for k in (1, 5, 20, 40)]
+    cuts += [good.index("trigger:") + k for k in (3, 8, 9, 12, 20, 28)]
+    cuts += [good.index("when:") + k for k in (7, 14, 17)]
+    cuts += [good.index("count:") + k for k in (6,)]
+    cuts += [good.index("core:") + k for k in (7, 21, 30, 45, 60)]
+    cuts += [good.index("run:") + k for k in (7, 12)]
+    cuts += [good.index("limits:") + k for k in (10, 30)]
+    cuts += [good.index("active:") + k for k in (10,)]
     for i, c in enumerate(cuts):
-        put(f"truncated-{i:02d}.yaml", GOOD[:c])
-    put("truncated-quote.yaml", T + "trigger: {syscall: write, when: 'errno == ")
-    put("truncated-dquote.yaml", T + 'trigger: {syscall: write, when: "errno == \\')
-    put("truncated-flow.yaml", "target: {comm: x, trigger: [write, ")
-    put("truncated-block-scalar.yaml", T + S + "description: |\n")
-    put("truncated-directive.yaml", "%YAML 1.1\n---")
-    put("truncated-utf8.yaml", (T + S + "description: caf").encode() + b"\xc3")
+        put(f"truncated-{i:02d}.yaml", good[:c])
 
     # deep nesting
     put("deep-flow-seq.yaml", "a: " + "[" * 120_000 + "]" * 120_000)
@@ -110,26 +101,14 @@ def files() -> dict[str, bytes]:
     put("huge-many-docs.yaml", "---\n" * (room // 4))
     put("huge-over-cap.yaml", T + S + "# " + "x" * CAP + "\n")
 
-    # YAML bombs: anchors and aliases are refused outright, merge keys are not plain keys
-    lol = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n"
-    for p, c in zip("abcdefgh", "bcdefghi", strict=True):
-        lol += f"{c}: &{c} [" + ", ".join([f"*{p}"] * 9) + "]\n"
-    put("bomb-billion-laughs.yaml", lol)
-    put(
-        "bomb-billion-laughs-in-target.yaml",
-        "target:\n  comm: x\n" + "".join("  " + ln + "\n" for ln in lol.splitlines()) + S,
-    )
+    # a YAML bomb of many aliases of one big scalar (the small bombs are seeds)
     big = "x" * 60_000
     put(
         "bomb-quadratic.yaml",
         f"description: &d '{big}'\n" + T + S + "k: [" + ", ".join(["*d"] * 3000) + "]\n",
     )
-    put("bomb-alias-only.yaml", T + S + "description: *nothing\n")
-    put("bomb-merge-key.yaml", T + S + "action:\n  <<: {stop: kernel}\n")
-    put("bomb-anchor-on-key.yaml", "&k target: {comm: x}\n" + S)
-    put("bomb-recursive-alias.yaml", "a: &a [*a]\n")
 
-    # tags
+    # tags, on a plain field and on a mapping
     for i, tag in enumerate(
         [
             "!!python/object/apply:os.system ['id']",
@@ -147,14 +126,8 @@ def files() -> dict[str, bytes]:
     ):
         put(f"tag-{i:02d}.yaml", T + S + f"description: {tag}\n")
         put(f"tag-target-{i:02d}.yaml", f"target: {tag}\n" + S)
-    put(
-        "tag-directive.yaml",
-        "%TAG ! tag:yaml.org,2002:python/object/apply:\n---\ntarget: !os.system [id]\n" + S,
-    )
-    put("tag-on-key.yaml", "!!python/name:os.system target: {comm: x}\n" + S)
-    put("tag-str-on-int-field.yaml", "target: {pid: !!str 12}\n" + S)
 
-    # encodings: invalid UTF-8, other encodings, NUL bytes, CRLF, BOMs
+    # invalid UTF-8 (other encodings, NUL bytes, CRLF and BOMs are seeds)
     for i, junk in enumerate(
         [
             b"\xff",
@@ -168,48 +141,6 @@ def files() -> dict[str, bytes]:
         ]
     ):
         put(f"enc-invalid-{i}.yaml", T.encode() + S.encode() + b"description: a" + junk + b"b\n")
-    put("enc-latin1-comm.yaml", "target: {comm: café}\n".encode("latin-1") + S.encode())
-    put("enc-utf16le-bom.yaml", b"\xff\xfe" + (T + S).encode("utf-16-le"))
-    put("enc-utf16be-bom.yaml", b"\xfe\xff" + (T + S).encode("utf-16-be"))
-    put("enc-utf32-bom.yaml", b"\xff\xfe\x00\x00" + (T + S).encode("utf-32-le"))
-    put("valid-bom.yaml", b"\xef\xbb\xbf" + (T + S).encode())
-    put("enc-bom-twice.yaml", b"\xef\xbb\xbf\xef\xbb\xbf" + (T + S).encode())
-    put("enc-bom-inside.yaml", (T + S).encode() + b"description: a\xef\xbb\xbfb\n")
-    put("nul-raw-in-comm.yaml", b"target: {comm: a\x00b}\n" + S.encode())
-    put("nul-raw-at-start.yaml", b"\x00" + (T + S).encode())
-    put("nul-raw-line.yaml", (T + S).encode() + b"\x00\x00\x00\n")
-    put("nul-escaped-in-comm.yaml", 'target: {comm: "a\\0b"}\n' + S)
-    put("nul-escaped-in-exe.yaml", 'target: {exe: "/bin/true\\0/tmp/x"}\n' + S)
-    put("nul-escaped-in-name.yaml", 'name: "a\\x00b"\n' + T + S)
-    put("nul-escaped-in-core-name.yaml", T + S + 'action: {core: {name: "core\\0/../../x"}}\n')
-    put("ctl-escape-in-description.yaml", T + S + 'description: "\\e[2J\\e]0;pwned\\a"\n')
-    put("ctl-newline-in-comm.yaml", 'target: {comm: "a\\nb"}\n' + S)
-    put("ctl-del-in-unit.yaml", 'target: {unit: "a\\x7fb.service"}\n' + S)
-    put("ctl-bidi-in-comm.yaml", 'target: {comm: "\\u202egnp"}\n' + S)
-    put("ctl-escape-in-key.yaml", T + S + '"\\e[2J\\x9b\\u202e": 1\n')
-    put("ctl-escape-in-dup-key.yaml", T + S + '"\\e[2J": 1\n"\\e[2J": 2\n')
-    put("ctl-escape-in-placeholder.yaml", T + S + 'action: {run: [/bin/true, "{\\e[2J}"]}\n')
-    put("ctl-escape-in-tag.yaml", T + S + "description: !<tag:x,2026:\x1b[2J> x\n")
-    put("ctl-escape-in-content.yaml", T + S + 'action: {core: {content: "heap+\\e[2J"}}\n')
-    put("valid-crlf.yaml", (T + S).replace("\n", "\r\n"))
-    put("crlf-bare-cr.yaml", (T + S).replace("\n", "\r") + "colour: red\r")
-    put("crlf-mixed-bad.yaml", "target: {comm: x}\r\ntrigger: {syscall: write}\ncolour: red\r\n")
-    put("enc-nel-ls.yaml", "target: {comm: x}\x85trigger: {syscall: write}\u2028colour: red\n")
-
-    # duplicate keys at every level
-    put("dup-top.yaml", T + S + T)
-    put("dup-name.yaml", "name: a\nname: b\n" + T + S)
-    put("dup-target.yaml", "target: {comm: x, comm: y}\n" + S)
-    put("dup-target-pid.yaml", "target:\n  pid: 1\n  pid: 2\n" + S)
-    put("dup-trigger.yaml", T + "trigger: {syscall: write, syscall: read}\n")
-    put("dup-trigger-when.yaml", T + "trigger: {syscall: write, when: arg0 == 1, when: arg0 == 2}\n")
-    put("dup-trigger-cpu.yaml", T + "trigger: {cpu: {above: 10%, above: 20%}}\n")
-    put("dup-trigger-rss.yaml", T + "trigger: {rss: {above: 1GiB, above: 2GiB}}\n")
-    put("dup-action.yaml", T + S + "action: {stop: ptrace, stop: kernel}\n")
-    put("dup-action-core.yaml", T + S + "action: {core: {repeat: 1, repeat: 2}}\n")
-    put("dup-limits.yaml", T + S + "limits: {max_cores: 1, max_cores: 2}\n")
-    put("dup-quoted-vs-plain.yaml", T + S + "'limits': {}\nlimits: {}\n")
-    put("dup-key-types.yaml", T + S + "1: a\n'1': b\n")
 
     # every field with every wrong type
     wrong = {
@@ -322,14 +253,40 @@ def files() -> dict[str, bytes]:
     return out
 
 
-def main() -> None:
-    if OUT.exists():
-        shutil.rmtree(OUT)
-    OUT.mkdir()
-    for name, data in sorted(files().items()):
-        (OUT / name).write_bytes(data)
-    print(f"{len(list(OUT.iterdir()))} files in {OUT}")
+def seeds() -> dict[str, bytes]:
+    """The hand-made half: tests/security/corpus/NAME -> content."""
+    return {p.name: p.read_bytes() for p in sorted(SEEDS.iterdir())}
+
+
+def corpus() -> dict[str, bytes]:
+    """Every file of the corpus: the seeds and what is generated."""
+    made, given = generated(), seeds()
+    both = sorted(set(made) & set(given))
+    if both:
+        raise AssertionError(f"generated files would replace seeds: {both}")
+    return {**given, **made}
+
+
+def names() -> list[str]:
+    return sorted(corpus())
+
+
+def write(directory: Path) -> Path:
+    """Write the whole corpus into ``directory`` (created); return it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in corpus().items():
+        (directory / name).write_bytes(data)
+    return directory
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m support.rulecorpus DIR", file=sys.stderr)
+        return 2
+    out = write(Path(argv[0]))
+    print(f"{len(list(out.iterdir()))} files in {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main(sys.argv[1:]))
