@@ -238,6 +238,7 @@ def server(tmp_path: Path) -> Iterator[Callable[[], CtlServer]]:
     os.rmdir(d)
 
 
+@pytest.mark.slow
 def test_pipelining_client_is_held_back(server: Callable[[], CtlServer]) -> None:
     srv = server()
     f = Flooder(srv.path, b'{"cmd":"list-cores"}\n', 50_000)

@@ -11,6 +11,13 @@ import pytest
 from support.weed import BUCKET, KEY, SECRET, Weed, weed_binary, write_credentials
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that starts a real SeaweedFS takes seconds: it is `slow` (out of the fast lane)."""
+    for item in items:
+        if {"weed", "fresh_weed"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="module")
 def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Weed]:
     if weed_binary() is None:
