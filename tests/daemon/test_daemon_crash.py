@@ -16,7 +16,7 @@ from support.daemon import DaemonHarness, Victims, syscall_rule
 from support.gdb import gdb_bt
 from support.proc import halted_why
 from support.statedir import partials
-from support.waiting import wait_for
+from support.waiting import MIN_WAIT_S, scaled, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -25,6 +25,7 @@ KILLS = 4
 
 def poll_until(cond: Callable[[], object], timeout: float, what: str) -> None:
     """wait_for with a steady 1 ms period, to catch the start of a short dump."""
+    timeout = scaled(max(timeout, MIN_WAIT_S))
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:

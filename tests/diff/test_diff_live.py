@@ -19,6 +19,7 @@ from snapd.diff import diff_cores, series
 from snapd.diff.model import Diff, MappingDelta
 from snapd.procfs.context import capture
 from support.victims import Victim
+from support.waiting import scaled
 
 pytestmark = pytest.mark.kernel
 
@@ -32,6 +33,7 @@ def ask(v: Victim, command: str, timeout: float = 30.0) -> str:
     v.proc.stdin.flush()
     sel = selectors.DefaultSelector()
     sel.register(v.proc.stdout, selectors.EVENT_READ)
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     buf = b""
     while not buf.endswith(b"\n"):

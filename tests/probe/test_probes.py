@@ -20,7 +20,7 @@ from snapd.rules import Rule, RuleError, StopMode, parse_rule
 from snapd.rules import syscalls as sysnames
 from support.proc import proc_state, syscall_nr
 from support.victims import Victim, victim_name
-from support.waiting import wait_for
+from support.waiting import MIN_WAIT_S, scaled, wait_for
 
 pytestmark = pytest.mark.kernel
 Spawn = Callable[..., Victim]
@@ -40,7 +40,7 @@ def command(v: Victim, line: str, timeout: float = 10.0) -> int:
     v.proc.stdin.flush()
     fd = v.proc.stdout.fileno()
     buf = b""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(max(timeout, MIN_WAIT_S))
     while not buf.endswith(b"\n"):
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([fd], [], [], left)[0]:

@@ -17,7 +17,7 @@ import pytest
 from support.daemon import DaemonHarness, Victims, syscall_rule
 from support.proc import halted_why
 from support.statedir import check_listing, integrity, partials, pending_rows
-from support.waiting import wait_for
+from support.waiting import scaled, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -147,7 +147,7 @@ def test_disk_fills_up_during_a_dump(small_state: DaemonHarness, victims: Victim
     filler = daemon.state / "filler"
     for i in range(3):
         v.send("g 1")
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + scaled(30)
         while not reserved(cores, 20 << 20) and time.monotonic() < deadline:
             time.sleep(0.0002)  # until the writer has fallocate()d its blocks
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}.{i}", "bs=64k"], capture_output=True)

@@ -21,7 +21,7 @@ from support.proc import child_states, halted_why, pids_of_exe
 from support.rng import seeded_rng
 from support.statedir import check_listing, integrity, partials, pending_rows
 from support.victims import Victim
-from support.waiting import wait_for
+from support.waiting import scaled, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -72,7 +72,7 @@ def test_gcore_target_exits_mid_dump(
         v = spawn([exe, 384, 384])
         p = gcore(snapd_cmd, tmp_path / f"core{i}", v.pid, mode)
         # The dump has begun once its temp file exists (polled every ms); then a random moment.
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + scaled(30)
         while not partials(tmp_path) and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.001)
         time.sleep(rng.uniform(0, 0.15))

@@ -13,7 +13,7 @@ from snapd.report import ReportLimits, render_text, run_report, where
 from support.gdb import gdb_backtraces
 from support.proc import context_of, in_syscall
 from support.report import dump, functions, thread_of
-from support.waiting import wait_for
+from support.waiting import scaled, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -125,7 +125,7 @@ def test_start_report_polls_without_blocking(threads_core):
     sel = selectors.DefaultSelector()
     sel.register(job.fileno(), selectors.EVENT_READ)
     rep = job.step(0)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + scaled(60)
     while rep is None and time.monotonic() < deadline:
         sel.select(1.0)
         rep = job.step(0)

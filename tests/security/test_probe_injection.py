@@ -23,6 +23,7 @@ from snapd.probe.targets import NO_CGROUP, compile_glob, fnv1a
 from snapd.rules import Rule, parse_rule
 from support.hostile import Hostile
 from support.victims import SESSION_TAG
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -143,8 +144,10 @@ def test_hostile_comm_pattern_selects_that_process_as_data(
         other.cmd("g 3")
         v.cmd("g 2")
         events = []
-        for _ in range(50):
-            events += p.poll(100)
-            if len(events) >= 2:
-                break
+
+        def two() -> bool:
+            events.extend(p.poll(100))
+            return len(events) >= 2
+
+        wait_for(two, what="the two firings of the hostile comm")
         assert [(e.pid, e.comm, e.syscall) for e in events] == [(v.pid, HOSTILE_COMM, "getppid")] * 2

@@ -148,11 +148,11 @@ class DaemonHarness:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGTERM)
             try:
-                return proc.wait(timeout)
+                return proc.wait(scaled(timeout))
             except subprocess.TimeoutExpired:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(10)
-                raise AssertionError(f"the daemon ignored SIGTERM for {timeout}s") from None
+                raise AssertionError(f"the daemon ignored SIGTERM for {scaled(timeout)}s") from None
         return proc.returncode
 
     def kill9(self) -> None:
@@ -176,7 +176,7 @@ class DaemonHarness:
             [*self.snapd_cmd, "ctl", "--socket", self.socket, *args],
             capture_output=True,
             text=True,
-            timeout=timeout,
+            timeout=scaled(timeout),
             env=env,
             check=False,
         )

@@ -6,6 +6,8 @@ import re
 import subprocess
 from pathlib import Path
 
+from support.waiting import scaled
+
 #: gdb arguments for a quiet, reproducible batch run (no ~/.gdbinit, no debuginfod downloads)
 GDB_QUIET = ["-nx", "-batch", "-iex", "set debuginfod enabled off"]
 
@@ -18,7 +20,7 @@ def gdb(exe: object, core: object, *cmds: str) -> str:
     argv = ["gdb", "-nx", "-batch", "-ex", "set debuginfod enabled off"]
     for c in cmds:
         argv += ["-ex", c]
-    r = subprocess.run([*argv, str(exe), str(core)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([*argv, str(exe), str(core)], capture_output=True, text=True, timeout=scaled(120))
     return r.stdout + r.stderr
 
 
@@ -27,7 +29,7 @@ def gdb_bt(exe: Path | str, core: str) -> str:
         ["gdb", "-batch", "-nx", "-ex", "bt", str(exe), core],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=scaled(60),
         check=False,
     )
     return r.stdout + r.stderr
@@ -36,7 +38,8 @@ def gdb_bt(exe: Path | str, core: str) -> str:
 def gdb_backtraces(exe: object, core: object) -> dict[int, list[str]]:
     """tid -> function names, as ``gdb -batch -ex 'thread apply all bt'`` prints them."""
     argv = ["gdb", "-nx", "-batch", "-ex", "set debuginfod enabled off", "-ex", "thread apply all bt"]
-    out = subprocess.run([*argv, str(exe), str(core)], capture_output=True, text=True, timeout=120).stdout
+    run = subprocess.run([*argv, str(exe), str(core)], capture_output=True, text=True, timeout=scaled(120))
+    out = run.stdout
     traces: dict[int, list[str]] = {}
     tid = None
     for line in out.splitlines():

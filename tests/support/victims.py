@@ -153,7 +153,7 @@ class Victim:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
+        self.proc.wait(timeout=scaled(10))
         for f in (self.proc.stdout, self.proc.stdin):
             if f:
                 f.close()
