@@ -18,7 +18,9 @@ die()  { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 PKGS=(python3 python3-venv python3-pip python3-bpfcc gdb elfutils gcc libc6-dev make bpftrace zstd
       systemd
       # stack reports: libc's symbols and line numbers (drgn and gdb), a server nobody here wrote
-      libc6-dbg redis-server)
+      libc6-dbg redis-server
+      # USDT probes in test victims and bench helpers (<sys/sdt.h>)
+      systemtap-sdt-dev)
 missing=()
 for p in "${PKGS[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

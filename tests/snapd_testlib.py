@@ -4,7 +4,7 @@ name working until the lead removes it."""
 
 from __future__ import annotations
 
-from support.budget import yaml_cpu_budget
+from support.budget import parse_cpu, yaml_cpu_budget
 from support.proc import proc_state, thread_states
 from support.standin import write_like_core_writer
 from support.victims import Victim
@@ -14,6 +14,7 @@ __all__ = [
     "MIN_WAIT_S",
     "TIMEOUT_SCALE",
     "Victim",
+    "parse_cpu",
     "proc_state",
     "scaled",
     "thread_states",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 
 PARTIAL_PREFIX = ".snapd-partial."
 _CREATE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -34,7 +33,7 @@ class AtomicFile:
         head, base = os.path.split(path)
         self.path = path
         self.dir_fd = dir_fd
-        self.tmp = os.path.join(head, f"{PARTIAL_PREFIX}{base}.{secrets.token_hex(4)}")
+        self.tmp = os.path.join(head, f"{PARTIAL_PREFIX}{base}.{os.urandom(4).hex()}")
         self.published = False
         self.fd = os.open(self.tmp, _CREATE, mode, dir_fd=dir_fd)
         try:

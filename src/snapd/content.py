@@ -46,11 +46,13 @@ MODIFIERS: dict[str, str] = {
 }
 
 class SnapshotMode(str, Enum):
-    """How the memory is copied: ``frozen``, with every thread halted for the whole copy;
-    ``fork``, from a copy-on-write child forked while halted (docs/fork-snapshot.md)."""
+    """How the memory is copied: ``frozen``, with every thread halted while it is read;
+    ``fork``, from a copy-on-write child forked while halted (docs/fork-snapshot.md); ``auto``,
+    one or the other by the size of what there is to copy."""
 
     FROZEN = "frozen"
     FORK = "fork"
+    AUTO = "auto"  # fork when the private memory to copy is big enough (snapd.core.strategy)
 
 
 _TOKEN = re.compile(r"([+-]?)([a-z]+)")

@@ -40,7 +40,9 @@ def test_sigkill_during_dumps_never_leaves_victim_halted(daemon: DaemonHarness, 
     daemon.write_rule("big.yaml", syscall_rule("big", v.pid))
     kernel_rule = syscall_rule("bigk", v.pid, "write", when="errno == EPIPE", action="  stop: kernel\n")
     daemon.write_rule("bigk.yaml", kernel_rule)
-    daemon.start()
+    # Retention off: the 1 GiB cores of the dumps no kill lands in would reach the default
+    # MaxUse (4G) and remove the first core, which this test keeps to the end.
+    daemon.start("--max-use", "100%", "--keep-free", "0")
     cores_dir = daemon.state / "cores"
 
     # One whole dump first: how long a dump takes here, and a complete core to keep.

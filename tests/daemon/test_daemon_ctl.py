@@ -58,3 +58,17 @@ def test_socket_access(daemon: DaemonHarness, victims: Victims) -> None:
     assert daemon.status()["paused"]["paused"] is False
     assert len(daemon.cores()) == 1
     v.cmd("p")
+
+
+def test_ctl_snap_takes_the_snapshot_mode_and_content(daemon: DaemonHarness, victims: Victims) -> None:
+    """`snapd ctl snap --snapshot --content` as `snapd gcore` takes them; a bad mode is one line."""
+    v = victims(96)  # above auto's fork threshold
+    daemon.start()
+    for mode, want in (("frozen", "frozen"), ("fork", "fork"), (None, "fork")):
+        args = ["snap", str(v.pid), "--json", "--content", "anon+stack"]
+        r = daemon.ctl(*args, *(["--snapshot", mode] if mode else []), timeout=120)
+        core = json.loads(r.stdout)
+        assert core["snapshot"] == want and core["content"] == "anon+stack", (mode, core)
+    r = daemon.ctl("snap", str(v.pid), "--snapshot", "sideways", check=False)
+    assert r.returncode != 0 and "invalid choice" in r.stderr, r
+    v.cmd("p")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from support.daemon import DaemonHarness, Victims, syscall_rule
-from support.proc import halted_why
+from support.proc import halted_why, thread_states
 from support.statedir import check_listing, partials
 from support.victims import Victim
 from support.waiting import scaled, wait_for
@@ -119,3 +119,28 @@ def test_stop_kernel_rule_on_a_traced_target(
     assert halted_why(v.pid) == f"traced by {tracer.pid}"
     tracer.kill()
     wait_for(lambda: halted_why(v.pid) is None, 5, "the tracer to be gone")
+
+
+def test_stop_kernel_spares_a_process_whose_main_thread_is_traced(
+    daemon: DaemonHarness,
+    victims: Victims,
+    spawn: Callable[..., Victim],
+    compile_victim: Callable[..., Path],
+) -> None:
+    """The probe looks at the main thread too: a SIGSTOP sent because another thread made the
+    call would stop the whole group, the traced main thread in a stop only its tracer ends.
+    (The probe read task->group_leader at the compile-time headers' offset, another kernel's:
+    garbage, so the main thread looked untraced.)"""
+    v = victims()
+    daemon.write_rule(
+        "k.yaml",
+        syscall_rule("k", v.pid, action="  stop: kernel\n", limits="  max_cores: 1\n  min_interval: 1ms\n"),
+    )
+    tracer = spawn([compile_victim("rel_tracer"), v.pid, "leader"])
+    daemon.start()
+    v.cmd("l 50000")  # a second thread calls getppid every 50 ms: it, not the main one, fires
+    wait_for(lambda: daemon.rule("k")["seen"] >= 3, 60, "three firings of the second thread")
+    v.cmd("p")  # the main thread still answers: nobody stopped the group
+    states = {t: s for t, s in thread_states(v.pid).items() if s in "Tt"}
+    assert not states, f"threads stopped: {states}"
+    tracer.kill()

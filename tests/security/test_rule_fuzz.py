@@ -19,7 +19,7 @@ from snapd.rules import Rule, RuleError, SyscallTrigger, parse_rule
 from snapd.rules.builder import NAME_RE, glob_problem
 from snapd.rules.expr import MAX_INSNS, Field, Insn, Op, compile_expr
 from snapd.template import NameFields, expand
-from support.budget import cpu_of, yaml_cpu_budget
+from support.budget import parse_cpu
 
 STRUCTURED_EXAMPLES = 1500
 MUTATION_EXAMPLES = 1000
@@ -179,9 +179,8 @@ def check_result(path: str, rule: Rule | None, errors: list[RuleError]) -> None:
 @given(doc=rules, unicode=st.booleans())
 def test_hostile_values_in_every_field(doc: dict[str, Any], unicode: bool) -> None:
     text = yaml.safe_dump(doc, allow_unicode=unicode)
-    budget = yaml_cpu_budget()(len(text.encode()))
-    (rule, errors), cpu = cpu_of(lambda: parse_rule(text, "fuzz.yaml"), budget)
-    assert cpu < budget, f"{cpu:.3f}s of CPU, more than {budget:.3f}s for {len(text)} bytes here"
+    (rule, errors), cpu, budget = parse_cpu(lambda: parse_rule(text, "fuzz.yaml"), len(text.encode()))
+    assert cpu < budget, f"{cpu:.3f}s of CPU for {len(text)} characters, more than {budget:.3f}s"
     check_result("fuzz.yaml", rule, errors)
 
 

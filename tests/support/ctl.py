@@ -54,7 +54,7 @@ class DaemonLikeHandler:
     def rules(self) -> Any:
         return [{"name": "demo", "file": "/etc/snapd-cores/rules.d/demo.yaml", "state": "attached"}]
 
-    def snap(self, pid: int, content: str | None, uid: int) -> Any:
+    def snap(self, pid: int, content: str | None, snapshot: str | None, uid: int) -> Any:
         if pid <= 0:
             raise SnapdError(f"pid {pid}: no such process")
 

@@ -1,5 +1,6 @@
-/* rel_tracer PID: holds PID (every thread) with PTRACE_SEIZE, as a debugger or strace would, and
- * lets it run; prints "ready" once attached and detaches at EOF on stdin. Stops it never. */
+/* rel_tracer PID [leader]: holds PID (every thread, or with "leader" its main thread only) with
+ * PTRACE_SEIZE, as a debugger or strace would, and lets it run; prints "ready" once attached and
+ * detaches at EOF on stdin. Stops it never. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <stdio.h>
@@ -14,8 +15,10 @@ int main(int argc, char **argv) {
     DIR *d = opendir(path);
     if (!d) { perror(path); return 1; }
     struct dirent *e;
+    int leader_only = argc > 2 && argv[2][0] == 'l';
     while ((e = readdir(d)))
-        if (e->d_name[0] != '.' && ptrace(PTRACE_SEIZE, atoi(e->d_name), 0, 0) != 0) {
+        if (e->d_name[0] != '.' && (!leader_only || atoi(e->d_name) == atoi(argv[1])) &&
+            ptrace(PTRACE_SEIZE, atoi(e->d_name), 0, 0) != 0) {
             perror("PTRACE_SEIZE");
             return 1;
         }

@@ -8,6 +8,7 @@ import sys
 import time
 
 from snapd.content import AGGREGATES, CLASSES, MODIFIERS, SnapshotMode, parse_spec
+from snapd.core.info import CoreInfo
 from snapd.core.writer import write_core
 from snapd.errors import ContentError, SnapdError
 from snapd.text import safe
@@ -27,8 +28,15 @@ def _parser() -> argparse.ArgumentParser:
         "--snapshot",
         choices=[m.value for m in SnapshotMode],
         default=SnapshotMode.FROZEN.value,
-        help="frozen: halt for the whole dump; fork: halt only to fork a copy",
+        help="frozen: halt while memory is copied; fork: halt only to fork a copy; "
+        "auto: fork big processes, freeze small ones",
     )
+    p.add_argument(
+        "--staging-budget",
+        metavar="SIZE",
+        help="memory for frozen-mode staging, bytes (512M) or %% of MemAvailable (default 25%%)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="say how the memory was copied, and why")
     p.add_argument(
         "--sync",
         action="store_true",
@@ -91,7 +99,15 @@ def main(argv: list[str]) -> int:
         try:
             # Like gcore(1) and the kernel, no fsync unless asked: the rename is atomic either
             # way, and the daemon, whose catalog must survive a crash, always syncs.
-            info = write_core(pid, path, content=spec, snapshot=mode, progress=meter, sync=args.sync)
+            info = write_core(
+                pid,
+                path,
+                content=spec,
+                snapshot=mode,
+                progress=meter,
+                sync=args.sync,
+                budget=args.staging_budget,
+            )
         except SnapdError as err:
             if os.environ.get("SNAPD_DEBUG") == "1":
                 raise
@@ -108,5 +124,49 @@ def main(argv: list[str]) -> int:
                 f"snapd gcore: warning: pid {pid}: no fork snapshot: {info.fallback}; dumped in frozen mode",
                 file=sys.stderr,
             )
-        print(f"snapd gcore: {path} dumped")
+        print(f"snapd gcore: {path} dumped ({_freeze(info)})")
+        if args.verbose:
+            for line in verbose_lines(info):
+                print(f"snapd gcore: {line}")
     return 1 if failed else 0
+
+
+def _freeze(info: CoreInfo) -> str:
+    """The time the target's threads were halted, as the target saw it (any snapshot mode)."""
+    return f"frozen {info.freeze_seconds * 1e3:.0f} ms"
+
+
+def _rate(bps: float) -> str:
+    return f"{bps / 1e9:.2f} GB/s" if bps >= 1e9 else f"{bps / 1e6:.0f} MB/s"
+
+
+def verbose_lines(info: CoreInfo) -> list[str]:
+    """`-v`: the copy strategy, the measurements that chose it, and what the copy did."""
+    c = info.copy
+    if c is None:
+        return []
+    mib = 1 << 20
+    mode = f"{info.snapshot} (fell back: {info.fallback})" if info.fallback else info.snapshot
+    lines = [
+        f"pid {info.pid}: snapshot: {mode}; copy: {c.why}; {info.memory_bytes / mib:,.0f} MiB copied, "
+        f"staging {c.staging_used / mib:,.0f} MiB used of {c.staging_bytes / mib:,.0f} "
+        f"({c.staging_head / mib:,.0f} before the halt; estimate {c.estimate_bytes / mib:,.0f} MiB, "
+        f"budget {c.budget_bytes / mib:,.0f} MiB)"
+    ]
+    if c.rates:
+        names = {"memory": "memory", "populate": "fresh memory", "direct": "O_DIRECT", "buffered": "buffered"}
+        names.update({"split": "O_DIRECT+buffered", "mmap": "mmap"})
+        rates = ", ".join(f"{names.get(k, k)} {_rate(v)}" for k, v in c.rates.items() if v)
+        lines.append(f"pid {info.pid}: measured: {rates} ({c.calibration})")
+    else:
+        lines.append(f"pid {info.pid}: measured: nothing ({c.calibration})")
+    written = ", ".join(f"{k} {v / mib:,.0f} MiB" for k, v in c.written.items() if v)
+    observed = _rate(c.observed_rate) if c.observed_rate else "-"
+    lines.append(
+        f"pid {info.pid}: read {c.read_seconds * 1e3:.0f} ms (of which waiting for writers "
+        f"{c.waited_seconds * 1e3:.0f} ms); writers {observed} (predicted {_rate(c.predicted_rate)}), "
+        f"{c.drain_seconds * 1e3:.0f} ms after the resume; {written or 'nothing written'}"
+    )
+    if c.stale:
+        lines.append(f"pid {info.pid}: measurements stale ({c.stale}): measured again next time")
+    return lines

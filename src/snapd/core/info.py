@@ -2,8 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+
+@dataclass(frozen=True)
+class CopyReport:
+    """How the memory was copied out, and the measurements that chose how."""
+
+    method: str  # direct | buffered | direct+buffered | mmap (snapd.core.strategy.Method)
+    why: str
+    rates: dict[str, float] = field(default_factory=dict)  # bytes/s per candidate (calibration)
+    calibration: str = ""  # measured | cache | memory | none, with its age
+    staging_bytes: int = 0  # at most, beyond the warm chunks
+    staging_head: int = 0  # of which faulted in before the halt
+    staging_used: int = 0  # faulted in, in the end (peak extra memory)
+    budget_bytes: int = 0
+    estimate_bytes: int = 0
+    predicted_rate: float = 0.0  # bytes/s the writers were expected to drain at
+    observed_rate: float = 0.0  # bytes/s they did (0: not measured)
+    read_seconds: float = 0.0  # reading target memory (halted, in frozen mode)
+    waited_seconds: float = 0.0  # of which waiting for the writers (staging exhausted)
+    drain_seconds: float = 0.0  # writing after the target was resumed
+    written: dict[str, int] = field(default_factory=dict)  # bytes per sink
+    stale: str = ""  # a drift that made the calibration stale
 
 
 @dataclass(frozen=True)
@@ -24,6 +46,7 @@ class CoreInfo:
     freeze_seconds: float  # how long the target's threads were halted
     elapsed_seconds: float  # whole dump, from halting to the published file
     fallback: str = ""  # why a fork snapshot fell back to frozen mode, if it did
+    copy: CopyReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

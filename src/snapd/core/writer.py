@@ -8,6 +8,7 @@ no reader mistakes for a core. The target is resumed on every path, before the s
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import struct
@@ -18,22 +19,17 @@ from dataclasses import dataclass, field
 from snapd import procfs
 from snapd.atomicfile import AtomicFile
 from snapd.content import DEFAULT_CONTENT, ContentSpec, SnapshotMode, parse_spec
-from snapd.core import elf, fork, notes, select
+from snapd.core import elf, fork, notes, select, strategy
 from snapd.core.elf import PF, PT, Phdr
 from snapd.core.info import CoreInfo
-from snapd.core.memory import (
-    DIRECT_MIN,
-    MemReader,
-    Reader,
-    VmReader,
-    copy_direct,
-    copy_runs,
-    open_direct,
-    warm_buffers,
-)
+from snapd.core.memory import MemReader, Reader, VmReader, copy_runs, open_direct
 from snapd.core.pages import PageMap
+from snapd.core.pool import Pool, warm
+from snapd.core.priority import Nice, boost
 from snapd.core.select import Amount
 from snapd.core.snapshot import Snapshot, capture
+from snapd.core.staging import READERS, Copier, Stats
+from snapd.core.strategy import Strategy
 from snapd.errors import OutputError, SnapdError, SnapshotError, TargetGone, Zombie
 from snapd.freeze import Halted, halt, precheck
 from snapd.freeze.halted import DEFAULT_TIMEOUT
@@ -170,7 +166,8 @@ class CoreFile(AtomicFile):
 
     def __init__(self, path: str) -> None:
         self.dfd: int | None = None
-        warm_buffers()  # fault them in now, not while the target is halted
+        self.copier: Copier | None = None
+        self.mapped = Stats()  # what the mmap method did (it has no copier)
         try:
             os.stat(os.path.dirname(path) or ".")  # EACCES on a parent: "permission denied"
             super().__init__(path)
@@ -206,22 +203,44 @@ class CoreFile(AtomicFile):
                     return
                 raise OutputError(self.path, err) from err
 
+    def start(self, strat: Strategy, pool: Pool) -> None:
+        """Start the writers of ``strat`` (before the halt: threads and staging are ready)."""
+        if strat.staged:
+            dfd = self.dfd if any(k.value == "direct" for k in strat.sinks) else None
+            self.copier = Copier(self.fd, dfd, strat.sinks, pool, hold=strat.frozen)
+
     def copy(
-        self, reader: Reader, runs: list[tuple[int, int, int]], progress: Callable[[int], None] | None
+        self,
+        reader: Reader | list[Reader],
+        runs: list[tuple[int, int, int]],
+        progress: Callable[[int], None] | None,
+        *,
+        halted: bool = False,
     ) -> int:
-        """Copy ``runs`` of (file offset, address, length): big ones through O_DIRECT, the rest
-        (and whatever O_DIRECT could not read) through a mapping of the file."""
-        self.reserve(runs)
-        big = [r for r in runs if r[2] >= DIRECT_MIN] if self.dfd is not None else []
-        small = [r for r in runs if r[2] < DIRECT_MIN] if big else list(runs)
+        """Copy ``runs`` of (file offset, address, length): into staging for the writers, or
+        (method mmap) straight into a mapping of the file. Returns bytes read; once it returns
+        the source may change. Blocks are reserved before anything is written (the staged
+        writers reserve each piece themselves, off the halt)."""
         try:
-            done = 0
-            if big and self.dfd is not None:
-                done, leftovers = copy_direct(reader, self.dfd, big, progress)
-                small = sorted(small + leftovers)
-            base = done
-            cb = (lambda n: progress(base + n)) if progress else None
-            return done + copy_runs(reader, self.fd, small, cb)
+            if self.copier is not None:
+                return self.copier.read(reader, runs, progress, boosted=halted)
+            reader = reader[0] if isinstance(reader, list) else reader
+            self.reserve(runs)
+            t = time.monotonic()
+            n, skipped = copy_runs(reader, self.fd, runs, progress)
+            self.mapped.read_bytes += n
+            self.mapped.read_seconds += time.monotonic() - t
+            self.mapped.skipped_pages += skipped
+            self.mapped.written = {"mmap": self.mapped.read_bytes}
+            self.mapped.write_seconds = self.mapped.read_seconds
+            return n
+        except OSError as err:
+            raise OutputError(self.path, err) from err
+
+    def drain(self, progress: Callable[[int], None] | None = None) -> Stats:
+        """Wait until the writers have written everything read (after the resume)."""
+        try:
+            return self.copier.finish(progress) if self.copier else self.mapped
         except OSError as err:
             raise OutputError(self.path, err) from err
 
@@ -232,6 +251,8 @@ class CoreFile(AtomicFile):
             raise OutputError(self.path, err) from err
 
     def close(self) -> None:
+        if self.copier is not None:
+            self.copier.close()  # writers stopped before their descriptors go
         if self.dfd is not None:
             os.close(self.dfd)
             self.dfd = None
@@ -271,15 +292,24 @@ def write_core(
     progress: Progress | None = None,
     sync: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
+    budget: str | int | None = None,
+    method: str | None = None,
 ) -> CoreInfo:
     """Write an ELF core of live process ``pid`` to ``path`` and return what was written.
 
-    ``content`` and ``snapshot`` may be given as text (``snapd gcore``'s ``-c`` and ``--snapshot``,
-    parsed here) or parsed. ``snapshot``: frozen halts the target for the whole copy; fork halts
-    it only to fork a copy-on-write child that is then copied at leisure (falling back to frozen,
-    with the reason in ``CoreInfo.fallback``, when a fork is unsafe). ``halted``: a target the caller already
-    halted (the daemon's ``stop: kernel``). Either way the target is resumed before this returns,
-    on every path, and as early as the snapshot allows.
+    ``content`` and ``snapshot`` may be given as text (``snapd gcore``'s ``-c`` and
+    ``--snapshot``, parsed here) or parsed. ``snapshot``: "frozen" halts the target for the
+    whole copy; "fork" halts it only to fork a copy-on-write child that is then copied at
+    leisure (falling back to "frozen", with the reason in ``CoreInfo.fallback``, when a fork is
+    unsafe); "auto" forks processes big enough for the fork's freeze to be the shorter one
+    (:data:`strategy.AUTO_FORK_MIN`). ``halted``: a target the caller already halted (the
+    daemon's ``stop: kernel``). Either way the target is resumed before this returns, on every
+    path, and as early as the snapshot allows.
+
+    The copy method and the frozen-mode staging (``budget``: bytes or "N%" of MemAvailable) are
+    chosen from rates measured on the destination file system (:mod:`snapd.core.strategy`);
+    ``method`` forces one. The measuring happens here, before the halt, if the cached
+    measurements are missing or stale, and never while the target is halted.
     """
     spec = content if isinstance(content, ContentSpec) else parse_spec(content)
     try:
@@ -290,17 +320,43 @@ def write_core(
     path = os.path.abspath(path)
     t0 = time.monotonic()
     state = precheck(pid).state if halted is None else "R"
+    cap = strategy.budget(budget)
     out = CoreFile(path)
+    pool: Pool | None = None
     try:
         try:
             pre = procfs.smaps(pid) if halted is None else None  # the slow part, before the freeze
+            mode, strat = strategy.prepare(
+                pid,
+                pre,
+                spec,
+                os.path.dirname(path),
+                mode,
+                sync=sync,
+                have_direct=out.dfd is not None,
+                cap=cap,
+                force=method,
+                before_halt=halted is None,
+            )
+            # Faulted in while the target still runs, as is the staging's head:
+            warm(strat.estimate if strat.frozen else strategy.WARM_ALL)
+            pool = Pool(strat.staging, strat.head)
+            out.start(strat, pool)
+        except Zombie as err:
+            raise TargetGone(pid, "the dump") from err
+        nice = boost()  # until the target runs again
+        try:
             h = halted or halt(pid, timeout=timeout)
         except Zombie as err:
             # It passed precheck above, so it died since (while the temp file was made): that is
             # "exited during the dump", not a zombie we were asked to dump.
+            nice.stop()
             raise TargetGone(pid, "the dump") from err
+        except BaseException:
+            nice.stop()
+            raise
         try:
-            res = _dump(h, out, _Request(spec, mode, state, current_tid, progress, pre))
+            res = _dump(h, out, _Request(spec, mode, state, current_tid, progress, pre, nice))
         except (OSError, ValueError, IndexError, struct.error) as err:
             # SIGKILL cannot be held off by a ptrace-stop: a target can die at any point, and
             # /proc files of a dying process read as empty or vanish. Name that, not the symptom.
@@ -309,9 +365,15 @@ def write_core(
             raise TargetGone(pid, "the dump") from err
         finally:
             h.resume()
+            nice.stop()
+        t_drain = time.monotonic()
+        stats = out.drain((lambda done: progress(done, res.copied)) if progress else None)
+        drain = time.monotonic() - t_drain
         st = out.publish(replace=replace, sync=sync)
     finally:
         out.close()
+        if pool is not None:
+            pool.close()
     return CoreInfo(
         pid=pid,
         path=path,
@@ -329,6 +391,7 @@ def write_core(
         freeze_seconds=h.freeze_seconds,
         elapsed_seconds=time.monotonic() - t0,
         fallback=res.fallback,
+        copy=strategy.report(strat, stats, drain, frozen=res.mode is SnapshotMode.FROZEN),
     )
 
 
@@ -353,6 +416,7 @@ class _Request:
     current_tid: int | None
     progress: Progress | None
     pre: list[Mapping] | None  # smaps read before the halt
+    boost: Nice  # the CPU priority of the copy while halted, to end at the resume
 
 
 def _dump(h: Halted, out: CoreFile, req: _Request) -> _Result:
@@ -386,10 +450,12 @@ def _frozen(
     forced = copy_plan(s for s in segs if _forced(s))
     want = sum(r[2] for r in fast) + sum(r[2] for r in forced)
     cb = (lambda done: progress(done, want)) if progress else None
-    copied = out.copy(VmReader(h.pid), fast, cb)
+    # One reader: copying into staging is bound by memory bandwidth, which a second one would
+    # share (measured: no shorter freeze, more waiting for chunks).
+    copied = out.copy(VmReader(h.pid), fast, cb, halted=True)
     if forced:
         with MemReader(h.pid) as mem:
-            copied += out.copy(mem, forced, None)
+            copied += out.copy(mem, forced, None, halted=True)
     h.resume()
     return _Result(segs, len(snap.threads), copied, snap.proc.comm, snap.exe, SnapshotMode.FROZEN, fallback)
 
@@ -405,12 +471,16 @@ def _from_child(
     live = [i for i, s in enumerate(segs) if s in late and s.mapping.shared]
     out.write_headers(*layout(snap, segs, spec, SnapshotMode.FORK, live), len(segs))
     fill_runs(h.pid, early)
-    copied = out.copy(VmReader(h.pid), copy_plan(early), None) if early else 0
+    copied = out.copy(VmReader(h.pid), copy_plan(early), None, halted=True) if early else 0
     h.resume()
+    req.boost.stop()
     fill_runs(child.pid, late)
     runs = copy_plan(late)
     want = sum(r[2] for r in runs)
     cb = (lambda done: progress(done, want)) if progress else None
-    with MemReader(child.pid) as mem:
-        copied += out.copy(mem, runs, cb)
+    # /proc/CHILD/mem copies a page at a time (mm/memory.c access_remote_vm), bound by a CPU,
+    # not by memory bandwidth: one reader per CPU (READERS).
+    with contextlib.ExitStack() as stack:
+        mems: list[Reader] = [stack.enter_context(MemReader(child.pid)) for _ in range(READERS)]
+        copied += out.copy(mems, runs, cb)
     return _Result(segs, len(snap.threads), copied, snap.proc.comm, snap.exe, SnapshotMode.FORK, "")

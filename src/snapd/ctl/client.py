@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from snapd.ctl import reportview
 from snapd.ctl.protocol import DEFAULT_GROUP, MAX_REPLY, CtlError, request
 from snapd.paths import DEFAULT_SOCKET
 from snapd.store.retention import parse_age
@@ -123,7 +124,7 @@ class Client:
 
 # -- output -------------------------------------------------------------------------------------
 
-_LIST_COLUMNS = ("ID", "TIME", "PID", "UID", "RULE", "COMM", "SIZE", "STATUS", "EXE")
+_LIST_COLUMNS = ("ID", "TIME", "PID", "UID", "RULE", "COMM", "SIZE", "STATUS", "WHERE", "EXE")
 
 
 def _short_time(iso: str) -> str:
@@ -155,6 +156,7 @@ def format_cores(cores: Sequence[dict[str, Any]]) -> str:
                 safe(c.get("comm", "")),
                 human_size(int(c.get("disk_bytes", 0) or 0)) if status == "complete" else "-",
                 safe(status if len(status) <= 40 else status[:39] + "…"),
+                reportview.where_cell(c) if status == "complete" else "-",
                 safe(c.get("exe", "")),
             )
         )
@@ -213,6 +215,8 @@ def format_info(e: dict[str, Any]) -> str:
         lines.append(f"     mappings: {ctx.get('maps_total', len(ctx.get('maps', [])))}")
         for section, why in (ctx.get("errors") or {}).items():
             lines.append(f"  (could not read {safe(section)}: {safe(why)})")
+    if e.get("status") == "complete":
+        lines += reportview.report_lines(e)
     return "\n".join(lines)
 
 
@@ -268,7 +272,7 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout",
         type=float,
         default=None,
-        help="seconds to wait for the daemon (default 30; snap: 600)",
+        help="seconds to wait for the daemon (default 30; snap: 600; diff, series: 300)",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -283,6 +287,20 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("id", type=int)
     info.add_argument("--json", action="store_true")
 
+    diff = sub.add_parser(
+        "diff", help="what changed between two cores of one process: memory, mappings, threads, fds"
+    )
+    diff.add_argument("a", type=int, metavar="ID_A")
+    diff.add_argument("b", type=int, metavar="ID_B")
+    diff.add_argument("--top", type=int, help="mappings listed, most changed first (default 20; 0: all)")
+    diff.add_argument("--json", action="store_true")
+
+    series = sub.add_parser(
+        "series", help="the trend of the cores of one firing (repeat: N), or of one rule and pid"
+    )
+    series.add_argument("id", type=int)
+    series.add_argument("--json", action="store_true")
+
     rm = sub.add_parser("rm", help="delete a core and its entry (root)")
     rm.add_argument("id", type=int)
 
@@ -294,6 +312,11 @@ def _parser() -> argparse.ArgumentParser:
     snap = sub.add_parser("snap", help="take a snapshot of PID now, through the daemon (root)")
     snap.add_argument("pid", type=int)
     snap.add_argument("--content", "-c", help="content spec (default: the target's coredump_filter)")
+    snap.add_argument(
+        "--snapshot",
+        choices=("frozen", "fork", "auto"),
+        help="as snapd gcore --snapshot (default: auto: fork big processes, freeze small ones)",
+    )
     snap.add_argument("--json", action="store_true")
 
     for name, text in (
@@ -314,7 +337,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     cmd = "list-cores" if args.command == "list" else args.command
-    timeout = args.timeout if args.timeout is not None else (600.0 if cmd == "snap" else 30.0)
+    slow = {"snap": 600.0, "diff": 300.0, "series": 300.0}
+    timeout = args.timeout if args.timeout is not None else slow.get(cmd, 30.0)
     with Client(args.socket, timeout=timeout) as c:
         if cmd == "list-cores":
             since = parse_since(args.since) if args.since else None
@@ -335,6 +359,16 @@ def main(argv: list[str]) -> int:
             else:
                 print(format_info(entry))
             return 0
+        if cmd in ("diff", "series"):
+            if cmd == "diff":
+                result = c.call("diff", a=args.a, b=args.b, top=args.top)
+            else:
+                result = c.call("series", id=args.id)
+            if args.json:
+                _print_json(reportview.without_text(result))
+            else:
+                print(reportview.diff_text(result) if cmd == "diff" else reportview.series_text(result))
+            return 0
         if cmd == "rm":
             entry = c.call("rm", id=args.id)
             print(f"removed core {entry['id']}: {safe(entry['path'])}")
@@ -343,7 +377,7 @@ def main(argv: list[str]) -> int:
             entry = c.call("info", id=args.id)
             return _debug(entry, args.debugger, args.debugger_arguments)
         if cmd == "snap":
-            result = c.call("snap", pid=args.pid, content=args.content)
+            result = c.call("snap", pid=args.pid, content=args.content, snapshot=args.snapshot)
             if args.json:
                 _print_json(result)
             elif isinstance(result, dict) and "id" in result:

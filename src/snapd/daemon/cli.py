@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+from snapd.daemon import reportflags
 from snapd.paths import DEFAULT_RULES, DEFAULT_SOCKET, DEFAULT_STATE
 from snapd.store import Retention
 from snapd.text import SafeFormatter
@@ -23,6 +24,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-age", help="retention: delete cores older than this (e.g. 7d)")
     p.add_argument("--cores-per-hour", type=int, default=60, help="daemon-wide cap (default 60)")
     p.add_argument("--foreground", action="store_true", help="accepted for clarity; always foreground")
+    reportflags.add_flags(p)
     args = p.parse_args(argv)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(SafeFormatter("%(levelname)s: %(message)s"))  # comm etc. are the target's
@@ -46,5 +48,6 @@ def main(argv: list[str]) -> int:
         return 1
     from snapd.daemon.service import Daemon  # loads the probe layer: after the cheap checks
 
-    d = Daemon(args.rules, args.state, args.socket, retention, args.cores_per_hour)
+    reports = reportflags.settings(args)
+    d = Daemon(args.rules, args.state, args.socket, retention, args.cores_per_hour, reports=reports)
     return d.run()

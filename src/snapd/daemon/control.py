@@ -12,7 +12,9 @@ from typing import Any
 from snapd import procfs
 from snapd.content import SnapshotMode, parse_spec
 from snapd.daemon.admission import Admission
+from snapd.daemon.compare import Comparisons
 from snapd.daemon.dumps import Dumps
+from snapd.daemon.reports import Reports
 from snapd.daemon.request import CoreRequest
 from snapd.daemon.rulesync import RuleSet
 from snapd.errors import SnapdError
@@ -38,6 +40,9 @@ class Control:
         switch: PauseSwitch,
         reload: Callable[[], None],
         changed: Callable[[], None],
+        *,
+        reports: Reports | None = None,
+        compare: Comparisons | None = None,
     ) -> None:
         self._rules = rules
         self._probes = probes
@@ -46,6 +51,8 @@ class Control:
         self._switch = switch
         self._reload = reload
         self._changed = changed
+        self._reports = reports
+        self._compare = compare
 
     def status(self) -> dict[str, Any]:
         suppressed: dict[str, int] = {}
@@ -65,6 +72,7 @@ class Control:
             "paused": self._switch.get().to_dict(),
             "dumping": {"pid": busy.request.pid, "rule": busy.request.rule} if busy else None,
             "queued": worker.waiting(),
+            "reports": self._reports.status() if self._reports else None,
         }
 
     def rules(self) -> list[dict[str, Any]]:
@@ -72,12 +80,17 @@ class Control:
         out += [{"path": p, "errors": list(e)} for p, e in self._rules.bad.items()]
         return out
 
-    def snap(self, pid: int, content: str | None, uid: int) -> Future[Any]:
+    def snap(self, pid: int, content: str | None, snapshot: str | None, uid: int) -> Future[Any]:
         if self._switch.paused:
             raise SnapdError("snapshots are paused (snapd ctl resume)")
         if pid == os.getpid():
             raise SnapdError(f"pid {pid} is this snapd daemon: it cannot snapshot itself")
         spec = parse_spec(content or "default")
+        try:
+            mode = SnapshotMode(snapshot or SnapshotMode.AUTO.value)
+        except ValueError as err:
+            known = ", ".join(m.value for m in SnapshotMode)
+            raise SnapdError(f"unknown snapshot mode {snapshot!r}; use one of: {known}") from err
         try:
             procfs.stat(pid)
         except SnapdError as err:
@@ -88,13 +101,23 @@ class Control:
             tid=None,
             trigger={"kind": "ctl", "uid": uid},
             content=spec,
-            mode=SnapshotMode.FROZEN,
+            mode=mode,
             template=DEFAULT_TEMPLATE,
         )
         fut = self._dumps.submit_waiting(req)
         if fut is None:
             raise SnapdError(f"pid {pid}: cannot start a core (see the daemon's log)")
         return fut
+
+    def diff(self, a: int, b: int, top: int | None) -> Future[Any]:
+        if self._compare is None:
+            raise SnapdError("this daemon does not compare cores")
+        return self._compare.diff(a, b, top)
+
+    def series(self, core_id: int) -> Future[Any]:
+        if self._compare is None:
+            raise SnapdError("this daemon does not compare cores")
+        return self._compare.series(core_id)
 
     def pause(self, reason: str, uid: int) -> dict[str, object]:
         state = self._switch.pause(reason, uid)

@@ -8,7 +8,10 @@ attempt does not use up the rule's ``max_cores``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -22,7 +25,7 @@ from snapd.daemon.rulesync import RuleSet
 from snapd.daemon.worker import Job, Result, Worker
 from snapd.errors import SnapdError
 from snapd.procfs.context import capture
-from snapd.store import Catalog
+from snapd.store import Catalog, Entry
 
 log = logging.getLogger("snapd")
 
@@ -37,6 +40,9 @@ class Dumps:
         self.futures: dict[int, Future[Any]] = {}  # entry id -> a ctl snap waiting for it
         self.cores = 0
         self.failed = 0
+        #: called with each published entry and its request, after it is listed and its ctl
+        #: snap answered (the reports); the target runs again by then
+        self.published: list[Callable[[Entry, CoreRequest], None]] = []
 
     def start(self, adm: Admitted) -> None:
         """Reserve and queue an admitted firing's core, and schedule its repeats."""
@@ -51,12 +57,12 @@ class Dumps:
         self.worker.submit(job)
         core = adm.state.rule.action.core
         self.repeats.schedule(
-            req,
+            dataclasses.replace(req, firing=job.entry_id),  # its repeats: one series
             start=adm.start,
             digest=adm.state.digest,
             count=core.repeat,
             interval_ns=core.interval_ns,
-            now=adm.now,
+            now=time.monotonic(),  # the first core's reservation, not the firing
         )
 
     def reserve(self, req: CoreRequest) -> Job | None:
@@ -100,6 +106,7 @@ class Dumps:
         job = self.reserve(req)
         if job is not None:
             self.worker.submit(job)
+        self.repeats.add(rep.next(time.monotonic()))
 
     def fail_entry(self, entry_id: int, why: str) -> None:
         """Mark a catalog entry failed; a catalog that cannot write (disk full) is logged, not
@@ -149,6 +156,11 @@ class Dumps:
         )
         if fut:
             fut.set_result(entry.to_dict(context=False))
+        for hook in self.published:
+            try:
+                hook(entry, req)
+            except SnapdError as err:  # the core is published whatever a hook says
+                log.error("core %d: after publishing: %s", entry.id, err)
         if st and st.rule.action.run:
             run_action(st.rule.action.run, core=entry.path, rule=req.rule, pid=req.pid, comm=info.comm)
 

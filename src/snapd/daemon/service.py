@@ -5,7 +5,9 @@ The main thread owns the probes (bcc), the catalog (SQLite), the control socket 
 watch; it never blocks on a dump. The dump worker (:mod:`snapd.daemon.worker`) owns every ptrace
 request. One turn of the loop: events -> :class:`~snapd.daemon.admission.Admission` ->
 :class:`~snapd.daemon.dumps.Dumps` (reserve, queue); finished dumps -> ``Dumps.finish``
-(publish, action.run); repeats that fell due; the rules directory; ctl requests.
+(publish, action.run); repeats that fell due; the rules directory; ctl requests; the loop
+clients (:class:`~snapd.daemon.hooks.LoopClient`: the reports of published cores, ctl diffs),
+whose fds the loop watches for them (:meth:`Daemon.watch_fd`).
 """
 
 from __future__ import annotations
@@ -16,15 +18,19 @@ import os
 import selectors
 import signal
 import time
+from collections.abc import Callable
 from types import FrameType
 
 from snapd import sdnotify
 from snapd.ctl.server import CtlServer
 from snapd.daemon.admission import Admission, resume
+from snapd.daemon.compare import Comparisons
 from snapd.daemon.control import Control
 from snapd.daemon.dumps import Dumps
+from snapd.daemon.hooks import LoopClient
 from snapd.daemon.journal import StopJournal
 from snapd.daemon.limits import Limiter
+from snapd.daemon.reports import Reports, ReportSettings
 from snapd.daemon.rulesync import RULE_EVENTS, RuleSet
 from snapd.daemon.worker import Worker
 from snapd.probe import Probes
@@ -46,6 +52,7 @@ class Daemon:
         socket_path: str,
         retention: Retention | None = None,
         cores_per_hour: int = 60,
+        reports: ReportSettings | None = None,
     ) -> None:
         self.rules_dir = os.path.abspath(rules_dir)
         self.state_dir = os.path.abspath(state_dir)
@@ -64,8 +71,22 @@ class Daemon:
             self.rules, self.switch, Limiter(per_hour=cores_per_hour), self.worker, self.journal
         )
         self.dumps = Dumps(self.catalog, self.worker, self.journal, self.rules)
+        self.sel = selectors.DefaultSelector()
+        settings = reports or ReportSettings()
+        self.reports = Reports(self.catalog, settings, self, self._dumps_idle)
+        self.dumps.published.append(self.reports.published)
+        self.compare = Comparisons(self.catalog, settings, self)
+        self.clients: list[LoopClient] = [self.reports, self.compare]
         self.control = Control(
-            self.rules, self.probes, self.admission, self.dumps, self.switch, self.sync_rules, self._status
+            self.rules,
+            self.probes,
+            self.admission,
+            self.dumps,
+            self.switch,
+            self.sync_rules,
+            self._status,
+            reports=self.reports,
+            compare=self.compare,
         )
         self.stopping = False
         self.reload_requested = False
@@ -73,10 +94,20 @@ class Daemon:
         self.drain_until = 0.0  # time.monotonic(): keep reading the ring buffer after an unload
         self.watch = Watch(self.rules_dir, RULE_EVENTS)
         self.ctl = CtlServer(socket_path, self.control, self.catalog)
-        self.sel = selectors.DefaultSelector()
         self.sel.register(self.watch.fileno(), selectors.EVENT_READ, "watch")
         self.sel.register(self.ctl.fileno(), selectors.EVENT_READ, "ctl")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "wake")
+
+    def watch_fd(self, fd: int, ready: Callable[[], None]) -> None:
+        """:class:`~snapd.daemon.hooks.FdWatch`: ``ready()`` when ``fd`` is readable."""
+        self.sel.register(fd, selectors.EVENT_READ, ready)
+
+    def unwatch_fd(self, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(fd)
+
+    def _dumps_idle(self) -> bool:
+        return self.worker.busy is None and self.worker.waiting() == 0
 
     def sync_rules(self) -> None:
         """Make the loaded rules match the directory (:meth:`RuleSet.sync`)."""
@@ -104,6 +135,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         self.worker.start()
+        self.reports.resume_unfinished()
         self.sync_rules()
         sdnotify.ready(f"{len(self.rules.states)} rules loaded")
         log.info(
@@ -131,11 +163,15 @@ class Daemon:
                 elif key.data == "wake":
                     with contextlib.suppress(BlockingIOError):
                         os.read(self.wake_r, 4096)
+                elif callable(key.data):
+                    key.data()
             self.ctl.handle(0)
             for res in self.worker.take_results():
                 self.dumps.finish(res)
             now = time.monotonic()
             self.dumps.run_due(now)
+            for client in self.clients:
+                client.tick(now)
             if self.reload_requested or (self.dirty_at and now - self.dirty_at >= SETTLE_S):
                 self.reload_requested = False
                 self.sync_rules()
@@ -151,6 +187,8 @@ class Daemon:
         self.worker.stop()  # the dump in flight finishes; its target is resumed either way
         for res in self.worker.take_results():
             self.dumps.finish(res)
+        for client in self.clients:
+            client.close()  # reports left running run again at the next start
         for pid in list(self.journal.entries):
             resume(pid, self.journal)
         # Unload first, then read what probes emitted meanwhile: a target stopped by an event

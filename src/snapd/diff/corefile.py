@@ -152,6 +152,20 @@ def open_core(path: str, shown: str | None = None) -> tuple[CoreImage, int]:
     return img, fd
 
 
+def open_fd(fd: int, name: str) -> tuple[CoreImage, int]:
+    """Parse the core open at ``fd`` (``name`` says which in messages); return the image and a
+    dup of ``fd`` (the caller closes it). For a confined reader that may not open by path."""
+    try:
+        mine = os.dup(fd)
+    except OSError as err:
+        raise BadCore(name, f"cannot read: {err.strerror or err}") from err
+    try:
+        return read_image(name, mine), mine
+    except BaseException:
+        os.close(mine)
+        raise
+
+
 def read_image(path: str, fd: int) -> CoreImage:
     try:
         st = os.fstat(fd)

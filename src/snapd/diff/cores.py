@@ -10,7 +10,7 @@ from typing import Any
 
 from snapd.diff import stacks
 from snapd.diff.context import diff_context
-from snapd.diff.corefile import CoreImage, Load, open_core
+from snapd.diff.corefile import CoreImage, Load, open_core, open_fd
 from snapd.diff.errors import DifferentProcesses
 from snapd.diff.match import Status, match, status
 from snapd.diff.model import ClassDelta, CoreSide, Diff, MappingDelta, Stats, ThreadsDelta
@@ -159,6 +159,7 @@ def diff_cores(
     reports: tuple[Context | None, Context | None] | None = None,
     window: int = WINDOW,
     workers: int | None = None,
+    fds: tuple[int, int] | None = None,
 ) -> Diff:
     """Compare two cores of one process: memory by content class, mappings (added, removed,
     grown, shrunk, same; pages changed), threads. ``top`` bounds the mappings listed (0: all).
@@ -167,9 +168,21 @@ def diff_cores(
     cgroup. ``reports``: their stack reports (issue 11's JSON), for the threads whose top frames
     changed. ``workers``: threads comparing windows (default: the CPUs we may run on, at most
     4). A compressed core or a bundle (snapd.ship) is unpacked to a private temporary file
-    first. Raises :class:`~snapd.diff.errors.BadCore` for a file that is not a usable core and
+    first. ``fds``: the two cores already open (a confined worker that may not open them by
+    path): they are read through dups of these, plain ELF cores only, and the paths only name
+    them. Raises :class:`~snapd.diff.errors.BadCore` for a file that is not a usable core and
     :class:`~snapd.diff.errors.DifferentProcesses` for cores of two processes."""
     t0, cpu0 = time.monotonic(), time.process_time()
+    if fds is not None:
+        img_a, fd_a = open_fd(fds[0], path_a)
+        try:
+            img_b, fd_b = open_fd(fds[1], path_b)
+            try:
+                return _diff(img_a, fd_a, img_b, fd_b, top, context, reports, window, workers, t0, cpu0)
+            finally:
+                os.close(fd_b)
+        finally:
+            os.close(fd_a)
     with contextlib.ExitStack() as unpacked:
         plain_a = unpacked.enter_context(_plain(path_a))
         plain_b = unpacked.enter_context(_plain(path_b))

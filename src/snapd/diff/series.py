@@ -14,7 +14,7 @@ from snapd.diff.render import when
 from snapd.text import safe
 
 #: A series entry: a core path, or {"path": ..., "id": ..., "context": {...}, "report": {...}}
-#: as the catalog holds them.
+#: as the catalog holds them, with "fd" when the core is already open (see diff_cores' fds).
 Entry = str | Mapping[str, Any]
 
 
@@ -75,19 +75,23 @@ class Series:
         return "\n".join(out)
 
 
-def _entry(e: Entry) -> tuple[str, str, Mapping[str, Any] | None, Mapping[str, Any] | None]:
+_Item = tuple[str, str, Mapping[str, Any] | None, Mapping[str, Any] | None, int | None]
+
+
+def _entry(e: Entry) -> _Item:
     if isinstance(e, str):
-        return e, e, None, None
+        return e, e, None, None, None
     path = e.get("path")
     if not isinstance(path, str):
         raise DiffError("a series entry has no core path")
     label = e.get("id", path)
-    ctx, rep = e.get("context"), e.get("report")
+    ctx, rep, fd = e.get("context"), e.get("report"), e.get("fd")
     return (
         path,
         str(label),
         ctx if isinstance(ctx, Mapping) else None,
         rep if isinstance(rep, Mapping) else None,
+        fd if isinstance(fd, int) and not isinstance(fd, bool) else None,
     )
 
 
@@ -97,9 +101,9 @@ def series(entries: Iterable[Entry], *, workers: int | None = None) -> Series:
     items = [_entry(e) for e in entries]
     if len(items) < 2:
         raise DiffError(f"a series needs at least two cores, got {len(items)}")
-    rows = [SeriesRow(label, path) for path, label, _, _ in items]
+    rows = [SeriesRow(label, path) for path, label, _, _, _ in items]
     for i in range(1, len(items)):
-        (pa, _, ca, rpa), (pb, _, cb, rpb) = items[i - 1], items[i]
+        (pa, _, ca, rpa, fa), (pb, _, cb, rpb, fb) = items[i - 1], items[i]
         row, prev = rows[i], rows[i - 1]
         try:
             d = diff_cores(
@@ -109,6 +113,7 @@ def series(entries: Iterable[Entry], *, workers: int | None = None) -> Series:
                 context=(ca, cb) if ca is not None and cb is not None else None,
                 reports=(rpa, rpb),
                 workers=workers,
+                fds=(fa, fb) if fa is not None and fb is not None else None,
             )
         except DiffError as err:
             row.error = str(err)

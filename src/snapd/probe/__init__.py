@@ -6,7 +6,7 @@ package (e.g. for :class:`Event`) does not load BPF.
 
 from __future__ import annotations
 
-from snapd.probe.event import Event, Kind
+from snapd.probe.event import Event, Kind, UserStack
 from snapd.probe.probes import Probes
 
-__all__ = ["Event", "Kind", "Probes"]
+__all__ = ["Event", "Kind", "Probes", "UserStack"]

@@ -6,7 +6,18 @@ from dataclasses import dataclass
 
 from snapd.rules.model import Kind
 
-__all__ = ["Event", "Kind"]
+__all__ = ["Event", "Kind", "UserStack"]
+
+
+@dataclass(frozen=True)
+class UserStack:
+    """What a probe recorded of the firing thread at the event: its user registers (struct
+    user_regs_struct, arch/x86/include/asm/user_64.h) and a bounded copy of its user stack from
+    the stack pointer up (``snapd.report.MAX_EVENT_STACK`` at most). The report unwinds it into
+    the "at the event" frames, whatever the stop mode."""
+
+    regs: bytes
+    stack: bytes
 
 
 @dataclass(frozen=True)
@@ -18,7 +29,8 @@ class Event:
     ``ret`` is set for exit probes only. ``value`` is the measurement that crossed the threshold:
     percent of one CPU (cpu), bytes (rss), threads, open fds; None for syscall/every.
     ``stopped`` means the probe itself sent SIGSTOP (``stop: kernel``): the daemon must take over
-    and resume the target with SIGCONT.
+    and resume the target with SIGCONT. ``stack`` is the firing thread's registers and top of
+    stack at the event, for probes that record them (None otherwise).
     """
 
     rule: str
@@ -32,3 +44,4 @@ class Event:
     ret: int | None = None
     value: int | None = None
     stopped: bool = False
+    stack: UserStack | None = None

@@ -11,6 +11,7 @@ from enum import IntEnum, IntFlag
 # the probe only sizes its maps from them.
 from snapd.rules.bounds import GLOB_MAX, MAX_INSNS, WIN_SLOTS
 from snapd.rules.expr import Field, Insn, Op
+from snapd.sys import btf
 
 MAX_RULES = 64  # one bit per rule in a u64 mask
 MAX_CHAIN = 32  # rules evaluated per syscall event: one tail call each (MAX_TAIL_CALL_CNT 33)
@@ -76,7 +77,19 @@ def cflags() -> list[str]:
     out += [f"-DEF_{m.name}={m.value}" for m in EventFlag]
     out += [f"-DGLOBAL_{m.name}={m.value}" for m in Global]
     out += [f"-DCTR_{m.name}={m.value}" for m in Counter]
-    return out
+    return out + task_offsets()
+
+
+def task_offsets() -> list[str]:
+    """struct task_struct offsets of the running kernel, as -D flags: the headers bcc compiles
+    against may be another kernel's (see snapd.sys.btf). Without BTF none are given and the
+    program falls back to the headers' offsetof (probe.bpf.c)."""
+    try:
+        ptrace = btf.member_offset("task_struct", "ptrace")
+        leader = btf.member_offset("task_struct", "group_leader")
+    except btf.BtfError:
+        return []
+    return [f"-DTASK_PTRACE_OFF={ptrace}", f"-DTASK_GROUP_LEADER_OFF={leader}"]
 
 
 __all__ = ["GLOB_MAX", "MAX_INSNS", "WIN_SLOTS", "Field", "Insn", "Op"]

@@ -263,12 +263,26 @@ static __always_inline int window_hit(u32 slot, const struct rule_cfg *r, u32 tg
 // Is the current thread, or its process's main thread, traced (gdb, strace, another snapd)?
 // Then stop: kernel must not SIGSTOP it: the signal goes to the tracer as a signal-delivery-stop
 // (ptrace(2)), and a tracer that does not pass it on leaves the target halted for good, by our
-// doing; the daemon cannot take an already traced target over anyway. (bcc turns these field
-// reads into bpf_probe_read_kernel.)
+// doing; the daemon cannot take an already traced target over anyway.
+// The offsets are the running kernel's (snapd.sys.btf, passed by snapd.probe.layout): the headers
+// bcc compiles against may be another kernel's, whose task_struct has another layout.
+#ifndef TASK_PTRACE_OFF
+#define TASK_PTRACE_OFF offsetof(struct task_struct, ptrace)
+#define TASK_GROUP_LEADER_OFF offsetof(struct task_struct, group_leader)
+#endif
 static __always_inline int current_traced(void)
 {
-    struct task_struct *t = (struct task_struct *)bpf_get_current_task();
-    return t->ptrace != 0 || t->group_leader->ptrace != 0;
+    char *t = (char *)bpf_get_current_task();
+    char *leader = NULL;
+    unsigned int ptrace = 0;
+    bpf_probe_read_kernel(&ptrace, sizeof(ptrace), t + TASK_PTRACE_OFF);
+    if (ptrace)
+        return 1;
+    bpf_probe_read_kernel(&leader, sizeof(leader), t + TASK_GROUP_LEADER_OFF);
+    if (!leader)
+        return 0;
+    bpf_probe_read_kernel(&ptrace, sizeof(ptrace), leader + TASK_PTRACE_OFF);
+    return ptrace != 0;
 }
 
 static __always_inline void emit(u32 slot, const struct rule_cfg *r, u64 pid_tgid, s32 nr,

@@ -24,8 +24,9 @@ from typing import Any
 
 from snapd.text import safe
 
-#: libc's blocking calls and syscall wrappers, and their internal helpers (glibc 2.31-2.40):
-#: a thread parked in one of these is better described by its caller
+#: libc's blocking calls and syscall wrappers, the stdio calls that block on them, and their
+#: internal helpers (glibc 2.31-2.40): a thread parked in one of these is better described by
+#: its caller
 WAIT_WRAPPERS = frozenset(
     """
     epoll_wait epoll_pwait epoll_pwait2 poll ppoll __poll select pselect __select pselect6
@@ -47,7 +48,9 @@ WAIT_WRAPPERS = frozenset(
     __pthread_rwlock_wrlock do_futex_wait __new_sem_wait_slow __new_sem_wait_slow64 sem_wait
     __new_sem_wait sem_timedwait sem_clockwait msgrcv semop semtimedop io_getevents
     flock fcntl fcntl64 __libc_fcntl64 lockf __GI___poll __GI___select __GI_epoll_wait
-    __GI___libc_pause
+    __GI___libc_pause fgets fgets_unlocked fread fread_unlocked getline getdelim getc fgetc
+    getc_unlocked getchar gets fscanf scanf fwrite fwrite_unlocked fputs puts fflush fprintf
+    printf vfprintf fputc putc putchar
     """.split()  # noqa: SIM905 (a word list reads better than 120 quoted strings)
 )
 _LIBC = re.compile(r"(^|/)(libc|libpthread|ld-linux[^/]*|libc\.musl[^/]*)\.so")
@@ -134,7 +137,9 @@ def render_text(report: Mapping[str, Any]) -> str:
 
 def _is_wrapper(f: Mapping[str, Any]) -> bool:
     fn = f.get("function") or ""
-    return fn in WAIT_WRAPPERS or (fn.startswith("__") and bool(_LIBC.search(f.get("module") or "")))
+    # libc's internal names (__libc_read, _IO_new_file_underflow, _IO_getline_info) are the
+    # machinery under a call, never what the program was doing
+    return fn in WAIT_WRAPPERS or (fn.startswith("_") and bool(_LIBC.search(f.get("module") or "")))
 
 
 def where(report: Mapping[str, Any]) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 import pwd
-import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -26,20 +25,11 @@ from typing import Any
 from snapd.report import files
 from snapd.report.model import MAX_DERIVED, EventStack, MalformedReport, Report, ReportLimits
 from snapd.report.request import ReportRequest
-from snapd.sandbox import SYSTEM_READ, BoundedRun, Failure, Limits, Result
+from snapd.sandbox import SYSTEM_READ, BoundedRun, Failure, Limits, Result, code_paths
 
 WORKER = "snapd.report.build"
 DEBUGINFOD_CACHE = "/var/cache/snapd-cores/debuginfod"
 SLACK = 2 << 20
-
-
-def _code_paths() -> list[str]:
-    """The interpreter and snapd's own code, which the worker may still import lazily."""
-    import snapd
-
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.dirname(snapd.__file__))}
-    paths.update(p for p in sys.path if p and os.path.isabs(p))
-    return sorted(p for p in paths if os.path.exists(p))
 
 
 def _debuginfod(env: dict[str, str]) -> tuple[str, ...]:
@@ -77,7 +67,7 @@ def sandbox_limits(limits: ReportLimits, req: ReportRequest, env: dict[str, str]
         nice=limits.nice,
         idle_io=limits.idle_io,
         keep_read_cap=True,
-        read_paths=(*SYSTEM_READ, *_code_paths()),
+        read_paths=(*SYSTEM_READ, *code_paths()),
         write_paths=cache,
         network=bool(cache),
     )

@@ -111,7 +111,7 @@ class CoreAction:
 @dataclass(frozen=True)
 class Action:
     stop: StopMode = StopMode.PTRACE
-    snapshot: SnapshotMode = SnapshotMode.FROZEN
+    snapshot: SnapshotMode = SnapshotMode.AUTO  # fork above a size, frozen below (core.strategy)
     core: CoreAction = field(default_factory=lambda: CoreAction(DEFAULT_CONTENT))
     run: tuple[str, ...] | None = None
 

@@ -28,9 +28,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from snapd.sandbox.limits import SYSTEM_READ, Limits
+from snapd.sandbox.limits import SYSTEM_READ, Limits, code_paths
 
-__all__ = ["SYSTEM_READ", "BoundedRun", "Failure", "Limits", "Result", "run_bounded"]
+__all__ = ["SYSTEM_READ", "BoundedRun", "Failure", "Limits", "Result", "code_paths", "run_bounded"]
 
 
 @dataclass(frozen=True)

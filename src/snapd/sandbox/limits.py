@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 #: where shared objects, debug files and the interpreter live on Debian, Ubuntu, Fedora
 SYSTEM_READ = ("/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin", "/opt", "/etc/ld.so.cache")
+
+
+def code_paths() -> list[str]:
+    """The interpreter and snapd's own code, which a job may still import lazily: paths to add
+    to ``read_paths``."""
+    import snapd
+
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.dirname(snapd.__file__))}
+    paths.update(p for p in sys.path if p and os.path.isabs(p))
+    return sorted(p for p in paths if os.path.exists(p))
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from snapd.store.entry import COMPLETE, PENDING, Entry, iso_utc
 from snapd.store.errors import CoreBusy, NoSuchCore, StoreError, UnsafePath
 from snapd.store.pause import PauseState, PauseSwitch
 from snapd.store.recovery import RecoveryReport
+from snapd.store.reports import ReportState, ReportStore
 from snapd.store.retention import ByteLimit, Retention, RuleLimit, parse_age
 from snapd.template import DEFAULT_TEMPLATE, TemplateError, expand, validate_template
 
@@ -30,6 +31,8 @@ __all__ = [
     "PauseState",
     "PauseSwitch",
     "RecoveryReport",
+    "ReportState",
+    "ReportStore",
     "Retention",
     "RuleLimit",
     "StoreError",

@@ -31,6 +31,7 @@ from snapd.store.db import DB_NAME, Database
 from snapd.store.entry import COMPLETE, FAILED, LIST_COLUMNS, PENDING, Entry, db_text, iso_utc, one_line
 from snapd.store.errors import CoreBusy, NoSuchCore, StoreError
 from snapd.store.recovery import RecoveryReport, recover
+from snapd.store.reports import ReportStore
 from snapd.store.retention import Retention
 from snapd.template import DEFAULT_TEMPLATE, NameFields, expand, validate_template
 
@@ -65,6 +66,8 @@ class Catalog:
             # The cores directory is ours alone: 0700 whatever umask or hand made it.
             os.fchmod(self._cores_fd, 0o700)
             self._db = Database(self._state_fd, self.state_dir)
+            #: the morning reports of the cores (snapd.store.reports)
+            self.reports = ReportStore(self._db)
             self.recovery = RecoveryReport(db_reset=self._db.reset_to)
         except BaseException:
             self._close_fds()

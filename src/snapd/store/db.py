@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from snapd.store import fsutil
+from snapd.store import fsutil, migrations
 from snapd.store.errors import StoreError, UnsafePath
 
 log = logging.getLogger("snapd.store")
@@ -109,6 +109,7 @@ class Database:
                 raise sqlite3.DatabaseError(f"quick_check: {ok}")
             db.executescript(SCHEMA)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            migrations.apply(db)  # the tables beside ``cores`` (snapd.store.migrations)
         except BaseException:
             db.close()
             raise
