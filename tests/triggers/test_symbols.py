@@ -16,7 +16,7 @@ import pytest
 
 from snapd.probe import symbols
 from snapd.probe.symbols import ResolveError, function_site, resolve_binary
-from snapd_testlib import Victim
+from support.victims import Victim
 
 LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
 PYTHON = "/usr/bin/python3.11"
