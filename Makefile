@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 PREFIX ?= /usr/local
 LIBDIR := $(PREFIX)/lib/snapd-cores
 
-.PHONY: setup run test lint bench clean install
+.PHONY: setup run test test-fast lint bench clean install
 
 setup:
 	@bash scripts/setup.sh
@@ -17,6 +17,11 @@ run: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The logic alone: no root, no kernel features, nothing slow (README "Development"). Needs the
+# .venv `make setup` built; runs as any user.
+test-fast:
+	$(PY) -m pytest -m "not kernel and not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench

@@ -32,7 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VICTIM_SRC = ROOT / "tests" / "victims" / "diff_victim.c"
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' support package
+
+from support.victims import build_victim  # noqa: E402
+
 SNAPD = [str(Path(sys.executable).parent / "snapd")]
 PAGE = 4096
 
@@ -109,11 +112,8 @@ def main(argv: list[str]) -> int:
         return 2
     outdir = Path(args.dir)
     outdir.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix="snapd-bench-diff-"))
-    exe = build / "diff_victim"
-    subprocess.run(["gcc", "-O1", "-g", "-pthread", "-o", str(exe), str(VICTIM_SRC)], check=True)
-    peak_rss = build / "peak_rss"
-    subprocess.run(["gcc", "-O1", "-o", str(peak_rss), str(ROOT / "bench" / "peak_rss.c")], check=True)
+    exe = build_victim("diff_victim", "-O1", "-fomit-frame-pointer")
+    peak_rss = build_victim(ROOT / "bench" / "peak_rss.c", "-O1", "-g0", "-fomit-frame-pointer")
     print(
         f"# snapd diff vs {cmp} -l on the same cores (written by snapd, in the page cache); "
         f"{args.rounds} alternated rounds after a warm-up; medians"
@@ -164,7 +164,6 @@ def main(argv: list[str]) -> int:
                 )
         for f in (a, b):
             f.unlink()
-    shutil.rmtree(build)
     return 0
 
 

@@ -41,7 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VICTIM_SRC = ROOT / "tests" / "victims" / "bigmem.c"
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' support package
+
+from support.victims import build_victim  # noqa: E402
+
 SNAPD = [str(Path(sys.executable).parent / "snapd")]
 
 SETS = {
@@ -204,9 +207,8 @@ def main(argv: list[str]) -> int:
         return 2
     outdir = Path(args.dir)
     outdir.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix="snapd-bench-"))
-    exe = build / "snapd-benchvic"  # a comm no rule of a daemon running beside is likely to watch
-    subprocess.run(["gcc", "-O1", "-g", "-pthread", "-o", str(exe), str(VICTIM_SRC)], check=True)
+    # named for this run (support.victims): no rule of a daemon running beside watches its comm
+    exe = build_victim("bigmem", "-O1", "-fomit-frame-pointer")
     if args.variants:
         variants = args.variants.split(",")
     else:
@@ -276,7 +278,6 @@ def main(argv: list[str]) -> int:
     print("|---|---|---|---|---|---|---|")
     for row in table:
         print(row)
-    shutil.rmtree(build)
     return 0
 
 

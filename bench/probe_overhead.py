@@ -26,6 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' support package
+
+from support.victims import build_victim
+
 HELPER_C = r"""
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -59,9 +63,7 @@ FILTER_COMM = "example-none"
 def build(tmp: Path) -> Path:
     src = tmp / "overhead_helper.c"
     src.write_text(HELPER_C)
-    out = tmp / "overhead_helper"
-    subprocess.run(["gcc", "-O2", "-o", str(out), str(src)], check=True)
-    return out
+    return build_victim(src, "-O2", "-g0", "-fomit-frame-pointer")
 
 
 def ns_per_call(helper: Path, calls: int) -> float:

@@ -30,11 +30,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' support package
 
 from snapd.core import write_core  # noqa: E402
 from snapd.report import ReportLimits, run_report  # noqa: E402
+from support.victims import VICTIMS, build_victim  # noqa: E402
 
-VICTIMS = ROOT / "tests" / "victims"
 SNAPD = [sys.executable, "-m", "snapd"]
 GDB = ["gdb", "-nx", "-batch", "-ex", "set debuginfod enabled off", "-ex", "thread apply all bt"]
 
@@ -79,9 +80,7 @@ class Victim:
 
 
 def build(tmp: Path) -> Path:
-    exe = tmp / "rpt_bench"
-    subprocess.run(["gcc", "-O2", "-g", "-pthread", "-o", str(exe), str(VICTIMS / "rpt_bench.c")], check=True)
-    return exe
+    return build_victim("rpt_bench", "-O2", "-fomit-frame-pointer")
 
 
 def main(argv: list[str]) -> int:

@@ -30,12 +30,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' support package
 
 from snapd.core import write_core  # noqa: E402
 from snapd.ship import sparse  # noqa: E402
 from snapd.ship.bundle import write_bundle  # noqa: E402
 from snapd.ship.compress import compress_core  # noqa: E402
 from snapd.ship.opencore import open_core  # noqa: E402
+from support.victims import build_victim  # noqa: E402
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 MB = 1e6
@@ -99,10 +101,7 @@ def measure(name: str, core: Path) -> Row:
 
 @contextlib.contextmanager
 def bigmem(work: Path, alloc: int, touch: int) -> Iterator[int]:
-    exe = work / "bigmem"
-    if not exe.exists():
-        src = ROOT / "tests" / "victims" / "bigmem.c"
-        subprocess.run(["gcc", "-O2", "-pthread", "-o", str(exe), str(src)], check=True)
+    exe = build_victim("bigmem", "-O2", "-g0", "-fomit-frame-pointer")
     p = subprocess.Popen([str(exe), str(alloc), str(touch)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert p.stdout and p.stdout.readline().startswith(b"ready")

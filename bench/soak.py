@@ -15,21 +15,19 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' support package
 
-from tests.reliability.bench_harness import Victim, build, daemon_and_victims
+from support.daemon import DVictim, daemon_and_victims
+from support.soak import DAEMON_ARGS, rules, run_soak
+from support.victims import Victim, build_victim
 
 
 def main() -> int:
-    # After bench_harness, which puts tests/daemon on sys.path.
-    from daemon_helpers import DVictim
-    from tests.reliability.soak import DAEMON_ARGS, rules, run_soak
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=30.0)
     args = p.parse_args()
-    with daemon_and_victims() as (daemon, work, started):
-        exe = build("daemon_victim", work)
+    with daemon_and_victims() as (daemon, _work, started):
+        exe = build_victim("daemon_victim")
         raw = Victim([str(exe), "4"])
         started.append(raw)
         v = DVictim(raw, exe)

@@ -17,20 +17,19 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' support package
 
-from tests.reliability.bench_harness import Victim, build, daemon_and_victims
+from support.daemon import daemon_and_victims
+from support.storm import MAX_CORES, rule_text, run_storm
+from support.victims import Victim, build_victim
 
 
 def main() -> int:
-    # After bench_harness, which puts tests/daemon on sys.path.
-    from tests.reliability.storm import MAX_CORES, rule_text, run_storm
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=30.0)
     args = p.parse_args()
-    with daemon_and_victims() as (daemon, work, started):
-        v = Victim([str(build("rel_storm", work))])
+    with daemon_and_victims() as (daemon, _work, started):
+        v = Victim([str(build_victim("rel_storm"))])
         started.append(v)
         daemon.write_rule("storm.yaml", rule_text(v.pid))
         daemon.start("--cores-per-hour", "100000")

@@ -44,7 +44,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO / "tests" / "triggers"), str(REPO / "tests")]
+sys.path.insert(0, str(REPO / "tests"))  # the tests' support package
+
+from support.victims import build_victim  # noqa: E402
 
 HELPER_C = r"""
 #define _GNU_SOURCE
@@ -88,9 +90,7 @@ NEVER = -12345  # a predicate constant no call passes: the whole evaluation, no 
 def build(tmp: Path) -> Path:
     src = tmp / "uprobe_helper.c"
     src.write_text(HELPER_C)
-    exe = tmp / "trg_uprobe_helper"
-    subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True)
-    return exe
+    return build_victim(src, "-O2", "-g0", "-fomit-frame-pointer")
 
 
 def prog_stats(pid: int, fds: list[int] | None = None) -> tuple[int, int]:
@@ -186,7 +186,8 @@ class Snapd:
 
     def __init__(self) -> None:
         from bcc import BPF
-        from trg_helpers import UProto
+
+        from support.triggers import UProto
 
         self.proto = UProto()
         self.bare = BPF(text=b"int bare(struct pt_regs *ctx) { return 0; }")

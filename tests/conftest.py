@@ -1,7 +1,13 @@
-"""Shared fixtures: kernel-test gating, C victims compiled once per session, process cleanup.
+"""Fixtures every directory sees: kernel-test gating, C victims compiled once per session,
+process cleanup, the real daemon on temp dirs. The helpers they build on are in tests/support/
+(``from support.victims import Victim``); this file holds fixtures and hooks only.
 
 Kernel tests (marker ``kernel``) need root: unprivileged they skip with a reason, but with
 ``SNAPD_REQUIRE_KERNEL=1`` (set by .ci/run) a missing privilege is a failure, not a skip.
+
+The daemon's fixtures: ``daemon`` depends on ``victims`` which depends on ``spawn``, so at the end
+of a test the daemon is stopped first (SIGTERM, then SIGKILL if it hangs), then every victim is
+checked not to have been left halted, then ``spawn`` kills the victims by pid.
 """
 
 from __future__ import annotations
@@ -9,18 +15,23 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from snapd_testlib import Victim, proc_state, thread_states, wait_for
+from support.daemon import DaemonHarness, Victims
+from support.paths import VICTIMS
+from support.proc import halted_why, proc_state, thread_states
+from support.victims import Victim, build_victim, remove_build_dir
+from support.waiting import wait_for
 
-__all__ = ["Victim", "proc_state", "thread_states", "wait_for"]  # also importable from here
+# Deprecated: `from tests.conftest import Victim, wait_for` in tests written before the support
+# package; the lead removes this re-export once none is left.
+__all__ = ["VICTIMS", "Victim", "proc_state", "thread_states", "wait_for"]
 
-VICTIMS = Path(__file__).parent / "victims"
 REQUIRE_KERNEL = os.environ.get("SNAPD_REQUIRE_KERNEL") == "1"
 
 
@@ -97,28 +108,11 @@ def _kernel_gate(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(scope="session")
-def build_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("victims")
-
-
-@pytest.fixture(scope="session")
-def compile_victim(build_dir: Path) -> Callable[..., Path]:
-    """compile_victim("threads") builds tests/victims/threads.c with -g -O0 -pthread, once."""
-    cache: dict[tuple[str, tuple[str, ...]], Path] = {}
-
-    def build(name: str, *extra: str) -> Path:
-        key = (name, extra)
-        if key not in cache:
-            src = VICTIMS / f"{name}.c"
-            out = build_dir / (name + ("-" + "-".join(e.strip("-") for e in extra) if extra else ""))
-            subprocess.run(
-                ["gcc", "-g", "-O0", "-pthread", "-fno-omit-frame-pointer", "-o", str(out), str(src), *extra],
-                check=True,
-            )
-            cache[key] = out
-        return cache[key]
-
-    return build
+def compile_victim() -> Iterator[Callable[..., Path]]:
+    """compile_victim("threads", *flags) builds tests/victims/threads.c once per session, under a
+    name of this session (support.victims.build_victim: use the path's name, never a literal)."""
+    yield build_victim
+    remove_build_dir()
 
 
 @pytest.fixture
@@ -141,3 +135,46 @@ def snapd_cmd() -> list[str]:
     """The installed console script (falls back to running the package)."""
     exe = shutil.which("snapd", path=str(Path(sys.executable).parent))
     return [exe] if exe else [sys.executable, "-m", "snapd"]
+
+
+# --- the real daemon ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def victim_exe(compile_victim: Callable[..., Path]) -> Path:
+    """tests/victims/daemon_victim.c, built once (its comm is the program's name)."""
+    return compile_victim("daemon_victim")
+
+
+@pytest.fixture
+def victims(spawn: Callable[..., Victim], victim_exe: Path) -> Iterator[Victims]:
+    vs = Victims(spawn, victim_exe)
+    yield vs
+    # The daemon is gone by now (its fixture tore down first): nothing may still hold a victim.
+    for v in vs.started:
+        if v.alive():
+            why = halted_why(v.pid)
+            wait_for(lambda v=v: halted_why(v.pid) is None, 5.0, f"victim {v.pid} to run ({why})")
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    # Our own, short (sun_path is 108 bytes) and not under the shared /tmp/pytest-of-root.
+    d = Path(tempfile.mkdtemp(prefix="snapd-dt-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def daemon(workdir: Path, snapd_cmd: list[str], victims: Victims) -> Iterator[DaemonHarness]:
+    """A harness on fresh temp dirs; call ``.start()`` (with extra daemon arguments) to run it."""
+    rules = workdir / "rules.d"
+    rules.mkdir()
+    os.chmod(rules, 0o755)
+    h = DaemonHarness(snapd_cmd, rules, workdir / "state", str(workdir / "ctl.sock"), workdir)
+    yield h
+    rc = h.stop()
+    log = h.log_text()
+    print(f"daemon log:\n{log}")  # shown by pytest for a failing test
+    assert "Traceback" not in log, f"the daemon logged a traceback:\n{log}"
+    assert rc in (0, None, -9), f"daemon exited {rc}:\n{log}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from snapd.units import UnitError, parse_duration, parse_percent, parse_size
+from snapd.units import DURATION_NS, MAX_NS, SIZE_BYTES, UnitError, parse_duration, parse_percent, parse_size
 
 
 @pytest.mark.parametrize(
@@ -69,3 +69,38 @@ def test_durations() -> None:
     for bad in ("10", "10 sec", "0s", "1y"):
         with pytest.raises(UnitError, match="bad duration"):
             parse_duration(bad)
+
+
+@pytest.mark.parametrize(("unit", "ns"), list(DURATION_NS.items()))
+def test_every_duration_unit(unit: str, ns: int) -> None:
+    assert parse_duration(f"3{unit}") == 3 * ns
+    assert parse_duration(f" 3{unit} ") == 3 * ns
+
+
+def test_duration_bounds() -> None:
+    assert parse_duration(f"{MAX_NS}ns") == MAX_NS
+    too_long = [(f"{MAX_NS + 1}ns", "too long"), ("106752d", "too long"), ("9" * 31 + "s", "use a number")]
+    for bad, why in too_long:
+        with pytest.raises(UnitError, match=why):
+            parse_duration(bad)
+
+
+@pytest.mark.parametrize(("unit", "factor"), list(SIZE_BYTES.items()))
+def test_every_size_unit(unit: str, factor: int) -> None:
+    assert parse_size(f"2{unit}") == 2 * factor
+
+
+def test_size_minimum_and_fractions() -> None:
+    assert parse_size("0.5KiB") == 512
+    assert parse_size("1.0009kB") == 1000  # a fraction of a byte is dropped
+    with pytest.raises(UnitError, match="must be at least 4096 bytes"):
+        parse_size("1K", minimum=4096)
+    with pytest.raises(UnitError, match="more than zero"):
+        parse_size("0.0001kB")
+
+
+def test_percent_bounds() -> None:
+    assert parse_percent("100000%") == 100_000.0  # a cpu share of 1000 CPUs
+    for bad, why in (("100001%", "at most 100000%"), ("-5%", "write it like"), ("%", "write it like")):
+        with pytest.raises(UnitError, match=why):
+            parse_percent(bad)

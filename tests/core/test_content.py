@@ -9,17 +9,14 @@ import pytest
 from snapd.content import parse_spec
 from snapd.core.inspect import read_core
 from snapd.errors import ContentError
-
-
-def _addrs(line: str) -> dict[str, int]:
-    return {k: int(v, 16) for k, v in (kv.split("=") for kv in line.split()[1:])}
+from support.cores import byte_at, ready_addrs
 
 
 @pytest.fixture
 def content_victim(compile_victim, spawn, tmp_path):
     exe = compile_victim("content")
     v = spawn([exe, tmp_path / "shared.dat"])
-    return v, _addrs(v.ready_line)
+    return v, ready_addrs(v.ready_line)
 
 
 def dump(snapd_cmd, pid, out, spec):
@@ -35,19 +32,6 @@ def dump(snapd_cmd, pid, out, spec):
 
 def seg_at(core, addr):
     return next(s for s in core.segments if s.start == addr)
-
-
-def byte_at(path, core, addr):
-    """Read one byte of target memory from the core file (through its PT_LOAD)."""
-    s = next(s for s in core.segments if s.start <= addr < s.end)
-    from elftools.elf.elffile import ELFFile
-
-    with open(path, "rb") as f:
-        for seg in ELFFile(f).iter_segments():
-            if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] == s.start:
-                f.seek(seg["p_offset"] + addr - s.start)
-                return f.read(1)
-    raise AssertionError("no segment")
 
 
 @pytest.mark.kernel

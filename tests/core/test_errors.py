@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from snapd_testlib import thread_states, wait_for
+from support.proc import proc_state, thread_states, tracer_of
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -38,7 +39,7 @@ def assert_clean_failure(r, pattern, directory):
 def assert_untouched(pid):
     states = thread_states(pid)
     assert not [s for s in states.values() if s in "Tt"], states
-    assert "TracerPid:\t0\n" in Path(f"/proc/{pid}/status").read_text()
+    assert tracer_of(pid) == 0
 
 
 def test_no_such_pid(snapd_cmd, tmp_path):
@@ -59,7 +60,7 @@ def test_kernel_thread(snapd_cmd, tmp_path):
 
 def test_zombie(snapd_cmd, tmp_path):
     p = subprocess.Popen(["true"])
-    wait_for(lambda: Path(f"/proc/{p.pid}/stat").read_text().split(") ")[1][0] == "Z", 10, "a zombie")
+    wait_for(lambda: proc_state(p.pid) == "Z", 10, "a zombie")
     try:
         r = run(snapd_cmd, "-o", tmp_path / "core", p.pid)
         assert_clean_failure(r, rf"pid {p.pid}: 'true' is a zombie", tmp_path)
@@ -87,7 +88,7 @@ def test_already_traced_names_the_tracer(compile_victim, spawn, snapd_cmd, tmp_p
         r, rf"pid {v.pid}: already traced by pid {tracer.pid} \(python[^)]*\); detach it", tmp_path
     )
     tracer.kill()
-    wait_for(lambda: "TracerPid:\t0\n" in Path(f"/proc/{v.pid}/status").read_text(), 10, "tracer gone")
+    wait_for(lambda: tracer_of(v.pid) == 0, 10, "tracer gone")
     assert_untouched(v.pid)
 
 

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import os
 import resource
-import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
-from test_content import _addrs, byte_at
-from test_gcore import gdb
 
 from snapd.core import write_core
 from snapd.core.inspect import read_core
-from snapd_testlib import thread_states, wait_for
+from support.cores import byte_at, ready_addrs
+from support.gdb import gdb
+from support.proc import children_of, thread_states
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -34,8 +33,7 @@ def ask(v, cmd: bytes) -> str:
 
 
 def no_children(pid: int) -> bool:
-    kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return kids == []
+    return children_of(pid) == []
 
 
 @pytest.mark.parametrize("mode", ["frozen", "fork"])
@@ -117,7 +115,7 @@ def test_invisible_to_the_target(compile_victim, spawn, tmp_path, where):
 
 def test_dontfork_and_wipeonfork_have_real_contents(compile_victim, spawn, tmp_path):
     v = spawn([compile_victim("content"), tmp_path / "f.dat"])
-    a = _addrs(v.ready_line)
+    a = ready_addrs(v.ready_line)
     info = write_core(v.pid, str(tmp_path / "core"), snapshot="fork", sync=False)
     assert info.snapshot == "fork"
     core = read_core(str(tmp_path / "core"))
@@ -153,11 +151,7 @@ def test_seccomp_filter_is_evaluated(compile_victim, spawn, snapd_cmd, tmp_path,
 
 
 def test_rlimit_nproc_exhausted_falls_back(compile_victim, spawn, tmp_path):
-    # nobody cannot reach pytest's 0700 directories: run a copy from a world-readable one
-    pub = Path(tempfile.mkdtemp(prefix="snapd-test-"))
-    pub.chmod(0o755)
-    exe = pub / "invisible"
-    shutil.copy(compile_victim("invisible"), exe)
+    exe = compile_victim("invisible")  # its directory is world-readable: nobody can run it
 
     def as_nobody_with_nproc_1() -> None:
         os.setgid(65534)
@@ -171,7 +165,6 @@ def test_rlimit_nproc_exhausted_falls_back(compile_victim, spawn, tmp_path):
     assert info.fallback == "clone() failed in the target (EAGAIN: RLIMIT_NPROC or pids.max reached)"
     assert v.alive() and ask(v, b"w") == "ECHILD" and no_children(v.pid)
     v.kill()
-    shutil.rmtree(pub)
 
 
 class _Stop(Exception):

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from snapd import procfs
 from snapd.core.inspect import read_core
-from snapd_testlib import proc_state, thread_states, wait_for
+from support.gdb import gdb
+from support.proc import proc_state, thread_states, tracer_of
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -27,20 +30,12 @@ def gcore(
     return r
 
 
-def gdb(exe: object, core: object, *cmds: str) -> str:
-    argv = ["gdb", "-nx", "-batch", "-ex", "set debuginfod enabled off"]
-    for c in cmds:
-        argv += ["-ex", c]
-    r = subprocess.run([*argv, str(exe), str(core)], capture_output=True, text=True, timeout=120)
-    return r.stdout + r.stderr
-
-
 def assert_running(v: object) -> None:
     """Not left in a stop: no thread in T (stopped) or t (traced)."""
     pid = v.pid  # type: ignore[attr-defined]
     states = thread_states(pid)
     assert not [s for s in states.values() if s in "Tt"], states
-    assert Path(f"/proc/{pid}/status").read_text().count("TracerPid:\t0") == 1
+    assert tracer_of(pid) == 0
 
 
 def test_threads_backtraces_globals_tls(compile_victim, spawn, snapd_cmd, tmp_path):
@@ -51,7 +46,7 @@ def test_threads_backtraces_globals_tls(compile_victim, spawn, snapd_cmd, tmp_pa
     assert re.fullmatch(rf"snapd gcore: {tmp_path}/core\.{v.pid} dumped \(frozen \d+ ms\)", r.stdout.strip())
     assert core.stat().st_mode & 0o777 == 0o600
     assert_running(v)
-    tids = sorted(int(t) for t in os.listdir(f"/proc/{v.pid}/task"))
+    tids = procfs.tids(v.pid)
 
     out = gdb(
         exe,

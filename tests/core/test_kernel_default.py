@@ -18,7 +18,8 @@ import pytest
 
 from snapd import procfs
 from snapd.core import write_core
-from snapd_testlib import Victim, wait_for
+from support.victims import Victim
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 

@@ -21,6 +21,7 @@ from snapd.core.calibrate import Calibration, Rates
 from snapd.core.strategy import Method
 from snapd.errors import SnapdError
 from snapd.freeze import halt
+from support.proc import proc_state, tracer_of
 
 pytestmark = pytest.mark.kernel
 
@@ -200,8 +201,7 @@ def test_never_measured_while_the_target_is_halted(stagecopy, tmp_path, cache, m
     real = calibrate.measure_dir
 
     def measure(*a: object, **kw: object) -> Calibration:
-        status = Path(f"/proc/{v.pid}/status").read_text()
-        seen.append(re.search(r"TracerPid:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        seen.append(str(tracer_of(v.pid)))
         return real(*a, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(calibrate, "measure_dir", measure)
@@ -371,6 +371,5 @@ def test_a_writer_failing_never_leaves_the_target_halted(stagecopy, tmp_path, ca
     monkeypatch.setattr(Copier, "_write", fail)
     with pytest.raises((SnapdError, RuntimeError)):
         write_core(stagecopy.pid, str(tmp_path / "core"), sync=False, budget=0)
-    status = Path(f"/proc/{stagecopy.pid}/status").read_text()
-    assert re.search(r"TracerPid:\s+0\n", status) and re.search(r"State:\s+S", status), status
+    assert tracer_of(stagecopy.pid) == 0 and proc_state(stagecopy.pid) == "S"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(("core", ".snapd-partial"))]

@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from ctl_helpers import DaemonLikeHandler, Served
 
 from snapd.ctl import CtlServer
 from snapd.store import Catalog, Retention
+from support.ctl import DaemonLikeHandler, Served
 
 
 @pytest.fixture

@@ -10,7 +10,8 @@ import subprocess
 from collections.abc import Callable
 
 import pytest
-from ctl_helpers import Served, take
+
+from support.ctl import Served, take
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 NOBODY = 65534

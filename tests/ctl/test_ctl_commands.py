@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from ctl_helpers import Served, take
 
 from snapd.ctl.client import Client, format_cores, parse_since, safe
 from snapd.ctl.protocol import CtlError
+from support.ctl import Served, take
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 REQUIRED = {"id", "path", "rule", "pid", "comm", "exe", "time", "size", "disk_bytes", "trigger", "status"}

@@ -8,9 +8,8 @@ import subprocess
 from collections.abc import Callable
 from typing import Any
 
-from ctl_helpers import Served, take
-
 from snapd.ctl.reportview import printable, where_cell
+from support.ctl import Served, take
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from ctl_helpers import Served, take
 
 from snapd.ctl import CtlError, CtlServer
 from snapd.ctl.client import Client
 from snapd.errors import SnapdError
+from support.ctl import Served, take
 
 
 def raw(path: str) -> socket.socket:

@@ -12,22 +12,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonHarness, Victims, gdb_bt, halted_why, syscall_rule
-from tests.conftest import Victim, wait_for
-from trust_helpers import NamedVictims
+
+from support.daemon import DaemonHarness, NamedVictims, Victims, syscall_rule
+from support.gdb import gdb_bt
+from support.proc import halted_why
+from support.statedir import partials
+from support.victims import Victim
+from support.waiting import MIN_WAIT_S, scaled, wait_for
 
 pytestmark = pytest.mark.kernel
 
-PARTIAL = ".snapd-partial."
 KILLS = 4
-
-
-def partials(cores_dir: Path) -> list[str]:
-    return [n for n in os.listdir(cores_dir) if n.startswith(PARTIAL)]
 
 
 def poll_until(cond: Callable[[], object], timeout: float, what: str) -> None:
     """wait_for with a steady 1 ms period, to catch the start of a short dump."""
+    timeout = scaled(max(timeout, MIN_WAIT_S))
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:

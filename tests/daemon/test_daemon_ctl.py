@@ -10,7 +10,8 @@ import stat
 import subprocess
 
 import pytest
-from daemon_helpers import DaemonHarness, Victims
+
+from support.daemon import DaemonHarness, Victims
 
 pytestmark = pytest.mark.kernel
 

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import DaemonHarness, syscall_rule
-from tests.conftest import Victim, wait_for
 
-from snapd_testlib import scaled
+from support.daemon import DaemonHarness, syscall_rule
+from support.victims import Victim
+from support.waiting import scaled, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -97,7 +97,7 @@ def test_ctl_diff_refuses_two_processes_in_one_line(
         r = daemon.ctl("diff", *args, check=False)
         assert r.returncode == 1 and r.stdout == "", r
         (line,) = r.stderr.splitlines()
-        assert f"core {a} and core {b} are of different processes (pid {v1.pid} (diff_victim)" in line, line
+        assert f"core {a} and core {b} are of different processes (pid {v1.pid} ({exe.name})" in line, line
         assert "Traceback" not in r.stderr
     r = daemon.ctl("diff", str(a), "999", check=False)
     assert r.returncode == 1 and len(r.stderr.splitlines()) == 1 and "999" in r.stderr, r

@@ -10,8 +10,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonHarness, DVictim, Victims, clock_rule, gdb_bt, halted_why, syscall_rule
-from tests.conftest import wait_for
+
+from support.daemon import DaemonHarness, DVictim, Victims, clock_rule, syscall_rule
+from support.gdb import gdb_bt
+from support.proc import halted_why
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 

@@ -14,11 +14,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonHarness, Victims, syscall_rule
-from tests.conftest import Victim, wait_for
-from trust_helpers import NamedVictims
 
-from snapd_testlib import scaled
+from support.daemon import DaemonHarness, NamedVictims, Victims, syscall_rule
+from support.victims import Victim
+from support.waiting import scaled, wait_for
 
 pytestmark = pytest.mark.kernel
 

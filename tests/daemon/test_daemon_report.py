@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import DaemonHarness, syscall_rule
-from tests.conftest import VICTIMS, Victim, wait_for
 
+from snapd import procfs
 from snapd.report.render import WAIT_WRAPPERS
-from snapd_testlib import scaled
+from support.daemon import DaemonHarness, syscall_rule
+from support.paths import VICTIMS
+from support.proc import in_syscall
+from support.victims import Victim
+from support.waiting import scaled, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -47,13 +50,6 @@ def report_done(daemon: DaemonHarness, core_id: int) -> dict[str, Any]:
 
 def snap(daemon: DaemonHarness, pid: int) -> int:
     return int(json.loads(daemon.ctl("snap", str(pid), "--json").stdout)["id"])
-
-
-def in_syscall(pid: int, tid: int, nr: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/task/{tid}/syscall").read_text().split()[0] == str(nr)
-    except (OSError, IndexError):
-        return False
 
 
 def functions(thread: dict[str, Any]) -> list[str]:
@@ -110,7 +106,7 @@ def test_rule_core_report_every_thread_firing_first(
     exe = compile_victim("mr_threads")
     v = spawn([exe])
     pid, beta = map(int, v.ready_line.split()[1:])
-    tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+    tids = procfs.tids(pid)
     assert len(tids) == 4 and beta in tids
     wait_for(lambda: in_syscall(pid, pid, 0) and in_syscall(pid, beta, 0), what="main and beta in read(2)")
     daemon.write_rule("mr.yaml", syscall_rule("mr-getppid", pid, "getppid"))
@@ -152,10 +148,10 @@ def test_rule_core_report_every_thread_firing_first(
 
     text = daemon.ctl("info", str(core["id"])).stdout
     blocks = [line for line in text.splitlines() if line.startswith("Stack trace of thread ")]
-    assert blocks[0] == f"Stack trace of thread {beta} (mr_threads) [fired the rule]:", blocks
+    assert blocks[0] == f"Stack trace of thread {beta} ({exe.name}) [fired the rule]:", blocks
     assert sorted(int(b.split()[4]) for b in blocks) == tids
     for name in ("mr_worker_alpha", "mr_worker_beta", "mr_worker_gamma", "mr_main_wait"):
-        assert f" {name} (mr_threads + 0x" in text, name
+        assert f" {name} ({exe.name} + 0x" in text, name
     assert f"Module {exe} with build-id " in text
     assert "       Report: complete" in text and "        Where: mr_worker_beta" in text
     assert text.index("Context at snapshot time:") < text.index("Stack trace of thread")
@@ -224,7 +220,7 @@ def redis(named_exe: Callable[[str, str], Path], workdir: Path) -> Iterator[subp
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     try:
         wait_for(lambda: log.exists() and "ready to accept connections" in log.read_text(), 30, "redis ready")
-        wait_for(lambda: len(os.listdir(f"/proc/{proc.pid}/task")) >= 4, 30, "redis threads")
+        wait_for(lambda: len(procfs.tids(proc.pid)) >= 4, 30, "redis threads")
         yield proc
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -249,7 +245,7 @@ def test_redis_rule_core_report(daemon: DaemonHarness, redis: subprocess.Popen[b
     assert e["report_status"] == "complete", e["report_status"]
     assert_after_the_freeze(e)
     rep = e["report"]
-    tids = sorted(int(t) for t in os.listdir(f"/proc/{redis.pid}/task"))
+    tids = procfs.tids(redis.pid)
     assert sorted(t["tid"] for t in rep["threads"]) == tids
     main = rep["threads"][0]
     assert main["tid"] == redis.pid and main["firing"]  # SAVE runs in the main thread

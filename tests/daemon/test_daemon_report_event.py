@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.conftest import Victim, wait_for
 
 from snapd.content import SnapshotMode, parse_spec
 from snapd.core import write_core
@@ -25,7 +24,9 @@ from snapd.report import MAX_EVENT_STACK, EventStack, ReportLimits
 from snapd.store import Catalog, Retention
 from snapd.sys import ptrace as pt
 from snapd.sys.uio import process_vm_readv
-from snapd_testlib import scaled
+from support.proc import in_syscall
+from support.victims import Victim
+from support.waiting import scaled, wait_for
 
 
 def event(stack: UserStack | None, tid: int = 7) -> Event:
@@ -59,13 +60,6 @@ class Loop:
             key.data()
         for c in clients:
             c.tick(time.monotonic())
-
-
-def in_syscall(pid: int, tid: int, nr: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/task/{tid}/syscall").read_text().split()[0] == str(nr)
-    except (OSError, IndexError):
-        return False
 
 
 def record(pid: int, tid: int) -> UserStack:

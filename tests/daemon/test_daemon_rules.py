@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonHarness, DVictim, Victims, clock_rule, halted_why, syscall_rule
-from tests.conftest import wait_for
 
-from snapd_testlib import scaled
+from support.daemon import DaemonHarness, DVictim, Victims, clock_rule, syscall_rule
+from support.proc import halted_why
+from support.waiting import scaled, wait_for
 
 pytestmark = pytest.mark.kernel
 

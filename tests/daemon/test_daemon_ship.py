@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import DaemonHarness, DVictim, syscall_rule
-from tests.conftest import VICTIMS, Victim
-from tests.ship.weed_server import BUCKET, KEY, SECRET, Weed, weed_binary
 
-from snapd_testlib import scaled, wait_for
+from support.daemon import DaemonHarness, DVictim, syscall_rule
+from support.paths import VICTIMS
+from support.victims import Victim
+from support.waiting import scaled, wait_for
+from support.weed import BUCKET, KEY, SECRET, Weed, weed_binary
 
 pytestmark = pytest.mark.kernel
 

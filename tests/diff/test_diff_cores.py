@@ -10,12 +10,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from diff_synth import EXE, PAGE, SLoad, page, standard, write_core
 
 from snapd.diff import BadCore, DifferentProcesses, diff_cores, series
 from snapd.diff.corefile import open_core
 from snapd.diff.render import text
 from snapd.errors import SnapdError
+from support.synthcore import EXE, PAGE, SLoad, page, standard, write_core
 
 
 def core(tmp_path: Path, name: str, loads: list[SLoad] | None = None, **kw: object) -> str:

@@ -18,7 +18,8 @@ from snapd.core import write_core
 from snapd.diff import diff_cores, series
 from snapd.diff.model import Diff, MappingDelta
 from snapd.procfs.context import capture
-from snapd_testlib import Victim
+from support.victims import Victim
+from support.waiting import scaled
 
 pytestmark = pytest.mark.kernel
 
@@ -32,6 +33,7 @@ def ask(v: Victim, command: str, timeout: float = 30.0) -> str:
     v.proc.stdin.flush()
     sel = selectors.DefaultSelector()
     sel.register(v.proc.stdout, selectors.EVENT_READ)
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     buf = b""
     while not buf.endswith(b"\n"):
@@ -141,7 +143,7 @@ def test_gdb_and_kernel_cores_of_the_same_process(
     d = diff_cores(str(snapd_core), str(gdb_core))
     assert d.b.pid == v.pid and d.threads.added == d.threads.removed == []
     assert d.changed_pages < 64, d.summary()  # only what gdb's attach touched, if anything
-    assert d.b.exe.endswith("diff_victim") and d.b.producer == "gdb"
+    assert d.b.exe.endswith(Path(v.proc.args[0]).name) and d.b.producer == "gdb"
 
     os.kill(v.pid, signal.SIGSEGV)
     v.proc.wait(timeout=120)

@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import Victim, proc_state, wait_for
 
 from snapd.probe import Event, Probes
 from snapd.rules import Rule, RuleError, StopMode, parse_rule
 from snapd.rules import syscalls as sysnames
+from support.proc import proc_state, syscall_nr
+from support.victims import Victim, victim_name
+from support.waiting import MIN_WAIT_S, scaled, wait_for
 
 pytestmark = pytest.mark.kernel
 Spawn = Callable[..., Victim]
@@ -38,7 +40,7 @@ def command(v: Victim, line: str, timeout: float = 10.0) -> int:
     v.proc.stdin.flush()
     fd = v.proc.stdout.fileno()
     buf = b""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(max(timeout, MIN_WAIT_S))
     while not buf.endswith(b"\n"):
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([fd], [], [], left)[0]:
@@ -101,7 +103,7 @@ def test_matching_rule_fires_with_tid_args_errno(probes: Probes, spawn: Spawn, v
     events += drain(probes)
     assert [e.rule for e in events] == ["epipe"]
     e = events[0]
-    assert (e.pid, e.tid, e.comm, e.kind, e.syscall) == (v.pid, tid, "probe_sys", "syscall", "write")
+    assert (e.pid, e.tid, e.comm, e.kind, e.syscall) == (v.pid, tid, victim_path.name, "syscall", "write")
     assert e.args[0] == pipe_fd and e.args[2] == 1 and len(e.args) == 3
     assert e.ret == -errno.EPIPE and not e.stopped
     assert abs(time.monotonic_ns() - e.time_ns) < 10_000_000_000
@@ -112,8 +114,8 @@ def test_enter_predicate_on_args(probes: Probes, spawn: Spawn, victim_path: Path
     f = ready_fields(v)
     probes.load(
         rule(
-            f"target: {{comm: probe_sys}}\ntrigger: {{syscall: write, when: 'arg0 == {f['null']} and "
-            f"arg2 == 1 and pid == {v.pid}'}}",
+            f"target: {{comm: {victim_path.name}}}\n"
+            f"trigger: {{syscall: write, when: 'arg0 == {f['null']} and arg2 == 1 and pid == {v.pid}'}}",
             "nullw",
         )
     )
@@ -211,19 +213,20 @@ def test_proc_samplers_fire_on_crossing(
 def test_process_started_later_is_caught(
     probes: Probes, spawn: Spawn, victim_path: Path, tmp_path: Path
 ) -> None:
-    late = tmp_path / "probe_late"
+    late = tmp_path / victim_name("probe_late")
     shutil.copy(victim_path, late)
-    probes.load(rule("target: {comm: 'probe_l?t*'}\ntrigger: {syscall: getppid}", "bycomm"))
+    glob = late.name[:7] + "?" + late.name[8:-1] + "*"  # probe_l?te-TAG*: this session's only
+    probes.load(rule(f"target: {{comm: '{glob}'}}\ntrigger: {{syscall: getppid}}", "bycomm"))
     probes.load(rule(f"target: {{exe: {late}}}\ntrigger: {{syscall: getppid}}", "byexe"))
     v = spawn([late])
     tid = command(v, "g 2")
     events = collect(probes, lambda ev: len(ev) >= 4) + drain(probes)
     assert sorted(e.rule for e in events) == ["bycomm", "bycomm", "byexe", "byexe"]
-    assert all(e.pid == v.pid and e.tid == tid and e.comm == "probe_late" for e in events)
+    assert all(e.pid == v.pid and e.tid == tid and e.comm == late.name for e in events)
 
 
 def test_child_of_target_inherits_comm_rule(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
-    probes.load(rule("target: {comm: probe_sys}\ntrigger: {syscall: getppid}", "inherit"))
+    probes.load(rule(f"target: {{comm: {victim_path.name}}}\ntrigger: {{syscall: getppid}}", "inherit"))
     v = spawn([victim_path, "loop"])
     events = collect(probes, lambda ev: len(ev) >= 3)
     assert {e.pid for e in events} == {v.pid}
@@ -241,8 +244,7 @@ def test_stop_kernel_halts_at_syscall(probes: Probes, spawn: Spawn, victim_path:
     assert events[0].stopped
     try:
         wait_for(lambda: proc_state(v.pid) == "T", 5, "victim stopped by the probe")
-        fields = Path(f"/proc/{v.pid}/syscall").read_text().split()
-        assert int(fields[0]) == sysnames.numbers()["getppid"]
+        assert syscall_nr(v.pid) == sysnames.numbers()["getppid"]
     finally:
         os.kill(v.pid, signal.SIGCONT)
     probes.unload("halt")

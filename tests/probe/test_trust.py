@@ -13,13 +13,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from tests.conftest import Victim, wait_for
 
 from snapd.probe import Event, Probes
 from snapd.probe.layout import MUTE_FOREVER, SNAPSHOT_CLONE_FLAGS
 from snapd.rules import Rule, RuleError, parse_rule
 from snapd.rules import syscalls as sysnames
 from snapd.rules.model import SyscallTrigger
+from support.victims import Victim
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 Spawn = Callable[..., Victim]

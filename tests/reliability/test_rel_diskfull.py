@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_helpers import DaemonHarness, Victims, halted_why, syscall_rule
-from tests.conftest import wait_for
-from tests.reliability.rel_helpers import check_listing, integrity, partials, pending_rows
+
+from support.daemon import DaemonHarness, Victims, syscall_rule
+from support.proc import halted_why
+from support.statedir import check_listing, integrity, partials, pending_rows
+from support.waiting import scaled, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -146,7 +148,7 @@ def test_disk_fills_up_during_a_dump(small_state: DaemonHarness, victims: Victim
     filler = daemon.state / "filler"
     for i in range(3):
         v.send("g 1")
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + scaled(30)
         while not reserved(cores, 20 << 20) and time.monotonic() < deadline:
             time.sleep(0.0002)  # until the writer has fallocate()d its blocks
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}.{i}", "bs=64k"], capture_output=True)

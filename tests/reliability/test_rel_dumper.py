@@ -13,11 +13,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonHarness, halted_why
-from tests.conftest import Victim, wait_for
-from tests.reliability.rel_helpers import check_bigmem_core
 
-from snapd_testlib import MIN_WAIT_S
+from support.cores import check_bigmem_core
+from support.daemon import DaemonHarness
+from support.proc import halted_why
+from support.victims import Victim
+from support.waiting import MIN_WAIT_S, wait_for
 
 pytestmark = pytest.mark.kernel
 

@@ -11,13 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon_helpers import halted_why
-from tests.conftest import Victim, wait_for
-from tests.reliability.rel_helpers import check_bigmem_core, elf_segments
 
 from snapd.core import write_core
 from snapd.freeze import halt
-from snapd_testlib import scaled
+from support.cores import check_bigmem_core, elf_segments
+from support.proc import halted_why
+from support.victims import Victim
+from support.waiting import scaled, wait_for
 
 pytestmark = pytest.mark.kernel
 

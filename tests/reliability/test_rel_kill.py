@@ -13,18 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonHarness, Victims, halted_why
-from tests.conftest import Victim, wait_for
-from tests.reliability.rel_helpers import (
-    check_bigmem_core,
-    check_listing,
-    integrity,
-    partials,
-    pending_rows,
-    seeded_rng,
-)
 
-from snapd_testlib import MIN_WAIT_S, scaled
+from support.cores import check_bigmem_core
+from support.daemon import DaemonHarness, Victims
+from support.proc import child_states, halted_why
+from support.rng import seeded_rng
+from support.statedir import check_listing, integrity, partials, pending_rows
+from support.victims import Victim
+from support.waiting import MIN_WAIT_S, scaled, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -60,16 +56,7 @@ class Big:
 
 def zombie_children(pid: int) -> int:
     """Zombies whose parent is ``pid`` (a fork snapshot's child that nobody reaped)."""
-    n = 0
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                data = Path(f"/proc/{d}/stat").read_bytes()
-            except OSError:
-                continue
-            f = data[data.rindex(b")") + 2 :].split()
-            n += f[0] == b"Z" and int(f[1]) == pid
-    return n
+    return sum(state == "Z" for state in child_states(pid).values())
 
 
 def rule(name: str, pid: int, extra_action: str) -> str:

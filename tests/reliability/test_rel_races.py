@@ -12,49 +12,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonHarness, Victims, halted_why
-from tests.conftest import Victim, wait_for
-from tests.reliability.rel_helpers import (
-    check_listing,
-    elf_segments,
-    integrity,
-    partials,
-    pending_rows,
-    seeded_rng,
-)
 
+from snapd import procfs
 from snapd.core import write_core
+from support.cores import elf_segments
+from support.daemon import DaemonHarness, Victims
+from support.proc import child_states, halted_why, pids_of_exe
+from support.rng import seeded_rng
+from support.statedir import check_listing, integrity, partials, pending_rows
+from support.victims import Victim
+from support.waiting import scaled, wait_for
 
 pytestmark = pytest.mark.kernel
 
 GONE = ("exited", "no such process", "is a zombie")
 
 
-def processes_running(exe: Path) -> list[int]:
-    """Pids whose executable is ``exe`` (a victim, or a snapshot child left behind)."""
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                if os.readlink(f"/proc/{d}/exe") == str(exe):
-                    out.append(int(d))
-            except OSError:
-                continue
-    return out
-
-
 def stopped_children(pid: int) -> list[int]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                data = Path(f"/proc/{d}/stat").read_bytes()
-            except OSError:
-                continue
-            f = data[data.rindex(b")") + 2 :].split()
-            if int(f[1]) == pid and f[0] in (b"T", b"t"):
-                out.append(int(d))
-    return out
+    return [c for c, state in child_states(pid).items() if state in ("T", "t")]
 
 
 def gcore(snapd_cmd: list[str], out: Path, pid: int, mode: str) -> subprocess.Popen[str]:
@@ -97,7 +72,7 @@ def test_gcore_target_exits_mid_dump(
         v = spawn([exe, 384, 384])
         p = gcore(snapd_cmd, tmp_path / f"core{i}", v.pid, mode)
         # The dump has begun once its temp file exists (polled every ms); then a random moment.
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + scaled(30)
         while not partials(tmp_path) and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.001)
         time.sleep(rng.uniform(0, 0.15))
@@ -113,7 +88,7 @@ def test_gcore_target_exits_mid_dump(
         v.proc.wait(10)
         assert not partials(tmp_path), f"{where}: {os.listdir(tmp_path)}"
         # The fork snapshot's child dies with the dump (PTRACE_O_EXITKILL, SIGKILL and wait).
-        wait_for(lambda: not processes_running(exe), 5, f"{where}: no process of {exe.name} left")
+        wait_for(lambda: not pids_of_exe(exe), 5, f"{where}: no process of {exe.name} left")
         for f in tmp_path.glob("core*"):
             f.unlink()
     print(f"\nseed {seed} target {how} mid-dump: {results}")
@@ -143,7 +118,7 @@ def test_gcore_target_execs_mid_dump(
         assert not partials(tmp_path), where
         wait_for(lambda: halted_why(v.pid) is None, 5, f"{where}: the victim to run ({halted_why(v.pid)})")
         assert v.alive()
-    gen = int(Path(f"/proc/{v.pid}/cmdline").read_bytes().split(b"\0")[3] or b"0")
+    gen = int(procfs.cmdline(v.pid).split(b"\0")[3] or b"0")
     print(f"\nexec mid-dump: {results}; the victim exec'd {gen} times")
     assert gen > 12  # it did exec all along
     assert sum(n for k, n in results.items() if k.endswith(":core")) >= 6, results

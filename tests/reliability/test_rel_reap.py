@@ -14,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.conftest import Victim
+
+from support.victims import Victim
 
 pytestmark = pytest.mark.kernel
 

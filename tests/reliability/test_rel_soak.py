@@ -7,9 +7,11 @@ from __future__ import annotations
 import os
 
 import pytest
-from daemon_helpers import DaemonHarness, Victims, halted_why
-from tests.reliability.rel_helpers import check_listing, integrity, partials
-from tests.reliability.soak import DAEMON_ARGS, rules, run_soak
+
+from support.daemon import DaemonHarness, Victims
+from support.proc import halted_why
+from support.soak import DAEMON_ARGS, rules, run_soak
+from support.statedir import check_listing, integrity, partials
 
 pytestmark = pytest.mark.kernel
 

@@ -11,11 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon_helpers import DaemonHarness, Victims, halted_why, syscall_rule
-from tests.conftest import Victim, wait_for
-from tests.reliability.rel_helpers import check_listing, partials
 
-from snapd_testlib import scaled, thread_states
+from support.daemon import DaemonHarness, Victims, syscall_rule
+from support.proc import halted_why, thread_states
+from support.statedir import check_listing, partials
+from support.victims import Victim
+from support.waiting import scaled, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -50,7 +51,8 @@ def test_already_traced_target(
         last = int(e["id"])
         took = time.monotonic() - t0
         status = str(e["status"])
-        assert status.startswith("failed") and f"already traced by pid {tracer.pid} (rel_tracer)" in status, e
+        traced = f"already traced by pid {tracer.pid} ({tracer_exe.name})"
+        assert status.startswith("failed") and traced in status, e
         assert took < scaled(10), f"round {i}: {took:.1f}s to give up on a traced target"
         lines = [ln for ln in daemon.log_text().splitlines() if f"already traced by pid {tracer.pid}" in ln]
         assert len(lines) == 1 and lines[0].split(" ", 1)[1].startswith("ERROR: rule t: "), lines

@@ -7,14 +7,15 @@ import ctypes
 import os
 
 import pytest
-from rpt_helpers import dump, functions, in_syscall, thread_of
 
 from snapd.freeze import halt
 from snapd.procfs import maps
 from snapd.report import MAX_EVENT_STACK, EventStack, render_text, run_report
 from snapd.sys import ptrace as pt
 from snapd.sys.uio import process_vm_readv
-from snapd_testlib import wait_for
+from support.proc import in_syscall
+from support.report import dump, functions, thread_of
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -33,7 +34,8 @@ def record_event(pid: int, tid: int) -> EventStack:
 
 
 def test_at_the_event_shows_the_first_function(compile_victim, spawn, tmp_path):
-    v = spawn([compile_victim("rpt_event")])
+    exe = compile_victim("rpt_event")
+    v = spawn([exe])
     tid = int(v.ready_line.split()[1])
     wait_for(lambda: in_syscall(v.pid, tid, 0), what="worker in read(2)")
     event = record_event(v.pid, tid)
@@ -57,7 +59,7 @@ def test_at_the_event_shows_the_first_function(compile_victim, spawn, tmp_path):
     assert at["frames"][0]["pc"] == event.pc
     text = render_text(rep)
     head = text.split("  at the snapshot:")[0]
-    assert "  at the event:" in head and " rpt_first_function (rpt_event + 0x" in head
+    assert "  at the event:" in head and f" rpt_first_function ({exe.name} + 0x" in head
     # the other threads have no event
     assert all(x["at_event"] is None for x in rep["threads"] if x["tid"] != tid)
 

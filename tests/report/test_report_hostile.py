@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from rpt_helpers import dump, functions, thread_of
 
 from snapd.report import ReportLimits, render_text, run_report
 from snapd.report.corefile import NT_AUXV, NT_FILE, NT_PRPSINFO, NT_PRSTATUS, read_notes
 from snapd.report.derived import Piece, build_core
+from support.report import dump, functions, thread_of
 
 pytestmark = pytest.mark.kernel
 

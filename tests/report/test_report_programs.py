@@ -10,10 +10,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from rpt_helpers import context_of, dump, functions, gdb_backtraces, thread_of
 
+from snapd import procfs
 from snapd.report import render_text, run_report, where
-from snapd_testlib import wait_for
+from support.gdb import gdb_backtraces
+from support.proc import context_of
+from support.report import dump, functions, thread_of
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -55,7 +58,7 @@ def redis(tmp_path):
     )
     try:
         wait_for(lambda: log.exists() and "ready to accept connections" in log.read_text(), 30, "redis ready")
-        wait_for(lambda: len(os.listdir(f"/proc/{proc.pid}/task")) >= 4, 30, "redis threads")
+        wait_for(lambda: len(procfs.tids(proc.pid)) >= 4, 30, "redis threads")
         yield proc
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -88,12 +91,10 @@ def test_redis_server(redis, tmp_path):
     assert any(m["path"] == exe and m["build_id"] for m in rep["modules"])
 
 
-def test_package_note(spawn, tmp_path):
+def test_package_note(compile_victim, spawn, tmp_path):
     # ld >= 2.39 writes the note (.note.package), as Fedora's and systemd's builds do
     meta = "--package-metadata=" + json.dumps(PACKAGE, separators=(",", ":"))
-    exe = tmp_path / "pkgvictim"
-    src = Path(__file__).parent.parent / "victims" / "threads.c"
-    subprocess.run(["gcc", "-g", "-O0", "-pthread", "-o", str(exe), str(src), "-Xlinker", meta], check=True)
+    exe = compile_victim("threads", "-Xlinker", meta)
     v = spawn([exe])
     core = dump(v.pid, tmp_path / "core.pkg")
     rep = run_report(str(core))

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from rpt_helpers import context_of, dump, in_syscall, thread_of
 
 from snapd.report import render_text, run_report, where
-from snapd_testlib import wait_for
+from support.proc import context_of, in_syscall
+from support.report import dump, thread_of
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 
 import pytest
-from rpt_helpers import context_of, dump, functions, gdb_backtraces, in_syscall, thread_of
 
+from snapd import procfs
 from snapd.report import ReportLimits, render_text, run_report, where
-from snapd_testlib import wait_for
+from support.gdb import gdb_backtraces
+from support.proc import context_of, in_syscall
+from support.report import dump, functions, thread_of
+from support.waiting import scaled, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -32,7 +34,7 @@ def threads_core(compile_victim, spawn, tmp_path):
 
 def test_every_function_gdb_shows_is_in_the_report(threads_core):
     exe, v, core = threads_core
-    tids = sorted(int(t) for t in os.listdir(f"/proc/{v.pid}/task"))
+    tids = procfs.tids(v.pid)
     firing = tids[2]
     rep = run_report(str(core), firing_tid=firing, context=context_of(v.pid))
     assert rep["error"] is None, rep["error"]
@@ -49,8 +51,8 @@ def test_every_function_gdb_shows_is_in_the_report(threads_core):
         for name in set(names) & ours:
             assert name in mine, (tid, name, mine)
         assert set(names) & ours, names
-        assert f"Stack trace of thread {tid} (threads)" in text
-    assert f"Stack trace of thread {firing} (threads) [fired the rule]:" in text.splitlines()[0]
+        assert f"Stack trace of thread {tid} ({exe.name})" in text
+    assert f"Stack trace of thread {firing} ({exe.name}) [fired the rule]:" in text.splitlines()[0]
     # JSON: the shape of the issue, with pc/offset as integers and file:line from -g
     frame = next(f for f in thread_of(rep, tids[0])["frames"] if f["function"] == "main_wait")
     assert set(frame) >= {"pc", "function", "module", "offset", "file", "line"}
@@ -71,8 +73,8 @@ def test_inspect_stacks_text_and_json(threads_core, snapd_cmd):
     )
     assert r.returncode == 0, r.stderr
     for name in ("worker_alpha", "worker_beta", "worker_gamma", "main_wait"):
-        assert f" {name} (threads + 0x" in r.stdout, r.stdout
-    assert f"Stack trace of thread {v.pid} (threads)" in r.stdout
+        assert f" {name} ({exe.name} + 0x" in r.stdout, r.stdout
+    assert f"Stack trace of thread {v.pid} ({exe.name})" in r.stdout
     assert "Module " + str(exe) + " with build-id " in r.stdout
     r = subprocess.run(
         [*snapd_cmd, "inspect", str(core), "--stacks", "--json", "--tid", str(v.pid)],
@@ -110,7 +112,7 @@ def test_stripped_binary_gives_module_and_offset(compile_victim, spawn, tmp_path
         assert mine, t
         assert all(f["offset"] is not None and 0 < f["offset"] < 1 << 20 for f in mine)
         assert not {"worker_alpha", "park", "main_wait"} & set(functions(t))
-    assert "(threads-s + 0x" in render_text(rep)
+    assert f"({exe.name} + 0x" in render_text(rep)
 
 
 def test_start_report_polls_without_blocking(threads_core):
@@ -123,7 +125,7 @@ def test_start_report_polls_without_blocking(threads_core):
     sel = selectors.DefaultSelector()
     sel.register(job.fileno(), selectors.EVENT_READ)
     rep = job.step(0)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + scaled(60)
     while rep is None and time.monotonic() < deadline:
         sel.select(1.0)
         rep = job.step(0)

@@ -434,6 +434,7 @@ _yaml_values = st.recursive(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(_keys, _yaml_values, max_size=7))
 def test_random_yaml_only_raises_rule_error(doc: dict[str, object]) -> None:

@@ -28,22 +28,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import sec_helpers
-from ctl_helpers import DaemonLikeHandler, take
-from daemon_helpers import DaemonHarness, syscall_rule
-from sec_helpers import NOBODY, Hostile, vm_kib
-from tests.conftest import wait_for
 
 from snapd.ctl import CtlServer
 from snapd.ctl.client import Client
 from snapd.store import Catalog, Retention
-from snapd_testlib import scaled
+from support.ctl import DaemonLikeHandler, take
+from support.daemon import DaemonHarness, syscall_rule
+from support.hostile import NOBODY, Hostile
+from support.proc import vm_kib
+from support.waiting import scaled, wait_for
 
 PROMPT_S = scaled(2.0)  # another client's request is answered within this, whatever a flooder does
-
-# fixtures (see sec_helpers: no conftest.py here)
-hostile = sec_helpers.hostile
-sec_daemon = sec_helpers.sec_daemon
 
 
 def raw(path: str, timeout: float = 10) -> socket.socket:
@@ -243,6 +238,7 @@ def server(tmp_path: Path) -> Iterator[Callable[[], CtlServer]]:
     os.rmdir(d)
 
 
+@pytest.mark.slow
 def test_pipelining_client_is_held_back(server: Callable[[], CtlServer]) -> None:
     srv = server()
     f = Flooder(srv.path, b'{"cmd":"list-cores"}\n', 50_000)

@@ -10,16 +10,13 @@ import stat
 from pathlib import Path
 
 import pytest
-import sec_helpers
-from daemon_helpers import DaemonHarness, syscall_rule
-from sec_helpers import Hostile
-from tests.conftest import wait_for
+
+from support.daemon import DaemonHarness, syscall_rule
+from support.hostile import Hostile
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 
-# fixtures (see sec_helpers: no conftest.py here)
-hostile = sec_helpers.hostile
-sec_daemon = sec_helpers.sec_daemon
 
 SHELLY = "$(id>p);`id`'\"\n"  # 15 bytes of shell syntax and a newline
 ESCAPES = "\x1b[2J\x1b]0;x\x07\x9b1m"

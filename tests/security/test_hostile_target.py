@@ -11,23 +11,21 @@ come from real processes, through the real writer, catalog and daemon."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-import sec_helpers
-from daemon_helpers import DaemonHarness, DVictim, halted_why, syscall_rule
-from sec_helpers import Hostile
-from tests.conftest import wait_for
+
+from snapd import procfs
+from support.daemon import DaemonHarness, DVictim, syscall_rule
+from support.hostile import Hostile
+from support.proc import children_of, halted_why
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 
-# fixtures (see sec_helpers: no conftest.py here)
-hostile = sec_helpers.hostile
-sec_daemon = sec_helpers.sec_daemon
 
 EVIL_COMM = "\x1b[2J\x1b]0;x\x07\nA B"  # clear screen, set title, newline, space: 14 bytes
 EVIL_FILE = "sec \x1b[31mred\x1b[0m\nx"  # an executable's file name
@@ -57,11 +55,8 @@ def gcore_and_inspect(snapd: list[str], pid: int, out: Path) -> str:
 
 def host_pid_of_child(parent: int) -> int:
     def child() -> int | None:
-        for tid in os.listdir(f"/proc/{parent}/task"):
-            kids = Path(f"/proc/{parent}/task/{tid}/children").read_text().split()
-            if kids:
-                return int(kids[0])
-        return None
+        kids = children_of(parent)
+        return kids[0] if kids else None
 
     return wait_for(child, 10, f"the child of {parent}")  # type: ignore[return-value]
 
@@ -90,7 +85,7 @@ def test_hostile_targets(
     evil_exe = tmp_path / EVIL_FILE
     shutil.copy(exe, evil_exe)
     evil = hostile(EVIL_COMM, exe=evil_exe)
-    assert Path(f"/proc/{evil.pid}/comm").read_bytes() == EVIL_COMM.encode() + b"\n"
+    assert procfs.read_bytes(f"/proc/{evil.pid}/comm") == EVIL_COMM.encode() + b"\n"
     text = gcore_and_inspect(snapd_cmd, evil.pid, out)
     assert "(\\x1b[2J\\x1b]0;x\\x07\\nA B)" in text  # comm, escaped
     assert "sec \\x1b[31mred\\x1b[0m\\nx" in text  # the file name of its mappings, escaped
@@ -107,7 +102,7 @@ def test_hostile_targets(
     ns = hostile("nsvictim", prefix=("unshare", "--pid", "--fork", "--mount-proc"))
     assert ns.victim.ready_line == "ready 1"
     inner = host_pid_of_child(ns.pid)
-    assert Path(f"/proc/{inner}/comm").read_text() == "nsvictim\n"
+    assert procfs.comm(inner) == "nsvictim"
     gcore_and_inspect(snapd_cmd, inner, out)
     ns_victim = DVictim(ns.victim, exe)  # its stdin/stdout are the unshare process's
     ns_victim.pid = inner

@@ -15,26 +15,26 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import sec_helpers
-from sec_helpers import Hostile
 
+from snapd import procfs
 from snapd.probe import layout
 from snapd.probe.probes import SOURCE, Probes
 from snapd.probe.targets import NO_CGROUP, compile_glob, fnv1a
 from snapd.rules import Rule, parse_rule
+from support.hostile import Hostile
+from support.victims import SESSION_TAG
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 
-CORPUS = Path(__file__).with_name("corpus")
-HOSTILE_COMM = '");/*x*/#d'  # 10 bytes: C string end, statement end, comment, preprocessor
-
-# fixtures (see sec_helpers: no conftest.py here)
-hostile = sec_helpers.hostile
+# C string end, statement end, comment, preprocessor, and the session's tag (a comm rule here
+# must not match another test run's victim): 14 bytes
+HOSTILE_COMM = '");/*x*/#d' + SESSION_TAG
 
 
-def accepted_inject_rules() -> list[Rule]:
+def accepted_inject_rules(corpus: Path) -> list[Rule]:
     out = []
-    for p in sorted(CORPUS.glob("inject-*.yaml")):
+    for p in sorted(corpus.glob("inject-*.yaml")):
         rule, _ = parse_rule(p.read_bytes(), str(p))
         if rule is not None:
             out.append(rule)
@@ -46,12 +46,11 @@ def prog_tags() -> list[str]:
     tags = []
     for fd in os.listdir("/proc/self/fdinfo"):
         try:
-            text = Path(f"/proc/self/fdinfo/{fd}").read_text()
+            info = procfs.parse_status(procfs.read_bytes(f"/proc/self/fdinfo/{fd}"))
         except OSError:
             continue
-        m = re.search(r"^prog_tag:\s*(\S+)", text, re.M)
-        if m:
-            tags.append(m.group(1))
+        if "prog_tag" in info:
+            tags.append(info["prog_tag"])
     return sorted(tags)
 
 
@@ -91,9 +90,9 @@ def check_row(p: Probes, rule: Rule) -> None:
 
 
 def test_hostile_rules_compile_identically_and_are_stored_as_data(
-    bpf_builds: list[dict[str, object]],
+    bpf_builds: list[dict[str, object]], rule_corpus: Path
 ) -> None:
-    rules = accepted_inject_rules()
+    rules = accepted_inject_rules(rule_corpus)
     kinds = {Path(r.path).name.rsplit("-", 1)[0] for r in rules}
     assert (
         len(rules) >= 50
@@ -135,7 +134,7 @@ def test_hostile_comm_pattern_selects_that_process_as_data(
     named fires, with its name in the event; a process named differently does not."""
     v = hostile(HOSTILE_COMM)
     other = hostile("plain")
-    assert Path(f"/proc/{v.pid}/comm").read_text().rstrip("\n") == HOSTILE_COMM
+    assert procfs.comm(v.pid) == HOSTILE_COMM
     rule, errs = parse_rule(
         f"name: inj\ntarget: {{comm: '{HOSTILE_COMM}'}}\ntrigger: {{syscall: getppid}}\n", "inj.yaml"
     )
@@ -145,8 +144,10 @@ def test_hostile_comm_pattern_selects_that_process_as_data(
         other.cmd("g 3")
         v.cmd("g 2")
         events = []
-        for _ in range(50):
-            events += p.poll(100)
-            if len(events) >= 2:
-                break
+
+        def two() -> bool:
+            events.extend(p.poll(100))
+            return len(events) >= 2
+
+        wait_for(two, what="the two firings of the hostile comm")
         assert [(e.pid, e.comm, e.syscall) for e in events] == [(v.pid, HOSTILE_COMM, "getppid")] * 2

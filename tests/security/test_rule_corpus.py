@@ -1,6 +1,7 @@
-"""The malformed-rule corpus (tests/security/corpus/, made by make_corpus.py): every file is
-refused with RuleErrors naming file:line:col (or, for valid-*/inject-*, loaded), in bounded time
-and memory, and nothing else is ever raised."""
+"""The malformed-rule corpus (support.rulecorpus: the seeds in tests/security/corpus/ and what
+is generated from them at collection time): every file is refused with RuleErrors naming
+file:line:col (or, for valid-*/inject-*, loaded), in bounded time and memory, and nothing else
+is ever raised."""
 
 from __future__ import annotations
 
@@ -17,18 +18,19 @@ from pathlib import Path
 import pytest
 
 from snapd.rules import MAX_FILE_BYTES, RuleError, check_file
-from snapd_testlib import parse_cpu, yaml_cpu_budget
+from support import rulecorpus
+from support.budget import parse_cpu, yaml_cpu_budget
 
-CORPUS = Path(__file__).with_name("corpus")
-FILES = sorted(p.name for p in CORPUS.iterdir())
+FILES = rulecorpus.names()
 MEM_LIMIT = 1 << 30  # RLIMIT_AS of the subprocess that loads the whole corpus
 RSS_GROWTH_MIB = 64  # what loading all of it may add to that process's peak RSS
 
 
-def test_corpus_is_large_and_varied() -> None:
+def test_corpus_is_varied() -> None:
     kinds = {n.split("-")[0] for n in FILES}
-    assert len(FILES) >= 600, len(FILES)
     assert {"truncated", "deep", "huge", "bomb", "tag", "enc", "nul", "dup", "type", "inject"} <= kinds
+    # the seeds are kept as files, the families generated: neither shadows the other
+    assert set(rulecorpus.seeds()).isdisjoint(rulecorpus.generated())
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +39,8 @@ def cpu_budget() -> Callable[[int], float]:
 
 
 @pytest.mark.parametrize("name", FILES)
-def test_corpus_file(name: str, cpu_budget: Callable[[int], float]) -> None:
-    path = CORPUS / name
+def test_corpus_file(name: str, rule_corpus: Path, cpu_budget: Callable[[int], float]) -> None:
+    path = rule_corpus / name
     data = path.read_bytes()
     # anything but RuleError fails the test right here
     (rule, errors), cpu, budget = parse_cpu(lambda: check_file(path), len(data))
@@ -75,7 +77,8 @@ print(json.dumps({"base_kib": base, "files": out}))
 """
 
 
-def test_corpus_memory_bounded() -> None:
+@pytest.mark.slow
+def test_corpus_memory_bounded(rule_corpus: Path) -> None:
     """The whole corpus in one process under RLIMIT_AS = 1 GiB: it finishes, and no file raises
     the peak RSS by more than a few MiB (a bomb that expanded would take GiBs)."""
 
@@ -83,7 +86,7 @@ def test_corpus_memory_bounded() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (MEM_LIMIT, MEM_LIMIT))
 
     r = subprocess.run(
-        [sys.executable, "-c", _LOADER, str(CORPUS)],
+        [sys.executable, "-c", _LOADER, str(rule_corpus)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -114,6 +117,7 @@ def test_over_cap_file_not_read_whole(tmp_path: Path, cpu_budget: Callable[[int]
 
 
 def test_check_prints_hostile_names_and_keys_safely(tmp_path: Path, snapd_cmd: list[str]) -> None:
+    seeds = rulecorpus.SEEDS
     """`snapd check` on files someone else wrote: a file name with an escape sequence, a
     newline and a byte that is not UTF-8, and keys/placeholders with escapes, give one
     printable line per problem (before the fix: raw ESC [ 2 J on the terminal, and a
@@ -121,9 +125,9 @@ def test_check_prints_hostile_names_and_keys_safely(tmp_path: Path, snapd_cmd: l
     d = tmp_path / "rules"
     d.mkdir()
     evil = os.fsdecode(b"\x1b[2J\n\xff")
-    (d / f"{evil}.yaml").write_bytes((CORPUS / "ctl-escape-in-key.yaml").read_bytes())
+    (d / f"{evil}.yaml").write_bytes((seeds / "ctl-escape-in-key.yaml").read_bytes())
     (d / f"ok-{evil}.yaml").write_text("name: fine\ntarget: {comm: x}\ntrigger: {every: 10s}\n")
-    (d / "placeholder.yaml").write_bytes((CORPUS / "ctl-escape-in-placeholder.yaml").read_bytes())
+    (d / "placeholder.yaml").write_bytes((seeds / "ctl-escape-in-placeholder.yaml").read_bytes())
     r = subprocess.run(
         [*snapd_cmd, "check", "--no-load", str(d)],
         capture_output=True,

@@ -10,6 +10,7 @@ import re
 import unicodedata
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -18,7 +19,7 @@ from snapd.rules import Rule, RuleError, SyscallTrigger, parse_rule
 from snapd.rules.builder import NAME_RE, glob_problem
 from snapd.rules.expr import MAX_INSNS, Field, Insn, Op, compile_expr
 from snapd.template import NameFields, expand
-from snapd_testlib import parse_cpu
+from support.budget import parse_cpu
 
 STRUCTURED_EXAMPLES = 1500
 MUTATION_EXAMPLES = 1000
@@ -169,6 +170,7 @@ def check_result(path: str, rule: Rule | None, errors: list[RuleError]) -> None:
         assert rule.action.run[0].startswith("/")
 
 
+@pytest.mark.slow
 @settings(
     max_examples=STRUCTURED_EXAMPLES,
     deadline=None,
@@ -217,6 +219,7 @@ _NOISE = st.sampled_from(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=MUTATION_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     edits=st.lists(

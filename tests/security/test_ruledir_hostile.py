@@ -17,14 +17,14 @@ import stat
 from pathlib import Path
 
 import pytest
-import sec_helpers
-from daemon_helpers import DaemonHarness, syscall_rule
-from sec_helpers import NOBODY, Hostile, vm_kib
-from tests.conftest import wait_for
+
+from support.daemon import DaemonHarness, syscall_rule
+from support.hostile import NOBODY, Hostile
+from support.proc import vm_kib
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 FOLLOW_S = 5.0
-CORPUS = Path(__file__).with_name("corpus")
 BOMBS = [
     "bomb-billion-laughs.yaml",
     "bomb-quadratic.yaml",
@@ -40,10 +40,6 @@ BOMBS = [
     "dup-target.yaml",
     "inject-comm-00.yaml",
 ]
-
-# fixtures (see sec_helpers: no conftest.py here)
-hostile = sec_helpers.hostile
-sec_daemon = sec_helpers.sec_daemon
 
 
 def refused(daemon: DaemonHarness) -> dict[str, list[str]]:
@@ -79,7 +75,7 @@ def plant_specials(rules: Path, tmp: Path, tag: str) -> dict[str, str]:
 
 
 def test_special_files_and_bombs_in_the_rules_dir(
-    sec_daemon: DaemonHarness, hostile: Hostile, tmp_path: Path
+    sec_daemon: DaemonHarness, hostile: Hostile, tmp_path: Path, rule_corpus: Path
 ) -> None:
     d = sec_daemon
     v = hostile("plain")
@@ -97,7 +93,7 @@ def test_special_files_and_bombs_in_the_rules_dir(
     hwm = vm_kib(d.pid, "VmHWM")
     expected.update(plant_specials(d.rules, tmp_path, "b"))
     for name in BOMBS:
-        shutil.copyfile(CORPUS / name, d.rules / name)
+        shutil.copyfile(rule_corpus / name, d.rules / name)
         os.chmod(d.rules / name, 0o644)
     wait_for(lambda: set(expected) | set(BOMBS) <= set(refused(d)), 30, "every entry to be refused")
     bad = refused(d)

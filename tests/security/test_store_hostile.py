@@ -14,20 +14,15 @@ import stat
 from pathlib import Path
 
 import pytest
-import sec_helpers
-from daemon_helpers import DaemonHarness, syscall_rule
-from sec_helpers import Hostile
-from tests.conftest import wait_for
 
 from snapd.template import NameFields, expand
+from support.daemon import DaemonHarness, syscall_rule
+from support.hostile import Hostile
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 
 COMMS = ["../..\n/x\x1b[2J", "-rf --help", "..", ".hidden", "a/b\\c\td"]
-
-# fixtures (see sec_helpers: no conftest.py here)
-hostile = sec_helpers.hostile
-sec_daemon = sec_helpers.sec_daemon
 
 
 def test_hostile_comms_with_planted_links(

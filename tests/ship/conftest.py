@@ -3,12 +3,19 @@ the credentials file and upload config that point at it."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from weed_server import BUCKET, KEY, SECRET, Weed, weed_binary
+
+from support.weed import BUCKET, KEY, SECRET, Weed, weed_binary, write_credentials
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that starts a real SeaweedFS takes seconds: it is `slow` (out of the fast lane)."""
+    for item in items:
+        if {"weed", "fresh_weed"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="module")
@@ -28,13 +35,6 @@ def fresh_weed(tmp_path: Path) -> Iterator[Weed]:
     w.start()
     yield w
     w.stop()
-
-
-def write_credentials(path: Path, key: str = KEY, secret: str = SECRET) -> Path:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(f"[default]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n")
-    return path
 
 
 @pytest.fixture

@@ -1,17 +1,9 @@
-"""Helpers shared by the ship tests (a module with a unique name; see tests/snapd_testlib.py)."""
+"""Deprecated: moved to support.ship and support.gdb; import from there. This re-export keeps
+tests written against the old name working until the lead removes it."""
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
+from support.gdb import GDB_QUIET
+from support.ship import VICTIM, build
 
-VICTIM = Path(__file__).parent.parent / "victims" / "ship_victim.c"
-GDB_QUIET = ["-nx", "-batch", "-iex", "set debuginfod enabled off"]
-
-
-def build(out: Path, tag: str = "one") -> Path:
-    """Compile tests/victims/ship_victim.c to ``out``; another ``tag`` gives another build-id."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = ["gcc", "-g", "-O0", "-pthread", "-fno-omit-frame-pointer", f'-DTAG="{tag}"']
-    subprocess.run([*cmd, "-o", str(out), str(VICTIM)], check=True)
-    return out
+__all__ = ["GDB_QUIET", "VICTIM", "build"]

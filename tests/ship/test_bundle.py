@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from ship_helpers import GDB_QUIET, build
 
 from snapd.core import write_core
 from snapd.ship import sparse
@@ -20,6 +19,8 @@ from snapd.ship.elfcache import ElfCache
 from snapd.ship.elfid import file_build_id, read_core_files
 from snapd.ship.elfsource import Chain, HostFiles
 from snapd.ship.errors import CacheError
+from support.gdb import GDB_QUIET
+from support.ship import build, build_in
 
 pytestmark = pytest.mark.kernel
 
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.kernel
 @pytest.fixture
 def cored(tmp_path, spawn):
     """(exe, core) of ship_victim run from a directory of its own."""
-    exe = build(tmp_path / "app" / "ship_victim")
+    exe = build_in(tmp_path / "app")
     v = spawn([exe])
     core = tmp_path / "core"
     write_core(v.pid, str(core))
@@ -57,7 +58,7 @@ def test_bundle_opens_with_backtraces_after_the_binaries_are_deleted(cored, snap
     b = tmp_path / "b.snapd"
     assert b.stat().st_mode & 0o777 == 0o600
     m = read_manifest(str(b))
-    assert m.exe == str(exe) and m.comm == "ship_victim"
+    assert m.exe == str(exe) and m.comm == exe.name
     paths = {f.path for f in m.files}
     assert str(exe) in paths and any("/libc.so" in p for p in paths)
     assert all(f.verified for f in m.files)
@@ -129,7 +130,7 @@ def test_exe_option_is_checked_by_build_id(cored, snapd_cmd, tmp_path):
     exe.unlink()
     m = write_bundle(str(core), str(tmp_path / "ok.snapd"), exe=str(moved))
     assert str(exe) in {f.path for f in m.files}
-    other = build(tmp_path / "other" / "ship_victim", tag="other")
+    other = build_in(tmp_path / "other", tag="other")
     r = subprocess.run(
         [*snapd_cmd, "bundle", str(core), "--exe", str(other), "-o", str(tmp_path / "x.snapd")],
         capture_output=True,
@@ -152,13 +153,13 @@ def test_inspect_and_debug_take_compressed_cores_and_bundles(cored, snapd_cmd, t
         )
         assert r.returncode == 0, r.stderr
         v = json.loads(r.stdout)
-        assert v["comm"] == "ship_victim" and len(v["threads"]) == 2 and v["path"] == str(f)
+        assert v["comm"] == exe.name and len(v["threads"]) == 2 and v["path"] == str(f)
     out = debug(snapd_cmd, Path(z.path), *GDB_QUIET, "-ex", "bt", str(exe))
     assert "ship_victim_leaf_wait" in out.stdout, out.stdout + out.stderr
 
 
 def test_elf_cache_dedups_links_and_copies(tmp_path):
-    exe = build(tmp_path / "a" / "ship_victim")
+    exe = build_in(tmp_path / "a")
     c = ElfCache(str(tmp_path / "cache"))
     k1 = c.keep(str(exe))
     assert k1.how == "link" and os.stat(k1.path).st_ino == exe.stat().st_ino  # same file system

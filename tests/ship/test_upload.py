@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ship_helpers import GDB_QUIET, build
 
 from snapd.core import write_core
 from snapd.ship.bundle import write_bundle
@@ -23,7 +22,9 @@ from snapd.ship.errors import ConfigError
 from snapd.ship.s3 import make_client
 from snapd.ship.upload import Uploader, UploadResult, job_for
 from snapd.ship.uploadstate import JsonStateStore
-from snapd_testlib import wait_for
+from support.gdb import GDB_QUIET
+from support.ship import build_in
+from support.waiting import wait_for
 
 MiB = 1 << 20
 FAST = {"retry_min": 0.2, "retry_max": 1.0}
@@ -289,7 +290,7 @@ def test_wrong_credentials_or_missing_bucket(weed, upload_yaml, tmp_path, caplog
 def test_a_core_goes_to_the_store_and_debugs_elsewhere(weed, upload_yaml, tmp_path, spawn, snapd_cmd):
     """The issue's "done when": bundle here, upload, fetch, and full backtraces once the
     program's binaries are gone."""
-    exe = build(tmp_path / "app" / "ship_victim")
+    exe = build_in(tmp_path / "app")
     v = spawn([exe])
     write_core(v.pid, str(tmp_path / "core"))
     b = tmp_path / "core.snapd"

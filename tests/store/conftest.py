@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from store_helpers import write_like_core_writer
 
 from snapd.core.info import CoreInfo
 from snapd.store import Catalog, Entry, Retention
+from support.standin import write_like_core_writer
 
 
 @pytest.fixture

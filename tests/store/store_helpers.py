@@ -1,23 +1,17 @@
-"""Helpers shared by the store tests and the child processes they start (importable by name)."""
+"""Deprecated: moved to support.standin and support.waiting; import from there. This re-export
+keeps tests written against the old name working until the lead removes it (a child process
+that imports it by path finds the support package beside it)."""
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Callable
+import sys
 from pathlib import Path
 
-from snapd.core.info import CoreInfo
+_TESTS = str(Path(__file__).resolve().parents[1])
+if _TESTS not in sys.path:
+    sys.path.append(_TESTS)
 
-# Loaded by path: child processes import this module without the tests directory on sys.path.
-_root = importlib.util.spec_from_file_location(
-    "_snapd_testlib", Path(__file__).resolve().parents[1] / "snapd_testlib.py"
-)
-assert _root is not None and _root.loader is not None
-_mod = importlib.util.module_from_spec(_root)
-_root.loader.exec_module(_mod)
-#: tests/snapd_testlib.py's poller (no sleep-then-assert).
-wait_for: Callable[..., object] = _mod.wait_for
+from support.standin import write_like_core_writer  # noqa: E402
+from support.waiting import wait_for  # noqa: E402
 
-
-#: a writer following snapd.core's contract (temp file, link, never replace), for catalog tests
-write_like_core_writer: Callable[..., CoreInfo] = _mod.write_like_core_writer
+__all__ = ["wait_for", "write_like_core_writer"]

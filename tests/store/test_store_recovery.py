@@ -11,9 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from store_helpers import wait_for
 
 from snapd.store import PARTIAL_PREFIX, Catalog, Entry, StoreError
+from support.paths import child_env
+from support.waiting import wait_for
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -94,10 +95,9 @@ _CHURN = textwrap.dedent(
     """
     import os, sys
     sys.path.insert(0, {src!r})
-    sys.path.insert(0, {here!r})
-    from store_helpers import write_like_core_writer
     from snapd.store import Catalog, Retention
     from snapd.store.retention import ByteLimit
+    from support.standin import write_like_core_writer
     cat = Catalog({state!r}, Retention(max_use=ByteLimit(64 * 1024), keep_free=None))
     print("ready", flush=True)
     n = 0
@@ -125,9 +125,8 @@ def test_sigkill_mid_transaction_leaves_sound_db(state_dir: Path, spawn: Callabl
 
 
 def test_sigkill_during_churn_repeatedly(state_dir: Path, spawn: Callable[..., object]) -> None:
-    here = str(Path(__file__).parent)
     for round_ in range(6):
-        v = spawn([sys.executable, "-c", _CHURN.format(src=SRC, here=here, state=str(state_dir))])
+        v = spawn([sys.executable, "-c", _CHURN.format(src=SRC, state=str(state_dir))], env=child_env())
         target = 5 + round_ * 7
         db = state_dir / "catalog.db"
 

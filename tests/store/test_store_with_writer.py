@@ -9,10 +9,11 @@ import subprocess
 from collections.abc import Callable
 
 import pytest
-from store_helpers import wait_for
 
+from snapd import procfs
 from snapd.procfs.context import capture
 from snapd.store import PARTIAL_PREFIX, Catalog
+from support.waiting import wait_for
 
 
 @pytest.mark.kernel
@@ -22,7 +23,7 @@ def test_real_dump_is_catalogued_and_readable(catalog: Catalog, spawn: Callable[
 
     v = spawn(["sh", "-c", "echo ready; exec sleep 600"])
     pid: int = v.pid  # type: ignore[attr-defined]
-    wait_for(lambda: os.readlink(f"/proc/{pid}/exe").endswith("sleep"), 10, "sh to exec sleep")
+    wait_for(lambda: procfs.exe(pid).endswith("sleep"), 10, "sh to exec sleep")
     entry = catalog.reserve(
         rule="it", pid=pid, trigger={"syscall": "nanosleep", "ret": 0}, context=capture(pid)
     )

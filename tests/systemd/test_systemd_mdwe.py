@@ -5,26 +5,24 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-HERE = str(Path(__file__).parent)
+from support.paths import child_env
 
 BCC_UNDER_MDWE = textwrap.dedent(
-    f"""
-    import ctypes, os, sys
-    sys.path.insert(0, {HERE!r})
-    from mdwe_helpers import load_systemd_mdwe
+    """
+    import ctypes, os
+    from support.mdwe import load_systemd_mdwe
     load_systemd_mdwe()
     from bcc import BPF
     b = BPF(text=r'''
     BPF_PERF_OUTPUT(events);
-    TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {{
+    TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
         u32 pid = bpf_get_current_pid_tgid() >> 32;
         events.perf_submit(args, &pid, sizeof(pid));
         return 0;
-    }}
+    }
     ''')
     got = []
     def cb(cpu, data, size):
@@ -40,10 +38,9 @@ BCC_UNDER_MDWE = textwrap.dedent(
 )
 
 JIT_CHILD_UNDER_MDWE = textwrap.dedent(
-    f"""
+    """
     import mmap, subprocess, sys
-    sys.path.insert(0, {HERE!r})
-    from mdwe_helpers import load_systemd_mdwe
+    from support.mdwe import load_systemd_mdwe
     load_systemd_mdwe()
     # What a JIT does first, in a child started the way action.run starts one.
     child = "import mmap; mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)"
@@ -61,7 +58,9 @@ def _bcc_available() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _bcc_available(), reason="bcc (python3-bpfcc) not importable")
 def test_bcc_compiles_attaches_and_polls_under_systemd_mdwe() -> None:
-    r = subprocess.run([sys.executable, "-c", BCC_UNDER_MDWE], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", BCC_UNDER_MDWE], capture_output=True, text=True, timeout=300, env=child_env()
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "bcc-ok" in r.stdout, r.stdout + r.stderr[-2000:]
 
@@ -69,7 +68,11 @@ def test_bcc_compiles_attaches_and_polls_under_systemd_mdwe() -> None:
 @pytest.mark.kernel
 def test_mdwe_is_inherited_by_action_children() -> None:
     r = subprocess.run(
-        [sys.executable, "-c", JIT_CHILD_UNDER_MDWE], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", JIT_CHILD_UNDER_MDWE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=child_env(),
     )
     assert r.returncode == 0, r.stderr
     assert "jit-refused" in r.stdout, "why the unit leaves MemoryDenyWriteExecute off"

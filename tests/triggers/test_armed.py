@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 import yaml
-from trg_helpers import Ring, build, set_struct, until
 
 from snapd.core import write_core
 from snapd.freeze import halt
 from snapd.report import run_report
 from snapd.rules import syscalls as sysnames
-from snapd_testlib import Victim, proc_state
+from support.proc import in_syscall, proc_state
+from support.triggers import Ring, build, set_struct, until
+from support.victims import Victim
 
 pytestmark = pytest.mark.kernel
 SYSCALLS = ("read", "write", "clock_nanosleep")
@@ -137,7 +138,7 @@ def test_tick_then_syscall_stops_inside_it(
     until(lambda: proc_state(v.pid) == "T", "the target's stop")
     nr = sysnames.numbers()["clock_nanosleep"]
     # caught inside the syscall: /proc/PID/task/TID/syscall names it (proc(5))
-    assert Path(f"/proc/{v.pid}/task/{r.tid}/syscall").read_text().split()[0] == str(nr)
+    assert in_syscall(v.pid, r.tid, nr)
     assert len(a.ring.drain(0.3)) == 1  # stopped: no second firing
     h = halt(v.pid)
     os.kill(v.pid, signal.SIGCONT)

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from trg_helpers import UProto, command, set_struct
 
 from snapd.core import write_core
 from snapd.probe import symbols, trigger_layout
 from snapd.procfs import maps
 from snapd.report import MAX_EVENT_STACK, EventStack, run_report
-from snapd_testlib import Victim
+from support.triggers import UProto, command, set_struct
+from support.victims import Victim
 
 pytestmark = pytest.mark.kernel
 RIP, RSP = 16, 19

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from trg_helpers import Ring, build, set_struct, until
 
 from snapd.core import write_core
 from snapd.freeze import halt
 from snapd.report import run_report
-from snapd_testlib import Victim, proc_state
+from support.proc import proc_state
+from support.triggers import Ring, build, set_struct, until
+from support.victims import Victim
 
 pytestmark = pytest.mark.kernel
 GENERATE, DELIVER = 1, 2

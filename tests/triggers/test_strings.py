@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from trg_helpers import Ring, build, command, hexs, set_struct, until
 
 from snapd.probe import strings as pstrings
 from snapd.rules import sysargs
 from snapd.rules import syscalls as sysnames
 from snapd.rules.patterns import MAX_ELEMENTS, STR_BYTES, Elem, Mode, PatternError, matches, parse
-from snapd_testlib import Victim
+from support.triggers import Ring, build, command, hexs, set_struct, until
+from support.victims import Victim
 
 # ---- the pattern language (no kernel) --------------------------------------------------------
 

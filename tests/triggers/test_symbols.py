@@ -16,7 +16,7 @@ import pytest
 
 from snapd.probe import symbols
 from snapd.probe.symbols import ResolveError, function_site, resolve_binary
-from snapd_testlib import Victim
+from support.victims import Victim
 
 LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
 PYTHON = "/usr/bin/python3.11"
@@ -137,6 +137,7 @@ def test_undefined_import_is_not_the_function(compile_victim: Callable[..., Path
         function_site(b, "malloc")
 
 
+@pytest.mark.slow  # seconds: a miss for each of 255 names in libc
 def test_symbol_text_with_every_odd_byte() -> None:
     libc = resolve_binary(LIBC)
     for c in range(1, 256):
@@ -180,6 +181,7 @@ def test_parsed_once_per_file_identity(tmp_path: Path, monkeypatch: pytest.Monke
     assert len(calls) == 2
 
 
+@pytest.mark.slow  # seconds: libjvm's symbol tables
 def test_big_symtab_is_scanned_once(monkeypatch: pytest.MonkeyPatch) -> None:
     jvm = "/usr/lib/jvm/java-17-openjdk-amd64/lib/server/libjvm.so"
     if not os.path.exists(jvm):

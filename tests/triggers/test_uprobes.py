@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -18,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from trg_helpers import UProto, command, until
 
+from snapd import procfs
 from snapd.probe import symbols, usdt
 from snapd.probe.trigger_layout import SiteFlag
 from snapd.rules.expr import Field, Op
-from snapd_testlib import Victim
+from support.triggers import UProto, command, until
+from support.victims import Victim
 
 pytestmark = pytest.mark.kernel
 PYTHON = "/usr/bin/python3.11"
@@ -53,7 +53,7 @@ def victim(compile_victim: Callable[..., Path], spawn: Callable[..., Victim]) ->
 
 
 def marker_site(v: Victim, ret: bool = False) -> symbols.Site:
-    exe = os.readlink(f"/proc/{v.pid}/exe")
+    exe = procfs.exe(v.pid)
     return symbols.function_site(symbols.resolve_binary(exe, v.pid), "trg_marker", ret)
 
 
@@ -143,10 +143,8 @@ def test_a_link_per_site_and_one_program() -> None:
     def tags(p: UProto) -> set[str]:
         out = set()
         for fd in (p.entry_fd, p.return_fd):
-            text = Path(f"/proc/self/fdinfo/{fd}").read_text()
-            m = re.search(r"^prog_tag:\s*(\S+)", text, re.M)
-            assert m
-            out.add(m.group(1))
+            info = procfs.parse_status(procfs.read_bytes(f"/proc/self/fdinfo/{fd}"))
+            out.add(info["prog_tag"])
         return out
 
     one, two = UProto(), UProto()
@@ -176,12 +174,9 @@ def read_cstr(pid: int, addr: int) -> str:
 def runtime_addr(pid: int, path: str, file_offset: int) -> int:
     """Where file offset ``file_offset`` of ``path`` is mapped in ``pid``."""
     st = os.stat(path)
-    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-        parts = line.split()
-        start, end = (int(x, 16) for x in parts[0].split("-"))
-        off, ino = int(parts[2], 16), int(parts[4])
-        if ino == st.st_ino and off <= file_offset < off + (end - start):
-            return start + file_offset - off
+    for m in procfs.maps(pid):
+        if m.inode == st.st_ino and m.offset <= file_offset < m.offset + m.size:
+            return m.start + file_offset - m.offset
     raise AssertionError(f"{path}+{file_offset:#x} not mapped in {pid}")
 
 

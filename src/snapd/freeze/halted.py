@@ -172,6 +172,14 @@ def _halt_all(h: Halted, timeout: float) -> None:
                     tracer = int(procfs.status(pid).get("TracerPid", "0") or 0)
                     if tracer and tracer != os.getpid():
                         raise AlreadyTraced(pid, tracer, procfs.comm(tracer)) from err
+                    # ptrace_attach refuses with EPERM a task whose exit has begun
+                    # (task->exit_state, kernel/ptrace.c): that thread is gone, and so is
+                    # the process when it is the leader (a leader that exited alone was
+                    # left out above).
+                    if _task_is_zombie(pid, tid):
+                        if tid == pid:
+                            raise TargetGone(pid, "attach") from err
+                        continue
                     raise NotPermitted(pid) from err
                 raise
             h.threads[tid] = Thread(tid)

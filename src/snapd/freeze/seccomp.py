@@ -97,6 +97,10 @@ def run_filter(prog: list[tuple[int, int, int, int]], data: bytes) -> int:
         elif cls == 0x04:  # BPF_ALU
             src = x if code & 0x08 else k
             op = code & 0xF0
+            if op in (0x30, 0x90) and src == 0:
+                # A classic program dividing by X == 0 returns 0 at once (net/core/filter.c
+                # bpf_convert_filter); by K == 0 it is refused at load (bpf_check_classic).
+                return 0
             if op == 0x00:
                 a = (a + src) & m32
             elif op == 0x10:
@@ -104,19 +108,21 @@ def run_filter(prog: list[tuple[int, int, int, int]], data: bytes) -> int:
             elif op == 0x20:
                 a = (a * src) & m32
             elif op == 0x30:
-                a = a // src if src else 0
+                a = a // src
             elif op == 0x40:
                 a |= src
             elif op == 0x50:
                 a &= src
             elif op == 0x60:
-                a = (a << src) & m32 if src < 32 else 0
+                # 32-bit shifts by X use the count's low 5 bits (kernel/bpf/core.c, the JITs);
+                # K >= 32 is refused at load.
+                a = (a << (src & 31)) & m32
             elif op == 0x70:
-                a = a >> src if src < 32 else 0
+                a = a >> (src & 31)
             elif op == 0x80:
                 a = (-a) & m32
             elif op == 0x90:
-                a = a % src if src else 0
+                a = a % src
             elif op == 0xA0:
                 a ^= src
             else:

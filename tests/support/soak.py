@@ -1,0 +1,115 @@
+"""The soak, shared by tests/reliability/test_rel_soak.py (CI: ~60 s) and bench/soak.py (long
+form, 30 min): rules firing every few seconds (an `every` timer with an action.run, a syscall
+rule held back by min_interval), retention deleting cores all along, `snapd ctl` traffic; the
+daemon's fds, threads and RSS read from /proc after a warm-up and at the end."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from support.daemon import DaemonHarness, DVictim
+from support.proc import Usage
+
+WARMUP_S = 10.0
+
+
+def rules(pid: int) -> dict[str, str]:
+    return {
+        "tick.yaml": (
+            f"name: soak-tick\ntarget:\n  pid: {pid}\ntrigger:\n  every: 2s\n"
+            'action:\n  run: ["/bin/true", "{core}", "{rule}", "{pid}"]\n'
+            "limits:\n  max_cores: 10000\n  min_interval: 1ms\n"
+        ),
+        "sys.yaml": (
+            f"name: soak-sys\ntarget:\n  pid: {pid}\ntrigger:\n  syscall: getppid\n"
+            "action:\n  snapshot: fork\n"
+            "limits:\n  max_cores: 10000\n  min_interval: 3s\n"
+        ),
+    }
+
+
+DAEMON_ARGS = ("--cores-per-hour", "1000000", "--max-use", "24M", "--keep-free", "0")
+
+
+@dataclass
+class SoakResult:
+    seconds: float
+    start: Usage
+    end: Usage
+    rss_series: list[int] = field(default_factory=list)  # KiB, one per sample
+    status: dict[str, Any] = field(default_factory=dict)
+    ctl_calls: int = 0
+    ctl_errors: list[str] = field(default_factory=list)
+    listed: int = 0
+
+    @property
+    def rss_growth_kib(self) -> int:
+        return self.end.rss_kib - self.start.rss_kib
+
+    def summary(self) -> str:
+        st = self.status
+        return (
+            f"soak {self.seconds:.0f}s (measured after a {WARMUP_S:.0f}s warm-up): cores {st.get('cores')} "
+            f"failed {st.get('failed')} events {st.get('events')} suppressed {st.get('suppressed')}; "
+            f"{self.ctl_calls} ctl calls ({len(self.ctl_errors)} failed {self.ctl_errors[:2]}); "
+            f"cores listed at the end {self.listed}; "
+            f"fds {self.start.fds} -> {self.end.fds}; threads {self.start.threads} -> {self.end.threads}; "
+            f"RSS {self.start.rss_kib} -> {self.end.rss_kib} KiB ({self.rss_growth_kib:+d}); "
+            f"CPU {self.end.cpu - self.start.cpu:.1f}s; RSS series {self.rss_series}"
+        )
+
+
+def run_soak(daemon: DaemonHarness, victim: DVictim, seconds: float, sample_every: float = 5.0) -> SoakResult:
+    """``daemon``: a started DaemonHarness with :func:`rules` on ``victim`` (a DVictim of
+    tests/victims/daemon_victim.c), which already runs a getppid thread ("l 500000")."""
+    t0 = time.monotonic()
+    ctl_calls = 0
+    ctl_errors: list[str] = []
+    while time.monotonic() - t0 < WARMUP_S:
+        daemon.cores()
+        ctl_calls += 1
+        time.sleep(1)
+    quiet(daemon)
+    start = Usage.of(daemon.pid)
+    series = [start.rss_kib]
+    t1 = time.monotonic()
+    next_sample = t1 + sample_every
+    while time.monotonic() - t1 < seconds:
+        try:
+            daemon.cores()
+            daemon.status()
+        except (AssertionError, ValueError) as err:  # counted and reported, not fatal here
+            ctl_errors.append(str(err)[:200])
+        ctl_calls += 2
+        if time.monotonic() >= next_sample:
+            series.append(Usage.of(daemon.pid).rss_kib)
+            next_sample += sample_every
+        time.sleep(0.5)
+        victim.cmd("p")  # the target runs all along
+    quiet(daemon)
+    end = Usage.of(daemon.pid)
+    series.append(end.rss_kib)
+    return SoakResult(
+        seconds=time.monotonic() - t1,
+        start=start,
+        end=end,
+        rss_series=series,
+        status=daemon.status(),
+        ctl_calls=ctl_calls,
+        ctl_errors=ctl_errors,
+        listed=len(daemon.cores()),
+    )
+
+
+def quiet(daemon: DaemonHarness, timeout: float = 30.0) -> None:
+    """Between firings: no dump running or queued and no action.run thread alive, so that fds
+    and threads are counted at rest (a dump holds its core file and writer threads)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        st = daemon.status()
+        if st["dumping"] is None and st["queued"] == 0 and Usage.of(daemon.pid).threads <= 2:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the daemon never came to rest between firings")
