@@ -96,6 +96,12 @@ GOOD = [
         lambda r: r.trigger.at_exit,
     ),
     ("description: hello\ntarget: {comm: x}\ntrigger: {syscall: getpid}", lambda r: r.description == "hello"),
+    # docs/rules.md: `snapshot` defaults to auto, with or without an `action` block
+    ("target: {comm: x}\ntrigger: {syscall: getpid}", lambda r: r.action.snapshot is SnapshotMode.AUTO),
+    (
+        "target: {comm: x}\ntrigger: {syscall: getpid}\naction: {core: {repeat: 3, interval: 2s}}",
+        lambda r: r.action.snapshot is SnapshotMode.AUTO and r.action.stop is StopMode.PTRACE,
+    ),
 ]
 
 
@@ -231,7 +237,10 @@ BAD = [
         "3:9: action.stop: kernel needs a syscall or cpu "
         "trigger (the probe that sends SIGSTOP must run in the target)",
     ),
-    (T + S + "action: {snapshot: thawed}\n", "3:20: action.snapshot: 'thawed' is not one of frozen, fork"),
+    (
+        T + S + "action: {snapshot: thawed}\n",
+        "3:20: action.snapshot: 'thawed' is not one of frozen, fork, auto",
+    ),
     (
         T + S + "action: {core: {content: heap+bogus}}\n",
         f"3:26: action.core.content: content 'heap+bogus': unknown class 'bogus'; valid: {valid_names()}",
