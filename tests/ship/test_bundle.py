@@ -157,6 +157,30 @@ def test_inspect_and_debug_take_compressed_cores_and_bundles(cored, snapd_cmd, t
     assert "ship_victim_leaf_wait" in out.stdout, out.stdout + out.stderr
 
 
+def test_inspect_stacks_reads_a_bundle_with_its_own_binaries(cored, snapd_cmd, tmp_path):
+    """`snapd inspect --stacks` of a bundle, where the binaries no longer exist, names the
+    program's functions from the bundled executable, and is headed by the file given (not the
+    temporary core it was unpacked to)."""
+    exe, core = cored
+    b = tmp_path / "b.snapd"
+    write_bundle(str(core), str(b))
+    z = compress_core(str(core))
+    shutil.rmtree(exe.parent)  # the program's binaries are gone
+
+    def stacks(f: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*snapd_cmd, "inspect", "--stacks", f], capture_output=True, text=True, timeout=120
+        )
+
+    r = stacks(str(b))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == f"{b}:", r.stdout
+    for fn in ("ship_victim_leaf_wait", "ship_victim_middle", "main"):
+        assert fn in r.stdout, r.stdout
+    r = stacks(z.path)
+    assert r.stdout.splitlines()[0] == f"{z.path}:", r.stdout + r.stderr
+
+
 def test_elf_cache_dedups_links_and_copies(tmp_path):
     exe = build(tmp_path / "a" / "ship_victim")
     c = ElfCache(str(tmp_path / "cache"))
