@@ -25,7 +25,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "ship": set(),  # bundles, compression, uploads: files and dicts, no stage
     "report": {"core", "ship"},  # reads cores (core.elf, notes); never the writer's halting side
     "diff": {"core", "ship", "report"},
-    "ctl": {"store", "ship", "report"},  # ship: export bundles, debug compressed cores
+    "ctl": {"store", "ship", "report"},  # ship: export bundles, debug compressed cores, debuggers
     "daemon": set(STAGES),  # the wiring layer
 }
 #: Shared by every stage, importing none: bindings, /proc, errors, the small vocabularies, the

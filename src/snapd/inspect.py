@@ -31,12 +31,10 @@ def main(argv: list[str]) -> int:
     rc = 0
     for path in args.cores:
         try:
+            if args.stacks:
+                rc |= _stacks(path, args)
+                continue
             with open_core(path) as plain:
-                if args.stacks:
-                    from snapd.report.cli import show_stacks
-
-                    rc |= show_stacks(plain, args.json, args.exe, args.tid, args.deadline)
-                    continue
                 v = read_core(plain)
             if plain != path:  # unpacked to a temp file: show the file given and its real cost
                 v.path, v.disk_bytes = path, os.stat(path).st_blocks * 512
@@ -46,3 +44,14 @@ def main(argv: list[str]) -> int:
             continue
         print(json.dumps(asdict(v)) if args.json else render(v))
     return rc
+
+
+def _stacks(path: str, args: argparse.Namespace) -> int:
+    """The report of ``path``; a bundle is unpacked and its binaries are searched first (they
+    are the files that ran, wherever it is read), as ``snapd debug`` gives them to gdb."""
+    from snapd.report.cli import show_stacks
+    from snapd.ship.debug import opened
+
+    with opened(path) as t:
+        search = [*args.exe, *([t.exe] if t.exe else []), *t.solib_dirs]
+        return show_stacks(t.core, args.json, search, args.tid, args.deadline, shown=path, exe=t.exe)

@@ -197,6 +197,52 @@ def test_debug_starts_gdb_on_core(
     assert r.returncode == 1 and "nothing to debug" in r.stderr
 
 
+CTL_DBG_VICTIM = """
+import time
+def ctl_dbg_victim_wait():
+    print("ready", flush=True)
+    time.sleep(600)
+ctl_dbg_victim_wait()
+"""
+
+
+@pytest.mark.kernel
+def test_debug_runs_drgn_and_pystack_from_snapds_own_environment(
+    serve: Callable[..., Served], snapd_cmd: list[str], spawn: Callable[..., object]
+) -> None:
+    """drgn and pystack are Python packages installed beside snapd (its venv, not on PATH), and
+    each has its own command line: `ctl debug --debugger pystack` ran `pystack EXE -c CORE` from
+    PATH and failed with "pystack: not found; install gdb"."""
+    from snapd.core import write_core
+
+    s = serve()
+    exe = os.path.realpath("/usr/bin/python3")
+    v = spawn([exe, "-c", CTL_DBG_VICTIM])
+    e = s.catalog.reserve(rule="r", pid=v.pid, comm="python3", exe=exe)  # type: ignore[attr-defined]
+    assert s.catalog.publish(e.id, write_core(v.pid, e.path)).complete  # type: ignore[attr-defined]
+    env = {k: v for k, v in os.environ.items() if k != "SNAPD_SOCKET"}
+    env["PATH"] = "/usr/bin:/bin"  # snapd's venv is not on it, as with /usr/local/bin/snapd
+
+    def debug(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*snapd_cmd, "ctl", "--socket", s.path, "debug", str(e.id), *args],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env=env,
+            cwd="/",
+        )
+
+    r = debug("--debugger", "pystack")
+    assert r.returncode == 0, r.stderr
+    assert "ctl_dbg_victim_wait" in r.stdout, r.stdout
+    r = debug("--debugger", "drgn", "-A", "-q -e 'print(\"tids\", [t.tid for t in prog.threads()])'")
+    assert r.returncode == 0, r.stderr
+    assert f"tids [{v.pid}]" in r.stdout, r.stdout  # type: ignore[attr-defined]
+    r = debug("--debugger", "no-such-debugger-x")
+    assert r.returncode == 1 and "no-such-debugger-x: not found on PATH" in r.stderr, r.stderr
+
+
 def test_no_daemon(tmp_path: Path, ctl: Run) -> None:
     r = ctl(str(tmp_path / "none.sock"), "status")
     assert r.returncode == 1 and "no daemon socket there" in r.stderr and "Traceback" not in r.stderr

@@ -96,6 +96,12 @@ GOOD = [
         lambda r: r.trigger.at_exit,
     ),
     ("description: hello\ntarget: {comm: x}\ntrigger: {syscall: getpid}", lambda r: r.description == "hello"),
+    # docs/rules.md: `snapshot` defaults to auto, with or without an `action` block
+    ("target: {comm: x}\ntrigger: {syscall: getpid}", lambda r: r.action.snapshot is SnapshotMode.AUTO),
+    (
+        "target: {comm: x}\ntrigger: {syscall: getpid}\naction: {core: {repeat: 3, interval: 2s}}",
+        lambda r: r.action.snapshot is SnapshotMode.AUTO and r.action.stop is StopMode.PTRACE,
+    ),
 ]
 
 

@@ -158,6 +158,69 @@ def test_inspect_and_debug_take_compressed_cores_and_bundles(cored, snapd_cmd, t
     assert "ship_victim_leaf_wait" in out.stdout, out.stdout + out.stderr
 
 
+def test_inspect_stacks_reads_a_bundle_with_its_own_binaries(cored, snapd_cmd, tmp_path):
+    """`snapd inspect --stacks` of a bundle, where the binaries no longer exist, names the
+    program's functions from the bundled executable, and is headed by the file given (not the
+    temporary core it was unpacked to)."""
+    exe, core = cored
+    b = tmp_path / "b.snapd"
+    write_bundle(str(core), str(b))
+    z = compress_core(str(core))
+    shutil.rmtree(exe.parent)  # the program's binaries are gone
+
+    def stacks(f: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*snapd_cmd, "inspect", "--stacks", f], capture_output=True, text=True, timeout=120
+        )
+
+    r = stacks(str(b))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == f"{b}:", r.stdout
+    for fn in ("ship_victim_leaf_wait", "ship_victim_middle", "main"):
+        assert fn in r.stdout, r.stdout
+    r = stacks(z.path)
+    assert r.stdout.splitlines()[0] == f"{z.path}:", r.stdout + r.stderr
+
+
+DATA_MAPPER = """
+import mmap, sys
+f = open(sys.argv[1], "r+b")
+kept = [mmap.mmap(f.fileno(), 0), mmap.mmap(-1, 1 << 20)]  # a shared data file; shared anonymous
+kept[1][:5] = b"hello"
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_data_files_and_shared_memory_are_not_missing_binaries(spawn, tmp_path):
+    """A bundle holds the ELF files a process ran. Its data mappings (a shared file, shared
+    anonymous memory shown as /dev/zero (deleted), locale archives, PostgreSQL's /SYSV and
+    /dev/shm segments) were listed as left out, "not on this host" or "the core holds no
+    build-id for it", one line each on every bundle and every snapd debug."""
+    data = tmp_path / "table.dat"
+    data.write_bytes(b"\0" * (1 << 16))
+    py = os.path.realpath("/usr/bin/python3")
+    v = spawn([py, "-c", DATA_MAPPER, str(data)])
+    core = tmp_path / "core"
+    write_core(v.pid, str(core))
+    m = write_bundle(str(core), str(tmp_path / "b.snapd"))
+    assert m.missing == [], m.missing
+    paths = {f.path for f in m.files}
+    assert py in paths and any("/libc.so" in p for p in paths), paths
+    assert str(data) not in paths
+
+
+def test_a_deleted_executable_is_said_to_be_deleted(spawn, tmp_path):
+    exe = build(tmp_path / "app" / "ship_victim")
+    v = spawn([exe])
+    exe.unlink()
+    core = tmp_path / "core"
+    write_core(v.pid, str(core))
+    m = write_bundle(str(core), str(tmp_path / "b.snapd"))
+    why = {f.path: f.reason for f in m.missing}
+    assert why == {str(exe): "deleted while the process ran; pass --exe with a copy of it"}, why
+
+
 def test_elf_cache_dedups_links_and_copies(tmp_path):
     exe = build_in(tmp_path / "a")
     c = ElfCache(str(tmp_path / "cache"))

@@ -61,6 +61,8 @@ class CoreView:
     threads: list[ThreadView] = field(default_factory=list)
     segments: list[SegmentView] = field(default_factory=list)
     snapd: dict[str, Any] = field(default_factory=dict)
+    needed_size: int = 0  # where the last segment's data ends: more than apparent_size if cut short
+    cut_segments: int = 0  # segments whose data runs past the end of the file
 
 
 def _cstr(b: bytes) -> str:
@@ -119,6 +121,10 @@ def read_core(path: str) -> CoreView:
         fname = files.get(start, "")
         cls = classes[i] if i < len(classes) else segment_class(start, size, flags, fname, vdso, sps)
         view.segments.append(SegmentView(start, start + size, perms, seg["p_filesz"], cls, fname))
+        if seg["p_filesz"]:
+            end = seg["p_offset"] + seg["p_filesz"]
+            view.needed_size = max(view.needed_size, end)
+            view.cut_segments += end > view.apparent_size
     return view
 
 
@@ -180,6 +186,12 @@ def render(v: CoreView) -> str:
         out.append(f"  snapd:    content '{content}', snapshot {snapshot}")
         if v.snapd.get("shared_live"):
             out.append("  note:     shared mappings were copied live, after the freeze (fork snapshot)")
+    if v.cut_segments:
+        out.append(
+            f"  warning:  truncated: the file ends at {_size(v.apparent_size)} but its segments need "
+            f"{_size(v.needed_size)} ({v.cut_segments} of {len(v.segments)} cut short: an interrupted "
+            "dump or copy)"
+        )
     out.append("  notes:    " + ", ".join(safe(k) + (f" x{c}" if c > 1 else "") for k, c in v.notes.items()))
     out.append("")
     out.append(f"  {'TID':>8}  {'SIGNAL':<8}  {'PC':<18}  SP")

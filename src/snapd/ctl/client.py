@@ -348,9 +348,13 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("-o", dest="out", required=True, metavar="FILE", help="the bundle to write")
     exp.add_argument("--force", action="store_true", help="replace FILE if it exists")
 
-    dbg = sub.add_parser("debug", help="start gdb on a core and its executable")
+    dbg = sub.add_parser("debug", help="start gdb (or drgn, pystack) on a core and its executable")
     dbg.add_argument("id", type=int)
-    dbg.add_argument("--debugger", default=os.environ.get("SNAPD_DEBUGGER", "gdb"))
+    dbg.add_argument(
+        "--debugger",
+        default=os.environ.get("SNAPD_DEBUGGER", "gdb"),
+        help="gdb (default, or $SNAPD_DEBUGGER), drgn, pystack, or another gdb-like command",
+    )
     dbg.add_argument("-A", "--debugger-arguments", default="", help="extra arguments, shell-quoted")
 
     snap = sub.add_parser("snap", help="take a snapshot of PID now, through the daemon (root)")
@@ -485,16 +489,22 @@ def _debug(entry: dict[str, Any], debugger: str, extra: str) -> int:
         raise CtlError(f"{safe(path)}: the core file is gone")
     if not os.access(path, os.R_OK):
         raise CtlError(f"{safe(path)}: permission denied (cores are 0600 root; run as root)")
-    exe = str(entry.get("exe") or "").removesuffix(" (deleted)")
-    argv = [debugger]
-    if exe.startswith("/") and os.path.exists(exe):
-        argv.append(exe)
-    else:
+    exe: str | None = str(entry.get("exe") or "").removesuffix(" (deleted)")
+    if not (exe and exe.startswith("/") and os.path.exists(exe)):
         print(f"warning: executable {safe(exe) or '?'} is gone; starting without it", file=sys.stderr)
-    argv += ["-c", path, *shlex.split(extra)]
-    if shutil.which(debugger) is None:
-        raise CtlError(f"{safe(debugger)}: not found; install gdb or pass --debugger")
+        exe = None
+    # imported here only: the ship stage loads zstandard and pyelftools
+    from snapd.ship.debug import DEBUGGERS, Target, debugger_argv, find_debugger
+
+    if debugger in DEBUGGERS:  # each with its own command line (drgn -c CORE, pystack core CORE EXE)
+        prog = find_debugger(debugger)
+        argv = [prog, *debugger_argv(debugger, Target(path, exe), shlex.split(extra))[1:]]
+    else:  # another gdb-like debugger named by --debugger or SNAPD_DEBUGGER
+        found = shutil.which(debugger)
+        if found is None:
+            raise CtlError(f"{safe(debugger)}: not found on PATH; install it or pass --debugger")
+        argv = [found, *([exe] if exe else []), "-c", path, *shlex.split(extra)]
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execvp(debugger, argv)
-    return 127  # pragma: no cover  (execvp does not return)
+    os.execv(argv[0], argv)
+    return 127  # pragma: no cover  (execv does not return)

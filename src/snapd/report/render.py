@@ -53,6 +53,7 @@ WAIT_WRAPPERS = frozenset(
     printf vfprintf fputc putc putchar
     """.split()  # noqa: SIM905 (a word list reads better than 120 quoted strings)
 )
+_SYSCALL_SOURCES = ("../sysdeps/unix/", "./sysdeps/unix/", "sysdeps/unix/")
 _LIBC = re.compile(r"(^|/)(libc|libpthread|ld-linux[^/]*|libc\.musl[^/]*)\.so")
 
 
@@ -137,9 +138,15 @@ def render_text(report: Mapping[str, Any]) -> str:
 
 def _is_wrapper(f: Mapping[str, Any]) -> bool:
     fn = f.get("function") or ""
+    if fn in WAIT_WRAPPERS:
+        return True
+    if not _LIBC.search(f.get("module") or ""):
+        return False
     # libc's internal names (__libc_read, _IO_new_file_underflow, _IO_getline_info) are the
-    # machinery under a call, never what the program was doing
-    return fn in WAIT_WRAPPERS or (fn.startswith("_") and bool(_LIBC.search(f.get("module") or "")))
+    # machinery under a call, never what the program was doing; and glibc builds its system
+    # call wrappers (rename, fdatasync, open64, ...) from sysdeps/unix (sysv/linux/*.c,
+    # syscall-template.S), which its debug info names as the frame's file
+    return fn.startswith("_") or str(f.get("file") or "").startswith(_SYSCALL_SOURCES)
 
 
 def where(report: Mapping[str, Any]) -> str:

@@ -366,8 +366,7 @@ class RuleBuilder:
         if m is None:
             return None
         before = len(self.ctx.errors)
-        stop = StopMode.PTRACE
-        snapshot = SnapshotMode.FROZEN
+        stop, snapshot = Action().stop, Action().snapshot
         if "stop" in m:
             stop = self._enum(m["stop"][1], "action.stop", StopMode) or stop
         if "snapshot" in m:

@@ -31,7 +31,7 @@ from snapd import __version__
 from snapd.ship import container, sparse
 from snapd.ship.container import Kind, Limits
 from snapd.ship.elfid import CoreFiles, file_build_id, read_core_files
-from snapd.ship.elfsource import ElfSource, HostFiles
+from snapd.ship.elfsource import NOT_HERE, ElfSource, HostFiles
 from snapd.ship.errors import BundleError, ExeMismatch
 from snapd.ship.manifest import RECORDS, BundledFile, Manifest, MissingFile
 from snapd.ship.opencore import open_core
@@ -147,6 +147,8 @@ def _pick_files(
     picked: list[tuple[Any, str, bool]] = []
     missing: list[MissingFile] = []
     for mf in cf.files:
+        if not (mf.code or mf.build_id or mf.path == cf.exe):
+            continue  # never mapped executable: data (locales, shared memory, /dev/zero), not a binary
         if exe is not None and mf.path == cf.exe:
             found = file_build_id(exe)
             if found is None:
@@ -162,6 +164,10 @@ def _pick_files(
             continue
         local, why = source.lookup(mf.path, mf.build_id)
         if local is None or not os.path.isfile(local):
+            if mf.deleted and why == NOT_HERE:
+                why = "deleted while the process ran"
+                if mf.path == cf.exe:
+                    why += "; pass --exe with a copy of it"
             missing.append(MissingFile(mf.path, mf.build_id or "", why))
             continue
         picked.append((mf, local, mf.build_id is not None))

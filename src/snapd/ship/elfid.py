@@ -10,6 +10,7 @@ and counts are those pyelftools parsed from a file we already bounded.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from snapd.ship.errors import BundleError
 
 PAGE = 4096
 AT_ENTRY = 9
+PF_X = 1
 DELETED = " (deleted)"
 #: NT_FILE names at most this many mappings (the kernel caps the note at 4 MiB, MAX_FILE_NOTE_SIZE)
 MAX_FILES = 1 << 16
@@ -34,6 +36,7 @@ class MappedFile:
     start: int  # address of its page-offset-0 mapping (0 if none was mapped)
     build_id: str | None  # hex, from its ELF header page in the core; None if not dumped
     deleted: bool = False
+    code: bool = False  # some mapping of it is executable: a program or library that ran
 
 
 @dataclass
@@ -125,9 +128,12 @@ def _read(f: io.BufferedReader, path: str) -> CoreFiles:
     entry = 0
     nt_file: list[tuple[int, int, int, str]] = []
     loads: dict[int, tuple[int, int]] = {}  # vaddr -> (offset, filesz)
+    executable: set[int] = set()  # vaddr of PT_LOADs with PF_X
     for seg in elf.iter_segments():
         if seg["p_type"] == "PT_LOAD":
             loads[seg["p_vaddr"]] = (seg["p_offset"], seg["p_filesz"])
+            if seg["p_flags"] & PF_X:
+                executable.add(seg["p_vaddr"])
         elif seg["p_type"] == "PT_NOTE":
             for n in seg.iter_notes():  # type: ignore[attr-defined]
                 t = n["n_type"]
@@ -147,6 +153,7 @@ def _read(f: io.BufferedReader, path: str) -> CoreFiles:
                         nm = name.decode("utf-8", "surrogateescape") if isinstance(name, bytes) else str(name)
                         nt_file.append((e["vm_start"], e["vm_end"], e["page_offset"], nm))
     seen: dict[str, MappedFile] = {}
+    code: set[str] = set()
     for start, end, pgoff, name in nt_file:
         deleted = name.endswith(DELETED)
         clean = name[: -len(DELETED)] if deleted else name
@@ -154,6 +161,8 @@ def _read(f: io.BufferedReader, path: str) -> CoreFiles:
             out.exe = clean
         if not clean.startswith("/"):
             continue
+        if start in executable:
+            code.add(clean)
         prev = seen.get(clean)
         if pgoff != 0 or (prev is not None and prev.start):
             if prev is None:
@@ -166,5 +175,5 @@ def _read(f: io.BufferedReader, path: str) -> CoreFiles:
                 f.seek(off)
                 bid = header_build_id(f.read(min(filesz, PAGE)))
         seen[clean] = MappedFile(clean, start, bid, deleted)
-    out.files = list(seen.values())
+    out.files = [dataclasses.replace(m, code=m.path in code) for m in seen.values()]
     return out

@@ -14,6 +14,8 @@ from typing import Protocol
 
 from snapd.ship.elfid import file_build_id
 
+NOT_HERE = "not on this host"
+
 
 class ElfSource(Protocol):
     def lookup(self, path: str, build_id: str | None) -> tuple[str | None, str]: ...
@@ -30,7 +32,7 @@ class HostFiles:
 
     def lookup(self, path: str, build_id: str | None) -> tuple[str | None, str]:
         if not os.path.isfile(path):
-            return None, "not on this host"
+            return None, NOT_HERE
         if build_id is None:
             if self.unverified:
                 return path, ""
