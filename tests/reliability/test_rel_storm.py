@@ -41,10 +41,11 @@ def test_trigger_storm(
     assert probes["kernel_muted"] > r.calls // 2, "the rule was not muted once its budget was spent"
     # Every event the daemon read became a core or a counted suppression.
     assert st["events"] == sum(st["suppressed"].values()) + r.entries, st
-    # Muted once max_cores is booked, the rule sends nothing more: the daemon reads at most the
-    # ring buffer's worth of what the kernel emitted before (1 MiB of 120-byte records),
-    # whatever the storm's length or rate; its CPU follows (bench/storm.py prints it).
-    assert st["events"] <= RING_RECORDS, st
+    # Muted once max_cores is booked, the rule sends nothing more: the daemon reads what the
+    # kernel emitted until the mute landed, a few ring buffers' worth at most (1 MiB of 120-byte
+    # records each; the daemon reads while the kernel writes, so a slow loop on a loaded machine
+    # sees more than one), whatever the storm's length; its CPU follows (bench/storm.py).
+    assert st["events"] <= 4 * RING_RECORDS < r.calls // 10, (st, r.calls)
     assert r.cpu_share < 0.5, r.summary()
     # Memory: no growth with the number of events (the RSS at the end is close to the first
     # sample taken during the storm), no fd or thread left behind.

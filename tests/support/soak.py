@@ -11,6 +11,7 @@ from typing import Any
 
 from support.daemon import DaemonHarness, DVictim
 from support.proc import Usage
+from support.waiting import scaled
 
 WARMUP_S = 10.0
 
@@ -71,8 +72,7 @@ def run_soak(daemon: DaemonHarness, victim: DVictim, seconds: float, sample_ever
         daemon.cores()
         ctl_calls += 1
         time.sleep(1)
-    quiet(daemon)
-    start = Usage.of(daemon.pid)
+    start = at_rest(daemon)
     series = [start.rss_kib]
     t1 = time.monotonic()
     next_sample = t1 + sample_every
@@ -88,8 +88,7 @@ def run_soak(daemon: DaemonHarness, victim: DVictim, seconds: float, sample_ever
             next_sample += sample_every
         time.sleep(0.5)
         victim.cmd("p")  # the target runs all along
-    quiet(daemon)
-    end = Usage.of(daemon.pid)
+    end = at_rest(daemon)
     series.append(end.rss_kib)
     return SoakResult(
         seconds=time.monotonic() - t1,
@@ -103,13 +102,33 @@ def run_soak(daemon: DaemonHarness, victim: DVictim, seconds: float, sample_ever
     )
 
 
-def quiet(daemon: DaemonHarness, timeout: float = 30.0) -> None:
-    """Between firings: no dump running or queued and no action.run thread alive, so that fds
-    and threads are counted at rest (a dump holds its core file and writer threads)."""
-    end = time.monotonic() + timeout
+def at_rest(daemon: DaemonHarness) -> Usage:
+    """The daemon's usage with nothing in flight: paused (no new dump), then :func:`quiet`;
+    resumed after. Rules fire about once a second and a report on a loaded machine can take
+    longer than that, so without the pause a moment of rest may never come."""
+    daemon.ctl("pause", "--reason", "soak: measuring at rest")
+    try:
+        quiet(daemon)
+        return Usage.of(daemon.pid)
+    finally:
+        daemon.ctl("resume")
+
+
+def quiet(daemon: DaemonHarness, timeout: float = 60.0) -> None:
+    """No dump or report running or queued and no action.run thread alive, so that fds and
+    threads are counted at rest (a dump holds its core file, a report its worker's pipes)."""
+    end = time.monotonic() + scaled(timeout)
+    st: dict[str, Any] = {}
     while time.monotonic() < end:
         st = daemon.status()
-        if st["dumping"] is None and st["queued"] == 0 and Usage.of(daemon.pid).threads <= 2:
+        reports = st.get("reports") or {}
+        if (
+            st["dumping"] is None
+            and st["queued"] == 0
+            and not reports.get("running")
+            and not reports.get("queued")
+            and Usage.of(daemon.pid).threads <= 2
+        ):
             return
         time.sleep(0.05)
-    raise AssertionError("the daemon never came to rest between firings")
+    raise AssertionError(f"the daemon never came to rest: {st}")
