@@ -24,13 +24,17 @@ def mapping(
     perms: str = "rw-p",
     *,
     vmflags: str = "",
-    anonymous: int = 0,
+    anonymous: int | None = None,
     offset: int = 0,
     inode: int | None = None,
 ) -> Mapping:
-    """A VMA as smaps prints it: a file path has an inode unless ``inode`` says otherwise."""
+    """A VMA as smaps prints it: a file path has an inode unless ``inode`` says otherwise; the
+    resident pages of a private mapping without a file are anonymous pages unless
+    ``anonymous`` says otherwise (smaps' Anonymous:)."""
     if inode is None:
         inode = 4242 if path.startswith("/") else 0
+    if anonymous is None:
+        anonymous = 16 * PAGE if perms[3] == "p" and not inode else 0
     flags = {"r": "rd", "w": "wr", "x": "ex"}
     base = [flags[c] for c in perms[:3] if c in flags] + ["mr", "mw", "me"]
     if perms[3] == "s":
@@ -126,6 +130,13 @@ def test_private_anonymous_is_bit_0(m: Mapping) -> None:
     assert kernel_default(m, "anon", Filter.ANON_PRIVATE, is_elf) == WHOLE
     # no vm_file: the file bits do not apply
     assert kernel_default(m, "anon", ALL_BITS & ~Filter.ANON_PRIVATE, is_elf) == NONE
+
+
+def test_untouched_private_anonymous_is_left_out() -> None:
+    """No page ever faulted in, no anon_vma (mm/rmap.c anon_vma_prepare runs at the first
+    write fault): vma_dump_size() has nothing to test and writes nothing, whatever the filter."""
+    m = mapping(anonymous=0)
+    assert kernel_default(m, "anon", ALL_BITS, is_elf) == NONE
 
 
 def test_written_file_mapping_is_bit_0_or_2() -> None:
