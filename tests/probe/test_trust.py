@@ -143,9 +143,10 @@ def test_a_fork_snapshot_child_is_never_targeted(probes: Probes, spawn: Spawn, c
     and the samplers must all leave it out, while it lives (here: the whole copy)."""
     from snapd.core import write_core
 
-    v = spawn([compile_victim("bigmem"), 64, 64])
+    exe = compile_victim("bigmem")
+    v = spawn([exe, 64, 64])
     probes.set_own(os.getpid(), None)  # this test is the tracer, as the dumper is
-    probes.load(rule("target: {comm: bigmem}\ntrigger: {rss: {above: 16MiB}}", "rss"))
+    probes.load(rule(f"target: {{comm: {exe.name}}}\ntrigger: {{rss: {{above: 16MiB}}}}", "rss"))
     first = wait_for(lambda: [e for e in drain(probes, 0.2) if e.pid == v.pid], 10, "the at-load firing")
     assert first[0].at_load
     seen: dict[str, object] = {}
