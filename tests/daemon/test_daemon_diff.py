@@ -5,9 +5,6 @@ processes refused in one line."""
 from __future__ import annotations
 
 import json
-import os
-import selectors
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,7 +12,7 @@ from typing import Any
 import pytest
 
 from support.daemon import DaemonHarness, syscall_rule
-from support.victims import Victim
+from support.victims import Victim, ask
 from support.waiting import scaled, wait_for
 
 pytestmark = pytest.mark.kernel
@@ -25,27 +22,6 @@ MiB = 1 << 20
 
 def snap(daemon: DaemonHarness, pid: int) -> int:
     return int(json.loads(daemon.ctl("snap", str(pid), "--json").stdout)["id"])
-
-
-def ask(v: Victim, command: str) -> str:
-    """One command line to tests/victims/diff_victim.c; its answer after 'ok'."""
-    v.write(command.encode() + b"\n")
-    assert v.proc.stdout is not None
-    deadline = time.monotonic() + scaled(30.0)
-    buf = b""
-    with selectors.DefaultSelector() as sel:
-        sel.register(v.proc.stdout, selectors.EVENT_READ)
-        while not buf.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or not sel.select(left):
-                raise AssertionError(f"victim {v.pid}: no answer to {command!r}")
-            chunk = os.read(v.proc.stdout.fileno(), 1)
-            if not chunk:
-                raise AssertionError(f"victim {v.pid} exited on {command!r}")
-            buf += chunk
-    line = buf.decode().strip()
-    assert line.startswith("ok"), line
-    return line[2:].strip()
 
 
 def diff_json(daemon: DaemonHarness, *args: str) -> dict[str, Any]:

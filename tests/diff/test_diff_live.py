@@ -5,10 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
-import selectors
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,35 +16,11 @@ from snapd.core import write_core
 from snapd.diff import diff_cores, series
 from snapd.diff.model import Diff, MappingDelta
 from snapd.procfs.context import capture
-from support.victims import Victim
-from support.waiting import scaled
+from support.victims import Victim, ask
 
 pytestmark = pytest.mark.kernel
 
 MiB = 1 << 20
-
-
-def ask(v: Victim, command: str, timeout: float = 30.0) -> str:
-    """Send one command line to the victim and return its answer line (after 'ok')."""
-    assert v.proc.stdin is not None and v.proc.stdout is not None
-    v.proc.stdin.write(command.encode() + b"\n")
-    v.proc.stdin.flush()
-    sel = selectors.DefaultSelector()
-    sel.register(v.proc.stdout, selectors.EVENT_READ)
-    timeout = scaled(timeout)
-    deadline = time.monotonic() + timeout
-    buf = b""
-    while not buf.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not sel.select(left):
-            raise AssertionError(f"victim {v.pid}: no answer to {command!r} after {timeout}s")
-        chunk = os.read(v.proc.stdout.fileno(), 1)
-        if not chunk:
-            raise AssertionError(f"victim {v.pid} exited on {command!r}")
-        buf += chunk
-    line = buf.decode().strip()
-    assert line.startswith("ok"), line
-    return line[2:].strip()
 
 
 def holding(d: Diff, addr: int) -> MappingDelta:

@@ -16,21 +16,15 @@ from pathlib import Path
 import pytest
 
 from snapd.probe import Event, Probes
-from snapd.rules import Rule, RuleError, StopMode, parse_rule
+from snapd.rules import RuleError, StopMode
 from snapd.rules import syscalls as sysnames
+from support.probes import drain, rule
 from support.proc import proc_state, syscall_nr
 from support.victims import Victim, victim_name
 from support.waiting import MIN_WAIT_S, scaled, wait_for
 
 pytestmark = pytest.mark.kernel
 Spawn = Callable[..., Victim]
-
-
-def rule(text: str, name: str = "t") -> Rule:
-    r, errors = parse_rule(f"name: {name}\n" + text, f"{name}.yaml")
-    assert not errors, [str(e) for e in errors]
-    assert r is not None
-    return r
 
 
 def command(v: Victim, line: str, timeout: float = 10.0) -> int:
@@ -58,13 +52,6 @@ def ready_fields(v: Victim) -> dict[str, int]:
 
 
 @pytest.fixture
-def probes() -> Iterator[Probes]:
-    p = Probes(sample_interval_s=0.1)
-    yield p
-    p.close()
-
-
-@pytest.fixture
 def victim_path(compile_victim: Callable[..., Path]) -> Path:
     return compile_victim("probe_sys")
 
@@ -78,15 +65,6 @@ def collect(p: Probes, until: Callable[[list[Event]], bool], timeout: float = 10
 
     wait_for(step, timeout, "probe events")
     return got
-
-
-def drain(p: Probes, seconds: float = 0.3) -> list[Event]:
-    """Everything that arrives within ``seconds`` (to show that nothing more does)."""
-    out: list[Event] = []
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        out += p.poll(50)
-    return out
 
 
 def test_matching_rule_fires_with_tid_args_errno(probes: Probes, spawn: Spawn, victim_path: Path) -> None:

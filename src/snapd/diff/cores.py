@@ -173,28 +173,20 @@ def diff_cores(
     them. Raises :class:`~snapd.diff.errors.BadCore` for a file that is not a usable core and
     :class:`~snapd.diff.errors.DifferentProcesses` for cores of two processes."""
     t0, cpu0 = time.monotonic(), time.process_time()
-    if fds is not None:
-        img_a, fd_a = open_fd(fds[0], path_a)
-        try:
+    with contextlib.ExitStack() as opened:
+        if fds is not None:
+            img_a, fd_a = open_fd(fds[0], path_a)
+            opened.callback(os.close, fd_a)
             img_b, fd_b = open_fd(fds[1], path_b)
-            try:
-                return _diff(img_a, fd_a, img_b, fd_b, top, context, reports, window, workers, t0, cpu0)
-            finally:
-                os.close(fd_b)
-        finally:
-            os.close(fd_a)
-    with contextlib.ExitStack() as unpacked:
-        plain_a = unpacked.enter_context(_plain(path_a))
-        plain_b = unpacked.enter_context(_plain(path_b))
-        img_a, fd_a = open_core(plain_a, path_a if plain_a != path_a else None)
-        try:
+            opened.callback(os.close, fd_b)
+        else:
+            plain_a = opened.enter_context(_plain(path_a))
+            plain_b = opened.enter_context(_plain(path_b))
+            img_a, fd_a = open_core(plain_a, path_a if plain_a != path_a else None)
+            opened.callback(os.close, fd_a)
             img_b, fd_b = open_core(plain_b, path_b if plain_b != path_b else None)
-            try:
-                return _diff(img_a, fd_a, img_b, fd_b, top, context, reports, window, workers, t0, cpu0)
-            finally:
-                os.close(fd_b)
-        finally:
-            os.close(fd_a)
+            opened.callback(os.close, fd_b)
+        return _diff(img_a, fd_a, img_b, fd_b, top, context, reports, window, workers, t0, cpu0)
 
 
 @contextlib.contextmanager

@@ -18,9 +18,9 @@ import math
 import os
 import pwd
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, ParamSpec
 
 from snapd.report import files
 from snapd.report.model import MAX_DERIVED, EventStack, MalformedReport, Report, ReportLimits
@@ -30,6 +30,8 @@ from snapd.sandbox import SYSTEM_READ, BoundedRun, Failure, Limits, Result, code
 WORKER = "snapd.report.build"
 DEBUGINFOD_CACHE = "/var/cache/snapd-cores/debuginfod"
 SLACK = 2 << 20
+
+P = ParamSpec("P")
 
 
 def _debuginfod(env: dict[str, str]) -> tuple[str, ...]:
@@ -189,20 +191,23 @@ def start_report(
     return ReportJob(req, context, why)
 
 
-def run_report(
-    core_path: str,
-    firing_tid: int | None = None,
-    exe: str | None = None,
-    limits: ReportLimits | None = None,
-    context: Mapping[str, Any] | None = None,
-    event: EventStack | None = None,
-    search: Iterable[str] = (),
-) -> dict[str, Any]:
-    """The report of ``core_path`` as a dict (see :mod:`snapd.report.model`), within the
-    deadline; a report that fails is ``{"error": "why", "threads": [], ...}``."""
-    job = start_report(core_path, firing_tid, exe, limits, context, event, search)
-    try:
-        return job.wait()
-    except BaseException:
-        job.kill()
-        raise
+def _waited(start: Callable[P, ReportJob]) -> Callable[P, dict[str, Any]]:
+    """``start`` and a wait for its end, taking the same arguments (checked by mypy)."""
+
+    def run(*args: P.args, **kwargs: P.kwargs) -> dict[str, Any]:
+        """The report of ``core_path`` as a dict (see :mod:`snapd.report.model`), within the
+        deadline; a report that fails is ``{"error": "why", "threads": [], ...}``. Arguments as
+        for :func:`start_report`; the worker is killed if the wait is cut short (an exception
+        in the caller's thread, KeyboardInterrupt)."""
+        job = start(*args, **kwargs)
+        try:
+            return job.wait()
+        except BaseException:
+            job.kill()
+            raise
+
+    run.__name__ = run.__qualname__ = "run_report"
+    return run
+
+
+run_report = _waited(start_report)

@@ -1,0 +1,25 @@
+"""snapd.probe in tests: a rule from its YAML body, and the events that arrive within a while."""
+
+from __future__ import annotations
+
+import time
+
+from snapd.probe import Event, Probes
+from snapd.rules import Rule, parse_rule
+
+
+def rule(text: str, name: str = "t") -> Rule:
+    """The rule ``name: NAME`` + ``text``, which must parse without an error."""
+    r, errors = parse_rule(f"name: {name}\n" + text, f"{name}.yaml")
+    assert not errors, [str(e) for e in errors]
+    assert r is not None
+    return r
+
+
+def drain(p: Probes, seconds: float = 0.3) -> list[Event]:
+    """Everything that arrives within ``seconds`` (to show that nothing more does)."""
+    out: list[Event] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        out += p.poll(50)
+    return out
