@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from snapd.ship import index
 from snapd.ship.config import MAX_PARTS, UploadConfig
@@ -261,7 +261,7 @@ class Uploader:
         st.size = size
         c = self._c()
         if size < self.cfg.multipart_threshold:
-            with open(job.path, "rb") as f:
+            with _open_bundle(job.path) as f:
                 self._call(
                     job.key,
                     c.put_object,
@@ -295,7 +295,7 @@ class Uploader:
             st.upload_id, st.parts = str(r["UploadId"]), []
             self.store.save(st)
         done = {p.number for p in st.parts}
-        with open(job.path, "rb") as f:
+        with _open_bundle(job.path) as f:
             for n in range(1, nparts + 1):
                 if n in done:
                     continue
@@ -409,3 +409,11 @@ def _size(path: str) -> int:
         return os.stat(path).st_size
     except OSError:
         return 0
+
+
+def _open_bundle(path: str) -> BinaryIO:
+    """The bundle to send; retention may remove it at any moment (after the stat too)."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise _Permanent(f"{path}: the bundle is gone") from None
