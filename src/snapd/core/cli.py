@@ -7,7 +7,9 @@ import os
 import sys
 import time
 
+from snapd import kernel
 from snapd.content import AGGREGATES, CLASSES, MODIFIERS, parse_spec
+from snapd.core.info import CoreInfo
 from snapd.core.writer import SNAPSHOT_MODES, write_core
 from snapd.errors import ContentError, SnapdError
 from snapd.text import safe
@@ -33,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
         "--sync",
         action="store_true",
         help="fsync the core before publishing it (durable across a crash; slower)",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="say which kernel features the dump uses (and what falls back), and what each dump took",
     )
     p.add_argument("pids", nargs="+", metavar="PID", help="process id(s)")
     return p
@@ -69,6 +77,17 @@ class _Progress:
             sys.stdout.flush()
 
 
+def _stats(info: CoreInfo) -> str:
+    mib = 2**20
+    threads = f"{info.threads} thread" + ("s" if info.threads != 1 else "")
+    return (
+        f"{threads}, {info.dumped_mappings} of {info.mappings} mappings, "
+        f"{info.memory_bytes / mib:,.1f} MiB copied, {info.disk_bytes / mib:,.1f} MiB on disk; "
+        f"{info.snapshot} snapshot, halted {info.freeze_seconds * 1e3:,.1f} ms, "
+        f"{info.elapsed_seconds * 1e3:,.0f} ms in all"
+    )
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -82,6 +101,9 @@ def main(argv: list[str]) -> int:
             print(f"snapd gcore: '{p}' is not a process id", file=sys.stderr)
             return 2
         pids.append(int(p))
+    if args.verbose:
+        for probed in kernel.report(kernel.GCORE_FEATURES):
+            print(f"snapd gcore: kernel {os.uname().release}: {probed.line()}", file=sys.stderr)
     failed = 0
     tty = sys.stdout.isatty()
     for pid in pids:
@@ -107,5 +129,7 @@ def main(argv: list[str]) -> int:
                 f"snapd gcore: warning: pid {pid}: no fork snapshot: {info.fallback}; dumped in frozen mode",
                 file=sys.stderr,
             )
+        if args.verbose:
+            print(f"snapd gcore: {path}: {_stats(info)}", file=sys.stderr)
         print(f"snapd gcore: {path} dumped")
     return 1 if failed else 0

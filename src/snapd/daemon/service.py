@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from types import FrameType
 from typing import Any, NamedTuple
 
-from snapd import procfs, sdnotify
+from snapd import kernel, procfs, sdnotify
 from snapd.content import parse_spec
 from snapd.ctl.server import CtlServer
 from snapd.daemon import ruledir
@@ -403,6 +403,7 @@ class Daemon:
             "paused": self.switch.get().to_dict(),
             "dumping": {"pid": busy.pid, "rule": busy.rule} if busy else None,
             "queued": self.worker.waiting(),
+            "kernel": kernel.summary(),
         }
 
     def rules(self) -> list[dict[str, Any]]:
@@ -483,6 +484,7 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         self.worker.start()
+        log.info("kernel %s: %s", os.uname().release, kernel.describe())
         self.sync_rules()
         sdnotify.ready(f"{len(self.states)} rules loaded")
         log.info(

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from snapd import procfs
+from snapd import kernel, procfs
 from snapd.errors import SnapdError
 from snapd.probe import layout, samplers, targets
 from snapd.probe.event import Event, Kind
@@ -117,6 +117,10 @@ class Probes:
     def _ensure_bpf(self, rule: Rule) -> Any:
         if self._bpf is not None:
             return self._bpf
+        try:
+            kernel.require(kernel.PROBE_FEATURES, "its probe")
+        except kernel.KernelFeatureMissing as err:
+            raise _rule_error(rule, str(err)) from err
         try:
             from bcc import BPF  # the only bcc import in snapd
 
