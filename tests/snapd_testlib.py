@@ -16,9 +16,20 @@ from pathlib import Path
 
 from snapd.core.info import CoreInfo
 
+#: Every deadline of the shared helpers is multiplied by this. The kernel lane (make test-kernels,
+#: tests/kernels/lane.py) sets it for a run inside an emulated guest, where everything takes many
+#: times longer; deadlines are never edited per test for that.
+TIMEOUT_SCALE = max(1.0, float(os.environ.get("SNAPD_TEST_TIMEOUT_SCALE") or 1))
+
+
+def scaled(seconds: float) -> float:
+    """A deadline of ``seconds`` on this machine, as the lane's scale stretches it."""
+    return seconds * TIMEOUT_SCALE
+
 
 def wait_for(cond: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
-    """Poll ``cond`` until it returns a truthy value; fail with ``what`` after ``timeout``."""
+    """Poll ``cond`` until it returns a truthy value; fail with ``what`` after ``timeout`` (scaled)."""
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     delay = 0.001
     while True:
@@ -53,7 +64,7 @@ class Victim:
     def __init__(self, argv: list[str], ready_timeout: float = 20.0, **kw: object) -> None:
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.PIPE, **kw)  # type: ignore[call-overload]
         self.pid: int = self.proc.pid
-        self.ready_line = self._read_ready(ready_timeout)
+        self.ready_line = self._read_ready(scaled(ready_timeout))
 
     def _read_ready(self, timeout: float) -> str:
         import selectors

@@ -17,6 +17,8 @@ from typing import Any
 
 from tests.conftest import Victim, wait_for
 
+from snapd_testlib import scaled
+
 READY_TIMEOUT = 60.0  # bcc compiles each rule's BPF program at load: seconds on a small VM
 
 
@@ -65,6 +67,7 @@ class DVictim:
         stdin.flush()
 
     def reply(self, timeout: float = 15.0) -> str:
+        timeout = scaled(timeout)
         stdout = self.victim.proc.stdout
         assert stdout is not None
         deadline = time.monotonic() + timeout
