@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum, IntEnum
+from pathlib import Path
 from typing import Any
 
 from snapd.errors import SnapdError
@@ -32,6 +33,7 @@ class Feature(Enum):
     BPF_ANCESTOR_CGROUP = "bpf_get_current_ancestor_cgroup_id"
     SYSCALL_TRACEPOINTS = "syscall_tracepoints"
     SCHED_TRACEPOINTS = "sched_tracepoints"
+    EXIT_GROUP_DEAD = "sched_process_exit_group_dead"
     KERNEL_HEADERS = "kernel_headers"
 
 
@@ -72,6 +74,12 @@ FEATURES: dict[Feature, Spec] = {
     ),
     Feature.SCHED_TRACEPOINTS: Spec(
         "the sched_process_exec/fork/exit tracepoints", "Linux 3.4", "following targets that start", None
+    ),
+    Feature.EXIT_GROUP_DEAD: Spec(
+        "the group_dead field of the sched_process_exit tracepoint",
+        "newer than 6.1; 6.18 has it",
+        "telling a process's exit from a thread's in the probe",
+        "current->signal->live read in the probe (no thread left: the group is dead)",
     ),
     Feature.KERNEL_HEADERS: Spec(
         "kernel headers for bcc (/lib/modules/RELEASE/build or CONFIG_IKHEADERS)",
@@ -299,11 +307,33 @@ def _tracepoints(*events: str) -> tuple[bool | None, str]:
     return None, "tracefs is not mounted (mount -t tracefs nodev /sys/kernel/tracing)"
 
 
+def _tracepoint_field(event: str, decl: str) -> tuple[bool | None, str]:
+    """Does ``event``'s format declare ``decl`` (e.g. ``bool group_dead``)?"""
+    for root in _TRACEFS:
+        path = f"{root}/events/{event}/format"
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            continue
+        except OSError as err:
+            return None, f"{path}: {_errname(err)}"
+        if f"field:{decl};" in text:
+            return True, f"{path} has {decl}"
+        return False, f"{path} has no {decl.split()[-1]}"
+    return None, f"no readable tracefs with events/{event}"
+
+
 def _kernel_headers() -> tuple[bool | None, str]:
     release = os.uname().release
     build = f"/lib/modules/{release}/build"
     if os.path.exists(f"{build}/include/linux/kconfig.h") or os.path.exists(f"{build}/include/generated"):
-        return True, f"{build} -> {os.path.realpath(build)}"
+        uts = Path(build, "include/generated/utsrelease.h")
+        theirs = uts.read_text().split('"')[1] if uts.exists() else "?"
+        if theirs != release:
+            # Tracepoints, perf events and helpers keep their ABI; struct layouts do not, so
+            # reads of kernel structs in the probe (task_struct) are only right with its own.
+            return True, f"{build} holds another kernel's ({theirs}): struct reads in the probe may be wrong"
+        return True, f"{build} (the kernel's own)"
     if os.path.exists("/sys/kernel/kheaders.tar.xz"):
         return True, "/sys/kernel/kheaders.tar.xz (CONFIG_IKHEADERS)"
     return False, f"no {build} (install linux-headers-{release}) and no /sys/kernel/kheaders.tar.xz"
@@ -321,6 +351,7 @@ _PROBES = {
     Feature.SCHED_TRACEPOINTS: lambda: _tracepoints(
         "sched/sched_process_exec", "sched/sched_process_fork", "sched/sched_process_exit"
     ),
+    Feature.EXIT_GROUP_DEAD: lambda: _tracepoint_field("sched/sched_process_exit", "bool group_dead"),
     Feature.KERNEL_HEADERS: _kernel_headers,
 }
 

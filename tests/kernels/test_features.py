@@ -104,3 +104,42 @@ def test_helper_numbers_match_the_uapi_header() -> None:
     for h in kernel.Helper:
         assert names.index(h.name.lower()) == h.value, h
     assert "BPF_MAP_TYPE_RINGBUF," in header.read_text()
+
+
+@pytest.mark.kernel
+@pytest.mark.lane
+def test_targets_follow_a_thread_exit_and_the_process_exit(spawn: Callable[..., Victim]) -> None:
+    """The exit probe tells a thread's exit from the process's: with the tracepoint's group_dead
+    field, or where the kernel has none (6.1) by the live-thread count the probe reads."""
+    import ctypes as ct
+    import sys
+
+    from snapd_testlib import wait_for
+
+    script = (
+        "import sys, threading\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.readline()\n"
+        "t = threading.Thread(target=lambda: None); t.start(); t.join()\n"
+        "print('thread gone', flush=True)\n"
+        "sys.stdin.readline()\n"
+    )
+    v = spawn([sys.executable, "-c", script])
+    text = f"name: ex\ntarget: {{pid: {v.pid}}}\ntrigger: {{syscall: getppid}}\n"
+    rule, errors = parse_rule(text, "ex.yaml")
+    assert rule is not None and not errors
+    with Probes() as p:
+        p.load(rule)
+        tmap = p._bpf[b"targets"]
+
+        def marked() -> bool:
+            return tmap.get(ct.c_uint32(v.pid)) is not None
+
+        assert marked()
+        assert v.proc.stdin is not None and v.proc.stdout is not None
+        v.proc.stdin.write(b"\n")
+        v.proc.stdin.flush()
+        assert v.proc.stdout.readline() == b"thread gone\n"
+        assert marked(), "a thread's exit removed its process from the targets"
+        v.kill()
+        wait_for(lambda: not marked(), 10, "the exited process to leave the targets map")

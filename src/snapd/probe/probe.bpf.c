@@ -530,7 +530,17 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
     inflight.delete(&tid);
     if (tid != tgid)
         targets.delete(&tid);  // a thread's entry, made by the fork probe
-    if (args->group_dead)
+#ifdef SNAPD_EXIT_GROUP_DEAD
+    int group_dead = args->group_dead;
+#else
+    // Kernels whose tracepoint has no group_dead field (snapd.kernel probes its format): do_exit()
+    // has already counted this thread out, so no live thread is left when the group dies
+    // (kernel/exit.c: group_dead = atomic_dec_and_test(&tsk->signal->live) precedes
+    // trace_sched_process_exit). Threads exiting together may all read 0: the group is dying.
+    struct task_struct *t = (struct task_struct *)bpf_get_current_task();
+    int group_dead = t->signal->live.counter == 0;
+#endif
+    if (group_dead)
         targets.delete(&tgid);
     return 0;
 }

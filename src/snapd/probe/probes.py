@@ -124,7 +124,8 @@ class Probes:
         try:
             from bcc import BPF  # the only bcc import in snapd
 
-            b = BPF(src_file=str(SOURCE).encode(), cflags=layout.cflags())
+            offered = ["-DSNAPD_EXIT_GROUP_DEAD"] if kernel.has(kernel.Feature.EXIT_GROUP_DEAD) else []
+            b = BPF(src_file=str(SOURCE).encode(), cflags=[*layout.cflags(), *offered])
             ev = b.load_func(b"snapd_eval", BPF.TRACEPOINT)
             b[b"evalprog"][ct.c_int(0)] = ct.c_int(ev.fd)
             b.load_func(b"snapd_sys_enter", BPF.TRACEPOINT)
