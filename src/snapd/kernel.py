@@ -110,6 +110,8 @@ class Probed:
     feature: Feature
     present: bool | None
     detail: str
+    caveat: bool = False  # present, but with a limit the detail names
+
 
     @property
     def spec(self) -> Spec:
@@ -123,7 +125,7 @@ class Probed:
 
     def line(self) -> str:
         """``pagemap_scan: no (ENOTTY); using /proc/PID/pagemap, 8 bytes read per page``"""
-        word = {True: "yes", False: "no", None: "unknown"}[self.present]
+        word = {True: "yes, but" if self.caveat else "yes", False: "no", None: "unknown"}[self.present]
         text = f"{self.feature.value}: {word} ({self.detail})"
         if self.present is False:
             fb = self.spec.fallback
@@ -323,7 +325,7 @@ def _tracepoint_field(event: str, decl: str) -> tuple[bool | None, str]:
     return None, f"no readable tracefs with events/{event}"
 
 
-def _kernel_headers() -> tuple[bool | None, str]:
+def _kernel_headers() -> tuple[bool | None, str] | tuple[bool, str, bool]:
     release = os.uname().release
     build = f"/lib/modules/{release}/build"
     if os.path.exists(f"{build}/include/linux/kconfig.h") or os.path.exists(f"{build}/include/generated"):
@@ -332,7 +334,8 @@ def _kernel_headers() -> tuple[bool | None, str]:
         if theirs != release:
             # Tracepoints, perf events and helpers keep their ABI; struct layouts do not, so
             # reads of kernel structs in the probe (task_struct) are only right with its own.
-            return True, f"{build} holds another kernel's ({theirs}): struct reads in the probe may be wrong"
+            why = f"{build} holds another kernel's ({theirs}): struct reads in the probe may be wrong"
+            return True, why, True
         return True, f"{build} (the kernel's own)"
     if os.path.exists("/sys/kernel/kheaders.tar.xz"):
         return True, "/sys/kernel/kheaders.tar.xz (CONFIG_IKHEADERS)"
@@ -362,8 +365,8 @@ _PROBES = {
 @functools.cache
 def probe(feature: Feature) -> Probed:
     """The cached answer for ``feature`` (probed on first use)."""
-    present, detail = _PROBES[feature]()
-    return Probed(feature, present, detail)
+    present, detail, *caveat = _PROBES[feature]()
+    return Probed(feature, present, detail, bool(caveat and caveat[0]))
 
 
 def has(feature: Feature) -> bool:
@@ -385,7 +388,7 @@ def report(features: Iterable[Feature] = tuple(Feature)) -> list[Probed]:
 
 def describe(features: Iterable[Feature] = tuple(Feature)) -> str:
     """One log line: the features this kernel lacks (or cannot be asked about) and what is used."""
-    odd = [p.line() for p in report(features) if p.present is not True]
+    odd = [p.line() for p in report(features) if p.present is not True or p.caveat]
     return "; ".join(odd) if odd else "every kernel feature snapd uses is present"
 
 
@@ -394,5 +397,8 @@ def summary(features: Iterable[Feature] = tuple(Feature)) -> dict[str, Any]:
     out: dict[str, Any] = {"release": os.uname().release}
     for p in report(features):
         word = {True: "yes", False: "no", None: "unknown"}[p.present]
-        out[p.feature.value] = word if p.present else f"{word}: using {p.uses()} ({p.detail})"
+        if p.present is not True:
+            out[p.feature.value] = f"{word}: using {p.uses()} ({p.detail})"
+        else:
+            out[p.feature.value] = f"yes, but {p.detail}" if p.caveat else "yes"
     return out
