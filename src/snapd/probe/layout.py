@@ -9,6 +9,7 @@ from enum import IntEnum, IntFlag
 
 # The predicate encoding and the rule-language limits belong to snapd.rules (an earlier stage);
 # the probe only sizes its maps from them.
+from snapd import kernel
 from snapd.rules.expr import MAX_INSNS, Field, Insn, Op
 from snapd.rules.loader import GLOB_MAX, WIN_SLOTS
 
@@ -68,6 +69,8 @@ def cflags() -> list[str]:
         f"-DSNAPD_RINGBUF_PAGES={RINGBUF_PAGES}",
         f"-DSNAPD_PATH_MAX={PATH_MAX}",
         f"-DSIGNAL_STOP={SIGNAL_STOP}",
+        # what the running kernel offers (snapd.kernel), never what a rule says
+        f"-DSNAPD_EXIT_GROUP_DEAD={int(kernel.has(kernel.Feature.EXIT_GROUP_DEAD))}",
     ]
     for enum in (Insn, Op):
         out += [f"-D{enum.__name__.upper()}_{m.name}={m.value}" for m in enum]

@@ -124,10 +124,11 @@ class Probes:
         try:
             from bcc import BPF  # the only bcc import in snapd
 
-            offered = ["-DSNAPD_EXIT_GROUP_DEAD"] if kernel.has(kernel.Feature.EXIT_GROUP_DEAD) else []
-            b = BPF(src_file=str(SOURCE).encode(), cflags=[*layout.cflags(), *offered])
+            b = BPF(src_file=str(SOURCE).encode(), cflags=layout.cflags())
             ev = b.load_func(b"snapd_eval", BPF.TRACEPOINT)
             b[b"evalprog"][ct.c_int(0)] = ct.c_int(ev.fd)
+            cl = b.load_func(b"snapd_classify", BPF.TRACEPOINT)
+            b[b"execprog"][ct.c_int(0)] = ct.c_int(cl.fd)
             b.load_func(b"snapd_sys_enter", BPF.TRACEPOINT)
             b.load_func(b"snapd_sys_exit", BPF.TRACEPOINT)
             b[b"events"].open_ring_buffer(self._on_event)
