@@ -6,6 +6,7 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
+LANE_ARGS ?=
 PREFIX ?= /usr/local
 LIBDIR := $(PREFIX)/lib/snapd-cores
 
@@ -22,7 +23,7 @@ test: setup
 
 test-kernels: setup
 	@bash scripts/kernels.sh
-	$(PY) -m tests.kernels.lane $(if $(PYTEST_ARGS),-- $(PYTEST_ARGS))
+	$(PY) -m tests.kernels.lane $(LANE_ARGS) $(if $(PYTEST_ARGS),-- $(PYTEST_ARGS))
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench

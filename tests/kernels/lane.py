@@ -330,7 +330,7 @@ def feature_lines(rows: Sequence[Row]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.kernels.lane", description=__doc__.split("\n\n")[0])
     p.add_argument("--only", action="append", default=[], help="run only this kernel release (repeatable)")
-    p.add_argument("--deadline", type=float, default=3600.0, help="seconds allowed per guest (default 3600)")
+    p.add_argument("--deadline", type=float, default=7200.0, help="seconds allowed per guest (default 7200)")
     p.add_argument("--fresh-accel", action="store_true", help="probe KVM again instead of the cached answer")
     p.add_argument("--inside", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--host-speed", type=float, default=0.0, help=argparse.SUPPRESS)
