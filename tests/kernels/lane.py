@@ -291,6 +291,24 @@ def read_junit(xml: Path) -> dict[str, str]:
     return out
 
 
+_STREAMED = re.compile(r"^(?:\[[^]]*\] )?tests/(.+?) (PASSED|FAILED|ERROR|SKIPPED)\b", re.M)
+
+
+def read_streamed(log: Path) -> dict[str, str]:
+    """test id -> result from pytest's -v lines, for a run killed before it wrote its XML; the
+    test it was in when killed is "killed"."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return {}
+    words = {"PASSED": "pass", "FAILED": "FAIL", "ERROR": "ERROR", "SKIPPED": "skip"}
+    out = {m.group(1): words[m.group(2)] for m in _STREAMED.finditer(text)}
+    started = re.findall(r"^(?:\[[^]]*\] )?tests/(\S+::\S+) ?$", text, re.M)
+    for t in started:
+        out.setdefault(t, "killed")
+    return out
+
+
 def green(rows: Sequence[Row]) -> bool:
     tests = set().union(*(r.results for r in rows)) if rows else set()
     return bool(tests) and all(
@@ -359,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif not args.only:
         print("lane: no guest kernels in .cache/kernels (scripts/kernels.sh fetches them)")
     for r in rows:
-        r.results = read_junit(r.xml)
+        r.results = read_junit(r.xml) or read_streamed(RESULTS / f"{r.release}.log")
         with contextlib.suppress(OSError, ValueError):
             r.features = json.loads(r.xml.with_suffix(".features.json").read_text())
     print("\n" + table(rows))

@@ -53,3 +53,17 @@ def test_deadlines_scale_with_the_measured_slowdown() -> None:
     assert lane.timeout_scale(0.1, 1.6) == 32.0
     assert lane.timeout_scale(0.2, 0.05) == 1.0
     assert lane.timeout_scale(0.0, 1.0) == 1.0
+
+
+def test_a_killed_guest_still_shows_what_it_passed(tmp_path: Path) -> None:
+    log = tmp_path / "k.log"
+    log.write_text(
+        "tests/core/test_pages.py::test_a PASSED [ 50%]\n"
+        "tests/probe/test_probes.py::test_b[x: {y: 1}-z] FAILED [ 75%]\n"
+        "tests/reliability/test_rel_kill.py::test_c \n"
+    )
+    assert lane.read_streamed(log) == {
+        "core/test_pages.py::test_a": "pass",
+        "probe/test_probes.py::test_b[x: {y: 1}-z]": "FAIL",
+        "reliability/test_rel_kill.py::test_c": "killed",
+    }
