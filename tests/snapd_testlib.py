@@ -23,7 +23,7 @@ T = TypeVar("T")
 
 #: Every deadline of the suite is multiplied by this (e.g. 10 inside an emulated VM): a deadline
 #: says when to give up, never how fast something must be, so a slow machine only needs a factor.
-TIMEOUT_SCALE = float(os.environ.get("SNAPD_TEST_TIMEOUT_SCALE") or 1.0)
+TIMEOUT_SCALE = max(1.0, float(os.environ.get("SNAPD_TEST_TIMEOUT_SCALE") or 1.0))
 #: No condition is given up on sooner than this: on a shared, noisy CI machine with two CPUs a
 #: process exiting or a daemon reacting can take seconds, and waiting longer costs a passing
 #: test nothing.
