@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from snapd.errors import SnapdError
+from snapd.sys import btf, pagemap
 
 
 class Feature(Enum):
@@ -112,7 +113,6 @@ class Probed:
     detail: str
     caveat: bool = False  # present, but with a limit the detail names
 
-
     @property
     def spec(self) -> Spec:
         return FEATURES[self.feature]
@@ -150,26 +150,36 @@ class KernelFeatureMissing(SnapdError):
 
 
 def _pagemap_scan() -> tuple[bool | None, str]:
-    # The code path the core writer runs (snapd.core.pages), on one page of our own.
-    from snapd.core.pages import PageMap
-
+    # The ioctl the core writer makes (snapd.core.pages, through snapd.sys.pagemap), on one
+    # resident page of our own.
     page = mmap.PAGESIZE
     buf = mmap.mmap(-1, page)
+    fd = -1
     try:
         buf[0] = 1  # fault it in: the scan must find it
         view = ctypes.c_char.from_buffer(buf)
         addr = ctypes.addressof(view)
         del view  # the mapping cannot be closed while a ctypes object exports it
-        with PageMap(os.getpid()) as pm:
-            runs = pm.present(addr, addr + page)
-            scan_ok = pm.scan_ok
+        vec = (pagemap.Region * 4)()
+        arg = pagemap.ScanArg()
+        arg.size = ctypes.sizeof(pagemap.ScanArg)
+        arg.start, arg.end = addr, addr + page
+        arg.vec, arg.vec_len = ctypes.addressof(vec), len(vec)
+        arg.category_anyof_mask = arg.return_mask = pagemap.Cat.PRESENT | pagemap.Cat.SWAPPED
+        fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            n = pagemap.scan(fd, arg)
+        except OSError as err:
+            if err.errno in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP):
+                return False, "the ioctl is refused (ENOTTY or EINVAL)"
+            raise
     except OSError as err:
         return None, f"/proc/self/pagemap: {_errname(err)}"
     finally:
+        if fd >= 0:
+            os.close(fd)
         buf.close()
-    if not scan_ok:
-        return False, "the ioctl is refused (ENOTTY or EINVAL)"
-    if runs != [(addr, addr + page)]:
+    if n != 1 or (vec[0].start, vec[0].end) != (addr, addr + page):
         return False, "the ioctl does not see a resident page"
     return True, "the ioctl found a resident page"
 
@@ -332,9 +342,16 @@ def _kernel_headers() -> tuple[bool | None, str] | tuple[bool, str, bool]:
         uts = Path(build, "include/generated/utsrelease.h")
         theirs = uts.read_text().split('"')[1] if uts.exists() else "?"
         if theirs != release:
-            # Tracepoints, perf events and helpers keep their ABI; struct layouts do not, so
-            # reads of kernel structs in the probe (task_struct) are only right with its own.
-            why = f"{build} holds another kernel's ({theirs}): struct reads in the probe may be wrong"
+            # Tracepoints, perf events and helpers keep their ABI; struct layouts do not. The
+            # probe's struct reads take their offsets from the running kernel's BTF
+            # (snapd.probe.layout.task_offsets); without it they would be the headers'.
+            try:
+                btf.member_offset("task_struct", "ptrace")
+            except btf.BtfError:
+                why = f"{build} holds another kernel's ({theirs}), and there is no BTF: struct reads "
+                why += "in the probe may be wrong"
+            else:
+                why = f"{build} holds another kernel's ({theirs}); struct offsets come from {btf.VMLINUX}"
             return True, why, True
         return True, f"{build} (the kernel's own)"
     if os.path.exists("/sys/kernel/kheaders.tar.xz"):

@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
         "-v",
         "--verbose",
         action="store_true",
-        help="say which kernel features the dump uses (and what falls back), how the memory was copied, and why",
+        help="say which kernel features the dump uses (and what falls back), and how the memory was copied",
     )
     p.add_argument(
         "--sync",
