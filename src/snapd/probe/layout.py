@@ -35,6 +35,14 @@ CPU_SAMPLE_PERIOD_NS = 10_101_010  # ~99 Hz per CPU, off the common 100 Hz timer
 SIGNAL_STOP = 19  # SIGSTOP on every Linux architecture snapd supports (x86_64, arm64)
 
 
+#: probe.bpf.c's tail-call targets: (program, its one-slot BPF_PROG_ARRAY, bcc program type).
+TAIL_CALLS = (
+    (b"snapd_eval", b"evalprog", "TRACEPOINT"),
+    (b"snapd_classify", b"execprog", "TRACEPOINT"),
+    (b"snapd_cpu_step", b"cpuprog", "PERF_EVENT"),
+)
+
+
 class RuleFlag(IntFlag):
     PID = 1
     UID = 2

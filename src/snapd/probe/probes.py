@@ -134,15 +134,11 @@ class Probes:
             from bcc import BPF  # the only bcc import in snapd
 
             b = BPF(src_file=str(SOURCE).encode(), cflags=layout.cflags())
-            ev = b.load_func(b"snapd_eval", BPF.TRACEPOINT)
-            b[b"evalprog"][ct.c_int(0)] = ct.c_int(ev.fd)
-            cl = b.load_func(b"snapd_classify", BPF.TRACEPOINT)
-            b[b"execprog"][ct.c_int(0)] = ct.c_int(cl.fd)
+            for fn, table, kind in layout.TAIL_CALLS:
+                b[table][ct.c_int(0)] = ct.c_int(b.load_func(fn, getattr(BPF, kind)).fd)
             b.load_func(b"snapd_sys_enter", BPF.TRACEPOINT)
             b.load_func(b"snapd_sys_exit", BPF.TRACEPOINT)
             b.load_func(b"snapd_tick", BPF.PERF_EVENT)
-            step = b.load_func(b"snapd_cpu_step", BPF.PERF_EVENT)
-            b[b"cpuprog"][ct.c_int(0)] = ct.c_int(step.fd)
             b.load_func(b"snapd_cpu_sample", BPF.PERF_EVENT)
             b[b"events"].open_ring_buffer(self._on_event)
             b.attach_tracepoint(tp=b"syscalls:sys_enter_clone", fn_name=b"snapd_clone_enter")
