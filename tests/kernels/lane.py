@@ -111,7 +111,9 @@ def features_json() -> str:
 
 def inside(xml: Path, host_s: float, extra: Sequence[str]) -> int:
     """The guest's side: mounts, the speed-scaled deadlines, pytest, the feature report."""
-    for fs, where in (("tracefs", "/sys/kernel/tracing"), ("debugfs", "/sys/kernel/debug")):
+    # bpffs: the daemon pins its stop record there, and refuses stop: kernel rules without it
+    mounts = (("tracefs", "/sys/kernel/tracing"), ("debugfs", "/sys/kernel/debug"), ("bpf", "/sys/fs/bpf"))
+    for fs, where in mounts:
         if subprocess.run(["mountpoint", "-q", where], check=False).returncode != 0:
             subprocess.run(["mount", "-t", fs, "nodev", where], check=False)
     scale = float(os.environ.get("SNAPD_TEST_TIMEOUT_SCALE") or timeout_scale(host_s, speed_sample()))
