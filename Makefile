@@ -1,13 +1,16 @@
 # Two entry points, both idempotent and complete on a fresh Debian 12 / Ubuntu 22.04+ machine (as root):
 #   make run    set everything up, then run the daemon in the foreground
 #   make test   set everything up, then run the test suite
+# and make test-kernels: the kernel-sensitive tests on the running kernel and on Debian 12's 6.1
+# booted under qemu (docs/kernels.md)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
+LANE_ARGS ?=
 PREFIX ?= /usr/local
 LIBDIR := $(PREFIX)/lib/snapd-cores
 
-.PHONY: setup run test test-fast lint bench clean install
+.PHONY: setup run test test-fast test-kernels lint bench clean install
 
 setup:
 	@bash scripts/setup.sh
@@ -22,6 +25,10 @@ test: setup
 # .venv `make setup` built; runs as any user.
 test-fast:
 	$(PY) -m pytest -m "not kernel and not slow" $(PYTEST_ARGS)
+
+test-kernels: setup
+	@bash scripts/kernels.sh
+	$(PY) -m tests.kernels.lane $(LANE_ARGS) $(if $(PYTEST_ARGS),-- $(PYTEST_ARGS))
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench

@@ -31,8 +31,8 @@ MAY_IMPORT: dict[str, set[str]] = {
 #: Shared by every stage, importing none: bindings, /proc, errors, the small vocabularies, the
 #: bounded subprocess runner.
 BASE = {
-    "atomicfile", "content", "errors", "paths", "procfs", "sandbox", "sdnotify", "sys", "template",
-    "text", "units",
+    "atomicfile", "content", "errors", "kernel", "paths", "procfs", "sandbox", "sdnotify", "sys",
+    "template", "text", "units",
 }  # fmt: skip
 #: Finer than package level: (importing stage, imported stage) -> the only modules allowed.
 ONLY_MODULES = {("store", "core"): {"snapd.core.info"}}

@@ -37,6 +37,7 @@ def no_children(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("mode", ["frozen", "fork"])
+@pytest.mark.lane
 def test_consistent_moment(compile_victim, spawn, tmp_path, mode):
     """The counter and its far-away mirror agree: the core is one moment, not a smear, and that
     moment is the freeze (between the values read just before and just after)."""
@@ -55,6 +56,7 @@ def test_consistent_moment(compile_victim, spawn, tmp_path, mode):
 
 
 @pytest.mark.parametrize("mode", ["frozen", "fork"])
+@pytest.mark.lane
 def test_readers_read_fork_core_fully(compile_victim, spawn, snapd_cmd, tmp_path, mode):
     exe = compile_victim("threads")
     v = spawn([exe])

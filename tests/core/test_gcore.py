@@ -38,6 +38,7 @@ def assert_running(v: object) -> None:
     assert tracer_of(pid) == 0
 
 
+@pytest.mark.lane
 def test_threads_backtraces_globals_tls(compile_victim, spawn, snapd_cmd, tmp_path):
     exe = compile_victim("threads")
     v = spawn([exe])
@@ -127,6 +128,7 @@ print(hex(prog["snapd_global"].value_()))
     assert "0x5eed5eed" in r.stdout
 
 
+@pytest.mark.lane
 def test_sparse_1gib_10mib_touched(compile_victim, spawn, snapd_cmd, tmp_path):
     exe = compile_victim("bigmem")
     v = spawn([exe, 1024, 10])
@@ -244,6 +246,7 @@ def registers(exe: object, core: object, regs: dict[str, str]) -> dict[str, str]
     return found
 
 
+@pytest.mark.lane
 @pytest.mark.parametrize("mode", ["frozen", "fork"])
 def test_vector_registers_same_as_gdb_gcore(compile_victim, spawn, snapd_cmd, tmp_path, mode):
     """YMM/ZMM/opmask state reads back as the victim set it, on any CPU (AMD's XSAVE layout

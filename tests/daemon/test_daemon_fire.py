@@ -36,6 +36,7 @@ def assert_gdb_reads(exe: object, core: str, frame: str | None = None) -> str:
     return bt
 
 
+@pytest.mark.lane
 def test_syscall_rule_core_read_by_gdb_victim_runs_on(daemon: DaemonHarness, victims: Victims) -> None:
     v = victims()
     daemon.write_rule("entry.yaml", syscall_rule("entry", v.pid, "getppid"))
@@ -65,6 +66,7 @@ def test_syscall_rule_core_read_by_gdb_victim_runs_on(daemon: DaemonHarness, vic
     v.cmd("p")
 
 
+@pytest.mark.lane
 def test_stop_kernel_core_at_the_syscall_and_released(daemon: DaemonHarness, victims: Victims) -> None:
     v = victims()
     daemon.write_rule("k.yaml", syscall_rule("k", v.pid, "getppid", action="  stop: kernel\n"))
@@ -123,6 +125,7 @@ def test_every_timer_rule_fires(daemon: DaemonHarness, victims: Victims) -> None
     v.cmd("p")
 
 
+@pytest.mark.lane
 def test_snapshot_fork(daemon: DaemonHarness, victims: Victims) -> None:
     v = victims(touch_mib=8)
     daemon.write_rule("fk.yaml", syscall_rule("fk", v.pid, action="  snapshot: fork\n"))

@@ -96,6 +96,7 @@ def test_pause_suppresses_survives_restart_resume_restores(daemon: DaemonHarness
     v.cmd("p")
 
 
+@pytest.mark.lane
 def test_ctl_snap_on_demand(daemon: DaemonHarness, victims: Victims) -> None:
     v = victims(touch_mib=4)
     daemon.start()

@@ -67,6 +67,7 @@ def collect(p: Probes, until: Callable[[list[Event]], bool], timeout: float = 10
     return got
 
 
+@pytest.mark.lane
 def test_matching_rule_fires_with_tid_args_errno(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
     v = spawn([victim_path])
     pipe_fd = ready_fields(v)["pipe"]
@@ -87,6 +88,7 @@ def test_matching_rule_fires_with_tid_args_errno(probes: Probes, spawn: Spawn, v
     assert abs(time.monotonic_ns() - e.time_ns) < 10_000_000_000
 
 
+@pytest.mark.lane
 def test_enter_predicate_on_args(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
     v = spawn([victim_path])
     f = ready_fields(v)
@@ -104,6 +106,7 @@ def test_enter_predicate_on_args(probes: Probes, spawn: Spawn, victim_path: Path
     assert len(events) == 2 and all(e.ret is None and e.args[0] == f["null"] for e in events)
 
 
+@pytest.mark.lane
 def test_count_within_fires_exactly_on_nth(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
     v = spawn([victim_path])
     probes.load(
@@ -137,6 +140,7 @@ def test_count_outside_window_does_not_fire(probes: Probes, spawn: Spawn, victim
     assert len(collect(probes, lambda ev: len(ev) >= 1) + drain(probes)) == 1
 
 
+@pytest.mark.lane
 def test_every_fires_on_time(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
     v = spawn([victim_path])
     probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{every: 200ms}}", "tick"))
@@ -146,6 +150,7 @@ def test_every_fires_on_time(probes: Probes, spawn: Spawn, victim_path: Path) ->
     assert all(150 <= g <= 260 for g in gaps), gaps
 
 
+@pytest.mark.lane
 def test_cpu_fires_for_spinner_not_idle(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
     spinner = spawn([victim_path, "spin"])
     idle = spawn([victim_path])
@@ -168,6 +173,7 @@ def test_cpu_fires_for_spinner_not_idle(probes: Probes, spawn: Spawn, victim_pat
         ("rss: {above: 64MiB}", "m 96", "rss", 64 << 20),
     ],
 )
+@pytest.mark.lane
 def test_proc_samplers_fire_on_crossing(
     probes: Probes,
     spawn: Spawn,
@@ -188,6 +194,7 @@ def test_proc_samplers_fire_on_crossing(
     assert (e.kind, e.pid, e.rule) == (kind, v.pid, "sampled") and e.value is not None and e.value > floor - 1
 
 
+@pytest.mark.lane
 def test_process_started_later_is_caught(
     probes: Probes, spawn: Spawn, victim_path: Path, tmp_path: Path
 ) -> None:
@@ -210,6 +217,7 @@ def test_child_of_target_inherits_comm_rule(probes: Probes, spawn: Spawn, victim
     assert {e.pid for e in events} == {v.pid}
 
 
+@pytest.mark.lane
 def test_stop_kernel_halts_at_syscall(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
     v = spawn([victim_path])
     probes.load(
@@ -276,6 +284,7 @@ def test_unload_and_reload_leave_others_alone(probes: Probes, spawn: Spawn, vict
     assert drain(probes) == []
 
 
+@pytest.mark.lane
 def test_latency_predicate(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
     v = spawn([victim_path])
     probes.load(
@@ -352,6 +361,7 @@ def _try_rmdir(d: Path) -> bool:
 
 
 @pytest.mark.parametrize("selector", ["unit", "cgroup"])
+@pytest.mark.lane
 def test_new_process_in_cgroup_is_caught(
     test_cgroup: Path, probes: Probes, spawn: Spawn, victim_path: Path, selector: str
 ) -> None:

@@ -67,6 +67,7 @@ def rule(name: str, pid: int, extra_action: str) -> str:
     )
 
 
+@pytest.mark.lane
 def test_sigkill_at_random_moments(
     daemon: DaemonHarness,
     victims: Victims,
@@ -159,5 +160,7 @@ def test_sigkill_at_random_moments(
     check_listing(daemon.cores(), cores_dir)
     assert integrity(db) == "ok"
     assert sum(phases.values()) == KILLS
-    assert phases["dump (partial file present)"] >= 3, f"seed {seed}: kills did not land in dumps: {phases}"
+    # 3 of the default 24; the kernel lane's shortened run (SNAPD_REL_KILLS) asks proportionally.
+    in_dumps = phases["dump (partial file present)"]
+    assert in_dumps >= max(1, KILLS // 8), f"seed {seed}: kills did not land in dumps: {phases}"
     assert zombies == 0, f"seed {seed}: {zombies} snapshot children left as zombies of the fork target"

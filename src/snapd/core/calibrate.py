@@ -332,7 +332,7 @@ def _mapped(directory: str, files: list[_TempFile], src: Region) -> float:
         t = time.monotonic()
         n = 0
         for i, addr in enumerate(src.chunks()):
-            n += copy_runs(reader, f.fd, [(i * CHUNK, addr, CHUNK)])[0]
+            n += copy_runs(reader, f.fd, [(i * CHUNK, addr, CHUNK)], fallback=False).copied
             if time.monotonic() - t > TIME_LIMIT:
                 break
         return n / max(time.monotonic() - t, 1e-6)

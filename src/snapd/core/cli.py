@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from snapd import kernel
 from snapd.content import AGGREGATES, CLASSES, MODIFIERS, SnapshotMode, parse_spec
 from snapd.core.info import CoreInfo
 from snapd.core.writer import write_core
@@ -36,7 +37,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help="memory for frozen-mode staging, bytes (512M) or %% of MemAvailable (default 25%%)",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="say how the memory was copied, and why")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="say which kernel features the dump uses (and what falls back), and how the memory was copied",
+    )
     p.add_argument(
         "--sync",
         action="store_true",
@@ -91,6 +97,9 @@ def main(argv: list[str]) -> int:
             return 2
         pids.append(int(p))
     mode = SnapshotMode(args.snapshot)
+    if args.verbose:
+        for probed in kernel.report(kernel.GCORE_FEATURES):
+            print(f"snapd gcore: kernel {os.uname().release}: {probed.line()}", file=sys.stderr)
     failed = 0
     tty = sys.stdout.isatty()
     for pid in pids:

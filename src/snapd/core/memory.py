@@ -4,7 +4,10 @@ Two readers: ``process_vm_readv`` (:class:`VmReader`, up to IOV_MAX runs per sys
 ``/proc/PID/mem`` (:class:`MemReader`: PROT_NONE pages too, and no page pinning). The staged copy
 (:mod:`snapd.core.staging`) reads into warm chunks; :func:`copy_runs` reads straight into a
 MAP_SHARED mapping of the output file instead (one copy, but each page a fresh page-cache page,
-faulted in while reading). A run that fails part-way (a page that cannot be read: PROT_NONE
+faulted in while reading). Where the output cannot be mapped shared (9p without a page cache,
+FUSE in direct_io mode, a descriptor open for writing only: mmap(2) EINVAL, ENODEV, EACCES) it
+reads each window into an anonymous buffer and pwrite(2)s it, found out at the first window and
+said in :attr:`Copied.pwrite`. A run that fails part-way (a page that cannot be read: PROT_NONE
 without FOLL_FORCE, beyond EOF of a file mapping, a guard page) leaves a one-page hole and the
 copy goes on after it.
 """
@@ -16,7 +19,7 @@ import ctypes
 import errno
 import os
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from snapd.errors import TargetGone
 from snapd.procfs import PAGE_SIZE
@@ -114,17 +117,31 @@ class MemReader:
         os.close(self.fd)
 
 
+#: mmap(2) errors meaning "this file cannot be mapped shared and writable" (mm/mmap.c; 9p's
+#: generic_file_readonly_mmap: EINVAL; fuse_file_mmap in direct_io mode: ENODEV; a descriptor
+#: not open for reading: EACCES). Offsets and lengths here are page-aligned, so EINVAL is that.
+NO_SHARED_MAP = (errno.EINVAL, errno.ENODEV, errno.EACCES, errno.EOPNOTSUPP)
+
+
+class Copied(NamedTuple):
+    copied: int  # bytes
+    skipped: int  # pages left as holes (unreadable)
+    pwrite: bool  # the output could not be mapped shared: written with pwrite(2)
+
+
 def copy_runs(
     reader: Reader,
     fd: int,
     runs: Sequence[tuple[int, int, int]],
     progress: Callable[[int], None] | None = None,
-) -> tuple[int, int]:
-    """Copy ``runs`` of ``(file_offset, remote_addr, length)`` (page-aligned, file order).
-
-    Returns ``(bytes_copied, pages_skipped)``.
-    """
+    *,
+    fallback: bool = True,
+) -> Copied:
+    """Copy ``runs`` of ``(file_offset, remote_addr, length)`` (page-aligned, file order) into
+    a shared mapping of ``fd``, or, where the file cannot be mapped shared (``fallback``; else
+    the OSError is raised), through a buffer and pwrite(2)."""
     copied = skipped = 0
+    bounce = 0  # the pwrite path's buffer (WINDOW bytes), once the mapping was refused
     i = 0
     while i < len(runs):
         # One window of the output file: as many runs as fit, the last one maybe split.
@@ -142,16 +159,49 @@ def copy_runs(
             batch.append(runs[i])
             i += 1
         span = batch[-1][0] + batch[-1][2] - wstart
-        base = mman.mmap_file(fd, wstart, span)
+        if not bounce:
+            try:
+                base = mman.mmap_file(fd, wstart, span)
+            except OSError as err:
+                if not fallback or err.errno not in NO_SHARED_MAP:
+                    raise
+                bounce = mman.mmap_anon(WINDOW)
         try:
-            c, s = _copy_window(reader, base - wstart, batch)
-        finally:
-            mman.munmap(base, span)
+            if bounce:
+                c, s = _pwrite_window(reader, fd, bounce, wstart, batch)
+            else:
+                try:
+                    c, s = _copy_window(reader, base - wstart, batch)
+                finally:
+                    mman.munmap(base, span)
+        except BaseException:
+            if bounce:
+                mman.munmap(bounce, WINDOW)
+            raise
         copied += c
         skipped += s
         if progress:
             progress(copied)
-    return copied, skipped
+    if bounce:
+        mman.munmap(bounce, WINDOW)
+    return Copied(copied, skipped, bool(bounce))
+
+
+def _pwrite_window(
+    reader: Reader, fd: int, buf: int, wstart: int, batch: list[tuple[int, int, int]]
+) -> tuple[int, int]:
+    """One window through ``buf``: each run zeroed (a page that cannot be read stays zero, as
+    the hole of the mapped path reads), read, and written at its offset."""
+    for off, _addr, length in batch:
+        ctypes.memset(buf + off - wstart, 0, length)
+    c, s = _copy_window(reader, buf - wstart, batch)
+    for off, _addr, length in batch:
+        data = (ctypes.c_char * length).from_address(buf + off - wstart)
+        done = 0
+        with memoryview(data).cast("B") as view:
+            while done < length:
+                done += os.pwrite(fd, view[done:], off + done)
+    return c, s
 
 
 def _copy_window(reader: Reader, delta: int, batch: list[tuple[int, int, int]]) -> tuple[int, int]:

@@ -53,7 +53,17 @@ class PageMap:
 
     def has_anon(self, start: int, end: int) -> bool:
         """Does [start, end) hold an anonymous page (for a file mapping: a written, COW-ed one)?
-        Stops at the first one found. Raises OSError where PAGEMAP_SCAN is missing."""
+        Stops at the first one found."""
+        if self.scan_ok:
+            try:
+                return self._scan_anon(start, end)
+            except OSError as err:
+                if err.errno not in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                self.scan_ok = False
+        return self._read_anon(start, end)
+
+    def _scan_anon(self, start: int, end: int) -> bool:
         arg = ScanArg()
         arg.size = ctypes.sizeof(ScanArg)
         arg.start, arg.end = start, end
@@ -116,6 +126,17 @@ class PageMap:
                     runs.append((s, e))
         return iter(runs)
 
+    def _read_anon(self, start: int, end: int) -> bool:
+        """Fallback: an entry present or swapped (bit 63, 62) without PM_FILE (bit 61: "file-page
+        or shared-anon", fs/proc/task_mmu.c pte_to_pagemap_entry) is an anonymous page."""
+        chunk_pages = 1 << 15
+        for cp in range(start // PAGE_SIZE, end // PAGE_SIZE, chunk_pages):
+            n = min(chunk_pages, end // PAGE_SIZE - cp)
+            if b"1" in os.pread(self.fd, n * 8, cp * 8)[7::8].translate(_ANON_TABLE):
+                return True
+        return False
+
 
 _PRESENT_TABLE = bytes(0x31 if b & 0xC0 else 0x30 for b in range(256))
+_ANON_TABLE = bytes(0x31 if b & 0xC0 and not b & 0x20 else 0x30 for b in range(256))
 _RUN = re.compile(rb"1+")

@@ -228,11 +228,12 @@ class CoreFile(AtomicFile):
             reader = reader[0] if isinstance(reader, list) else reader
             self.reserve(runs)
             t = time.monotonic()
-            n, skipped = copy_runs(reader, self.fd, runs, progress)
+            n, skipped, pwrite = copy_runs(reader, self.fd, runs, progress)
             self.mapped.read_bytes += n
             self.mapped.read_seconds += time.monotonic() - t
             self.mapped.skipped_pages += skipped
-            self.mapped.written = {"mmap": self.mapped.read_bytes}
+            # "pwrite": the file system refused a shared mapping of the output (copy_runs)
+            self.mapped.written = {"pwrite" if pwrite else "mmap": self.mapped.read_bytes}
             self.mapped.write_seconds = self.mapped.read_seconds
             return n
         except OSError as err:

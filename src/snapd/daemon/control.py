@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-from snapd import procfs
+from snapd import kernel, procfs
 from snapd.content import SnapshotMode, parse_spec
 from snapd.daemon.admission import Admission
 from snapd.daemon.compare import Comparisons
@@ -88,6 +88,7 @@ class Control:
             "queued": worker.waiting(),
             "reports": self._reports.status() if self._reports else None,
             "dumper": worker.pid,
+            "kernel": kernel.summary(),
         }
 
     def rules(self, matches: bool = False) -> list[dict[str, Any]]:

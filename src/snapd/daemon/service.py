@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from snapd import sdnotify
+from snapd import kernel, sdnotify
 from snapd.core import CoreInfo
 from snapd.ctl.server import CtlServer
 from snapd.daemon.admission import Admission, resume
@@ -276,6 +276,7 @@ class Daemon:
         elif (queued := self.catalog.shipping.backlog()[0]) > 0:
             log.warning("%d core(s) wait for an upload, but the configuration has no upload: section", queued)
         self.after.resume()
+        log.info("kernel %s: %s", os.uname().release, kernel.describe())
         sdnotify.status("starting: building the BPF probes")
         log.info("snapd daemon starting: building the BPF probes (control socket %s answers)", self.ctl.path)
         threading.Thread(target=self._compile, name="snapd-compile", daemon=True).start()

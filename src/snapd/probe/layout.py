@@ -12,6 +12,7 @@ from enum import IntEnum, IntFlag
 
 # The predicate encoding and the rule-language bounds belong to snapd.rules (an earlier stage);
 # the probe only sizes its maps from them.
+from snapd import kernel
 from snapd.rules.bounds import GLOB_MAX, MAX_INSNS, WIN_SLOTS
 from snapd.rules.expr import Field, Insn, Op
 from snapd.sys import btf
@@ -32,6 +33,14 @@ MUTE_FOREVER = (1 << 64) - 1  # a `mutes` value: until the daemon unmutes the ru
 SNAPSHOT_CLONE_FLAGS = 0x400
 CPU_SAMPLE_PERIOD_NS = 10_101_010  # ~99 Hz per CPU, off the common 100 Hz timer beat
 SIGNAL_STOP = 19  # SIGSTOP on every Linux architecture snapd supports (x86_64, arm64)
+
+
+#: probe.bpf.c's tail-call targets: (program, its one-slot BPF_PROG_ARRAY, bcc program type).
+TAIL_CALLS = (
+    (b"snapd_eval", b"evalprog", "TRACEPOINT"),
+    (b"snapd_classify", b"execprog", "TRACEPOINT"),
+    (b"snapd_cpu_step", b"cpuprog", "PERF_EVENT"),
+)
 
 
 class RuleFlag(IntFlag):
@@ -143,6 +152,8 @@ def cflags() -> list[str]:
         f"-DSNAPD_MAX_MINE={MAX_MINE}",
         f"-DSIGNAL_STOP={SIGNAL_STOP}",
         f"-DSNAPSHOT_CLONE_FLAGS={SNAPSHOT_CLONE_FLAGS}",
+        # what the running kernel offers (snapd.kernel), never what a rule says
+        f"-DSNAPD_EXIT_GROUP_DEAD={int(kernel.has(kernel.Feature.EXIT_GROUP_DEAD))}",
     ]
     for enum in (Insn, Op):
         out += [f"-D{enum.__name__.upper()}_{m.name}={m.value}" for m in enum]
@@ -155,15 +166,25 @@ def cflags() -> list[str]:
 
 
 def task_offsets() -> list[str]:
-    """struct task_struct offsets of the running kernel, as -D flags: the headers bcc compiles
-    against may be another kernel's (see snapd.sys.btf). Without BTF none are given and the
-    program falls back to the headers' offsetof (probe.bpf.c)."""
+    """Offsets of the kernel struct members the program reads, as -D flags: the headers bcc
+    compiles against may be another kernel's (see snapd.sys.btf). ``task_struct.ptrace`` and
+    ``.group_leader`` (stop: kernel, the snapshot-children exclusion); ``task_struct.signal`` and
+    ``signal_struct.live`` (the live-thread count of the exit probe where sched_process_exit has
+    no group_dead). Without BTF none are given and the program falls back to the headers'
+    offsetof (probe.bpf.c)."""
     try:
         ptrace = btf.member_offset("task_struct", "ptrace")
         leader = btf.member_offset("task_struct", "group_leader")
+        signal = btf.member_offset("task_struct", "signal")
+        live = btf.member_offset("signal_struct", "live")
     except btf.BtfError:
         return []
-    return [f"-DTASK_PTRACE_OFF={ptrace}", f"-DTASK_GROUP_LEADER_OFF={leader}"]
+    return [
+        f"-DTASK_PTRACE_OFF={ptrace}",
+        f"-DTASK_GROUP_LEADER_OFF={leader}",
+        f"-DTASK_SIGNAL_OFF={signal}",
+        f"-DSIGNAL_LIVE_OFF={live}",
+    ]
 
 
 __all__ = ["GLOB_MAX", "MAX_INSNS", "WIN_SLOTS", "Field", "Insn", "Op"]

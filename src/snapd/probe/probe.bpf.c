@@ -18,6 +18,9 @@
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/bpf_perf_event.h>
 #include <linux/sched.h>
+#ifndef SIGNAL_LIVE_OFF
+#include <linux/sched/signal.h>  // struct signal_struct, for the headers' offsetof fallback
+#endif
 
 #ifndef SNAPD_MAX_RULES
 #error "built by snapd.probe: SNAPD_* constants come from snapd/probe/layout.py"
@@ -182,10 +185,16 @@ BPF_PERCPU_ARRAY(scratch_fields, struct fields, 1);
 // compare-and-branch (BPF has no setcc or select instruction).
 #define HIDE(x) asm volatile("" : "+r"(x))
 
-// 1 when x == 0, without a branch: (x | -x) has its sign bit set exactly when x != 0.
+// 1 when x == 0, without a branch: (x | -x) has its sign bit set exactly when x != 0. The
+// operands are hidden too: clang recognises (a ^ b | -(a ^ b)) >> 63 as a != b, and knowing that
+// c is a byte it turns is_less(0, c) into c != 0, each a branch; branches in the rule loop of
+// snapd_classify were more paths than the 6.1 verifier's budget of 1M instructions.
 static __always_inline u64 is_zero(u64 x)
 {
-    u64 nz = (x | -x) >> 63;
+    HIDE(x);
+    u64 t = x | -x;
+    HIDE(t);
+    u64 nz = t >> 63;
     HIDE(nz);
     return nz ^ 1;
 }
@@ -193,8 +202,12 @@ static __always_inline u64 is_zero(u64 x)
 // Signed a < b without a branch (and without overflow: Hacker's Delight 2-12).
 static __always_inline u64 is_less(s64 a, s64 b)
 {
+    HIDE(a);
+    HIDE(b);
     u64 d = (u64)a - (u64)b;
-    u64 lt = (d ^ (((u64)a ^ (u64)b) & (d ^ (u64)a))) >> 63;
+    u64 t = d ^ (((u64)a ^ (u64)b) & (d ^ (u64)a));
+    HIDE(t);
+    u64 lt = t >> 63;
     HIDE(lt);
     return lt;
 }
@@ -207,13 +220,17 @@ static __always_inline int eval_pred(const struct rule_cfg *r, const struct fiel
     if (n == 0)
         return 1;
     u64 st = 0;
-    // A real (verifier-bounded) loop: clang's unrolling with a run-time trip count produces
-    // index arithmetic the verifier cannot bound, so the index is masked instead.
+    // A real (verifier-bounded) loop of constant length: steps past the predicate's end leave
+    // `st` as it is. A `break` at the end gave the verifier one path out of the loop per
+    // length, each walked through the rest of the program, more than the 6.1 verifier's
+    // budget of 1M instructions (E2BIG). The index is masked, and HIDE keeps the mask: knowing
+    // j < SNAPD_MAX_INSNS, clang would step a pointer instead, which the 6.1 verifier cannot
+    // bound ("invalid access to map value").
 #pragma clang loop unroll(disable)
     for (u32 j = 0; j < SNAPD_MAX_INSNS; j++) {
-        if (j >= n)
-            break;
-        const struct insn *in = &r->insns[j & (SNAPD_MAX_INSNS - 1)];
+        u32 idx = j;
+        HIDE(idx);
+        const struct insn *in = &r->insns[idx & (SNAPD_MAX_INSNS - 1)];
         u64 kind = in->kind, op = in->op;
         s64 a = f->v[in->field & 15], k = in->k;
         HIDE(kind);
@@ -228,8 +245,10 @@ static __always_inline int eval_pred(const struct rule_cfg *r, const struct fiel
         u64 conj = ((st >> 2) << 1) | (top & next);
         u64 disj = ((st >> 2) << 1) | (top | next);
         u64 neg = st ^ 1;
-        st = (cmp & -is_zero(kind - INSN_CMP)) | (conj & -is_zero(kind - INSN_AND)) |
-             (disj & -is_zero(kind - INSN_OR)) | (neg & -is_zero(kind - INSN_NOT));
+        u64 out = (cmp & -is_zero(kind - INSN_CMP)) | (conj & -is_zero(kind - INSN_AND)) |
+                  (disj & -is_zero(kind - INSN_OR)) | (neg & -is_zero(kind - INSN_NOT));
+        u64 live = is_less(j, n);
+        st = (out & -live) | (st & (live - 1));
     }
     return opaque(st) & 1;
 }
@@ -296,6 +315,10 @@ static __always_inline int window_hit(u32 slot, const struct rule_cfg *r, u32 tg
 #ifndef TASK_PTRACE_OFF
 #define TASK_PTRACE_OFF offsetof(struct task_struct, ptrace)
 #define TASK_GROUP_LEADER_OFF offsetof(struct task_struct, group_leader)
+#endif
+#ifndef TASK_SIGNAL_OFF
+#define TASK_SIGNAL_OFF offsetof(struct task_struct, signal)
+#define SIGNAL_LIVE_OFF offsetof(struct signal_struct, live)
 #endif
 static __always_inline int current_traced(void)
 {
@@ -554,47 +577,76 @@ static __always_inline int glob_match(const struct rule_cfg *r, const char *comm
     return opaque(st >> r->glob_len) & 1;
 }
 
+// Which rules select a process that just exec'd. Branch-free per rule, like eval_pred: with a
+// `continue` per selector each of the 64 iterations split the paths the verifier walks, more
+// than the 6.1 verifier's budget of 1M instructions (E2BIG); 6.18's prunes them.
 static __always_inline u64 classify(u32 tgid, u32 uid, u64 exe_hash, const char *comm)
 {
     u64 bits = 0;
+#pragma clang loop unroll(disable)
     for (u32 i = 0; i < SNAPD_MAX_RULES; i++) {
         u32 slot = i;
         struct rule_cfg *r = rules.lookup(&slot);
-        if (!r || r->gen == 0)
-            continue;
-        u32 fl = r->flags;
-        if ((fl & RF_PID) && r->pid != tgid)
-            continue;
-        if ((fl & RF_UID) && r->uid != uid)
-            continue;
-        if ((fl & RF_EXE) && exe_hash != r->exe_hash[0] && exe_hash != r->exe_hash[1])
-            continue;
-        if ((fl & RF_CGROUP) && bpf_get_current_ancestor_cgroup_id(r->cg_level) != r->cg_id)
-            continue;
-        if ((fl & RF_COMM) && !glob_match(r, comm))
-            continue;
-        bits |= 1ULL << i;
+        if (!r)
+            continue;  // never, for an array map inside its bounds
+        u64 fl = r->flags;
+        HIDE(fl);
+        u64 ok = is_zero(r->gen) ^ 1;
+        ok &= is_zero(fl & RF_PID) | is_zero((u64)(r->pid ^ tgid));
+        ok &= is_zero(fl & RF_UID) | is_zero((u64)(r->uid ^ uid));
+        ok &= is_zero(fl & RF_EXE) | is_zero(exe_hash ^ r->exe_hash[0]) | is_zero(exe_hash ^ r->exe_hash[1]);
+        u64 cg = bpf_get_current_ancestor_cgroup_id(r->cg_level);  // cheap; execs are rare
+        ok &= is_zero(fl & RF_CGROUP) | is_zero(cg ^ r->cg_id);
+        ok &= is_zero(fl & RF_COMM) | glob_match(r, comm);
+        bits |= (ok & 1) << i;
     }
     return bits;
+}
+
+// The exec probe hashes the file name and hands over to snapd_classify by a tail call: verified
+// as one program, every exit of the hash loop would be a path into the rule loop, and the 6.1
+// verifier ran out of its 1M-instruction budget (E2BIG) walking them.
+struct execstate {
+    u64 hash;
+    u32 tgid;
+    u32 uid;
+    char comm[16];
+};
+BPF_PERCPU_ARRAY(scratch_exec, struct execstate, 1);
+BPF_PROG_ARRAY(execprog, 1);
+
+int snapd_classify(void *ctx)
+{
+    u32 zero = 0;
+    struct execstate *es = scratch_exec.lookup(&zero);
+    if (!es)
+        return 0;
+    u32 tgid = es->tgid;
+    u64 bits = opaque(classify(tgid, es->uid, es->hash, es->comm));
+    if (bits)
+        targets.update(&tgid, &bits);
+    else
+        targets.delete(&tgid);
+    return 0;
 }
 
 TRACEPOINT_PROBE(sched, sched_process_exec)
 {
     u32 zero = 0;
     u64 pid_tgid = bpf_get_current_pid_tgid();
-    u32 tgid = pid_tgid >> 32;
     u64 *active = globals.lookup(&zero);  // GLOBAL_ACTIVE == 0
     if (!active || *active == 0)
         return 0;
+    u32 tgid = pid_tgid >> 32;
     if (is_own(tgid)) {
         targets.delete(&tgid);
         return 0;
     }
-    char comm[16] = {};
-    bpf_get_current_comm(comm, sizeof(comm));
+    struct execstate *es = scratch_exec.lookup(&zero);
     struct path_buf *pb = scratch_path.lookup(&zero);
-    if (!pb)
+    if (!es || !pb)
         return 0;
+    bpf_get_current_comm(es->comm, sizeof(es->comm));
     char *path = pb->s;
     u32 loc = args->data_loc_filename;
     long len = bpf_probe_read_kernel_str(path, SNAPD_PATH_MAX, (void *)args + (loc & 0xffff));
@@ -606,11 +658,10 @@ TRACEPOINT_PROBE(sched, sched_process_exec)
         h ^= (u8)path[i];
         h *= 1099511628211ULL;
     }
-    u64 bits = opaque(classify(tgid, (u32)bpf_get_current_uid_gid(), h, comm));
-    if (bits)
-        targets.update(&tgid, &bits);
-    else
-        targets.delete(&tgid);
+    es->hash = h;
+    es->tgid = tgid;
+    es->uid = (u32)bpf_get_current_uid_gid();
+    execprog.call(args, 0);
     return 0;
 }
 
@@ -678,7 +729,23 @@ TRACEPOINT_PROBE(sched, sched_process_exit)
         targets.delete(&tid);  // a thread's entry, made by the fork probe
         mine.delete(&tid);
     }
-    if (args->group_dead) {
+#if SNAPD_EXIT_GROUP_DEAD
+    int group_dead = args->group_dead;
+#else
+    // Kernels whose tracepoint has no group_dead field (snapd.kernel probes its format): do_exit()
+    // has already counted this thread out, so no live thread is left when the group dies
+    // (kernel/exit.c: group_dead = atomic_dec_and_test(&tsk->signal->live) precedes
+    // trace_sched_process_exit). Threads exiting together may all read 0: the group is dying.
+    // current->signal->live at the running kernel's offsets (see current_traced).
+    char *t = (char *)bpf_get_current_task();
+    char *sig = NULL;
+    int live = 1;
+    bpf_probe_read_kernel(&sig, sizeof(sig), t + TASK_SIGNAL_OFF);
+    if (sig)
+        bpf_probe_read_kernel(&live, sizeof(live), sig + SIGNAL_LIVE_OFF);
+    int group_dead = live == 0;
+#endif
+    if (group_dead) {
         targets.delete(&tgid);
         mine.delete(&tgid);
     }

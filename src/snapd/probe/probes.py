@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from snapd import procfs
+from snapd import kernel, procfs
 from snapd.errors import SnapdError
 from snapd.probe import layout, perfevents, pinned, samplers, targets
 from snapd.probe.decode import RawEvent, to_event
@@ -127,16 +127,18 @@ class Probes:
 
     def _compile(self) -> None:
         try:
+            kernel.require(kernel.PROBE_FEATURES, "its probe")
+        except kernel.KernelFeatureMissing as err:
+            raise ProbeError(str(err)) from err
+        try:
             from bcc import BPF  # the only bcc import in snapd
 
             b = BPF(src_file=str(SOURCE).encode(), cflags=layout.cflags())
-            ev = b.load_func(b"snapd_eval", BPF.TRACEPOINT)
-            b[b"evalprog"][ct.c_int(0)] = ct.c_int(ev.fd)
+            for fn, table, kind in layout.TAIL_CALLS:
+                b[table][ct.c_int(0)] = ct.c_int(b.load_func(fn, getattr(BPF, kind)).fd)
             b.load_func(b"snapd_sys_enter", BPF.TRACEPOINT)
             b.load_func(b"snapd_sys_exit", BPF.TRACEPOINT)
             b.load_func(b"snapd_tick", BPF.PERF_EVENT)
-            step = b.load_func(b"snapd_cpu_step", BPF.PERF_EVENT)
-            b[b"cpuprog"][ct.c_int(0)] = ct.c_int(step.fd)
             b.load_func(b"snapd_cpu_sample", BPF.PERF_EVENT)
             b[b"events"].open_ring_buffer(self._on_event)
             b.attach_tracepoint(tp=b"syscalls:sys_enter_clone", fn_name=b"snapd_clone_enter")

@@ -1,0 +1,397 @@
+"""``make test-kernels``: the kernel-sensitive tests (marker ``lane``) on every kernel of a list.
+
+Rows (docs/kernels.md):
+- the running kernel, on this machine itself: it is the kernel under test, and a VM kernel often
+  has no image on disk to boot (this one has no /boot/vmlinuz-RELEASE);
+- each kernel that scripts/kernels.sh unpacked into .cache/kernels/RELEASE/ (Debian 12's 6.1),
+  booted by virtme-ng under qemu with this machine's own userspace (the checkout, its .venv, gdb,
+  bcc, the headers in /usr/src) mounted read-only, and .cache/kernels/results/ writable: pytest's
+  JUnit XML and the feature report come back through it.
+
+Acceleration: KVM only when a probe boot proves it works (nested KVM hangs or faults on some
+hosts), else qemu's emulation (TCG); the answer is cached in .cache/kernels/accel.json and printed.
+Deadlines: the guest times a fixed CPU-bound loop against the host's and exports the ratio (x2)
+as SNAPD_TEST_TIMEOUT_SCALE, which the shared wait helpers apply (tests/snapd_testlib.py).
+
+    .venv/bin/python -m tests.kernels.lane               # every row, then the table
+    .venv/bin/python -m tests.kernels.lane --only 6.1.0-50-amd64 -- -k pages
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import selectors
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = REPO / ".cache" / "kernels"
+RESULTS = CACHE / "results"
+ACCEL_CACHE = CACHE / "accel.json"
+VENV_BIN = REPO / ".venv" / "bin"
+KVM_TOKEN = "snapd-lane-kvm-ok"
+KVM_PROBE_DEADLINE_S = 60.0
+GUEST_MEMORY = "4G"
+GUEST_CPUS = 2
+#: the daemon-kill test's kills in the lane (24 by default: minutes under emulation)
+LANE_KILLS = 6
+
+
+# ---- the run inside a row -------------------------------------------------------------------
+
+
+def speed_sample() -> float:
+    """Seconds for a fixed CPU-bound loop (best of three): the host/guest speed ratio."""
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        n = 0
+        for i in range(300_000):
+            n += i * i % 7
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def timeout_scale(host_s: float, here_s: float) -> float:
+    """How much longer deadlines get here: twice the measured slow-down, at least 1."""
+    return max(1.0, round(2.0 * here_s / host_s, 1)) if host_s > 0 else 1.0
+
+
+def lane_env(scale: float) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        SNAPD_REQUIRE_KERNEL="1",  # a skipped kernel test is a failure here too
+        SNAPD_TEST_TIMEOUT_SCALE=str(scale),
+        SNAPD_REL_KILLS=str(LANE_KILLS),
+        PYTHONDONTWRITEBYTECODE="1",  # the checkout is read-only in a guest
+    )
+    return env
+
+
+def lane_files() -> list[str]:
+    """The test files that hold lane tests: collecting only them saves minutes in a slow guest."""
+    tests = REPO / "tests"
+    return sorted(str(p.relative_to(REPO)) for p in tests.rglob("test_*.py") if "mark.lane" in p.read_text())
+
+
+def pytest_argv(xml: Path, extra: Sequence[str]) -> list[str]:
+    return [
+        str(VENV_BIN / "python"),
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "lane",
+        "-v",
+        "--tb=short",
+        f"--junitxml={xml}",
+        *lane_files(),
+        *extra,
+    ]
+
+
+def features_json() -> str:
+    from snapd import kernel
+
+    return json.dumps(kernel.summary(), indent=1)
+
+
+def inside(xml: Path, host_s: float, extra: Sequence[str]) -> int:
+    """The guest's side: mounts, the speed-scaled deadlines, pytest, the feature report."""
+    # bpffs: the daemon pins its stop record there, and refuses stop: kernel rules without it
+    mounts = (("tracefs", "/sys/kernel/tracing"), ("debugfs", "/sys/kernel/debug"), ("bpf", "/sys/fs/bpf"))
+    for fs, where in mounts:
+        if subprocess.run(["mountpoint", "-q", where], check=False).returncode != 0:
+            subprocess.run(["mount", "-t", fs, "nodev", where], check=False)
+    scale = float(os.environ.get("SNAPD_TEST_TIMEOUT_SCALE") or timeout_scale(host_s, speed_sample()))
+    print(f"lane: {os.uname().release}: deadlines x{scale}", flush=True)
+    xml.with_suffix(".features.json").write_text(features_json())
+    return subprocess.run(pytest_argv(xml, extra), cwd=REPO, env=lane_env(scale), check=False).returncode
+
+
+# ---- rows -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    release: str
+    where: str  # "host" or "guest (tcg)" / "guest (kvm)"
+    xml: Path
+    seconds: float = 0.0
+    exit_code: int | None = None
+    results: dict[str, str] = field(default_factory=dict)
+    features: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+
+def guest_kernels() -> list[tuple[str, Path]]:
+    """(release, vmlinuz) of every kernel scripts/kernels.sh unpacked."""
+    out = []
+    for d in sorted(CACHE.iterdir()) if CACHE.is_dir() else []:
+        images = sorted((d / "boot").glob("vmlinuz-*"))
+        if images and (d / "lib" / "modules").is_dir():
+            out.append((images[0].name.removeprefix("vmlinuz-"), images[0]))
+    return out
+
+
+def _vng(vmlinuz: Path, command: str, kvm: bool) -> list[str]:
+    argv = [str(VENV_BIN / "vng"), "--run", str(vmlinuz), "--memory", GUEST_MEMORY]
+    argv += ["--cpus", str(GUEST_CPUS), "--rwdir", str(RESULTS), "--exec", command]
+    return argv + ([] if kvm else ["--disable-kvm"])
+
+
+def _run_streamed(argv: list[str], deadline_s: float, prefix: str, log: Path) -> tuple[int | None, str]:
+    """Run argv in its own process group, echo its output with ``prefix``; kill the group (qemu
+    included) at the deadline. Returns (exit code or None on timeout, output)."""
+    env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
+    proc = subprocess.Popen(
+        argv,
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    out: list[str] = []
+    end = time.monotonic() + deadline_s
+    buf = b""
+    with log.open("wb") as logf, selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return None, "".join(out)
+            if not sel.select(min(left, 5.0)):
+                continue
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            logf.write(chunk)
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                line = raw.decode(errors="replace")
+                out.append(line + "\n")
+                if prefix:
+                    print(f"{prefix}{line}", flush=True)
+    rc = proc.wait()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # nothing of the group may outlive the run
+    return rc, "".join(out)
+
+
+def _accel_key() -> str:
+    qemu = subprocess.run(
+        ["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=False
+    ).stdout.split("\n")[0]
+    cpu = next(
+        (ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), ""
+    )
+    return f"{os.uname().release} | {qemu} | {cpu.partition(':')[2].strip()}"
+
+
+def choose_accel(vmlinuz: Path, fresh: bool = False) -> tuple[bool, str]:
+    """(use KVM?, why). KVM only if a guest booted with it answers within the deadline."""
+    key = _accel_key()
+    cache: dict[str, dict[str, object]] = {}
+    with contextlib.suppress(OSError, ValueError):
+        cache = json.loads(ACCEL_CACHE.read_text())
+    if not fresh and key in cache:
+        c = cache[key]
+        return bool(c["kvm"]), f"{c['why']} (cached in {ACCEL_CACHE.relative_to(REPO)})"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        kvm, why = False, "no usable /dev/kvm"
+    else:
+        t0 = time.monotonic()
+        rc, out = _run_streamed(
+            _vng(vmlinuz, f"echo {KVM_TOKEN}", kvm=True), KVM_PROBE_DEADLINE_S, "", RESULTS / "kvm-probe.log"
+        )
+        took = time.monotonic() - t0
+        if rc == 0 and KVM_TOKEN in out:
+            kvm, why = True, f"a KVM probe boot answered in {took:.0f} s"
+        elif rc is None:
+            kvm, why = False, f"a KVM probe boot gave no answer in {KVM_PROBE_DEADLINE_S:.0f} s"
+        else:
+            kvm, why = False, f"a KVM probe boot failed (exit {rc}: {out.strip()[-200:]!r})"
+    cache[key] = {"kvm": kvm, "why": why}
+    ACCEL_CACHE.write_text(json.dumps(cache, indent=1))
+    return kvm, why
+
+
+def run_host(extra: Sequence[str], host_s: float) -> Row:
+    release = os.uname().release
+    row = Row(release, "host", RESULTS / f"{release}.xml")
+    print(f"\n=== {release} (the running kernel, on this machine)", flush=True)
+    row.xml.with_suffix(".features.json").write_text(features_json())
+    t0 = time.monotonic()
+    rc, _ = _run_streamed(pytest_argv(row.xml, extra), 3600, f"[{release}] ", RESULTS / f"{release}.log")
+    row.seconds, row.exit_code = time.monotonic() - t0, rc
+    return row
+
+
+def run_guest(
+    release: str, vmlinuz: Path, kvm: bool, extra: Sequence[str], host_s: float, deadline: float
+) -> Row:
+    row = Row(release, f"guest ({'kvm' if kvm else 'tcg'})", RESULTS / f"{release}.xml")
+    print(f"\n=== {release} (booted with virtme-ng, {'KVM' if kvm else 'emulated: TCG'})", flush=True)
+    inner = [str(VENV_BIN / "python"), "-m", "tests.kernels.lane", "--inside", str(row.xml)]
+    inner += ["--host-speed", f"{host_s:.6f}", "--", *extra]
+    command = f"cd {shlex.quote(str(REPO))} && " + shlex.join(inner)
+    t0 = time.monotonic()
+    rc, out = _run_streamed(
+        _vng(vmlinuz, command, kvm), deadline, f"[{release}] ", RESULTS / f"{release}.log"
+    )
+    row.seconds, row.exit_code = time.monotonic() - t0, rc
+    if rc is None:
+        row.note = f"killed at the {deadline:.0f} s deadline"
+    elif m := re.search(r"deadlines (x[\d.]+)", out):
+        row.note = f"deadlines {m.group(1)}"
+    return row
+
+
+# ---- results --------------------------------------------------------------------------------
+
+
+def read_junit(xml: Path) -> dict[str, str]:
+    """test id -> pass / FAIL / ERROR / skip, from pytest's JUnit XML."""
+    out: dict[str, str] = {}
+    try:
+        root = ET.parse(xml).getroot()
+    except (OSError, ET.ParseError):
+        return out
+    for tc in root.iter("testcase"):
+        cls = tc.get("classname", "").removeprefix("tests.").replace(".", "/")
+        key = f"{cls}.py::{tc.get('name', '')}"
+        kinds = {child.tag for child in tc}
+        out[key] = (
+            "ERROR"
+            if "error" in kinds
+            else "FAIL"
+            if "failure" in kinds
+            else "skip"
+            if "skipped" in kinds
+            else "pass"
+        )
+    return out
+
+
+_STREAMED = re.compile(r"^(?:\[[^]]*\] )?tests/(.+?) (PASSED|FAILED|ERROR|SKIPPED)\b", re.M)
+
+
+def read_streamed(log: Path) -> dict[str, str]:
+    """test id -> result from pytest's -v lines, for a run killed before it wrote its XML; the
+    test it was in when killed is "killed"."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return {}
+    words = {"PASSED": "pass", "FAILED": "FAIL", "ERROR": "ERROR", "SKIPPED": "skip"}
+    out = {m.group(1): words[m.group(2)] for m in _STREAMED.finditer(text)}
+    started = re.findall(r"^(?:\[[^]]*\] )?tests/(\S+::\S+) ?$", text, re.M)
+    for t in started:
+        out.setdefault(t, "killed")
+    return out
+
+
+def green(rows: Sequence[Row]) -> bool:
+    tests = set().union(*(r.results for r in rows)) if rows else set()
+    return bool(tests) and all(
+        r.exit_code == 0 and set(r.results) == tests and all(v == "pass" for v in r.results.values())
+        for r in rows
+    )
+
+
+def table(rows: Sequence[Row]) -> str:
+    tests = sorted(set().union(*(r.results for r in rows))) if rows else []
+    width = max([len("test"), *map(len, tests)])
+    cols = [max(len(r.release), len(r.where), 12) for r in rows]
+    lines = [
+        "  ".join(["test".ljust(width), *(r.release.ljust(c) for r, c in zip(rows, cols, strict=True))]),
+        "  ".join(["".ljust(width), *(r.where.ljust(c) for r, c in zip(rows, cols, strict=True))]),
+    ]
+    for t in tests:
+        cells = [r.results.get(t, "-").ljust(c) for r, c in zip(rows, cols, strict=True)]
+        lines.append("  ".join([t.ljust(width), *cells]))
+    totals = []
+    for r, c in zip(rows, cols, strict=True):
+        ok = sum(v == "pass" for v in r.results.values())
+        totals.append(f"{ok}/{len(tests)} {r.seconds:.0f}s".ljust(c))
+    lines.append("  ".join(["passed, wall time".ljust(width), *totals]))
+    return "\n".join(lines)
+
+
+def feature_lines(rows: Sequence[Row]) -> list[str]:
+    out = []
+    for r in rows:
+        odd = {k: v for k, v in r.features.items() if k != "release" and v != "yes"}
+        shown = "; ".join(f"{k}: {v}" for k, v in odd.items()) or "every feature snapd uses is present"
+        out.append(f"  {r.release}: {shown}")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.kernels.lane", description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", action="append", default=[], help="run only this kernel release (repeatable)")
+    p.add_argument("--deadline", type=float, default=7200.0, help="seconds allowed per guest (default 7200)")
+    p.add_argument("--fresh-accel", action="store_true", help="probe KVM again instead of the cached answer")
+    p.add_argument("--inside", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--host-speed", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    args = p.parse_args(argv)
+    if args.inside:
+        return inside(args.inside, args.host_speed, args.pytest_args)
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for old in RESULTS.glob("*.xml"):
+        old.unlink()
+    host_s = speed_sample()
+    rows: list[Row] = []
+    running = os.uname().release
+    if not args.only or running in args.only:
+        rows.append(run_host(args.pytest_args, host_s))
+    guests = [(r, k) for r, k in guest_kernels() if r != running and (not args.only or r in args.only)]
+    if guests:
+        if not shutil.which("qemu-system-x86_64") or not (VENV_BIN / "vng").exists():
+            print("lane: qemu or virtme-ng missing: run scripts/kernels.sh (make test-kernels does)")
+            return 2
+        kvm, why = choose_accel(guests[0][1], args.fresh_accel)
+        print(f"lane: acceleration: {'KVM' if kvm else 'TCG (emulation)'}: {why}", flush=True)
+        for release, vmlinuz in guests:
+            rows.append(run_guest(release, vmlinuz, kvm, args.pytest_args, host_s, args.deadline))
+    elif not args.only:
+        print("lane: no guest kernels in .cache/kernels (scripts/kernels.sh fetches them)")
+    for r in rows:
+        r.results = read_junit(r.xml) or read_streamed(RESULTS / f"{r.release}.log")
+        with contextlib.suppress(OSError, ValueError):
+            r.features = json.loads(r.xml.with_suffix(".features.json").read_text())
+    print("\n" + table(rows))
+    print("\nkernel features that differ from 'present':")
+    print("\n".join(feature_lines(rows)))
+    for r in rows:
+        log = (RESULTS / f"{r.release}.log").relative_to(REPO)
+        print(f"  {r.release}: {r.where}, exit {r.exit_code}{', ' + r.note if r.note else ''}; log: {log}")
+    ok = green(rows)
+    print(f"\nlane: {'GREEN' if ok else 'NOT GREEN'}: {len(rows)} kernels")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
