@@ -134,6 +134,17 @@ class Reports:
             return time.monotonic() + POLL_S  # waiting for the dumps to be idle
         return None
 
+    def removed(self, entry: Entry) -> None:
+        """Retention removed ``entry`` (:attr:`Catalog.removed`): its report is not wanted any
+        more, and a worker still reading the unlinked file keeps its blocks from the next core."""
+        with contextlib.suppress(ValueError):
+            self.queue.remove(entry.id)
+        run = self.running.pop(entry.id, None)
+        if run is not None:
+            self._unwatch(run)
+            run.job.kill()
+            log.info("core %d: report cancelled: retention removed the core", entry.id)
+
     def close(self) -> None:
         """Kill the workers; their rows stay ``running`` and run again at the next start."""
         for core_id in list(self.running):

@@ -108,6 +108,7 @@ class Daemon:
         settings = reports or ReportSettings()
         self.reports = Reports(self.catalog, settings, self, self._dumps_idle)
         self.dumps.after_publish.append(self.reports.published)
+        self.catalog.removed.append(self.reports.removed)
         self.compare = Comparisons(self.catalog, settings, self)
         self.clients: list[LoopClient] = [self.reports, self.compare]
         self.control = Control(

@@ -66,6 +66,10 @@ class Catalog:
         self.cores_dir = os.path.join(self.state_dir, CORES_DIR)
         self.db_path = os.path.join(self.state_dir, DB_NAME)
         self.retention = retention if retention is not None else Retention()
+        #: called with each entry retention removed, after its file is unlinked: whoever still
+        #: reads that file (a report worker) should let go of it, since its blocks are freed only
+        #: with the last reference (unlink(2)), and the next core may need them now
+        self.removed: list[Callable[[Entry], None]] = []
         self._state_fd = fsutil.open_dir(self.state_dir, 0o700)
         try:
             if recover:
@@ -412,4 +416,6 @@ class Catalog:
         for e in doomed:
             if e.complete:
                 log.info("retention: removed core %d (%s, %d bytes on disk)", e.id, e.name, e.disk_bytes)
+            for hook in self.removed:
+                hook(e)
         return doomed
