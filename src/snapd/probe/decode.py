@@ -7,7 +7,7 @@ import ctypes as ct
 from snapd.probe import layout
 from snapd.probe.event import Event, Kind
 from snapd.rules import syscalls as _sys
-from snapd.rules.model import CpuTrigger, Rule
+from snapd.rules.model import CpuTrigger, FunctionTrigger, Rule, UsdtTrigger
 
 
 class RawEvent(ct.Structure):
@@ -29,7 +29,7 @@ class RawEvent(ct.Structure):
 
 
 def to_event(raw: RawEvent, rule: Rule, names_by_nr: dict[int, str]) -> Event:
-    """A syscall or cpu firing of ``rule``."""
+    """A syscall, cpu, function or usdt firing of ``rule``."""
     flags = layout.EventFlag(raw.flags)
     comm = raw.comm.decode("utf-8", "replace")
     stopped = bool(flags & layout.EventFlag.STOPPED)
@@ -45,6 +45,21 @@ def to_event(raw: RawEvent, rule: Rule, names_by_nr: dict[int, str]) -> Event:
             kind=Kind.CPU,
             time_ns=raw.ts,
             value=int(pct),
+            stopped=stopped,
+        )
+    trig = rule.trigger
+    if flags & layout.EventFlag.UPROBE and isinstance(trig, (FunctionTrigger, UsdtTrigger)):
+        at_return = bool(flags & layout.EventFlag.RETURN)
+        return Event(
+            rule=rule.name,
+            pid=raw.pid,
+            tid=raw.tid,
+            comm=comm,
+            kind=Kind.FUNCTION if isinstance(trig, FunctionTrigger) else Kind.USDT,
+            time_ns=raw.ts,
+            probe=trig.symbol if isinstance(trig, FunctionTrigger) else trig.probe,
+            args=tuple(int(a) for a in raw.args),
+            ret=int(raw.ret) if at_return else None,
             stopped=stopped,
         )
     name = names_by_nr.get(raw.nr, f"syscall_{raw.nr}")

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import ctypes as ct
 from enum import IntEnum, IntFlag
+from pathlib import Path
+
+from snapd.probe import trigger_layout
 
 # The predicate encoding and the rule-language bounds belong to snapd.rules (an earlier stage);
 # the probe only sizes its maps from them.
@@ -49,6 +52,8 @@ class EventFlag(IntFlag):
     STOPPED = 2
     CPU = 4
     TICK = 8
+    UPROBE = 16  # a function or usdt trigger; value is the usite (cookie)
+    RETURN = 32  # ... at the function's return
 
 
 class Global(IntEnum):
@@ -151,7 +156,14 @@ def cflags() -> list[str]:
     out += [f"-DEF_{m.name}={m.value}" for m in EventFlag]
     out += [f"-DGLOBAL_{m.name}={m.value}" for m in Global]
     out += [f"-DCTR_{m.name}={m.value}" for m in Counter]
-    return out + task_offsets()
+    return out + trigger_layout.cflags() + task_offsets() + [include_dir()]
+
+
+def include_dir() -> str:
+    """-I of the directory holding the snapd package: probe.bpf.c includes the trigger pieces
+    as "snapd/probe/NAME.bpf.c" (bcc compiles it as a virtual file, so a path relative to
+    probe.bpf.c is not found). A path of this installation, never of a rule."""
+    return "-I" + str(Path(__file__).resolve().parent.parent.parent)
 
 
 def task_offsets() -> list[str]:

@@ -13,6 +13,7 @@
 //   syscalls:sys_enter_X / exit_X -> target check, mutes, predicate, count/within, ring buffer
 //   perf cpu-clock sampler        -> per-process on-CPU share over a sliding window
 //   perf cpu-clock ticks          -> `every` timers
+//   uprobes (function, usdt)      -> cookie -> usite -> rule: target check, predicate, ring buffer
 // Only firings reach user space, through the `events` ring buffer.
 
 #include <uapi/linux/ptrace.h>
@@ -22,6 +23,9 @@
 #ifndef SNAPD_MAX_RULES
 #error "built by snapd.probe: SNAPD_* constants come from snapd/probe/layout.py"
 #endif
+
+// The trigger pieces (types and pure functions: bcc rewrites map calls in this file only).
+#include "snapd/probe/uprobe.bpf.c"
 
 struct insn {
     u8 kind;      // INSN_CMP, INSN_AND, INSN_OR, INSN_NOT
@@ -808,4 +812,76 @@ int snapd_tick(struct bpf_perf_event_data *ctx)
     e->flags = EF_TICK;
     events.ringbuf_submit(e, 0);
     return 0;
+}
+
+// ---- uprobe programs: the function and usdt triggers (uprobe.bpf.c) --------------------------
+//
+// One uprobe program and one uretprobe program serve every function/usdt rule. Each attachment
+// is a perf event linked with a BPF cookie, the index of its `usite`, which names the rule slot
+// (snapd.probe.uattach). A uprobe event concerns exactly one rule, so it is evaluated inline
+// (snapd_eval is a TRACEPOINT program: a KPROBE program cannot tail-call it).
+static __always_inline int uprobe_hit(struct pt_regs *ctx, int at_return)
+{
+    u32 idx = bpf_get_attach_cookie(ctx) & (SNAPD_MAX_USITES - 1);
+    struct usite *s = usites.lookup(&idx);
+    if (!s || s->gen == 0)
+        return 0;
+    u32 slot = s->slot & (SNAPD_MAX_RULES - 1);
+    struct rule_cfg *r = rules.lookup(&slot);
+    if (!r || r->gen != s->gen)
+        return 0;  // a stale attachment of an unloaded rule, closing in the background
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32;
+    // A system-wide probe, or a child that inherited the breakpoint at fork: not a target.
+    u64 *tm = targets.lookup(&tgid);
+    if (!tm || !(*tm & (1ULL << slot)))
+        return 0;
+    u32 zero = 0;
+    struct fields *f = scratch_fields.lookup(&zero);
+    if (!f)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    u32 flags = EF_UPROBE;
+    struct ukey k = uprobe_call_key(idx);
+    if (!at_return) {
+        uprobe_args(ctx, s, f->v);
+        if (s->flags & US_SAVE_ENTRY) {
+            // the entry half of a return rule: its arguments and time, for the return
+            struct uentry e = {.ts = now};
+            __builtin_memcpy(e.args, f->v, sizeof(e.args));
+            uinflight.update(&k, &e);
+            return 0;
+        }
+        f->v[FIELD_RET] = 0;
+        f->v[FIELD_LATENCY] = 0;
+    } else {
+        struct uentry *e = uinflight.lookup(&k);
+        if (!e)
+            return 0;  // attached mid-call: this return has no entry
+        __builtin_memcpy(f->v, e->args, sizeof(e->args));
+        f->v[FIELD_LATENCY] = now - e->ts;
+        uinflight.delete(&k);
+        f->v[FIELD_RET] = PT_REGS_RC(ctx);
+        flags |= EF_RETURN;
+    }
+    f->v[FIELD_ERRNO] = 0;
+    f->v[FIELD_PID] = tgid;
+    f->v[FIELD_TID] = (u32)pid_tgid;
+    f->v[FIELD_UID] = (u32)bpf_get_current_uid_gid();
+    if (muted(slot, r, tgid, now))
+        return 0;
+    count_up(CTR_SEEN);
+    if (eval_pred(r, f) && window_hit(slot, r, tgid, now))
+        emit(slot, r, pid_tgid, -1, f, now, flags, idx);
+    return 0;
+}
+
+int snapd_uprobe(struct pt_regs *ctx)
+{
+    return uprobe_hit(ctx, 0);
+}
+
+int snapd_uretprobe(struct pt_regs *ctx)
+{
+    return uprobe_hit(ctx, 1);
 }

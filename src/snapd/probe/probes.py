@@ -22,15 +22,13 @@ from typing import Any
 
 from snapd import procfs
 from snapd.errors import SnapdError
-from snapd.probe import layout, perfevents, pinned, samplers, targets
+from snapd.probe import layout, perfevents, pinned, samplers, targetmap, targets, uattach
 from snapd.probe.decode import RawEvent, to_event
 from snapd.probe.event import Event, Kind
-from snapd.probe.plan import Plan, plan, rule_cfg, rule_error
+from snapd.probe.plan import Plan, plan, resolve_error, rule_cfg, rule_error
 from snapd.rules import syscalls as _sys
 from snapd.rules.error import RuleError
-from snapd.rules.model import (
-    Rule,
-)
+from snapd.rules.model import Rule
 
 SOURCE = Path(__file__).with_name("probe.bpf.c")
 RESCAN_INTERVAL_S = 2.0
@@ -58,13 +56,6 @@ class _Loaded:
         return self.plan.rule
 
 
-def _is_process(pid: int) -> bool:
-    try:
-        return int(procfs.status(pid)["Tgid"]) == pid
-    except (SnapdError, KeyError, ValueError):
-        return False
-
-
 def _release(pid: int) -> None:
     """SIGCONT a process a probe stopped with SIGSTOP but that no one will dump."""
     with contextlib.suppress(ProcessLookupError):
@@ -81,6 +72,8 @@ class Probes:
 
     def __init__(self, sample_interval_s: float = 1.0, pin_dir: str | None = None) -> None:
         self._bpf: Any = None
+        self._uprobes: uattach.UAttach | None = None  # function/usdt attachments, once compiled
+        self._problems: list[str] = []  # why a target could not be probed (take_problems)
         self._loaded: dict[str, _Loaded] = {}
         self._slots: dict[int, _Loaded] = {}
         self._gen = 0
@@ -138,6 +131,8 @@ class Probes:
             step = b.load_func(b"snapd_cpu_step", BPF.PERF_EVENT)
             b[b"cpuprog"][ct.c_int(0)] = ct.c_int(step.fd)
             b.load_func(b"snapd_cpu_sample", BPF.PERF_EVENT)
+            up = b.load_func(b"snapd_uprobe", BPF.KPROBE)
+            uret = b.load_func(b"snapd_uretprobe", BPF.KPROBE)
             b[b"events"].open_ring_buffer(self._on_event)
             b.attach_tracepoint(tp=b"syscalls:sys_enter_clone", fn_name=b"snapd_clone_enter")
             b.attach_tracepoint(tp=b"syscalls:sys_exit_clone", fn_name=b"snapd_clone_exit")
@@ -148,6 +143,7 @@ class Probes:
                 b.cleanup()
                 raise ProbeError(f"snapd.probe.layout.{ours.__name__} does not match the compiled program")
         self._bpf = b
+        self._uprobes = uattach.UAttach(b, up.fd, uret.fd)
         self._write_own()
         if self.pin_dir is not None:
             try:
@@ -210,7 +206,7 @@ class Probes:
         try:
             self._write_cfg(ent)
             self._attach(ent)
-            self._mark_targets(ent)
+            self._mark_targets(ent, at_load=True)
         except RuleError:
             self._disarm(ent)
             raise
@@ -300,15 +296,31 @@ class Probes:
         """Existing processes matching ``ent``'s target, leaving out snapd's own."""
         return [pid for pid in targets.scan(ent.rule.target, ent.cgroup) if not self.is_own(pid)]
 
-    def _mark_targets(self, ent: _Loaded) -> None:
-        tmap = self._bpf[b"targets"]
-        bit = 1 << ent.slot
-        for pid in self._candidates(ent):
-            key = ct.c_uint32(pid)
-            cur = tmap.get(key)
-            old = cur.value if cur is not None else 0
-            if not old & bit:
-                tmap[key] = ct.c_uint64(old | bit)
+    def _mark_targets(self, ent: _Loaded, at_load: bool = False) -> None:
+        targetmap.mark(self._bpf[b"targets"], self._candidates(ent), ent.slot)
+        if ent.plan.uprobe:
+            self._uprobe_sync(ent, at_load)
+
+    def _uprobe_sync(self, ent: _Loaded, at_load: bool) -> None:
+        """Attach a function/usdt rule in its targets (those the exec/fork probes found too).
+        At load, a rule the host cannot resolve, or that no target could take, is refused."""
+        up = self._uprobes
+        assert up is not None
+        if at_load:
+            try:
+                up.arm(ent.rule, ent.slot, ent.gen)
+            except SnapdError as err:
+                raise resolve_error(ent.rule, err) from err
+        errors = up.sync(ent.slot, self._pids_of(ent.slot))
+        if at_load and errors and not up.attached(ent.slot):
+            raise resolve_error(ent.rule, errors[0])
+        self._problems += [f"rule {ent.rule.name}: not probed in {err}" for err in errors]
+
+    def take_problems(self) -> list[str]:
+        """Targets a function/usdt rule could not be attached in since the last call (one line
+        each: the daemon logs them)."""
+        out, self._problems = self._problems, []
+        return out
 
     def unload(self, name: str) -> None:
         """Detach rule ``name`` (no-op when it is not loaded); other rules are untouched."""
@@ -324,6 +336,8 @@ class Probes:
             return
         bit = 1 << ent.slot
         b = self._bpf
+        if self._uprobes is not None:
+            self._uprobes.disarm(ent.slot)
         b[b"rules"][ct.c_int(ent.slot)] = b[b"rules"].Leaf()
         for g in (layout.Global.PID_RULES, layout.Global.CPU_RULES):
             self._set_global(g, self._get_global(g) & ~bit)
@@ -363,17 +377,7 @@ class Probes:
         if self._cpu_attached and not any(e.plan.cpu for e in self._slots.values()):
             perfevents.detach_sampler(b)
             self._cpu_attached = False
-        tmap = b[b"targets"]
-        for k, v in list(tmap.items()):
-            if v.value & bit:
-                rest = v.value & ~bit
-                try:
-                    if rest:
-                        tmap[k] = ct.c_uint64(rest)
-                    else:
-                        del tmap[k]
-                except KeyError:
-                    pass
+        targetmap.clear(b[b"targets"], ent.slot)
 
     def loaded(self) -> list[str]:
         return sorted(self._loaded)
@@ -455,14 +459,7 @@ class Probes:
         self._pending.append(to_event(raw, ent.rule, self._names_by_nr))
 
     def _pids_of(self, slot: int) -> list[int]:
-        bit = 1 << slot
-        out = []
-        for k, v in self._bpf[b"targets"].items():
-            pid = int(k.value)
-            # fork also marks new threads (by tid); an Event names a process
-            if v.value & bit and _is_process(pid) and not self.is_own(pid):
-                out.append(pid)
-        return sorted(out)
+        return targetmap.pids_of(self._bpf[b"targets"], slot, self.is_own)
 
     def _on_tick(self, mask: int, ts: int) -> None:
         for slot in range(layout.MAX_RULES):
@@ -581,6 +578,8 @@ class Probes:
         for name in list(self._loaded):
             with contextlib.suppress(Exception):  # keep tearing down the rest
                 self.unload(name)
+        if self._uprobes is not None:
+            self._uprobes.close()
         if self._bpf is not None:
             for fd in self._tick_fds.values():
                 perfevents.close_tick(fd)

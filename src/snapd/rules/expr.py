@@ -6,7 +6,7 @@ Grammar (lowest precedence first)::
     conj  := neg ("and" neg)*
     neg   := "not" neg | "(" expr ")" | cmp
     cmp   := operand OP operand          OP: == != < <= > >=
-    operand := NAME | INT | DURATION | ERRNO | "-" (INT | ERRNO)
+    operand := NAME | INT | DURATION | SIZE | ERRNO | "-" (INT | ERRNO)
 
 One side of a comparison is a name (arg0..arg5, ret, errno, latency, pid, tid, uid), the other a
 constant. Nothing here is ever evaluated by Python or pasted into C: :func:`compile_expr` turns the
@@ -23,7 +23,7 @@ from enum import IntEnum
 from typing import ClassVar, NamedTuple
 
 from snapd.rules.bounds import MAX_INSNS, MAX_STACK, MAX_TEXT
-from snapd.units import DURATION_NS
+from snapd.units import DURATION_NS, SIZE_BYTES
 
 S64_MIN, S64_MAX = -(1 << 63), (1 << 63) - 1
 
@@ -78,7 +78,7 @@ class ExprError(Exception):
 
 
 class Token(NamedTuple):
-    kind: str  # "name", "int", "dur", "op", "(", ")", "-", "end"
+    kind: str  # "name", "int", "dur", "size", "op", "(", ")", "-", "end"
     text: str
     pos: int
     value: int = 0
@@ -112,10 +112,15 @@ def tokenize(text: str) -> list[Token]:
                 out.append(Token("int", m.group(0).strip(), start, value))
             elif unit in DURATION_NS and not num.lower().startswith("0x"):
                 out.append(Token("dur", m.group(0).strip(), start, value * DURATION_NS[unit]))
+            elif unit in SIZE_BYTES and not num.lower().startswith("0x"):
+                out.append(Token("size", m.group(0).strip(), start, value * SIZE_BYTES[unit]))
             else:
                 raise ExprError(
                     start,
-                    f"bad unit {unit!r} in {m.group(0).strip()!r}; durations take " + ", ".join(DURATION_NS),
+                    f"bad unit {unit!r} in {m.group(0).strip()!r}; durations take "
+                    + ", ".join(DURATION_NS)
+                    + "; sizes take "
+                    + ", ".join(SIZE_BYTES),
                 )
         elif m.group("name"):
             out.append(Token("name", m.group("name"), start))
@@ -195,7 +200,7 @@ class Not(Expr):
 
 
 class _Operand(NamedTuple):
-    kind: str  # "field", "int", "dur", "errno"
+    kind: str  # "field", "int", "dur", "size", "errno"
     pos: int
     field: Field | None = None
     value: int = 0
@@ -271,8 +276,8 @@ class _Parser:
             raise ExprError(n.pos, "'-' must be followed by a number or an errno name")
         if t.kind == "int":
             return _Operand("int", t.pos, value=t.value)
-        if t.kind == "dur":
-            return _Operand("dur", t.pos, value=t.value)
+        if t.kind in ("dur", "size"):
+            return _Operand(t.kind, t.pos, value=t.value)
         if t.kind == "name":
             if t.text in NAMES:
                 return _Operand("field", t.pos, field=NAMES[t.text])
@@ -283,7 +288,7 @@ class _Parser:
             raise ExprError(
                 t.pos,
                 f"unknown name {t.text!r}; use arg0..arg5, ret, errno, latency, "
-                "pid, tid, uid, numbers, durations (500ms) or errno names (EPIPE)",
+                "pid, tid, uid, numbers, durations (500ms), sizes (1GiB) or errno names (EPIPE)",
             )
         if t.kind == "end":
             raise ExprError(t.pos, "expression ends early; expected a name or a number")
@@ -323,7 +328,7 @@ class _Parser:
         fld = field_side.field
         if const.kind == "dur" and fld != Field.LATENCY:
             raise ExprError(const.pos, "a duration only compares with latency")
-        if fld == Field.LATENCY and const.kind == "errno":
+        if fld == Field.LATENCY and const.kind in ("errno", "size"):
             raise ExprError(const.pos, "latency compares with a duration such as 500ms")
         if const.kind == "errno" and fld not in (Field.ERRNO, Field.RET):
             raise ExprError(const.pos, "an errno name compares with errno (or ret, negated)")

@@ -1,0 +1,130 @@
+"""DTrace-class triggers end to end (issue 14): a rule file with a `function` trigger dropped in
+the rules directory; the event provoked once in a real victim (tests/victims/trg_victim.c); a
+core listed; the victim still running. A rule naming a symbol the binary lacks is refused with
+its file:line:col, by `snapd check` as root and in the daemon's log."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from daemon_helpers import DaemonHarness, gdb_bt, halted_why
+from tests.conftest import Victim, wait_for
+
+pytestmark = pytest.mark.kernel
+LIMITS = "limits:\n  max_cores: 10\n  min_interval: 1ms\n"
+
+
+def command(v: Victim, line: str, timeout: float = 60.0) -> tuple[int, int]:
+    """One trg_victim command; (tid, ret) from its 'done TID RET ERRNO' answer."""
+    assert v.proc.stdin is not None and v.proc.stdout is not None
+    v.proc.stdin.write(line.encode() + b"\n")
+    v.proc.stdin.flush()
+    fd = v.proc.stdout.fileno()
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while not buf.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError(f"victim {v.pid} did not answer {line!r} ({halted_why(v.pid)})")
+        chunk = os.read(fd, 1)
+        if not chunk:
+            raise AssertionError(f"victim {v.pid} exited during {line!r}")
+        buf += chunk
+    parts = buf.split()
+    assert parts[0] == b"done", buf
+    return int(parts[1]), int(parts[2])
+
+
+def function_rule(name: str, pid: int, binary: str, symbol: str, when: str, extra: str = "") -> str:
+    at = "return" if "ret" in when else "entry"
+    return (
+        f"name: {name}\ntarget:\n  pid: {pid}\ntrigger:\n"
+        f"  function: {{binary: {binary}, symbol: {symbol}, at: {at}}}\n  when: {when}\n{extra}{LIMITS}"
+    )
+
+
+@pytest.fixture
+def trg(compile_victim: Callable[..., Path], spawn: Callable[..., Victim]) -> Victim:
+    return spawn([compile_victim("trg_victim")])
+
+
+def one_core(daemon: DaemonHarness, rule: str) -> dict[str, object]:
+    (core,) = wait_for(lambda: daemon.complete(rule), 30, f"a core from rule {rule}")
+    assert core["status"] == "complete", core
+    return core  # type: ignore[no-any-return]
+
+
+def test_function_triggers_take_cores_and_the_target_runs_on(daemon: DaemonHarness, trg: Victim) -> None:
+    exe = os.readlink(f"/proc/{trg.pid}/exe")
+    daemon.write_rule("fn-entry.yaml", function_rule("fn-entry", trg.pid, exe, "trg_marker", "arg0 == 42"))
+    daemon.write_rule("fn-ret.yaml", function_rule("fn-ret", trg.pid, exe, "trg_marker", "ret == 1007"))
+    daemon.write_rule(
+        "fn-malloc.yaml", function_rule("fn-malloc", trg.pid, "libc.so.6", "malloc", "arg0 > 3MiB")
+    )
+    daemon.write_rule(
+        "fn-stop.yaml",
+        function_rule("fn-stop", trg.pid, exe, "trg_marker", "arg0 == 99", extra="action:\n  stop: kernel\n"),
+    )
+    daemon.start()
+    assert {r["name"] for r in daemon.rules_list()} >= {"fn-entry", "fn-ret", "fn-malloc", "fn-stop"}
+
+    tid, ret = command(trg, "c 42")
+    assert ret == 1042
+    core = one_core(daemon, "fn-entry")
+    trig = core["trigger"]
+    assert isinstance(trig, dict)
+    assert (trig["kind"], trig["probe"], trig["args"][0], trig["ret"], trig["tid"]) == (
+        "function",
+        "trg_marker",
+        42,
+        None,
+        tid,
+    )
+    assert core["pid"] == trg.pid
+    bt = gdb_bt(exe, str(core["path"]))
+    assert " main (" in bt, bt
+
+    command(trg, "c 7")
+    trig = one_core(daemon, "fn-ret")["trigger"]
+    assert isinstance(trig, dict) and trig["ret"] == 1007 and trig["args"][0] == 7
+
+    command(trg, "a 4194304")
+    trig = one_core(daemon, "fn-malloc")["trigger"]
+    assert isinstance(trig, dict) and trig["probe"] == "malloc" and trig["args"][0] == 4194304
+
+    # stop: kernel: the probe stops the victim inside trg_marker, the core shows it there.
+    command(trg, "c 99")
+    core = one_core(daemon, "fn-stop")
+    assert "trg_marker" in gdb_bt(exe, str(core["path"]))
+
+    # Each rule fired once, for the one event that matched, and the victim runs on.
+    assert [len(daemon.complete(r)) for r in ("fn-entry", "fn-ret", "fn-malloc", "fn-stop")] == [1, 1, 1, 1]
+    wait_for(lambda: halted_why(trg.pid) is None, 10, "the victim to run")
+    assert command(trg, "c 1")[1] == 1001
+
+
+def test_unknown_symbol_refused_by_check_and_daemon(
+    daemon: DaemonHarness, trg: Victim, snapd_cmd: list[str]
+) -> None:
+    exe = os.readlink(f"/proc/{trg.pid}/exe")
+    path = daemon.write_rule("bad-sym.yaml", function_rule("bad-sym", trg.pid, exe, "trg_markr", "arg0 == 1"))
+    col = f"  function: {{binary: {exe}, symbol: trg_markr".index("trg_markr") + 1
+    r = subprocess.run(
+        [*snapd_cmd, "check", str(path)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"{path}:5:{col}: trigger.function.symbol: no function 'trg_markr'" in r.stdout, r.stdout
+    assert "did you mean 'trg_marker'" in r.stdout
+
+    daemon.start()
+    wait_for(
+        lambda: f"{path}:5:{col}: trigger.function.symbol" in daemon.log_text(), 30, "the refusal logged"
+    )
+    (row,) = [x for x in daemon.rules_list() if x.get("path") == str(path)]
+    assert row["state"].startswith("invalid: ") and "no function 'trg_markr'" in row["state"], row
