@@ -128,3 +128,29 @@ def test_unknown_symbol_refused_by_check_and_daemon(
     )
     (row,) = [x for x in daemon.rules_list() if x.get("path") == str(path)]
     assert row["state"].startswith("invalid: ") and "no function 'trg_markr'" in row["state"], row
+
+
+def test_string_predicates_take_cores(daemon: DaemonHarness, trg: Victim) -> None:
+    """openat of a missing file matched by a glob; a write containing a marker string."""
+    daemon.write_rule(
+        "str-open.yaml",
+        f"name: str-open\ntarget:\n  pid: {trg.pid}\ntrigger:\n  syscall: openat\n"
+        f"  when: 'path ~ \"/nonexistent/snapd-*.conf\" and errno == ENOENT'\n{LIMITS}",
+    )
+    daemon.write_rule(
+        "str-write.yaml",
+        f"name: str-write\ntarget:\n  pid: {trg.pid}\ntrigger:\n  syscall: write\n"
+        f"  when: 'data contains \"FATAL\" and count < 1KiB'\n{LIMITS}",
+    )
+    daemon.start()
+    command(trg, "o " + b"/nonexistent/other.conf".hex())
+    command(trg, "o " + b"/nonexistent/snapd-db.conf".hex())
+    trig = one_core(daemon, "str-open")["trigger"]
+    assert isinstance(trig, dict) and trig["syscall"] == "openat" and trig["ret"] == -2
+    command(trg, "w " + b"all good".hex())
+    command(trg, "w " + b"x FATAL y".hex())
+    trig = one_core(daemon, "str-write")["trigger"]
+    assert isinstance(trig, dict) and trig["syscall"] == "write" and trig["args"][2] == 9
+    assert [len(daemon.complete(r)) for r in ("str-open", "str-write")] == [1, 1]
+    wait_for(lambda: halted_why(trg.pid) is None, 10, "the victim to run")
+    assert command(trg, "c 1")[1] == 1001

@@ -214,3 +214,27 @@ def test_unknown_usdt_probe_is_refused_at_its_key(probes: Probes, spawn: Spawn) 
         probes.load(r)
     assert ei.value.line == 4 and ei.value.msg.startswith("trigger.usdt.probe: no USDT probe"), str(ei.value)
     assert "function__entry" in ei.value.msg
+
+
+# ---- strings on syscalls -----------------------------------------------------------------------
+
+
+def sys_rule(pid: int, syscall: str, when: str) -> Rule:
+    return rule(f"target: {{pid: {pid}}}\ntrigger:\n  syscall: {syscall}\n  when: '{when}'\n")
+
+
+def test_openat_of_a_missing_file_matched_by_a_glob(probes: Probes, victim: Victim) -> None:
+    probes.load(sys_rule(victim.pid, "openat", 'path ~ "/nonexistent/snapd-*/x?z" and errno == ENOENT'))
+    command(victim, "o " + b"/nonexistent/snapd-a/xyy".hex())  # the glob does not match
+    command(victim, "o " + b"/dev/null".hex())  # no error
+    command(victim, "o " + b"/nonexistent/snapd-abc/xyz".hex())
+    (ev,) = events(probes, 1)
+    assert (ev.syscall, ev.ret) == ("openat", -2)
+
+
+def test_write_containing_a_marker(probes: Probes, victim: Victim) -> None:
+    probes.load(sys_rule(victim.pid, "[write, writev]", 'data contains "FA\\x01TAL" and fd > 0'))
+    command(victim, "w " + b"all is well".hex())
+    command(victim, "w " + b"xxFA\x01TALyy".hex())
+    (ev,) = events(probes, 1)
+    assert ev.syscall == "write" and ev.args[2] == 10

@@ -81,3 +81,26 @@ def test_ten_thousand_function_rules_refused_within_bounds() -> None:
                 assert "too many rules loaded" in err.msg
                 refused += 1
         assert len(p.loaded()) == 64 and refused == 10_000 - 64
+
+
+def test_odd_bytes_in_string_patterns() -> None:
+    """Every odd character in a `path ~` / `data contains` pattern is either data the kernel
+    matches (the rule arms: rows, no C) or one error line at the pattern's column."""
+    accepted = []
+    for c in ODD:
+        for op, sc in (("~", "openat"), ("contains", "write")):
+            name = "path" if sc == "openat" else "data"
+            when = yaml_quoted(f'{name} {op} "a{c}b"')
+            text = f"name: h\ntarget: {{comm: x}}\ntrigger:\n  syscall: {sc}\n  when: {when}\n"
+            rule, errors = parse_rule(text.encode(), "h.yaml")
+            if rule is None:
+                assert len(errors) == 1, (repr(c), [str(e) for e in errors])
+                assert str(errors[0]).startswith("h.yaml:5:") and str(errors[0]).isprintable(), str(errors[0])
+            else:
+                accepted.append(rule)
+    assert len(accepted) > 100
+    pytest.importorskip("bcc")
+    with Probes() as p:
+        for rule in accepted:
+            p.load(rule)
+            p.unload(rule.name)

@@ -16,7 +16,7 @@ from snapd.probe import trigger_layout
 # The predicate encoding and the rule-language bounds belong to snapd.rules (an earlier stage);
 # the probe only sizes its maps from them.
 from snapd.rules.bounds import GLOB_MAX, MAX_INSNS, WIN_SLOTS
-from snapd.rules.expr import Field, Insn, Op
+from snapd.rules.expr import MAX_STRS, Field, Insn, Op
 from snapd.sys import btf
 
 MAX_RULES = 64  # one bit per rule in a u64 mask
@@ -29,6 +29,7 @@ RINGBUF_PAGES = 256  # 1 MiB with 4 KiB pages
 PATH_MAX = 256  # exec filenames hashed for `exe`; longer ones never match in the kernel
 MAX_STOPPED = 4096  # processes stop: kernel may hold stopped at once
 MAX_MINE = 4096  # tasks snapd created (action.run, sandboxes, snapshot children) alive at once
+MAX_STRSRCS = 16384  # (rule, syscall, string comparison) -> where the string is
 MUTE_FOREVER = (1 << 64) - 1  # a `mutes` value: until the daemon unmutes the rule
 # The flags of a fork snapshot's injected clone: CLONE_FILES, exit signal 0 (snapd.core.fork
 # CLONE_ARGS; probe may not import core, tests/probe checks they agree).
@@ -146,6 +147,8 @@ def cflags() -> list[str]:
         f"-DSNAPD_PATH_MAX={PATH_MAX}",
         f"-DSNAPD_MAX_STOPPED={MAX_STOPPED}",
         f"-DSNAPD_MAX_MINE={MAX_MINE}",
+        f"-DSNAPD_MAX_STRSRCS={MAX_STRSRCS}",
+        f"-DSNAPD_MAX_STRS={MAX_STRS}",
         f"-DSIGNAL_STOP={SIGNAL_STOP}",
         f"-DSNAPSHOT_CLONE_FLAGS={SNAPSHOT_CLONE_FLAGS}",
     ]

@@ -26,6 +26,11 @@
 
 // The trigger pieces (types and pure functions: bcc rewrites map calls in this file only).
 #include "snapd/probe/uprobe.bpf.c"
+#include "snapd/probe/strings.bpf.c"
+
+// Defined with the string maps at the end of this file (the strings section).
+struct fields;
+static __always_inline void str_fields(u32 slot, s32 nr, struct fields *f);
 
 struct insn {
     u8 kind;      // INSN_CMP, INSN_AND, INSN_OR, INSN_NOT
@@ -420,6 +425,7 @@ int snapd_eval(struct sys_ctx *ctx)
         u64 pid_tgid = es->pid_tgid, now = es->now;
         if (!muted(slot, r, pid_tgid >> 32, now)) {
             count_up(CTR_SEEN);
+            str_fields(slot, es->nr, f);  // this rule's string comparisons, as fields str0..3
             if (eval_pred(r, f) && window_hit(slot, r, pid_tgid >> 32, now))
                 emit(slot, r, pid_tgid, es->nr, f, now, es->flags, 0);
         }
@@ -884,4 +890,47 @@ int snapd_uprobe(struct pt_regs *ctx)
 int snapd_uretprobe(struct pt_regs *ctx)
 {
     return uprobe_hit(ctx, 1);
+}
+
+// ---- strings: `path ~ "glob"`, `data contains "s"` on syscalls (strings.bpf.c) ---------------
+//
+// A rule's string comparisons (at most SNAPD_MAX_STRS) are map rows: per comparison k its
+// pattern (strpats[slot * MAX_STRS + k]) and, per syscall, where the string is (strsrcs). Their
+// outcomes become the fields str0..str3 that the rule's predicate compares with 1.
+struct strkey {
+    u32 slot;
+    s32 nr;
+    u32 k;
+};
+BPF_HASH(strsrcs, struct strkey, struct str_src, SNAPD_MAX_STRSRCS);
+BPF_ARRAY(strpats, struct str_pattern, SNAPD_MAX_RULES * SNAPD_MAX_STRS);
+BPF_ARRAY(strn, u32, SNAPD_MAX_RULES);  // string comparisons of each rule (0: none)
+BPF_PERCPU_ARRAY(scratch_str, struct str_buf, 1);
+
+static __always_inline void str_fields(u32 slot, s32 nr, struct fields *f)
+{
+    u32 *n = strn.lookup(&slot);
+    if (!n || *n == 0)
+        return;
+    u32 cnt = *n, zero = 0;
+    struct str_buf *buf = scratch_str.lookup(&zero);
+    if (!buf)
+        return;
+#pragma clang loop unroll(disable)
+    for (u32 k = 0; k < SNAPD_MAX_STRS; k++) {
+        if (k >= cnt)
+            break;
+        u32 fi = (FIELD_STR0 + k) & 15;
+        f->v[fi] = 0;  // a string that cannot be read matches nothing
+        struct strkey key = {.slot = slot, .nr = nr, .k = k};
+        struct str_src *src = strsrcs.lookup(&key);
+        u32 pi = (slot * SNAPD_MAX_STRS + k) & (SNAPD_MAX_RULES * SNAPD_MAX_STRS - 1);
+        struct str_pattern *pat = strpats.lookup(&pi);
+        if (!src || !pat)
+            continue;
+        struct str_read rd = {};
+        if (str_read_arg(src, f->v, buf->b, &rd) != 0)
+            continue;
+        f->v[fi] = str_match(pat, buf->b, &rd);
+    }
 }

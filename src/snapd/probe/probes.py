@@ -22,7 +22,7 @@ from typing import Any
 
 from snapd import procfs
 from snapd.errors import SnapdError
-from snapd.probe import layout, perfevents, pinned, samplers, targetmap, targets, uattach
+from snapd.probe import layout, perfevents, pinned, samplers, strrows, targetmap, targets, uattach
 from snapd.probe.decode import RawEvent, to_event
 from snapd.probe.event import Event, Kind
 from snapd.probe.plan import Plan, plan, resolve_error, rule_cfg, rule_error
@@ -245,6 +245,7 @@ class Probes:
     def _attach(self, ent: _Loaded) -> None:
         p, bit = ent.plan, 1 << ent.slot
         if p.syscalls:
+            strrows.write(self._bpf, ent.slot, p)  # before its syscalls' masks name the rule
             masks = self._bpf[b"sysmasks"]
             for use in p.syscalls:
                 key = ct.c_uint32(use.nr)
@@ -358,6 +359,7 @@ class Probes:
                 del masks[key]
         for tp in ent.tracepoints:
             self._tp_ref(tp, -1)
+        strrows.clear(b, ent.slot, ent.plan)
         period = ent.plan.tick_period_ns
         if period is not None and self._tick_refs[period] > 0:
             self._tick_refs[period] -= 1

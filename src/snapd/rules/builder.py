@@ -15,7 +15,7 @@ from yaml.nodes import Node, ScalarNode, SequenceNode
 from snapd.content import SnapshotMode, parse_spec
 from snapd.errors import ContentError
 from snapd.rules import expr as _expr
-from snapd.rules import probespec
+from snapd.rules import probespec, sysargs
 from snapd.rules import syscalls as _sys
 from snapd.rules.bounds import COMM_MAX, GLOB_MAX, MAX_COUNT, MAX_SYSCALLS, MAX_TEXT, WIN_SLOTS
 from snapd.rules.model import (
@@ -295,12 +295,16 @@ class RuleBuilder:
                 ok = False
             else:
                 names.append(call.name)  # the name users know: sendfile, not sendfile64
-        parsed = self._when(m)
+        parsed = self._when(m, sysargs.aliases_for(names) if ok else None)
         if parsed is None:
             return None
         when, when_text, wnode = parsed
         if ok and when is not None and wnode is not None:
             self._check_args(wnode, when, names)
+            for sc in _expr.strings(when):
+                if why := sysargs.string_problem(names, sc.name):
+                    self.ctx.err(wnode, f"trigger.when: {sc.name}: {why}", offset=self._shift(wnode) + sc.pos)
+                    return None
         count = 1
         within: int | None = None
         if "count" in m:
@@ -327,7 +331,13 @@ class RuleBuilder:
             return None
         return SyscallTrigger(tuple(names), when, when_text, count, within)
 
-    def _when(self, m: dict[str, tuple[Node, Node]]) -> probespec.When | None:
+    @staticmethod
+    def _shift(wnode: Node) -> int:
+        return 1 if isinstance(wnode, ScalarNode) and wnode.style in ("'", '"') else 0
+
+    def _when(
+        self, m: dict[str, tuple[Node, Node]], aliases: _expr.Aliases | None = None
+    ) -> probespec.When | None:
         """The trigger's `when` (expression, text, node), all None when absent; None on error."""
         if "when" not in m:
             return None, None, None
@@ -335,9 +345,9 @@ class RuleBuilder:
         text = self.s.string(wnode, "trigger.when", MAX_TEXT)
         if text is None:
             return None
-        shift = 1 if isinstance(wnode, ScalarNode) and wnode.style in ("'", '"') else 0
+        shift = self._shift(wnode)
         try:
-            when = _expr.parse(text)
+            when = _expr.parse(text, aliases)
             _expr.compile_expr(when)
         except _expr.ExprError as err:
             self.ctx.err(wnode, f"trigger.when: {err.msg}", offset=shift + err.pos)
