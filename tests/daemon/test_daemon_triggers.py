@@ -154,3 +154,30 @@ def test_string_predicates_take_cores(daemon: DaemonHarness, trg: Victim) -> Non
     assert [len(daemon.complete(r)) for r in ("str-open", "str-write")] == [1, 1]
     wait_for(lambda: halted_why(trg.pid) is None, 10, "the victim to run")
     assert command(trg, "c 1")[1] == 1001
+
+
+def test_sigterm_to_a_graceful_handler_core_before_it_exits(
+    daemon: DaemonHarness, compile_victim: Callable[..., Path], spawn: Callable[..., Victim]
+) -> None:
+    exe = compile_victim("trg_sig")
+    v = spawn([exe, "handler"])
+    daemon.write_rule(
+        "sig-term.yaml",
+        f"name: sig-term\ntarget:\n  pid: {v.pid}\ntrigger:\n  signal: [SIGTERM, SIGUSR2]\n"
+        f"action:\n  stop: kernel\n{LIMITS}",
+    )
+    daemon.start()
+    os.kill(v.pid, 15)
+    core = one_core(daemon, "sig-term")
+    trig = core["trigger"]
+    assert isinstance(trig, dict) and (trig["kind"], trig["probe"], trig["value"]) == (
+        "signal",
+        "SIGTERM",
+        15,
+    )
+    # Stopped at the handler's first instruction: the core shows it on top, main below.
+    bt = gdb_bt(str(exe), str(core["path"]))
+    assert "trg_on_term" in bt and " main (" in bt, bt
+    # Then resumed: the handler ran and the process shut down gracefully.
+    assert v.proc.wait(timeout=30) == 0
+    assert v.proc.stdout is not None and b"graceful 15" in v.proc.stdout.read()

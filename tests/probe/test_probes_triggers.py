@@ -238,3 +238,31 @@ def test_write_containing_a_marker(probes: Probes, victim: Victim) -> None:
     command(victim, "w " + b"xxFA\x01TALyy".hex())
     (ev,) = events(probes, 1)
     assert ev.syscall == "write" and ev.args[2] == 10
+
+
+# ---- signals -----------------------------------------------------------------------------------
+
+
+def test_signal_to_a_handler_stops_it_before_the_handler(
+    probes: Probes, compile_victim: Callable[..., Path], spawn: Spawn
+) -> None:
+    v = spawn([compile_victim("trg_sig"), "handler"])
+    probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger:\n  signal: SIGTERM\naction: {{stop: kernel}}\n"))
+    os.kill(v.pid, 15)
+    (ev,) = events(probes, 1, settle=0)
+    assert (ev.kind.value, ev.probe, ev.value, ev.args[0], ev.stopped) == ("signal", "SIGTERM", 15, 15, True)
+    wait_for(lambda: Path(f"/proc/{v.pid}/stat").read_text().split()[2] == "T", 10, "the victim stopped")
+    assert v.proc.poll() is None  # stopped before the handler: it has not exited
+    os.kill(v.pid, 18)
+    probes.forget_stopped(v.pid)
+    assert v.proc.wait(timeout=30) == 0
+
+
+def test_signal_with_the_default_action_does_not_fire(
+    probes: Probes, compile_victim: Callable[..., Path], spawn: Spawn
+) -> None:
+    v = spawn([compile_victim("trg_sig"), "default"])
+    probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger:\n  signal: SIGTERM\naction: {{stop: kernel}}\n"))
+    os.kill(v.pid, 15)
+    assert v.proc.wait(timeout=30) == -15
+    assert events(probes, 0, settle=0.5) == []

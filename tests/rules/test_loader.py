@@ -143,11 +143,11 @@ BAD = [
     ),
     (
         T + "trigger: {}\n",
-        "2:10: trigger: give exactly one of syscall, every, cpu, rss, threads, fds, function, usdt",
+        "2:10: trigger: give exactly one of syscall, every, cpu, rss, threads, fds, function, usdt, signal",
     ),
     (
         T + "trigger: {syscall: write, every: 10s}\n",
-        "2:27: trigger: only one of syscall, every, cpu, rss, threads, fds, function, usdt "
+        "2:27: trigger: only one of syscall, every, cpu, rss, threads, fds, function, usdt, signal "
         "(got syscall and every)",
     ),
     (T + "trigger: {every: 10}\n", "2:18: trigger.every: 10 needs a unit, e.g. 10s, 500ms or 5m"),
@@ -233,7 +233,7 @@ BAD = [
     (T + S + "action: {stop: maybe}\n", "3:16: action.stop: 'maybe' is not one of ptrace, kernel"),
     (
         T + "trigger: {every: 1s}\naction: {stop: kernel}\n",
-        "3:9: action.stop: kernel needs a syscall, function, usdt or cpu "
+        "3:9: action.stop: kernel needs a syscall, function, usdt, signal or cpu "
         "trigger (the probe that sends SIGSTOP must run in the target)",
     ),
     (

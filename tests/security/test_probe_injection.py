@@ -42,12 +42,13 @@ def accepted_inject_rules() -> list[Rule]:
 
 
 def probe_rules() -> list[Rule]:
-    """Function, usdt and string rules with `when` of every shape: map rows, never C."""
+    """Function, usdt, signal and string rules with `when` of every shape: map rows, never C."""
     texts = [
         "trigger:\n  function: {binary: libc.so.6, symbol: malloc}\n  when: arg0 > 1GiB and not pid == 1\n",
         "trigger:\n  function: {binary: libc.so.6, symbol: free, at: return}\n  when: latency > 1ms\n",
         "trigger:\n  usdt: {binary: /usr/bin/python3.11, probe: python:function__entry}\n  when: arg2 == 7\n",
         "trigger:\n  syscall: openat\n  when: 'path ~ \"/*\\\\x22);system(*\" and errno == ENOENT'\n",
+        "trigger:\n  signal: [SIGTERM, SIGUSR1, SIGRTMAX]\naction: {stop: kernel}\n",
         "trigger:\n  syscall: [write, sendto]\n"
         '  when: \'data contains "*/#include" or not data contains "%s"\'\n',
     ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ctypes as ct
+import signal
 
+from snapd import procfs
 from snapd.probe import layout
 from snapd.probe.event import Event, Kind
 from snapd.rules import syscalls as _sys
@@ -28,6 +30,18 @@ class RawEvent(ct.Structure):
     ]
 
 
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def tick_event(rule: Rule, pid: int, ts: int) -> Event:
+    """An `every` firing of ``rule`` for process ``pid``."""
+    return Event(rule=rule.name, pid=pid, tid=pid, comm=procfs.comm(pid), kind=Kind.EVERY, time_ns=ts)
+
+
 def to_event(raw: RawEvent, rule: Rule, names_by_nr: dict[int, str]) -> Event:
     """A syscall, cpu, function or usdt firing of ``rule``."""
     flags = layout.EventFlag(raw.flags)
@@ -45,6 +59,19 @@ def to_event(raw: RawEvent, rule: Rule, names_by_nr: dict[int, str]) -> Event:
             kind=Kind.CPU,
             time_ns=raw.ts,
             value=int(pct),
+            stopped=stopped,
+        )
+    if flags & layout.EventFlag.SIGNAL:
+        return Event(
+            rule=rule.name,
+            pid=raw.pid,
+            tid=raw.tid,
+            comm=comm,
+            kind=Kind.SIGNAL,
+            time_ns=raw.ts,
+            probe=_signal_name(int(raw.value)),
+            args=(int(raw.args[0]), int(raw.args[1])),  # the signal, its si_code
+            value=int(raw.value),
             stopped=stopped,
         )
     trig = rule.trigger

@@ -55,6 +55,7 @@ class EventFlag(IntFlag):
     TICK = 8
     UPROBE = 16  # a function or usdt trigger; value is the usite (cookie)
     RETURN = 32  # ... at the function's return
+    SIGNAL = 64  # a signal trigger; value is the signal
 
 
 class Global(IntEnum):
@@ -63,7 +64,8 @@ class Global(IntEnum):
     CPU_RULES = 2  # mask of rules with a cpu trigger
     SELF = 3  # the daemon's tgid: it and what it creates are never targets
     DUMPER = 4  # the dumper's tgid (the tracer of every dump)
-    NR = 5
+    SIG_RULES = 5  # mask of rules with a signal trigger
+    NR = 6
 
 
 class Counter(IntEnum):

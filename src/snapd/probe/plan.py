@@ -22,6 +22,7 @@ from snapd.rules.model import (
     EveryTrigger,
     FunctionTrigger,
     Rule,
+    SignalTrigger,
     StopMode,
     SyscallTrigger,
     UsdtTrigger,
@@ -78,6 +79,7 @@ class Plan:
     tick_period_ns: int | None = None  # every: a cpu-clock event of this period
     cpu: bool = False  # cpu: the ~99 Hz sampler on every CPU
     uprobe: bool = False  # function, usdt: uprobes in each target (snapd.probe.uattach)
+    signals: int = 0  # signal: the mask of its signals (bit sig-1) for signal_deliver
 
 
 def argx(name: str) -> tuple[int, ...]:
@@ -88,11 +90,12 @@ def argx(name: str) -> tuple[int, ...]:
 
 def plan(rule: Rule, cgroup: str | None = None) -> Plan:
     """The plan for ``rule``; RuleError when it cannot be armed on this system."""
-    in_target = (SyscallTrigger, CpuTrigger, FunctionTrigger, UsdtTrigger)
+    in_target = (SyscallTrigger, CpuTrigger, FunctionTrigger, UsdtTrigger, SignalTrigger)
     if rule.action.stop is StopMode.KERNEL and not isinstance(rule.trigger, in_target):
         raise rule_error(
             rule,
-            "stop: kernel needs a syscall, function, usdt or cpu trigger (the probe must run in the target)",
+            "stop: kernel needs a syscall, function, usdt, signal or cpu trigger "
+            "(the probe must run in the target)",
         )
     cgroup = cgroup if cgroup is not None else targets.target_cgroup(rule.target)
     cfg = rule_cfg(rule, cgroup)
@@ -111,6 +114,8 @@ def plan(rule: Rule, cgroup: str | None = None) -> Plan:
         return Plan(rule, cgroup, cfg, cpu=True)
     if isinstance(trig, (FunctionTrigger, UsdtTrigger)):
         return Plan(rule, cgroup, cfg, uprobe=True)
+    if isinstance(trig, SignalTrigger):
+        return Plan(rule, cgroup, cfg, signals=sum(1 << (s - 1) for s in trig.signals))
     return Plan(rule, cgroup, cfg)
 
 
@@ -167,6 +172,10 @@ def check_kernel(p: Plan) -> None:
     """Ask the running kernel for what ``p`` needs, without BPF: its tracepoints exist and the
     perf events it uses may be opened. RuleError naming the first thing missing."""
     d = _sys.events_dir()
+    if p.signals and (
+        d is None or not os.path.isdir(os.path.join(os.path.dirname(d), "signal", "signal_deliver"))
+    ):
+        raise rule_error(p.rule, "no tracepoint signal:signal_deliver on this kernel (tracefs)")
     for use in p.syscalls:
         for tp in use.tracepoints:
             event = tp.split(":", 1)[1]

@@ -27,6 +27,7 @@
 // The trigger pieces (types and pure functions: bcc rewrites map calls in this file only).
 #include "snapd/probe/uprobe.bpf.c"
 #include "snapd/probe/strings.bpf.c"
+#include "snapd/probe/signal.bpf.c"
 
 // Defined with the string maps at the end of this file (the strings section).
 struct fields;
@@ -933,4 +934,64 @@ static __always_inline void str_fields(u32 slot, s32 nr, struct fields *f)
             continue;
         f->v[fi] = str_match(pat, buf->b, &rd);
     }
+}
+
+// ---- signals: the `signal` trigger (signal.bpf.c) ---------------------------------------------
+//
+// signal:signal_deliver runs in the target's context, in get_signal() after the signal was
+// dequeued and before its action; attached only while a signal rule is loaded. Only a delivery
+// to a handler of the target's fires: a default fatal action is already a group exit (it
+// arrives here as SIGKILL), and an ignored signal is never delivered (docs/triggers-design.md
+// section 6). stop: kernel's SIGSTOP, queued through irq_work (irqs are off under the siglock),
+// is taken on the way back to user mode, after the handler's frame was pushed: the target stops
+// at the handler's first instruction.
+struct sig_deliver_ctx {
+    u64 hdr;
+    s32 sig;
+    s32 err;
+    s32 code;
+    u32 pad;
+    u64 sa_handler;
+    u64 sa_flags;
+};
+BPF_ARRAY(sigmasks, u64, SNAPD_MAX_RULES);  // bit sig-1 of each signal rule's signals
+
+int snapd_signal_deliver(void *ctx)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32;
+    u64 *tm = targets.lookup(&tgid);
+    if (!tm)
+        return 0;
+    u64 mask = *tm & global(GLOBAL_SIG_RULES);
+    if (!mask)
+        return 0;
+    struct sig_deliver_ctx a = {};
+    bpf_probe_read_kernel(&a, sizeof(a), ctx);
+    if (!sig_can_stop(a.sig, a.sa_handler))
+        return 0;
+    u64 bit = sig_bit(a.sig), now = bpf_ktime_get_ns();
+    u32 zero = 0;
+    struct fields *f = scratch_fields.lookup(&zero);
+    if (!f)
+        return 0;
+    __builtin_memset(f->v, 0, sizeof(f->v));
+    f->v[0] = a.sig;
+    f->v[1] = a.code;
+    f->v[2] = a.sa_handler;
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < SNAPD_MAX_RULES; i++) {
+        if (!mask)
+            break;
+        u64 low = mask & -mask;
+        mask &= mask - 1;
+        u32 slot = __builtin_popcountll(low - 1) & (SNAPD_MAX_RULES - 1);
+        u64 *sm = sigmasks.lookup(&slot);
+        struct rule_cfg *r = rules.lookup(&slot);
+        if (!sm || !(*sm & bit) || !r || r->gen == 0 || muted(slot, r, tgid, now))
+            continue;
+        count_up(CTR_SEEN);
+        emit(slot, r, pid_tgid, -1, f, now, EF_SIGNAL, a.sig);
+    }
+    return 0;
 }

@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from snapd import procfs
 from snapd.errors import SnapdError
 from snapd.probe import layout, perfevents, pinned, samplers, strrows, targetmap, targets, uattach
-from snapd.probe.decode import RawEvent, to_event
-from snapd.probe.event import Event, Kind
+from snapd.probe.decode import RawEvent, tick_event, to_event
+from snapd.probe.event import Event
 from snapd.probe.plan import Plan, plan, resolve_error, rule_cfg, rule_error
 from snapd.rules import syscalls as _sys
 from snapd.rules.error import RuleError
@@ -32,6 +31,7 @@ from snapd.rules.model import Rule
 
 SOURCE = Path(__file__).with_name("probe.bpf.c")
 RESCAN_INTERVAL_S = 2.0
+SIGNAL_TP = "signal:signal_deliver"
 MAX_BATCH = 1024  # events handed out per poll(): bounds memory and latency under a storm
 
 
@@ -133,6 +133,7 @@ class Probes:
             b.load_func(b"snapd_cpu_sample", BPF.PERF_EVENT)
             up = b.load_func(b"snapd_uprobe", BPF.KPROBE)
             uret = b.load_func(b"snapd_uretprobe", BPF.KPROBE)
+            b.load_func(b"snapd_signal_deliver", BPF.TRACEPOINT)
             b[b"events"].open_ring_buffer(self._on_event)
             b.attach_tracepoint(tp=b"syscalls:sys_enter_clone", fn_name=b"snapd_clone_enter")
             b.attach_tracepoint(tp=b"syscalls:sys_exit_clone", fn_name=b"snapd_clone_exit")
@@ -276,6 +277,11 @@ class Probes:
                     self._tick_fds[period] = perfevents.open_tick(self._bpf, period)
                 except OSError as err:
                     raise rule_error(ent.rule, f"cannot open a cpu-clock perf event: {err.strerror}") from err
+        elif p.signals:
+            self._bpf[b"sigmasks"][ct.c_int(ent.slot)] = ct.c_uint64(p.signals)
+            self._set_global(layout.Global.SIG_RULES, self._get_global(layout.Global.SIG_RULES) | bit)
+            self._tp_ref(SIGNAL_TP, +1)
+            ent.tracepoints.append(SIGNAL_TP)
         elif p.cpu:
             self._set_global(layout.Global.CPU_RULES, self._get_global(layout.Global.CPU_RULES) | bit)
             if not self._cpu_attached:
@@ -286,6 +292,7 @@ class Probes:
         before = self._tp_refs[tp]
         self._tp_refs[tp] = before + delta
         fn = b"snapd_sys_exit" if ":sys_exit_" in tp else b"snapd_sys_enter"
+        fn = b"snapd_signal_deliver" if tp == SIGNAL_TP else fn
         if before == 0 and delta > 0:
             self._bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn)
         elif before + delta <= 0:
@@ -340,7 +347,7 @@ class Probes:
         if self._uprobes is not None:
             self._uprobes.disarm(ent.slot)
         b[b"rules"][ct.c_int(ent.slot)] = b[b"rules"].Leaf()
-        for g in (layout.Global.PID_RULES, layout.Global.CPU_RULES):
+        for g in (layout.Global.PID_RULES, layout.Global.CPU_RULES, layout.Global.SIG_RULES):
             self._set_global(g, self._get_global(g) & ~bit)
         if not self._slots:
             self._set_global(layout.Global.ACTIVE, 0)
@@ -468,17 +475,7 @@ class Probes:
             if not mask & (1 << slot) or slot not in self._slots:
                 continue
             ent = self._slots[slot]
-            for pid in self._pids_of(slot):
-                self._pending.append(
-                    Event(
-                        rule=ent.rule.name,
-                        pid=pid,
-                        tid=pid,
-                        comm=procfs.comm(pid),
-                        kind=Kind.EVERY,
-                        time_ns=ts,
-                    )
-                )
+            self._pending += [tick_event(ent.rule, pid, ts) for pid in self._pids_of(slot)]
 
     def _sample(self) -> None:
         now_ns = time.monotonic_ns()

@@ -30,6 +30,7 @@ from snapd.rules.model import (
     Limits,
     RssTrigger,
     Rule,
+    SignalTrigger,
     StopMode,
     SyscallTrigger,
     Target,
@@ -60,7 +61,7 @@ def glob_problem(pattern: str) -> str | None:
 
 
 #: triggers whose probe runs in the target's own thread, so it can stop it (bpf_send_signal)
-KERNEL_STOPPABLE = (SyscallTrigger, CpuTrigger, FunctionTrigger, UsdtTrigger)
+KERNEL_STOPPABLE = (SyscallTrigger, CpuTrigger, FunctionTrigger, UsdtTrigger, SignalTrigger)
 WHEN_KINDS = ("syscall", "function", "usdt")
 
 
@@ -106,7 +107,7 @@ class RuleBuilder:
         if action.stop is StopMode.KERNEL and not isinstance(trigger, KERNEL_STOPPABLE):
             self.ctx.err(
                 top["action"][1],
-                "action.stop: kernel needs a syscall, function, usdt or cpu trigger (the probe "
+                "action.stop: kernel needs a syscall, function, usdt, signal or cpu trigger (the probe "
                 "that sends SIGSTOP must run in the target)",
             )
             return None
@@ -224,6 +225,8 @@ class RuleBuilder:
             return probespec.build_function(self.s, vnode, self._when(m))
         if kind == "usdt":
             return probespec.build_usdt(self.s, vnode, self._when(m))
+        if kind == "signal":
+            return probespec.build_signal(self.s, vnode)
         if kind == "every":
             ns = self.s.unit(vnode, "trigger.every", parse_duration)
             if ns is not None and ns < 10_000_000:

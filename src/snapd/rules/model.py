@@ -119,6 +119,13 @@ class UsdtTrigger:
         return f"{self.provider}:{self.name}"
 
 
+@dataclass(frozen=True)
+class SignalTrigger:
+    """The target is delivered one of ``signals`` (numbers), with a handler of its own to run."""
+
+    signals: tuple[int, ...]
+
+
 #: triggers whose probe is a uprobe in the target (the one uprobe program set)
 ProbeTrigger = FunctionTrigger | UsdtTrigger
 
@@ -131,6 +138,7 @@ Trigger = (
     | FdsTrigger
     | FunctionTrigger
     | UsdtTrigger
+    | SignalTrigger
 )
 
 
@@ -145,6 +153,7 @@ class Kind(str, Enum):
     FDS = "fds"
     FUNCTION = "function"
     USDT = "usdt"
+    SIGNAL = "signal"
 
 
 TRIGGER_KINDS: dict[type, Kind] = {
@@ -156,6 +165,7 @@ TRIGGER_KINDS: dict[type, Kind] = {
     FdsTrigger: Kind.FDS,
     FunctionTrigger: Kind.FUNCTION,
     UsdtTrigger: Kind.USDT,
+    SignalTrigger: Kind.SIGNAL,
 }
 
 

@@ -10,12 +10,13 @@ keeps them as :class:`~snapd.rules.model.KeyMark`).
 from __future__ import annotations
 
 import re
+import signal as _signal
 from collections.abc import Callable
 
-from yaml.nodes import Node
+from yaml.nodes import Node, SequenceNode
 
 from snapd.rules import expr as _expr
-from snapd.rules.model import FunctionTrigger, KeyMark, ProbeAt, UsdtTrigger
+from snapd.rules.model import FunctionTrigger, KeyMark, ProbeAt, SignalTrigger, UsdtTrigger
 from snapd.rules.schema import Schema
 
 #: a trigger's parsed `when`: (expression, its text, its node), all None when absent
@@ -142,3 +143,37 @@ def build_usdt(s: Schema, vnode: Node, parsed: When | None) -> UsdtTrigger | Non
     provider, _, name = probe.partition(":")
     marks = (_mark("binary", um["binary"][1]), _mark("probe", um["probe"][1]))
     return UsdtTrigger(binary, provider, name, when, text, marks)
+
+
+#: what no tracer can halt a process before: why, for the message
+UNCATCHABLE = {
+    "SIGKILL": "SIGKILL cannot be caught, so nothing runs between its sending and the death",
+    "SIGSTOP": "SIGSTOP cannot be caught (the kernel stops the process itself)",
+    "SIGCONT": "SIGCONT resumes a process before any handler runs; use a syscall trigger",
+}
+
+
+def build_signal(s: Schema, vnode: Node) -> SignalTrigger | None:
+    """``trigger.signal``: one signal name or a list (SIGTERM, TERM, 15 are not all accepted:
+    names with the SIG prefix only, as kill -l prints them)."""
+    nodes = vnode.value if isinstance(vnode, SequenceNode) and s.tags_ok(vnode) else [vnode]
+    if not nodes:
+        s.ctx.err(vnode, "trigger.signal: the list is empty")
+        return None
+    out: list[int] = []
+    for n in nodes[:65]:
+        name = s.string(n, "trigger.signal", 16)
+        if name is None:
+            return None
+        if name in UNCATCHABLE:
+            s.ctx.err(n, f"trigger.signal: {UNCATCHABLE[name]}")
+            return None
+        sig = getattr(_signal.Signals, name, None) if name.startswith("SIG") and name.isupper() else None
+        if not isinstance(sig, _signal.Signals):
+            s.ctx.err(n, f"trigger.signal: {name!r} is not a signal name (like SIGTERM, SIGUSR1)")
+            return None
+        if int(sig) in out:
+            s.ctx.err(n, f"trigger.signal: {name} is listed twice")
+            return None
+        out.append(int(sig))
+    return SignalTrigger(tuple(out))
