@@ -181,3 +181,31 @@ def test_sigterm_to_a_graceful_handler_core_before_it_exits(
     # Then resumed: the handler ran and the process shut down gracefully.
     assert v.proc.wait(timeout=30) == 0
     assert v.proc.stdout is not None and b"graceful 15" in v.proc.stdout.read()
+
+
+def test_every_then_syscall_cores_caught_inside_the_syscall(
+    daemon: DaemonHarness, compile_victim: Callable[..., Path], spawn: Callable[..., Victim]
+) -> None:
+    """The blog's gcore.d as one rule: each tick arms, the target's next clock_nanosleep is
+    stopped inside the syscall, a core is taken there, and it runs on."""
+    exe = compile_victim("trg_tick")
+    v = spawn([exe, "2"])
+    daemon.write_rule(
+        "gcore-d.yaml",
+        f"name: gcore-d\ntarget:\n  pid: {v.pid}\ntrigger:\n  every: 1s\n"
+        "  then:\n    syscall: [read, clock_nanosleep]\naction:\n  stop: kernel\n"
+        "limits:\n  max_cores: 2\n  min_interval: 1ms\n",
+    )
+    daemon.start()
+    cores = wait_for(
+        lambda: daemon.complete("gcore-d")[:2] if len(daemon.complete("gcore-d")) >= 2 else None,
+        60,
+        "two cores",
+    )
+    for core in cores:
+        trig = core["trigger"]
+        assert trig["syscall"] == "clock_nanosleep" and core["pid"] == v.pid, trig
+        bt = gdb_bt(str(exe), str(core["path"]))
+        assert "nanosleep" in bt and "loop" in bt, bt
+    wait_for(lambda: halted_why(v.pid) is None, 10, "the victim to run")
+    assert v.alive()

@@ -340,7 +340,7 @@ def test_stop_kernel_needs_an_in_target_probe(probes: Probes) -> None:
     r = rule("target: {comm: nothing-here}\ntrigger: {every: 1s}", "st")
     r = dataclasses.replace(r, action=dataclasses.replace(r.action, stop=StopMode.KERNEL))
     with pytest.raises(
-        RuleError, match="stop: kernel needs a syscall, function, usdt, signal or cpu trigger"
+        RuleError, match=r"stop: kernel needs a syscall, function, usdt, signal, cpu or every\+then trigger"
     ):
         probes.load(r)
 

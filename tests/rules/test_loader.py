@@ -233,7 +233,7 @@ BAD = [
     (T + S + "action: {stop: maybe}\n", "3:16: action.stop: 'maybe' is not one of ptrace, kernel"),
     (
         T + "trigger: {every: 1s}\naction: {stop: kernel}\n",
-        "3:9: action.stop: kernel needs a syscall, function, usdt, signal or cpu "
+        "3:9: action.stop: kernel needs a syscall, function, usdt, signal, cpu or every+then "
         "trigger (the probe that sends SIGSTOP must run in the target)",
     ),
     (

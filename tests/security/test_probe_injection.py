@@ -49,6 +49,7 @@ def probe_rules() -> list[Rule]:
         "trigger:\n  usdt: {binary: /usr/bin/python3.11, probe: python:function__entry}\n  when: arg2 == 7\n",
         "trigger:\n  syscall: openat\n  when: 'path ~ \"/*\\\\x22);system(*\" and errno == ENOENT'\n",
         "trigger:\n  signal: [SIGTERM, SIGUSR1, SIGRTMAX]\naction: {stop: kernel}\n",
+        "trigger:\n  every: 1s\n  then: {syscall: [read, write]}\naction: {stop: kernel}\n",
         "trigger:\n  syscall: [write, sendto]\n"
         '  when: \'data contains "*/#include" or not data contains "%s"\'\n',
     ]

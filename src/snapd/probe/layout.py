@@ -46,6 +46,7 @@ class RuleFlag(IntFlag):
     COMM = 16
     STOP_KERNEL = 32
     CPU = 64
+    ARMED = 128  # every + then: its syscalls fire only once per tick and process (armed.bpf.c)
 
 
 class EventFlag(IntFlag):
@@ -65,7 +66,8 @@ class Global(IntEnum):
     SELF = 3  # the daemon's tgid: it and what it creates are never targets
     DUMPER = 4  # the dumper's tgid (the tracer of every dump)
     SIG_RULES = 5  # mask of rules with a signal trigger
-    NR = 6
+    ARMED_RULES = 6  # mask of every + then rules: their ticks arm, not fire
+    NR = 7
 
 
 class Counter(IntEnum):

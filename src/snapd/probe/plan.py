@@ -91,25 +91,30 @@ def argx(name: str) -> tuple[int, ...]:
 def plan(rule: Rule, cgroup: str | None = None) -> Plan:
     """The plan for ``rule``; RuleError when it cannot be armed on this system."""
     in_target = (SyscallTrigger, CpuTrigger, FunctionTrigger, UsdtTrigger, SignalTrigger)
-    if rule.action.stop is StopMode.KERNEL and not isinstance(rule.trigger, in_target):
+    armed = isinstance(rule.trigger, EveryTrigger) and rule.trigger.then is not None
+    if rule.action.stop is StopMode.KERNEL and not (isinstance(rule.trigger, in_target) or armed):
         raise rule_error(
             rule,
-            "stop: kernel needs a syscall, function, usdt, signal or cpu trigger "
+            "stop: kernel needs a syscall, function, usdt, signal, cpu or every+then trigger "
             "(the probe must run in the target)",
         )
     cgroup = cgroup if cgroup is not None else targets.target_cgroup(rule.target)
     cfg = rule_cfg(rule, cgroup)
     trig = rule.trigger
+    names = trig.syscalls if isinstance(trig, SyscallTrigger) else ()
+    if isinstance(trig, EveryTrigger) and trig.then is not None:
+        names = trig.then
+    uses = []
+    for name in names:
+        call = _sys.lookup(name)
+        if call.nr is None:
+            raise rule_error(rule, _sys.unknown_number(name))
+        at_exit = isinstance(trig, SyscallTrigger) and trig.at_exit
+        uses.append(SyscallUse(call.name, call.tracepoint, call.nr, at_exit, argx(name)))
     if isinstance(trig, SyscallTrigger):
-        uses = []
-        for name in trig.syscalls:
-            call = _sys.lookup(name)
-            if call.nr is None:
-                raise rule_error(rule, _sys.unknown_number(name))
-            uses.append(SyscallUse(call.name, call.tracepoint, call.nr, trig.at_exit, argx(name)))
         return Plan(rule, cgroup, cfg, syscalls=tuple(uses))
     if isinstance(trig, EveryTrigger):
-        return Plan(rule, cgroup, cfg, tick_period_ns=trig.period_ns)
+        return Plan(rule, cgroup, cfg, syscalls=tuple(uses), tick_period_ns=trig.period_ns)
     if isinstance(trig, CpuTrigger):
         return Plan(rule, cgroup, cfg, cpu=True)
     if isinstance(trig, (FunctionTrigger, UsdtTrigger)):
@@ -147,6 +152,8 @@ def rule_cfg(rule: Rule, cgroup: str | None) -> layout.RuleCfg:
     if rule.action.stop is StopMode.KERNEL:
         flags |= layout.RuleFlag.STOP_KERNEL
     trig = rule.trigger
+    if isinstance(trig, EveryTrigger) and trig.then is not None:
+        flags |= layout.RuleFlag.ARMED
     if isinstance(trig, SyscallTrigger):
         leaf.count = trig.count
         leaf.within_ns = trig.within_ns or 0

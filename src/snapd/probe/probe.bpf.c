@@ -28,10 +28,15 @@
 #include "snapd/probe/uprobe.bpf.c"
 #include "snapd/probe/strings.bpf.c"
 #include "snapd/probe/signal.bpf.c"
+#include "snapd/probe/armed.bpf.c"
 
 // Defined with the string maps at the end of this file (the strings section).
 struct fields;
 static __always_inline void str_fields(u32 slot, s32 nr, struct fields *f);
+// Defined in the every + then section: whether a RF_ARMED rule's syscall takes its tick.
+struct rule_cfg;
+static __always_inline int armed_ok(u32 slot, const struct rule_cfg *r, u32 tgid);
+static __always_inline u64 armed_ticks(u64 mask);
 
 struct insn {
     u8 kind;      // INSN_CMP, INSN_AND, INSN_OR, INSN_NOT
@@ -427,7 +432,8 @@ int snapd_eval(struct sys_ctx *ctx)
         if (!muted(slot, r, pid_tgid >> 32, now)) {
             count_up(CTR_SEEN);
             str_fields(slot, es->nr, f);  // this rule's string comparisons, as fields str0..3
-            if (eval_pred(r, f) && window_hit(slot, r, pid_tgid >> 32, now))
+            if (eval_pred(r, f) && armed_ok(slot, r, pid_tgid >> 32) &&
+                window_hit(slot, r, pid_tgid >> 32, now))
                 emit(slot, r, pid_tgid, es->nr, f, now, es->flags, 0);
         }
     }
@@ -804,6 +810,9 @@ int snapd_tick(struct bpf_perf_event_data *ctx)
     u64 *m = ticks.lookup(&period);
     if (!m || *m == 0)
         return 0;
+    u64 fire = armed_ticks(*m);  // every + then rules are armed, the others fire now
+    if (!fire)
+        return 0;
     struct event *e = events.ringbuf_reserve(sizeof(struct event));
     if (!e) {
         count_up(CTR_DROPPED);
@@ -813,7 +822,7 @@ int snapd_tick(struct bpf_perf_event_data *ctx)
     __builtin_memset(e->comm, 0, sizeof(e->comm));
     e->pid = e->tid = e->slot = e->gen = 0;
     e->ts = bpf_ktime_get_ns();
-    e->value = *m;          // the rules (bitmask) this period serves
+    e->value = fire;        // the rules (bitmask) this period fires
     e->ret = period;
     e->nr = -1;
     e->flags = EF_TICK;
@@ -994,4 +1003,45 @@ int snapd_signal_deliver(void *ctx)
         emit(slot, r, pid_tgid, -1, f, now, EF_SIGNAL, a.sig);
     }
     return 0;
+}
+
+// ---- every + then: the tick arms, the target's next listed syscall fires (armed.bpf.c) -------
+BPF_ARRAY(armed, u64, SNAPD_MAX_RULES);  // (generation << 32) | ticks since loaded
+BPF_TABLE("lru_hash", struct armed_key, u64, consumed, SNAPD_MAX_WINDOWS);
+
+// Arms the every + then rules of `mask`; returns the others (they fire at the tick itself).
+static __always_inline u64 armed_ticks(u64 mask)
+{
+    u64 am = mask & global(GLOBAL_ARMED_RULES);
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < SNAPD_MAX_RULES; i++) {
+        if (!am)
+            break;
+        u64 low = am & -am;
+        am &= am - 1;
+        u32 slot = __builtin_popcountll(low - 1) & (SNAPD_MAX_RULES - 1);
+        u64 *w = armed.lookup(&slot);
+        if (w)
+            armed_tick(w);
+    }
+    return mask & ~global(GLOBAL_ARMED_RULES);
+}
+
+static __always_inline int armed_ok(u32 slot, const struct rule_cfg *r, u32 tgid)
+{
+    if (!(r->flags & RF_ARMED))
+        return 1;
+    u64 *a = armed.lookup(&slot);
+    if (!a)
+        return 0;
+    struct armed_key k = {.slot = slot, .tgid = tgid};
+    u64 *c = consumed.lookup(&k);
+    if (!c) {
+        u64 zero = 0;
+        consumed.update(&k, &zero);
+        c = consumed.lookup(&k);
+        if (!c)
+            return 0;
+    }
+    return armed_take(a, c);
 }

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from snapd.errors import SnapdError
-from snapd.probe import layout, perfevents, pinned, samplers, strrows, targetmap, targets, uattach
+from snapd.probe import layout, perfevents, pinned, samplers, strrows, targetmap, targets, ticks, uattach
 from snapd.probe.decode import RawEvent, tick_event, to_event
 from snapd.probe.event import Event
 from snapd.probe.plan import Plan, plan, resolve_error, rule_cfg, rule_error
@@ -78,8 +78,7 @@ class Probes:
         self._slots: dict[int, _Loaded] = {}
         self._gen = 0
         self._tp_refs: Counter[str] = Counter()
-        self._tick_fds: dict[int, int] = {}
-        self._tick_refs: Counter[int] = Counter()
+        self._ticks = ticks.Ticks()
         self._cpu_attached = False
         self._pending: list[Event] = []
         self._stats: Counter[str] = Counter()
@@ -265,18 +264,15 @@ class Probes:
                 for tp in use.tracepoints:
                     self._tp_ref(tp, +1)
                     ent.tracepoints.append(tp)
-        elif p.tick_period_ns is not None:
+        if p.tick_period_ns is not None:
             period = p.tick_period_ns
-            ticks = self._bpf[b"ticks"]
-            pkey = ct.c_uint64(period)
-            cur = ticks.get(pkey)
-            ticks[pkey] = ct.c_uint64((cur.value if cur is not None else 0) | bit)
-            self._tick_refs[period] += 1
-            if period not in self._tick_fds:
-                try:
-                    self._tick_fds[period] = perfevents.open_tick(self._bpf, period)
-                except OSError as err:
-                    raise rule_error(ent.rule, f"cannot open a cpu-clock perf event: {err.strerror}") from err
+            if p.syscalls:  # every + then: unarmed until the first tick (armed.bpf.c)
+                self._bpf[b"armed"][ct.c_int(ent.slot)] = ct.c_uint64(ent.gen << 32)
+                self._set_global(layout.Global.ARMED_RULES, self._get_global(layout.Global.ARMED_RULES) | bit)
+            try:
+                self._ticks.add(self._bpf, period, ent.slot)
+            except OSError as err:
+                raise rule_error(ent.rule, f"cannot open a cpu-clock perf event: {err.strerror}") from err
         elif p.signals:
             self._bpf[b"sigmasks"][ct.c_int(ent.slot)] = ct.c_uint64(p.signals)
             self._set_global(layout.Global.SIG_RULES, self._get_global(layout.Global.SIG_RULES) | bit)
@@ -347,7 +343,12 @@ class Probes:
         if self._uprobes is not None:
             self._uprobes.disarm(ent.slot)
         b[b"rules"][ct.c_int(ent.slot)] = b[b"rules"].Leaf()
-        for g in (layout.Global.PID_RULES, layout.Global.CPU_RULES, layout.Global.SIG_RULES):
+        for g in (
+            layout.Global.PID_RULES,
+            layout.Global.CPU_RULES,
+            layout.Global.SIG_RULES,
+            layout.Global.ARMED_RULES,
+        ):
             self._set_global(g, self._get_global(g) & ~bit)
         if not self._slots:
             self._set_global(layout.Global.ACTIVE, 0)
@@ -367,22 +368,8 @@ class Probes:
         for tp in ent.tracepoints:
             self._tp_ref(tp, -1)
         strrows.clear(b, ent.slot, ent.plan)
-        period = ent.plan.tick_period_ns
-        if period is not None and self._tick_refs[period] > 0:
-            self._tick_refs[period] -= 1
-            ticks = b[b"ticks"]
-            pkey = ct.c_uint64(period)
-            cur = ticks.get(pkey)
-            rest = (cur.value if cur is not None else 0) & ~bit
-            if rest:
-                ticks[pkey] = ct.c_uint64(rest)
-            elif cur is not None:
-                del ticks[pkey]
-            if not self._tick_refs[period]:
-                del self._tick_refs[period]
-                fd = self._tick_fds.pop(period, None)
-                if fd is not None:
-                    perfevents.close_tick(fd)
+        if ent.plan.tick_period_ns is not None:
+            self._ticks.remove(b, ent.plan.tick_period_ns, ent.slot)
         if self._cpu_attached and not any(e.plan.cpu for e in self._slots.values()):
             perfevents.detach_sampler(b)
             self._cpu_attached = False
@@ -580,9 +567,7 @@ class Probes:
         if self._uprobes is not None:
             self._uprobes.close()
         if self._bpf is not None:
-            for fd in self._tick_fds.values():
-                perfevents.close_tick(fd)
-            self._tick_fds.clear()
+            self._ticks.close()
             if self.pin_dir is not None and self.pinned and not keep_pin:
                 with contextlib.suppress(OSError):
                     pinned.unpin(self.pin_dir)

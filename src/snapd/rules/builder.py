@@ -104,11 +104,12 @@ class RuleBuilder:
             return None
         if "active" in top and active is None:
             return None
-        if action.stop is StopMode.KERNEL and not isinstance(trigger, KERNEL_STOPPABLE):
+        armed = isinstance(trigger, EveryTrigger) and trigger.then is not None
+        if action.stop is StopMode.KERNEL and not (isinstance(trigger, KERNEL_STOPPABLE) or armed):
             self.ctx.err(
                 top["action"][1],
-                "action.stop: kernel needs a syscall, function, usdt, signal or cpu trigger (the probe "
-                "that sends SIGSTOP must run in the target)",
+                "action.stop: kernel needs a syscall, function, usdt, signal, cpu or every+then trigger "
+                "(the probe that sends SIGSTOP must run in the target)",
             )
             return None
         return Rule(
@@ -200,7 +201,7 @@ class RuleBuilder:
 
     def _trigger(self, node: Node) -> Trigger | None:
         kinds = tuple(k.value for k in Kind)
-        m = self.s.mapping(node, "trigger", {k: False for k in (*kinds, "when", "count", "within")})
+        m = self.s.mapping(node, "trigger", {k: False for k in (*kinds, "when", "count", "within", "then")})
         if m is None:
             return None
         given = [k for k in kinds if k in m]
@@ -218,6 +219,9 @@ class RuleBuilder:
                 only = "syscall, function and usdt" if extra == "when" else "syscall"
                 self.ctx.err(m[extra][0], f"trigger: '{extra}' applies only to {only} triggers")
                 return None
+        if "then" in m and kind != "every":
+            self.ctx.err(m["then"][0], "trigger: 'then' applies only to every triggers")
+            return None
         vnode = m[kind][1]
         if kind == "syscall":
             return self._syscall(vnode, m)
@@ -232,7 +236,10 @@ class RuleBuilder:
             if ns is not None and ns < 10_000_000:
                 self.ctx.err(vnode, "trigger.every: at least 10ms")
                 return None
-            return EveryTrigger(ns) if ns is not None else None
+            then = self._then(m["then"][1]) if "then" in m else None
+            if ns is None or ("then" in m and then is None):
+                return None
+            return EveryTrigger(ns, then)
         if kind == "cpu":
             cm = self.s.mapping(vnode, "trigger.cpu", {"above": True, "for": False})
             if cm is None or "above" not in cm:
@@ -333,6 +340,14 @@ class RuleBuilder:
         if not ok:
             return None
         return SyscallTrigger(tuple(names), when, when_text, count, within)
+
+    def _then(self, node: Node) -> tuple[str, ...] | None:
+        """``then: {syscall: [...]}``: the syscalls that take each tick."""
+        tm = self.s.mapping(node, "trigger.then", {"syscall": True})
+        if tm is None or "syscall" not in tm:
+            return None
+        trig = self._syscall(tm["syscall"][1], {})
+        return trig.syscalls if trig is not None else None
 
     @staticmethod
     def _shift(wnode: Node) -> int:

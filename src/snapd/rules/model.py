@@ -48,7 +48,11 @@ class SyscallTrigger:
 
 @dataclass(frozen=True)
 class EveryTrigger:
+    """Every ``period_ns`` for each target; with ``then``, at each target's first call of one
+    of those syscalls after each tick (the blog's gcore.d: the target is caught in a syscall)."""
+
     period_ns: int
+    then: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
