@@ -266,3 +266,23 @@ def test_signal_with_the_default_action_does_not_fire(
     os.kill(v.pid, 15)
     assert v.proc.wait(timeout=30) == -15
     assert events(probes, 0, settle=0.5) == []
+
+
+def test_function_event_carries_the_stack_at_the_event(probes: Probes, victim: Victim) -> None:
+    """The uprobe records the registers (rip = trg_marker's runtime address) and the top of
+    the stack (the return address into main at rsp) as Event.stack."""
+    import struct
+
+    exe = os.readlink(f"/proc/{victim.pid}/exe")
+    probes.load(fn_rule(victim.pid, exe, "arg0 == 77"))
+    command(victim, "c 77")
+    (ev,) = events(probes, 1)
+    assert ev.stack is not None
+    regs = struct.unpack("<27Q", ev.stack.regs)
+    marker = int(victim.ready_line.split("marker=")[1].split()[0], 16)
+    assert regs[16] == marker  # rip
+    assert regs[19] % 8 == 0 and 8 <= len(ev.stack.stack) <= 16 * 1024  # rsp, the stack above it
+    ret_addr = struct.unpack_from("<Q", ev.stack.stack)[0]
+    maps = Path(f"/proc/{victim.pid}/maps").read_text().splitlines()
+    text = [ln for ln in maps if " r-xp " in ln and ln.endswith(exe)]
+    assert any(int(a, 16) <= ret_addr < int(b, 16) for a, b in (ln.split()[0].split("-") for ln in text))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import ctypes as ct
+import dataclasses
 import signal
+import struct
+from typing import Any
 
 from snapd import procfs
-from snapd.probe import layout
-from snapd.probe.event import Event, Kind
+from snapd.probe import layout, trigger_layout
+from snapd.probe.event import Event, Kind, UserStack
 from snapd.rules import syscalls as _sys
 from snapd.rules.model import CpuTrigger, FunctionTrigger, Rule, UsdtTrigger
 
@@ -28,6 +31,36 @@ class RawEvent(ct.Structure):
         ("flags", ct.c_uint32),
         ("comm", ct.c_char * 16),
     ]
+
+
+AT_REGS = (
+    trigger_layout.USER_REGS
+)  # struct at_event (atevent.bpf.c): user_regs_struct words, stack_len, flags, stack
+_AT_HEAD = ct.sizeof(RawEvent) + 8 * AT_REGS + 8
+
+
+def user_stack(data: Any, size: int) -> UserStack | None:
+    """The registers and stack of an at-event record (struct at_rec), or None when it holds no
+    registers (the probe could not read them)."""
+    raw = ct.string_at(data, min(size, _AT_HEAD + trigger_layout.EVENT_STACK))
+    if len(raw) < _AT_HEAD:
+        return None
+    stack_len, flags = struct.unpack_from("<II", raw, _AT_HEAD - 8)
+    if not flags & 1:  # AT_F_REGS
+        return None
+    regs = raw[ct.sizeof(RawEvent) : _AT_HEAD - 8]
+    return UserStack(regs, raw[_AT_HEAD : _AT_HEAD + stack_len])
+
+
+def join_stack(pending: list[Event], rule: str, raw: RawEvent, stack: UserStack | None) -> list[Event]:
+    """``pending`` with ``stack`` given to the event it belongs to (same rule, thread, time)."""
+    if stack is None:
+        return pending
+    for i in range(len(pending) - 1, -1, -1):
+        ev = pending[i]
+        if ev.rule == rule and ev.tid == raw.tid and ev.time_ns == raw.ts and ev.stack is None:
+            return [*pending[:i], dataclasses.replace(ev, stack=stack), *pending[i + 1 :]]
+    return pending
 
 
 def _signal_name(sig: int) -> str:

@@ -57,6 +57,7 @@ class EventFlag(IntFlag):
     UPROBE = 16  # a function or usdt trigger; value is the usite (cookie)
     RETURN = 32  # ... at the function's return
     SIGNAL = 64  # a signal trigger; value is the signal
+    AT_EVENT = 128  # not an event: the registers and stack of the event just before it
 
 
 class Global(IntEnum):

@@ -29,6 +29,7 @@
 #include "snapd/probe/strings.bpf.c"
 #include "snapd/probe/signal.bpf.c"
 #include "snapd/probe/armed.bpf.c"
+#include "snapd/probe/atevent.bpf.c"
 
 // Defined with the string maps at the end of this file (the strings section).
 struct fields;
@@ -830,6 +831,40 @@ int snapd_tick(struct bpf_perf_event_data *ctx)
     return 0;
 }
 
+// ---- at the event: registers and top of stack of a firing uprobe (atevent.bpf.c) ------------
+//
+// A second record right after the event's own (same program run, so next in the ring): the
+// event's header with EF_AT_EVENT, then struct at_event, cut to the stack bytes read. The
+// daemon joins it to the event (snapd.probe.probes) for the report's "at the event" frames.
+struct at_rec {
+    struct event e;
+    struct at_event at;
+};
+BPF_PERCPU_ARRAY(scratch_at, struct at_rec, 1);
+
+static __always_inline void at_emit(struct pt_regs *ctx, u32 slot, u32 gen, u64 pid_tgid, u64 now)
+{
+    u32 zero = 0;
+    struct at_rec *a = scratch_at.lookup(&zero);
+    if (!a)
+        return;
+    __builtin_memset(&a->e, 0, sizeof(a->e));
+    a->e.ts = now;
+    a->e.pid = pid_tgid >> 32;
+    a->e.tid = (u32)pid_tgid;
+    a->e.slot = slot;
+    a->e.gen = gen;
+    a->e.nr = -1;
+    a->e.flags = EF_AT_EVENT;
+    a->at.flags = 0;
+    a->at.stack_len = 0;
+    if (at_regs_from(&a->at, ctx) == 0)
+        at_stack(&a->at);
+    u64 size = at_record_size(offsetof(struct at_rec, at), &a->at, sizeof(struct at_rec));
+    if (events.ringbuf_output(a, size, 0) != 0)
+        count_up(CTR_DROPPED);
+}
+
 // ---- uprobe programs: the function and usdt triggers (uprobe.bpf.c) --------------------------
 //
 // One uprobe program and one uretprobe program serve every function/usdt rule. Each attachment
@@ -887,8 +922,10 @@ static __always_inline int uprobe_hit(struct pt_regs *ctx, int at_return)
     if (muted(slot, r, tgid, now))
         return 0;
     count_up(CTR_SEEN);
-    if (eval_pred(r, f) && window_hit(slot, r, tgid, now))
+    if (eval_pred(r, f) && window_hit(slot, r, tgid, now)) {
         emit(slot, r, pid_tgid, -1, f, now, flags, idx);
+        at_emit(ctx, slot, r->gen, pid_tgid, now);
+    }
     return 0;
 }
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from snapd.errors import SnapdError
 from snapd.probe import layout, perfevents, pinned, samplers, strrows, targetmap, targets, ticks, uattach
-from snapd.probe.decode import RawEvent, tick_event, to_event
+from snapd.probe.decode import RawEvent, join_stack, tick_event, to_event, user_stack
 from snapd.probe.event import Event
 from snapd.probe.plan import Plan, plan, resolve_error, rule_cfg, rule_error
 from snapd.rules import syscalls as _sys
@@ -430,8 +430,9 @@ class Probes:
 
     # ---- events -------------------------------------------------------------------------------
 
-    def _on_event(self, _ctx: Any, data: Any, _size: int) -> int:
-        self._take(data)
+    def _on_event(self, _ctx: Any, data: Any, size: int) -> int:
+        if self._take(data, size) & layout.EventFlag.UPROBE:
+            return 0  # its at-event record comes next: the event must not leave without it
         # A negative return ends this ring_buffer_consume()/poll() right after this record,
         # which is consumed all the same (libbpf ringbuf_process_ring). One poll must hand out
         # at most MAX_BATCH events: a consume reads until the ring is empty, which a producer
@@ -439,20 +440,24 @@ class Probes:
         # rules, stop: kernel hand-overs) and the memory held must stay bounded meanwhile.
         return -1 if len(self._pending) >= MAX_BATCH and not self._closed else 0
 
-    def _take(self, data: Any) -> None:
+    def _take(self, data: Any, size: int) -> layout.EventFlag:
         raw = ct.cast(data, ct.POINTER(RawEvent)).contents
         flags = layout.EventFlag(raw.flags)
         if flags & layout.EventFlag.TICK:
             self._on_tick(raw.value, raw.ts)
-            return
+            return flags
         ent = self._slots.get(raw.slot)
         if ent is None or ent.gen != raw.gen:
             self._stats["events_stale"] += 1  # fired just before its rule was unloaded
             if flags & layout.EventFlag.STOPPED:
                 _release(raw.pid)  # we stopped it; nobody else will hear of it
                 self.forget_stopped(raw.pid)
-            return
+            return flags
+        if flags & layout.EventFlag.AT_EVENT:
+            self._pending = join_stack(self._pending, ent.rule.name, raw, user_stack(data, size))
+            return flags
         self._pending.append(to_event(raw, ent.rule, self._names_by_nr))
+        return flags
 
     def _pids_of(self, slot: int) -> list[int]:
         return targetmap.pids_of(self._bpf[b"targets"], slot, self.is_own)
