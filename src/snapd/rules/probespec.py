@@ -92,6 +92,9 @@ def _check_fields(
     bad = sorted(when.fields() - allowed)
     if not bad:
         return True
+    if bad[-1] >= _expr.Field.STR0:
+        s.ctx.err(wnode, "trigger.when: string comparisons apply to syscall triggers only")
+        return False
     names = ", ".join(sorted(f.name.lower() for f in allowed))
     hint = " (ret and latency need at: return)" if kind == "function at entry" else ""
     s.ctx.err(
