@@ -209,3 +209,31 @@ def test_every_then_syscall_cores_caught_inside_the_syscall(
         assert "nanosleep" in bt and "loop" in bt, bt
     wait_for(lambda: halted_why(v.pid) is None, 10, "the victim to run")
     assert v.alive()
+
+
+def test_usdt_python_function_entry_takes_a_core(daemon: DaemonHarness, spawn: Callable[..., Victim]) -> None:
+    """CPython's python:function__entry (arg2: the line) on a script, through the daemon
+    (Debian's 3.11 fires it only while a profile function is set: tests/victims/trg_py.py)."""
+    python = "/usr/bin/python3.11"
+    if not Path(python).exists():
+        pytest.skip("no /usr/bin/python3.11")
+    script = Path(__file__).resolve().parent.parent / "victims" / "trg_py.py"
+    v = spawn([python, str(script), "profile"])
+    line = int(v.ready_line.split("line=")[1])
+    daemon.write_rule(
+        "py-entry.yaml",
+        f"name: py-entry\ntarget:\n  pid: {v.pid}\ntrigger:\n"
+        f"  usdt: {{binary: {python}, probe: 'python:function__entry'}}\n  when: arg2 == {line}\n{LIMITS}",
+    )
+    daemon.start()
+    command(v, "x 41")
+    core = one_core(daemon, "py-entry")
+    trig = core["trigger"]
+    assert isinstance(trig, dict) and (trig["kind"], trig["probe"], trig["args"][2]) == (
+        "usdt",
+        "python:function__entry",
+        line,
+    )
+    wait_for(lambda: halted_why(v.pid) is None, 10, "the victim to run")
+    assert command(v, "a 1")[1] == 0  # it answers (sys.audit: no call of trg_fn)
+    assert len(daemon.complete("py-entry")) == 1
