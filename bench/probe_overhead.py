@@ -11,7 +11,13 @@ added ns/call as a ratio to bpftrace's. Then event->poll latency: the helper mak
 getppid every millisecond and the time from the kernel's timestamp to Probes.poll() returning it
 is collected (p50/p99).
 
-Run as root: .venv/bin/python bench/probe_overhead.py [--rounds N] [--calls N]
+Then the uprobe and USDT rows: a hot user function (and a USDT site) called in a loop by a
+targeted process, with a snapd `function` / `usdt` rule on it (a `when` no call passes: the whole
+evaluation, no firing) beside bpftrace's `uprobe:BIN:FN /pid == N/ {}` (`usdt:BIN:trg:hot`), best
+of the rounds; the ratio compares the time each adds per call (the trap dominates it: see
+bench/uprobe_overhead.py for the single-step case and the programs' own run times).
+
+Run as root: .venv/bin/python bench/probe_overhead.py [--rounds N] [--calls N] [--ucalls N]
 """
 
 from __future__ import annotations
@@ -159,6 +165,61 @@ def measure_latency(helper: Path, events: int) -> list[float]:
     return lat
 
 
+def measure_uprobes(rounds: int, calls: int) -> None:
+    """The uprobe/USDT rows, through snapd's own Probes and rules."""
+    import contextlib
+    from collections.abc import Iterator
+
+    import uprobe_overhead as uo  # bench/, beside this script
+    from snapd.probe.probes import Probes
+    from snapd.rules import parse_rule
+
+    with tempfile.TemporaryDirectory() as d, Probes() as probes:
+        exe = uo.build(Path(d))
+        probes.compile()
+        for mode, trig, bt_probe in (
+            ("call", f"function: {{binary: {exe}, symbol: trg_hot}}", f"uprobe:{exe}:trg_hot"),
+            ("usdt", f"usdt: {{binary: {exe}, probe: 'trg:hot'}}", f"usdt:{exe}:trg:hot"),
+        ):
+
+            @contextlib.contextmanager
+            def nothing(pid: int, other: int) -> Iterator[None]:
+                yield None
+
+            @contextlib.contextmanager
+            def snapd(pid: int, other: int, trig: str = trig) -> Iterator[None]:
+                text = (
+                    f"name: bench\ntarget: {{pid: {pid}}}\ntrigger:\n  {trig}\n  when: arg0 == {uo.NEVER}\n"
+                )
+                rule, errs = parse_rule(text.encode(), "bench.yaml")
+                assert rule is not None, errs
+                probes.load(rule)
+                try:
+                    yield None
+                finally:
+                    probes.unload("bench")
+
+            @contextlib.contextmanager
+            def bpftrace(pid: int, other: int, probe: str = bt_probe) -> Iterator[None]:
+                with uo.bpftrace(probe, pid):
+                    yield None
+
+            best: dict[str, float] = {}
+            for _ in range(rounds):
+                for name, attach in (("baseline", nothing), ("snapd", snapd), ("bpftrace", bpftrace)):
+                    ns = uo.run_one(exe, mode, calls, attach)[0]  # type: ignore[arg-type]
+                    best[name] = min(best.get(name, ns), ns)
+            base = best["baseline"]
+            added = {k: max(best[k] - base, 0.01) for k in ("snapd", "bpftrace")}
+            what = "trg_hot() (function)" if mode == "call" else "DTRACE_PROBE1(trg, hot) (usdt)"
+            print(f"{what} in a targeted process, best of {rounds} rounds x {calls} calls:")
+            for k in ("baseline", "snapd", "bpftrace"):
+                extra = "" if k == "baseline" else f"   (+{best[k] - base:7.1f} ns added)"
+                print(f"  {k:<13} {best[k]:8.1f} ns/call{extra}")
+            ratio = added["snapd"] / added["bpftrace"]
+            print(f"  ratio snapd/bpftrace added cost:      {ratio:.2f}x (goal <= 1)")
+
+
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, int(p / 100.0 * len(s)))]
@@ -169,6 +230,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--calls", type=int, default=2_000_000)
     ap.add_argument("--events", type=int, default=1000)
+    ap.add_argument("--ucalls", type=int, default=200_000, help="calls per uprobe/USDT measurement")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("probe_overhead: run as root (BPF)", file=sys.stderr)
@@ -198,6 +260,7 @@ def main(argv: list[str]) -> int:
         )
     else:
         print("event -> poll latency: no events received")
+    measure_uprobes(args.rounds, args.ucalls)
     return 0
 
 

@@ -328,7 +328,9 @@ def test_compile_error_names_the_rule(monkeypatch: pytest.MonkeyPatch, tmp_path:
 def test_stop_kernel_needs_an_in_target_probe(probes: Probes) -> None:
     r = rule("target: {comm: nothing-here}\ntrigger: {every: 1s}", "st")
     r = dataclasses.replace(r, action=dataclasses.replace(r.action, stop=StopMode.KERNEL))
-    with pytest.raises(RuleError, match="stop: kernel needs a syscall or cpu trigger"):
+    with pytest.raises(
+        RuleError, match=r"stop: kernel needs a syscall, function, usdt, signal, cpu or every\+then trigger"
+    ):
         probes.load(r)
 
 

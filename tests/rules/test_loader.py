@@ -147,10 +147,14 @@ BAD = [
         "target: {cgroup: /a/../b}\n" + S,
         "1:18: target.cgroup: must be an absolute cgroup path without '..', like /system.slice/nginx.service",
     ),
-    (T + "trigger: {}\n", "2:10: trigger: give exactly one of syscall, every, cpu, rss, threads, fds"),
+    (
+        T + "trigger: {}\n",
+        "2:10: trigger: give exactly one of syscall, every, cpu, rss, threads, fds, function, usdt, signal",
+    ),
     (
         T + "trigger: {syscall: write, every: 10s}\n",
-        "2:27: trigger: only one of syscall, every, cpu, rss, threads, fds (got syscall and every)",
+        "2:27: trigger: only one of syscall, every, cpu, rss, threads, fds, function, usdt, signal "
+        "(got syscall and every)",
     ),
     (T + "trigger: {every: 10}\n", "2:18: trigger.every: 10 needs a unit, e.g. 10s, 500ms or 5m"),
     (
@@ -160,7 +164,7 @@ BAD = [
     ),
     (
         T + "trigger: {every: 10s, when: errno == 1}\n",
-        "2:23: trigger: 'when' applies only to syscall triggers",
+        "2:23: trigger: 'when' applies only to syscall, function and usdt triggers",
     ),
     (
         T + "trigger: {rss: {above: 2Gb}}\n",
@@ -216,13 +220,14 @@ BAD = [
     ),
     (
         T + "trigger:\n  syscall: write\n  when: latency > 5parsecs\n",
-        "4:19: trigger.when: bad unit 'parsecs' in '5parsecs'; durations take ns, us, ms, s, m, h, d",
+        "4:19: trigger.when: bad unit 'parsecs' in '5parsecs'; durations take ns, us, ms, s, m, h, d; "
+        "sizes take B, K, M, G, T, KiB, MiB, GiB, TiB, kB, MB, GB, TB",
     ),
     (
         T + "trigger:\n  syscall: write\n  when: import os\n",
         "4:9: trigger.when: unknown name 'import'; use arg0..arg5, ret, errno, latency, pid, tid, uid, "
         "numbers, "
-        "durations (500ms) or errno names (EPIPE)",
+        "durations (500ms), sizes (1GiB) or errno names (EPIPE)",
     ),
     (
         T + "trigger:\n  syscall: write\n  when: " + " or ".join(f"arg0 == {i}" for i in range(9)) + "\n",
@@ -234,7 +239,7 @@ BAD = [
     (T + S + "action: {stop: maybe}\n", "3:16: action.stop: 'maybe' is not one of ptrace, kernel"),
     (
         T + "trigger: {every: 1s}\naction: {stop: kernel}\n",
-        "3:9: action.stop: kernel needs a syscall or cpu "
+        "3:9: action.stop: kernel needs a syscall, function, usdt, signal, cpu or every+then "
         "trigger (the probe that sends SIGSTOP must run in the target)",
     ),
     (

@@ -26,7 +26,7 @@ from support.victims import Victim
 pytestmark = pytest.mark.kernel
 SYSCALLS = ("read", "write", "clock_nanosleep")
 PERF_TYPE_SOFTWARE, PERF_COUNT_SW_CPU_CLOCK = 1, 0
-EXAMPLE = Path(__file__).resolve().parents[2] / "rules" / "phase2" / "example-seed-gcore-d.yaml"
+EXAMPLE = Path(__file__).resolve().parents[2] / "rules" / "example-seed-gcore-d.yaml"
 
 
 class ARec(ct.Structure):
@@ -153,8 +153,7 @@ def test_tick_then_syscall_stops_inside_it(
 
 
 def test_example_rule_is_the_blog_script_and_inert() -> None:
-    """rules/phase2/example-seed-gcore-d.yaml: the phase-2 spelling (docs/triggers-design.md);
-    it moves to rules/ when the loader accepts `then`."""
+    """rules/example-seed-gcore-d.yaml: the blog's script as one rule, which the loader accepts."""
     doc = yaml.safe_load(EXAMPLE.read_text())
     assert doc["trigger"]["every"] == "10s"
     assert doc["trigger"]["then"] == {"syscall": ["read", "write", "clock_nanosleep"]}

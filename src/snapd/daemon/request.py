@@ -73,6 +73,7 @@ def trigger_record(ev: Event) -> dict[str, object]:
     return {
         "kind": ev.kind.value,
         "syscall": ev.syscall,
+        "probe": ev.probe,
         "args": list(ev.args),
         "ret": ev.ret,
         "value": ev.value,

@@ -300,6 +300,8 @@ class Daemon:
             if self.phase == "ready":
                 for ev in self.probes.service():
                     self._on_event(ev)
+                for line in self.probes.take_problems():
+                    log.warning("%s", line)
             for res in self.worker.take_results():
                 self.dumps.finish(res)
             now = time.monotonic()

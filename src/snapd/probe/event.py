@@ -25,9 +25,11 @@ class Event:
     """A rule fired for process ``pid`` (thread ``tid``).
 
     ``time_ns`` is CLOCK_MONOTONIC (``time.monotonic_ns()``; bpf_ktime_get_ns in the kernel).
-    ``args`` are the syscall's raw arguments as signed 64-bit values, as many as it takes;
-    ``ret`` is set for exit probes only. ``value`` is the measurement that crossed the threshold:
-    percent of one CPU (cpu), bytes (rss), threads, open fds; None for syscall/every.
+    ``args`` are the syscall's raw arguments as signed 64-bit values, as many as it takes (a
+    function's or USDT probe's arg0..arg5); ``ret`` is set for exit and return probes only;
+    ``probe`` names the function (its symbol) or USDT probe (provider:name) that fired.
+    ``value`` is the measurement that crossed the threshold: percent of one CPU (cpu), bytes
+    (rss), threads, open fds; None for syscall/every/function/usdt.
     ``stopped`` means the probe itself sent SIGSTOP (``stop: kernel``): the daemon must take over
     and resume the target with SIGCONT. ``stack`` is the firing thread's registers and top of
     stack at the event, for probes that record them (None otherwise). ``at_load`` marks a
@@ -42,6 +44,7 @@ class Event:
     kind: Kind
     time_ns: int
     syscall: str | None = None
+    probe: str | None = None
     args: tuple[int, ...] = ()
     ret: int | None = None
     value: int | None = None

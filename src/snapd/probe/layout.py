@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import ctypes as ct
 from enum import IntEnum, IntFlag
+from pathlib import Path
 
 # The predicate encoding and the rule-language bounds belong to snapd.rules (an earlier stage);
 # the probe only sizes its maps from them.
 from snapd import kernel
+from snapd.probe import trigger_layout
 from snapd.rules.bounds import GLOB_MAX, MAX_INSNS, WIN_SLOTS
-from snapd.rules.expr import Field, Insn, Op
+from snapd.rules.expr import MAX_STRS, Field, Insn, Op
 from snapd.sys import btf
 
 MAX_RULES = 64  # one bit per rule in a u64 mask
@@ -27,6 +29,7 @@ RINGBUF_PAGES = 256  # 1 MiB with 4 KiB pages
 PATH_MAX = 256  # exec filenames hashed for `exe`; longer ones never match in the kernel
 MAX_STOPPED = 4096  # processes stop: kernel may hold stopped at once
 MAX_MINE = 4096  # tasks snapd created (action.run, sandboxes, snapshot children) alive at once
+MAX_STRSRCS = 16384  # (rule, syscall, string comparison) -> where the string is
 MUTE_FOREVER = (1 << 64) - 1  # a `mutes` value: until the daemon unmutes the rule
 # The flags of a fork snapshot's injected clone: CLONE_FILES, exit signal 0 (snapd.core.fork
 # CLONE_ARGS; probe may not import core, tests/probe checks they agree).
@@ -51,6 +54,7 @@ class RuleFlag(IntFlag):
     COMM = 16
     STOP_KERNEL = 32
     CPU = 64
+    ARMED = 128  # every + then: its syscalls fire only once per tick and process (armed.bpf.c)
 
 
 class EventFlag(IntFlag):
@@ -58,6 +62,10 @@ class EventFlag(IntFlag):
     STOPPED = 2
     CPU = 4
     TICK = 8
+    UPROBE = 16  # a function or usdt trigger; value is the usite (cookie)
+    RETURN = 32  # ... at the function's return
+    SIGNAL = 64  # a signal trigger; value is the signal
+    AT_EVENT = 128  # not an event: the registers and stack of the event just before it
 
 
 class Global(IntEnum):
@@ -66,7 +74,9 @@ class Global(IntEnum):
     CPU_RULES = 2  # mask of rules with a cpu trigger
     SELF = 3  # the daemon's tgid: it and what it creates are never targets
     DUMPER = 4  # the dumper's tgid (the tracer of every dump)
-    NR = 5
+    SIG_RULES = 5  # mask of rules with a signal trigger
+    ARMED_RULES = 6  # mask of every + then rules: their ticks arm, not fire
+    NR = 7
 
 
 class Counter(IntEnum):
@@ -150,6 +160,8 @@ def cflags() -> list[str]:
         f"-DSNAPD_PATH_MAX={PATH_MAX}",
         f"-DSNAPD_MAX_STOPPED={MAX_STOPPED}",
         f"-DSNAPD_MAX_MINE={MAX_MINE}",
+        f"-DSNAPD_MAX_STRSRCS={MAX_STRSRCS}",
+        f"-DSNAPD_MAX_STRS={MAX_STRS}",
         f"-DSIGNAL_STOP={SIGNAL_STOP}",
         f"-DSNAPSHOT_CLONE_FLAGS={SNAPSHOT_CLONE_FLAGS}",
         # what the running kernel offers (snapd.kernel), never what a rule says
@@ -162,7 +174,14 @@ def cflags() -> list[str]:
     out += [f"-DEF_{m.name}={m.value}" for m in EventFlag]
     out += [f"-DGLOBAL_{m.name}={m.value}" for m in Global]
     out += [f"-DCTR_{m.name}={m.value}" for m in Counter]
-    return out + task_offsets()
+    return out + trigger_layout.cflags() + task_offsets() + [include_dir()]
+
+
+def include_dir() -> str:
+    """-I of the directory holding the snapd package: probe.bpf.c includes the trigger pieces
+    as "snapd/probe/NAME.bpf.c" (bcc compiles it as a virtual file, so a path relative to
+    probe.bpf.c is not found). A path of this installation, never of a rule."""
+    return "-I" + str(Path(__file__).resolve().parent.parent.parent)
 
 
 def task_offsets() -> list[str]:

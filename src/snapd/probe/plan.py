@@ -11,11 +11,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from snapd.probe import layout, targets
+from snapd.errors import SnapdError
+from snapd.probe import layout, targets, uattach, uprobes
+from snapd.probe.symbols import ResolveError
 from snapd.rules import syscalls as _sys
 from snapd.rules.error import RuleError
 from snapd.rules.expr import compile_expr
-from snapd.rules.model import CpuTrigger, EveryTrigger, Rule, StopMode, SyscallTrigger
+from snapd.rules.model import (
+    CpuTrigger,
+    EveryTrigger,
+    FunctionTrigger,
+    Rule,
+    SignalTrigger,
+    StopMode,
+    SyscallTrigger,
+    UsdtTrigger,
+)
 from snapd.sys.perf import try_cpu_clock
 
 #: struct sysmask argx, per ArgKind: the shift that keeps the type's width, bit 7 when signed
@@ -29,6 +40,20 @@ ARGX = {
 
 def rule_error(rule: Rule, msg: str) -> RuleError:
     return RuleError(rule.path or rule.name, 1, 1, f"rule '{rule.name}': {msg}")
+
+
+def resolve_error(rule: Rule, err: SnapdError) -> RuleError:
+    """``err`` at the line and column of the rule key it is about (a ResolveError's binary,
+    symbol or probe), else at the rule's first line."""
+    trig = rule.trigger
+    if not isinstance(err, ResolveError) or not isinstance(trig, (FunctionTrigger, UsdtTrigger)):
+        return rule_error(rule, str(err))
+    at = next((m for m in trig.marks if m.key == err.key), None)
+    if at is None:
+        return rule_error(rule, str(err))
+    where = f"pid {err.pid}: " if err.pid is not None else ""
+    msg = f"trigger.{rule.kind.value}.{err.key}: {where}{err.msg}"
+    return RuleError(rule.path or rule.name, at.line, at.col, msg)
 
 
 @dataclass(frozen=True)
@@ -53,6 +78,8 @@ class Plan:
     syscalls: tuple[SyscallUse, ...] = ()
     tick_period_ns: int | None = None  # every: a cpu-clock event of this period
     cpu: bool = False  # cpu: the ~99 Hz sampler on every CPU
+    uprobe: bool = False  # function, usdt: uprobes in each target (snapd.probe.uattach)
+    signals: int = 0  # signal: the mask of its signals (bit sig-1) for signal_deliver
 
 
 def argx(name: str) -> tuple[int, ...]:
@@ -63,25 +90,37 @@ def argx(name: str) -> tuple[int, ...]:
 
 def plan(rule: Rule, cgroup: str | None = None) -> Plan:
     """The plan for ``rule``; RuleError when it cannot be armed on this system."""
-    if rule.action.stop is StopMode.KERNEL and not isinstance(rule.trigger, (SyscallTrigger, CpuTrigger)):
+    in_target = (SyscallTrigger, CpuTrigger, FunctionTrigger, UsdtTrigger, SignalTrigger)
+    armed = isinstance(rule.trigger, EveryTrigger) and rule.trigger.then is not None
+    if rule.action.stop is StopMode.KERNEL and not (isinstance(rule.trigger, in_target) or armed):
         raise rule_error(
-            rule, "stop: kernel needs a syscall or cpu trigger (the probe must run in the target)"
+            rule,
+            "stop: kernel needs a syscall, function, usdt, signal, cpu or every+then trigger "
+            "(the probe must run in the target)",
         )
     cgroup = cgroup if cgroup is not None else targets.target_cgroup(rule.target)
     cfg = rule_cfg(rule, cgroup)
     trig = rule.trigger
+    names = trig.syscalls if isinstance(trig, SyscallTrigger) else ()
+    if isinstance(trig, EveryTrigger) and trig.then is not None:
+        names = trig.then
+    uses = []
+    for name in names:
+        call = _sys.lookup(name)
+        if call.nr is None:
+            raise rule_error(rule, _sys.unknown_number(name))
+        at_exit = isinstance(trig, SyscallTrigger) and trig.at_exit
+        uses.append(SyscallUse(call.name, call.tracepoint, call.nr, at_exit, argx(name)))
     if isinstance(trig, SyscallTrigger):
-        uses = []
-        for name in trig.syscalls:
-            call = _sys.lookup(name)
-            if call.nr is None:
-                raise rule_error(rule, _sys.unknown_number(name))
-            uses.append(SyscallUse(call.name, call.tracepoint, call.nr, trig.at_exit, argx(name)))
         return Plan(rule, cgroup, cfg, syscalls=tuple(uses))
     if isinstance(trig, EveryTrigger):
-        return Plan(rule, cgroup, cfg, tick_period_ns=trig.period_ns)
+        return Plan(rule, cgroup, cfg, syscalls=tuple(uses), tick_period_ns=trig.period_ns)
     if isinstance(trig, CpuTrigger):
         return Plan(rule, cgroup, cfg, cpu=True)
+    if isinstance(trig, (FunctionTrigger, UsdtTrigger)):
+        return Plan(rule, cgroup, cfg, uprobe=True)
+    if isinstance(trig, SignalTrigger):
+        return Plan(rule, cgroup, cfg, signals=sum(1 << (s - 1) for s in trig.signals))
     return Plan(rule, cgroup, cfg)
 
 
@@ -113,9 +152,12 @@ def rule_cfg(rule: Rule, cgroup: str | None) -> layout.RuleCfg:
     if rule.action.stop is StopMode.KERNEL:
         flags |= layout.RuleFlag.STOP_KERNEL
     trig = rule.trigger
+    if isinstance(trig, EveryTrigger) and trig.then is not None:
+        flags |= layout.RuleFlag.ARMED
     if isinstance(trig, SyscallTrigger):
         leaf.count = trig.count
         leaf.within_ns = trig.within_ns or 0
+    if isinstance(trig, (SyscallTrigger, FunctionTrigger, UsdtTrigger)):
         if trig.when is not None:
             code = compile_expr(trig.when)
             leaf.n_insns = len(code)
@@ -137,11 +179,23 @@ def check_kernel(p: Plan) -> None:
     """Ask the running kernel for what ``p`` needs, without BPF: its tracepoints exist and the
     perf events it uses may be opened. RuleError naming the first thing missing."""
     d = _sys.events_dir()
+    if p.signals and (
+        d is None or not os.path.isdir(os.path.join(os.path.dirname(d), "signal", "signal_deliver"))
+    ):
+        raise rule_error(p.rule, "no tracepoint signal:signal_deliver on this kernel (tracefs)")
     for use in p.syscalls:
         for tp in use.tracepoints:
             event = tp.split(":", 1)[1]
             if d is None or not os.path.isdir(os.path.join(d, event)):
                 raise rule_error(p.rule, f"no tracepoint {tp} on this kernel (tracefs)")
+    if p.uprobe:
+        trig = p.rule.trigger
+        assert isinstance(trig, (FunctionTrigger, UsdtTrigger))
+        try:
+            uprobes.pmu()
+            uattach.host_check(trig)
+        except SnapdError as err:
+            raise resolve_error(p.rule, err) from err
     period = p.tick_period_ns or (layout.CPU_SAMPLE_PERIOD_NS if p.cpu else None)
     if period is not None:
         try:

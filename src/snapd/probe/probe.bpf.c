@@ -13,6 +13,7 @@
 //   syscalls:sys_enter_X / exit_X -> target check, mutes, predicate, count/within, ring buffer
 //   perf cpu-clock sampler        -> per-process on-CPU share over a sliding window
 //   perf cpu-clock ticks          -> `every` timers
+//   uprobes (function, usdt)      -> cookie -> usite -> rule: target check, predicate, ring buffer
 // Only firings reach user space, through the `events` ring buffer.
 
 #include <uapi/linux/ptrace.h>
@@ -25,6 +26,21 @@
 #ifndef SNAPD_MAX_RULES
 #error "built by snapd.probe: SNAPD_* constants come from snapd/probe/layout.py"
 #endif
+
+// The trigger pieces (types and pure functions: bcc rewrites map calls in this file only).
+#include "snapd/probe/uprobe.bpf.c"
+#include "snapd/probe/strings.bpf.c"
+#include "snapd/probe/signal.bpf.c"
+#include "snapd/probe/armed.bpf.c"
+#include "snapd/probe/atevent.bpf.c"
+
+// Defined with the string maps at the end of this file (the strings section).
+struct fields;
+static __always_inline void str_fields(u32 slot, s32 nr, struct fields *f);
+// Defined in the every + then section: whether a RF_ARMED rule's syscall takes its tick.
+struct rule_cfg;
+static __always_inline int armed_ok(u32 slot, const struct rule_cfg *r, u32 tgid);
+static __always_inline u64 armed_ticks(u64 mask);
 
 struct insn {
     u8 kind;      // INSN_CMP, INSN_AND, INSN_OR, INSN_NOT
@@ -439,7 +455,9 @@ int snapd_eval(struct sys_ctx *ctx)
         u64 pid_tgid = es->pid_tgid, now = es->now;
         if (!muted(slot, r, pid_tgid >> 32, now)) {
             count_up(CTR_SEEN);
-            if (eval_pred(r, f) && window_hit(slot, r, pid_tgid >> 32, now))
+            str_fields(slot, es->nr, f);  // this rule's string comparisons, as fields str0..3
+            if (eval_pred(r, f) && armed_ok(slot, r, pid_tgid >> 32) &&
+                window_hit(slot, r, pid_tgid >> 32, now))
                 emit(slot, r, pid_tgid, es->nr, f, now, es->flags, 0);
         }
     }
@@ -860,6 +878,9 @@ int snapd_tick(struct bpf_perf_event_data *ctx)
     u64 *m = ticks.lookup(&period);
     if (!m || *m == 0)
         return 0;
+    u64 fire = armed_ticks(*m);  // every + then rules are armed, the others fire now
+    if (!fire)
+        return 0;
     struct event *e = events.ringbuf_reserve(sizeof(struct event));
     if (!e) {
         count_up(CTR_DROPPED);
@@ -869,10 +890,262 @@ int snapd_tick(struct bpf_perf_event_data *ctx)
     __builtin_memset(e->comm, 0, sizeof(e->comm));
     e->pid = e->tid = e->slot = e->gen = 0;
     e->ts = bpf_ktime_get_ns();
-    e->value = *m;          // the rules (bitmask) this period serves
+    e->value = fire;        // the rules (bitmask) this period fires
     e->ret = period;
     e->nr = -1;
     e->flags = EF_TICK;
     events.ringbuf_submit(e, 0);
     return 0;
+}
+
+// ---- at the event: registers and top of stack of a firing uprobe (atevent.bpf.c) ------------
+//
+// A second record right after the event's own (same program run, so next in the ring): the
+// event's header with EF_AT_EVENT, then struct at_event, cut to the stack bytes read. The
+// daemon joins it to the event (snapd.probe.probes) for the report's "at the event" frames.
+struct at_rec {
+    struct event e;
+    struct at_event at;
+};
+BPF_PERCPU_ARRAY(scratch_at, struct at_rec, 1);
+
+static __always_inline void at_emit(struct pt_regs *ctx, u32 slot, u32 gen, u64 pid_tgid, u64 now)
+{
+    u32 zero = 0;
+    struct at_rec *a = scratch_at.lookup(&zero);
+    if (!a)
+        return;
+    __builtin_memset(&a->e, 0, sizeof(a->e));
+    a->e.ts = now;
+    a->e.pid = pid_tgid >> 32;
+    a->e.tid = (u32)pid_tgid;
+    a->e.slot = slot;
+    a->e.gen = gen;
+    a->e.nr = -1;
+    a->e.flags = EF_AT_EVENT;
+    a->at.flags = 0;
+    a->at.stack_len = 0;
+    if (at_regs_from(&a->at, ctx) == 0)
+        at_stack(&a->at);
+    u64 size = at_record_size(offsetof(struct at_rec, at), &a->at, sizeof(struct at_rec));
+    if (events.ringbuf_output(a, size, 0) != 0)
+        count_up(CTR_DROPPED);
+}
+
+// ---- uprobe programs: the function and usdt triggers (uprobe.bpf.c) --------------------------
+//
+// One uprobe program and one uretprobe program serve every function/usdt rule. Each attachment
+// is a perf event linked with a BPF cookie, the index of its `usite`, which names the rule slot
+// (snapd.probe.uattach). A uprobe event concerns exactly one rule, so it is evaluated inline
+// (snapd_eval is a TRACEPOINT program: a KPROBE program cannot tail-call it).
+static __always_inline int uprobe_hit(struct pt_regs *ctx, int at_return)
+{
+    u32 idx = bpf_get_attach_cookie(ctx) & (SNAPD_MAX_USITES - 1);
+    struct usite *s = usites.lookup(&idx);
+    if (!s || s->gen == 0)
+        return 0;
+    u32 slot = s->slot & (SNAPD_MAX_RULES - 1);
+    struct rule_cfg *r = rules.lookup(&slot);
+    if (!r || r->gen != s->gen)
+        return 0;  // a stale attachment of an unloaded rule, closing in the background
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32;
+    // A system-wide probe, or a child that inherited the breakpoint at fork: not a target.
+    u64 *tm = targets.lookup(&tgid);
+    if (!tm || !(*tm & (1ULL << slot)))
+        return 0;
+    u32 zero = 0;
+    struct fields *f = scratch_fields.lookup(&zero);
+    if (!f)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    u32 flags = EF_UPROBE;
+    struct ukey k = uprobe_call_key(idx);
+    if (!at_return) {
+        uprobe_args(ctx, s, f->v);
+        if (s->flags & US_SAVE_ENTRY) {
+            // the entry half of a return rule: its arguments and time, for the return
+            struct uentry e = {.ts = now};
+            __builtin_memcpy(e.args, f->v, sizeof(e.args));
+            uinflight.update(&k, &e);
+            return 0;
+        }
+        f->v[FIELD_RET] = 0;
+        f->v[FIELD_LATENCY] = 0;
+    } else {
+        struct uentry *e = uinflight.lookup(&k);
+        if (!e)
+            return 0;  // attached mid-call: this return has no entry
+        __builtin_memcpy(f->v, e->args, sizeof(e->args));
+        f->v[FIELD_LATENCY] = now - e->ts;
+        uinflight.delete(&k);
+        f->v[FIELD_RET] = PT_REGS_RC(ctx);
+        flags |= EF_RETURN;
+    }
+    f->v[FIELD_ERRNO] = 0;
+    f->v[FIELD_PID] = tgid;
+    f->v[FIELD_TID] = (u32)pid_tgid;
+    f->v[FIELD_UID] = (u32)bpf_get_current_uid_gid();
+    if (muted(slot, r, tgid, now))
+        return 0;
+    count_up(CTR_SEEN);
+    if (eval_pred(r, f) && window_hit(slot, r, tgid, now)) {
+        emit(slot, r, pid_tgid, -1, f, now, flags, idx);
+        at_emit(ctx, slot, r->gen, pid_tgid, now);
+    }
+    return 0;
+}
+
+int snapd_uprobe(struct pt_regs *ctx)
+{
+    return uprobe_hit(ctx, 0);
+}
+
+int snapd_uretprobe(struct pt_regs *ctx)
+{
+    return uprobe_hit(ctx, 1);
+}
+
+// ---- strings: `path ~ "glob"`, `data contains "s"` on syscalls (strings.bpf.c) ---------------
+//
+// A rule's string comparisons (at most SNAPD_MAX_STRS) are map rows: per comparison k its
+// pattern (strpats[slot * MAX_STRS + k]) and, per syscall, where the string is (strsrcs). Their
+// outcomes become the fields str0..str3 that the rule's predicate compares with 1.
+struct strkey {
+    u32 slot;
+    s32 nr;
+    u32 k;
+};
+BPF_HASH(strsrcs, struct strkey, struct str_src, SNAPD_MAX_STRSRCS);
+BPF_ARRAY(strpats, struct str_pattern, SNAPD_MAX_RULES * SNAPD_MAX_STRS);
+BPF_ARRAY(strn, u32, SNAPD_MAX_RULES);  // string comparisons of each rule (0: none)
+BPF_PERCPU_ARRAY(scratch_str, struct str_buf, 1);
+
+static __always_inline void str_fields(u32 slot, s32 nr, struct fields *f)
+{
+    u32 *n = strn.lookup(&slot);
+    if (!n || *n == 0)
+        return;
+    u32 cnt = *n, zero = 0;
+    struct str_buf *buf = scratch_str.lookup(&zero);
+    if (!buf)
+        return;
+#pragma clang loop unroll(disable)
+    for (u32 k = 0; k < SNAPD_MAX_STRS; k++) {
+        if (k >= cnt)
+            break;
+        u32 fi = (FIELD_STR0 + k) & 15;
+        f->v[fi] = 0;  // a string that cannot be read matches nothing
+        struct strkey key = {.slot = slot, .nr = nr, .k = k};
+        struct str_src *src = strsrcs.lookup(&key);
+        u32 pi = (slot * SNAPD_MAX_STRS + k) & (SNAPD_MAX_RULES * SNAPD_MAX_STRS - 1);
+        struct str_pattern *pat = strpats.lookup(&pi);
+        if (!src || !pat)
+            continue;
+        struct str_read rd = {};
+        if (str_read_arg(src, f->v, buf->b, &rd) != 0)
+            continue;
+        f->v[fi] = str_match(pat, buf->b, &rd);
+    }
+}
+
+// ---- signals: the `signal` trigger (signal.bpf.c) ---------------------------------------------
+//
+// signal:signal_deliver runs in the target's context, in get_signal() after the signal was
+// dequeued and before its action; attached only while a signal rule is loaded. Only a delivery
+// to a handler of the target's fires: a default fatal action is already a group exit (it
+// arrives here as SIGKILL), and an ignored signal is never delivered (docs/triggers-design.md
+// section 6). stop: kernel's SIGSTOP, queued through irq_work (irqs are off under the siglock),
+// is taken on the way back to user mode, after the handler's frame was pushed: the target stops
+// at the handler's first instruction.
+struct sig_deliver_ctx {
+    u64 hdr;
+    s32 sig;
+    s32 err;
+    s32 code;
+    u32 pad;
+    u64 sa_handler;
+    u64 sa_flags;
+};
+BPF_ARRAY(sigmasks, u64, SNAPD_MAX_RULES);  // bit sig-1 of each signal rule's signals
+
+int snapd_signal_deliver(void *ctx)
+{
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32;
+    u64 *tm = targets.lookup(&tgid);
+    if (!tm)
+        return 0;
+    u64 mask = *tm & global(GLOBAL_SIG_RULES);
+    if (!mask)
+        return 0;
+    struct sig_deliver_ctx a = {};
+    bpf_probe_read_kernel(&a, sizeof(a), ctx);
+    if (!sig_can_stop(a.sig, a.sa_handler))
+        return 0;
+    u64 bit = sig_bit(a.sig), now = bpf_ktime_get_ns();
+    u32 zero = 0;
+    struct fields *f = scratch_fields.lookup(&zero);
+    if (!f)
+        return 0;
+    __builtin_memset(f->v, 0, sizeof(f->v));
+    f->v[0] = a.sig;
+    f->v[1] = a.code;
+    f->v[2] = a.sa_handler;
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < SNAPD_MAX_RULES; i++) {
+        if (!mask)
+            break;
+        u64 low = mask & -mask;
+        mask &= mask - 1;
+        u32 slot = __builtin_popcountll(low - 1) & (SNAPD_MAX_RULES - 1);
+        u64 *sm = sigmasks.lookup(&slot);
+        struct rule_cfg *r = rules.lookup(&slot);
+        if (!sm || !(*sm & bit) || !r || r->gen == 0 || muted(slot, r, tgid, now))
+            continue;
+        count_up(CTR_SEEN);
+        emit(slot, r, pid_tgid, -1, f, now, EF_SIGNAL, a.sig);
+    }
+    return 0;
+}
+
+// ---- every + then: the tick arms, the target's next listed syscall fires (armed.bpf.c) -------
+BPF_ARRAY(armed, u64, SNAPD_MAX_RULES);  // (generation << 32) | ticks since loaded
+BPF_TABLE("lru_hash", struct armed_key, u64, consumed, SNAPD_MAX_WINDOWS);
+
+// Arms the every + then rules of `mask`; returns the others (they fire at the tick itself).
+static __always_inline u64 armed_ticks(u64 mask)
+{
+    u64 am = mask & global(GLOBAL_ARMED_RULES);
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < SNAPD_MAX_RULES; i++) {
+        if (!am)
+            break;
+        u64 low = am & -am;
+        am &= am - 1;
+        u32 slot = __builtin_popcountll(low - 1) & (SNAPD_MAX_RULES - 1);
+        u64 *w = armed.lookup(&slot);
+        if (w)
+            armed_tick(w);
+    }
+    return mask & ~global(GLOBAL_ARMED_RULES);
+}
+
+static __always_inline int armed_ok(u32 slot, const struct rule_cfg *r, u32 tgid)
+{
+    if (!(r->flags & RF_ARMED))
+        return 1;
+    u64 *a = armed.lookup(&slot);
+    if (!a)
+        return 0;
+    struct armed_key k = {.slot = slot, .tgid = tgid};
+    u64 *c = consumed.lookup(&k);
+    if (!c) {
+        u64 zero = 0;
+        consumed.update(&k, &zero);
+        c = consumed.lookup(&k);
+        if (!c)
+            return 0;
+    }
+    return armed_take(a, c);
 }

@@ -20,20 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from snapd import kernel, procfs
+from snapd import kernel
 from snapd.errors import SnapdError
-from snapd.probe import layout, perfevents, pinned, samplers, targets
-from snapd.probe.decode import RawEvent, to_event
-from snapd.probe.event import Event, Kind
-from snapd.probe.plan import Plan, plan, rule_cfg, rule_error
+from snapd.probe import layout, perfevents, pinned, samplers, strrows, targetmap, targets, ticks, uattach
+from snapd.probe.decode import RawEvent, join_stack, tick_event, to_event, user_stack
+from snapd.probe.event import Event
+from snapd.probe.plan import Plan, plan, resolve_error, rule_cfg, rule_error
 from snapd.rules import syscalls as _sys
 from snapd.rules.error import RuleError
-from snapd.rules.model import (
-    Rule,
-)
+from snapd.rules.model import Rule
 
 SOURCE = Path(__file__).with_name("probe.bpf.c")
 RESCAN_INTERVAL_S = 2.0
+SIGNAL_TP = "signal:signal_deliver"
 MAX_BATCH = 1024  # events handed out per poll(): bounds memory and latency under a storm
 
 
@@ -58,13 +57,6 @@ class _Loaded:
         return self.plan.rule
 
 
-def _is_process(pid: int) -> bool:
-    try:
-        return int(procfs.status(pid)["Tgid"]) == pid
-    except (SnapdError, KeyError, ValueError):
-        return False
-
-
 def _release(pid: int) -> None:
     """SIGCONT a process a probe stopped with SIGSTOP but that no one will dump."""
     with contextlib.suppress(ProcessLookupError):
@@ -81,12 +73,13 @@ class Probes:
 
     def __init__(self, sample_interval_s: float = 1.0, pin_dir: str | None = None) -> None:
         self._bpf: Any = None
+        self._uprobes: uattach.UAttach | None = None  # function/usdt attachments, once compiled
+        self._problems: list[str] = []  # why a target could not be probed (take_problems)
         self._loaded: dict[str, _Loaded] = {}
         self._slots: dict[int, _Loaded] = {}
         self._gen = 0
         self._tp_refs: Counter[str] = Counter()
-        self._tick_fds: dict[int, int] = {}
-        self._tick_refs: Counter[int] = Counter()
+        self._ticks = ticks.Ticks()
         self._cpu_attached = False
         self._pending: list[Event] = []
         self._stats: Counter[str] = Counter()
@@ -140,6 +133,9 @@ class Probes:
             b.load_func(b"snapd_sys_exit", BPF.TRACEPOINT)
             b.load_func(b"snapd_tick", BPF.PERF_EVENT)
             b.load_func(b"snapd_cpu_sample", BPF.PERF_EVENT)
+            up = b.load_func(b"snapd_uprobe", BPF.KPROBE)
+            uret = b.load_func(b"snapd_uretprobe", BPF.KPROBE)
+            b.load_func(b"snapd_signal_deliver", BPF.TRACEPOINT)
             b[b"events"].open_ring_buffer(self._on_event)
             b.attach_tracepoint(tp=b"syscalls:sys_enter_clone", fn_name=b"snapd_clone_enter")
             b.attach_tracepoint(tp=b"syscalls:sys_exit_clone", fn_name=b"snapd_clone_exit")
@@ -150,6 +146,7 @@ class Probes:
                 b.cleanup()
                 raise ProbeError(f"snapd.probe.layout.{ours.__name__} does not match the compiled program")
         self._bpf = b
+        self._uprobes = uattach.UAttach(b, up.fd, uret.fd)
         self._write_own()
         if self.pin_dir is not None:
             try:
@@ -212,7 +209,7 @@ class Probes:
         try:
             self._write_cfg(ent)
             self._attach(ent)
-            self._mark_targets(ent)
+            self._mark_targets(ent, at_load=True)
         except RuleError:
             self._disarm(ent)
             raise
@@ -251,6 +248,7 @@ class Probes:
     def _attach(self, ent: _Loaded) -> None:
         p, bit = ent.plan, 1 << ent.slot
         if p.syscalls:
+            strrows.write(self._bpf, ent.slot, p)  # before its syscalls' masks name the rule
             masks = self._bpf[b"sysmasks"]
             for use in p.syscalls:
                 key = ct.c_uint32(use.nr)
@@ -269,18 +267,20 @@ class Probes:
                 for tp in use.tracepoints:
                     self._tp_ref(tp, +1)
                     ent.tracepoints.append(tp)
-        elif p.tick_period_ns is not None:
+        if p.tick_period_ns is not None:
             period = p.tick_period_ns
-            ticks = self._bpf[b"ticks"]
-            pkey = ct.c_uint64(period)
-            cur = ticks.get(pkey)
-            ticks[pkey] = ct.c_uint64((cur.value if cur is not None else 0) | bit)
-            self._tick_refs[period] += 1
-            if period not in self._tick_fds:
-                try:
-                    self._tick_fds[period] = perfevents.open_tick(self._bpf, period)
-                except OSError as err:
-                    raise rule_error(ent.rule, f"cannot open a cpu-clock perf event: {err.strerror}") from err
+            if p.syscalls:  # every + then: unarmed until the first tick (armed.bpf.c)
+                self._bpf[b"armed"][ct.c_int(ent.slot)] = ct.c_uint64(ent.gen << 32)
+                self._set_global(layout.Global.ARMED_RULES, self._get_global(layout.Global.ARMED_RULES) | bit)
+            try:
+                self._ticks.add(self._bpf, period, ent.slot)
+            except OSError as err:
+                raise rule_error(ent.rule, f"cannot open a cpu-clock perf event: {err.strerror}") from err
+        elif p.signals:
+            self._bpf[b"sigmasks"][ct.c_int(ent.slot)] = ct.c_uint64(p.signals)
+            self._set_global(layout.Global.SIG_RULES, self._get_global(layout.Global.SIG_RULES) | bit)
+            self._tp_ref(SIGNAL_TP, +1)
+            ent.tracepoints.append(SIGNAL_TP)
         elif p.cpu:
             self._set_global(layout.Global.CPU_RULES, self._get_global(layout.Global.CPU_RULES) | bit)
             if not self._cpu_attached:
@@ -291,6 +291,7 @@ class Probes:
         before = self._tp_refs[tp]
         self._tp_refs[tp] = before + delta
         fn = b"snapd_sys_exit" if ":sys_exit_" in tp else b"snapd_sys_enter"
+        fn = b"snapd_signal_deliver" if tp == SIGNAL_TP else fn
         if before == 0 and delta > 0:
             self._bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn)
         elif before + delta <= 0:
@@ -302,15 +303,31 @@ class Probes:
         """Existing processes matching ``ent``'s target, leaving out snapd's own."""
         return [pid for pid in targets.scan(ent.rule.target, ent.cgroup) if not self.is_own(pid)]
 
-    def _mark_targets(self, ent: _Loaded) -> None:
-        tmap = self._bpf[b"targets"]
-        bit = 1 << ent.slot
-        for pid in self._candidates(ent):
-            key = ct.c_uint32(pid)
-            cur = tmap.get(key)
-            old = cur.value if cur is not None else 0
-            if not old & bit:
-                tmap[key] = ct.c_uint64(old | bit)
+    def _mark_targets(self, ent: _Loaded, at_load: bool = False) -> None:
+        targetmap.mark(self._bpf[b"targets"], self._candidates(ent), ent.slot)
+        if ent.plan.uprobe:
+            self._uprobe_sync(ent, at_load)
+
+    def _uprobe_sync(self, ent: _Loaded, at_load: bool) -> None:
+        """Attach a function/usdt rule in its targets (those the exec/fork probes found too).
+        At load, a rule the host cannot resolve, or that no target could take, is refused."""
+        up = self._uprobes
+        assert up is not None
+        if at_load:
+            try:
+                up.arm(ent.rule, ent.slot, ent.gen)
+            except SnapdError as err:
+                raise resolve_error(ent.rule, err) from err
+        errors = up.sync(ent.slot, self._pids_of(ent.slot))
+        if at_load and errors and not up.attached(ent.slot):
+            raise resolve_error(ent.rule, errors[0])
+        self._problems += [f"rule {ent.rule.name}: not probed in {err}" for err in errors]
+
+    def take_problems(self) -> list[str]:
+        """Targets a function/usdt rule could not be attached in since the last call (one line
+        each: the daemon logs them)."""
+        out, self._problems = self._problems, []
+        return out
 
     def unload(self, name: str) -> None:
         """Detach rule ``name`` (no-op when it is not loaded); other rules are untouched."""
@@ -326,8 +343,15 @@ class Probes:
             return
         bit = 1 << ent.slot
         b = self._bpf
+        if self._uprobes is not None:
+            self._uprobes.disarm(ent.slot)
         b[b"rules"][ct.c_int(ent.slot)] = b[b"rules"].Leaf()
-        for g in (layout.Global.PID_RULES, layout.Global.CPU_RULES):
+        for g in (
+            layout.Global.PID_RULES,
+            layout.Global.CPU_RULES,
+            layout.Global.SIG_RULES,
+            layout.Global.ARMED_RULES,
+        ):
             self._set_global(g, self._get_global(g) & ~bit)
         if not self._slots:
             self._set_global(layout.Global.ACTIVE, 0)
@@ -346,36 +370,13 @@ class Probes:
                 del masks[key]
         for tp in ent.tracepoints:
             self._tp_ref(tp, -1)
-        period = ent.plan.tick_period_ns
-        if period is not None and self._tick_refs[period] > 0:
-            self._tick_refs[period] -= 1
-            ticks = b[b"ticks"]
-            pkey = ct.c_uint64(period)
-            cur = ticks.get(pkey)
-            rest = (cur.value if cur is not None else 0) & ~bit
-            if rest:
-                ticks[pkey] = ct.c_uint64(rest)
-            elif cur is not None:
-                del ticks[pkey]
-            if not self._tick_refs[period]:
-                del self._tick_refs[period]
-                fd = self._tick_fds.pop(period, None)
-                if fd is not None:
-                    perfevents.close_tick(fd)
+        strrows.clear(b, ent.slot, ent.plan)
+        if ent.plan.tick_period_ns is not None:
+            self._ticks.remove(b, ent.plan.tick_period_ns, ent.slot)
         if self._cpu_attached and not any(e.plan.cpu for e in self._slots.values()):
             perfevents.detach_sampler(b)
             self._cpu_attached = False
-        tmap = b[b"targets"]
-        for k, v in list(tmap.items()):
-            if v.value & bit:
-                rest = v.value & ~bit
-                try:
-                    if rest:
-                        tmap[k] = ct.c_uint64(rest)
-                    else:
-                        del tmap[k]
-                except KeyError:
-                    pass
+        targetmap.clear(b[b"targets"], ent.slot)
 
     def loaded(self) -> list[str]:
         return sorted(self._loaded)
@@ -432,8 +433,9 @@ class Probes:
 
     # ---- events -------------------------------------------------------------------------------
 
-    def _on_event(self, _ctx: Any, data: Any, _size: int) -> int:
-        self._take(data)
+    def _on_event(self, _ctx: Any, data: Any, size: int) -> int:
+        if self._take(data, size) & layout.EventFlag.UPROBE:
+            return 0  # its at-event record comes next: the event must not leave without it
         # A negative return ends this ring_buffer_consume()/poll() right after this record,
         # which is consumed all the same (libbpf ringbuf_process_ring). One poll must hand out
         # at most MAX_BATCH events: a consume reads until the ring is empty, which a producer
@@ -441,47 +443,34 @@ class Probes:
         # rules, stop: kernel hand-overs) and the memory held must stay bounded meanwhile.
         return -1 if len(self._pending) >= MAX_BATCH and not self._closed else 0
 
-    def _take(self, data: Any) -> None:
+    def _take(self, data: Any, size: int) -> layout.EventFlag:
         raw = ct.cast(data, ct.POINTER(RawEvent)).contents
         flags = layout.EventFlag(raw.flags)
         if flags & layout.EventFlag.TICK:
             self._on_tick(raw.value, raw.ts)
-            return
+            return flags
         ent = self._slots.get(raw.slot)
         if ent is None or ent.gen != raw.gen:
             self._stats["events_stale"] += 1  # fired just before its rule was unloaded
             if flags & layout.EventFlag.STOPPED:
                 _release(raw.pid)  # we stopped it; nobody else will hear of it
                 self.forget_stopped(raw.pid)
-            return
+            return flags
+        if flags & layout.EventFlag.AT_EVENT:
+            self._pending = join_stack(self._pending, ent.rule.name, raw, user_stack(data, size))
+            return flags
         self._pending.append(to_event(raw, ent.rule, self._names_by_nr))
+        return flags
 
     def _pids_of(self, slot: int) -> list[int]:
-        bit = 1 << slot
-        out = []
-        for k, v in self._bpf[b"targets"].items():
-            pid = int(k.value)
-            # fork also marks new threads (by tid); an Event names a process
-            if v.value & bit and _is_process(pid) and not self.is_own(pid):
-                out.append(pid)
-        return sorted(out)
+        return targetmap.pids_of(self._bpf[b"targets"], slot, self.is_own)
 
     def _on_tick(self, mask: int, ts: int) -> None:
         for slot in range(layout.MAX_RULES):
             if not mask & (1 << slot) or slot not in self._slots:
                 continue
             ent = self._slots[slot]
-            for pid in self._pids_of(slot):
-                self._pending.append(
-                    Event(
-                        rule=ent.rule.name,
-                        pid=pid,
-                        tid=pid,
-                        comm=procfs.comm(pid),
-                        kind=Kind.EVERY,
-                        time_ns=ts,
-                    )
-                )
+            self._pending += [tick_event(ent.rule, pid, ts) for pid in self._pids_of(slot)]
 
     def _sample(self) -> None:
         now_ns = time.monotonic_ns()
@@ -583,10 +572,10 @@ class Probes:
         for name in list(self._loaded):
             with contextlib.suppress(Exception):  # keep tearing down the rest
                 self.unload(name)
+        if self._uprobes is not None:
+            self._uprobes.close()
         if self._bpf is not None:
-            for fd in self._tick_fds.values():
-                perfevents.close_tick(fd)
-            self._tick_fds.clear()
+            self._ticks.close()
             if self.pin_dir is not None and self.pinned and not keep_pin:
                 with contextlib.suppress(OSError):
                     pinned.unpin(self.pin_dir)

@@ -34,12 +34,13 @@ from elftools.elf.sections import SymbolTableSection
 
 from snapd import procfs
 from snapd.errors import SnapdError
+from snapd.rules.probespec import SYMBOL_MAX as SYMBOL_MAX
+from snapd.rules.probespec import symbol_problem
 
 #: Bounds on what one ELF file may make us hold (a target's binary is not trusted either).
 MAX_SYMBOLS = 1 << 21  # symbols read from one table (libjvm's .symtab has 58k)
 MAX_SEGMENTS = 256
 MAX_CACHED = 64  # parsed files kept
-SYMBOL_MAX = 512  # bytes of a symbol name in a rule (mangled C++ names run long)
 LIB_DIRS_FALLBACK = (
     "/lib/x86_64-linux-gnu",
     "/usr/lib/x86_64-linux-gnu",
@@ -448,13 +449,9 @@ def did_you_mean(name: str, names: list[str]) -> str | None:
 
 def check_symbol_text(name: str) -> None:
     """Refuse a symbol a rule cannot mean: empty, too long, control or NUL bytes, spaces."""
-    if not name:
-        raise ResolveError("symbol", "must not be empty")
-    if len(name.encode("utf-8", "surrogateescape")) > SYMBOL_MAX:
-        raise ResolveError("symbol", f"longer than {SYMBOL_MAX} bytes")
-    bad = next((c for c in name if ord(c) < 0x21 or ord(c) == 0x7F), None)
-    if bad is not None:
-        raise ResolveError("symbol", f"byte 0x{ord(bad):02x} cannot be part of a symbol name")
+    why = symbol_problem(name)
+    if why is not None:
+        raise ResolveError("symbol", why)
 
 
 def function_site(binary: Binary, name: str, retprobe: bool = False) -> Site:

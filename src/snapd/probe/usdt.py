@@ -35,6 +35,7 @@ from elftools.elf.sections import NoteSection
 
 from snapd.probe import symbols
 from snapd.probe.symbols import Binary, FileKey, ResolveError
+from snapd.rules.probespec import PROBE_NAME_RE, probe_problem
 
 NOTE_SECTION = ".note.stapsdt"
 BASE_SECTION = ".stapsdt.base"
@@ -44,7 +45,6 @@ MAX_NOTES = 1 << 16  # libjvm has 531
 MAX_NOTE_BYTES = 16 << 20
 MAX_ARGS = 12  # <sys/sdt.h> STAP_PROBE12 is the largest
 MAX_SPEC = 1024  # characters of one site's argument string
-PROBE_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _CACHED = 32
 
 
@@ -323,9 +323,10 @@ def _site(
 
 def check_probe_text(spec: str) -> tuple[str, str]:
     """``provider:name`` -> (provider, name); ResolveError(key "probe") when malformed."""
-    provider, sep, name = spec.partition(":")
-    if not sep or not PROBE_NAME_RE.fullmatch(provider) or not PROBE_NAME_RE.fullmatch(name):
-        raise ResolveError("probe", f"{spec!r} is not provider:name (like python:function__entry)")
+    why = probe_problem(spec)
+    if why is not None:
+        raise ResolveError("probe", why)
+    provider, _, name = spec.partition(":")
     return provider, name
 
 

@@ -15,6 +15,7 @@ from yaml.nodes import Node, ScalarNode, SequenceNode
 from snapd.content import SnapshotMode, parse_spec
 from snapd.errors import ContentError
 from snapd.rules import expr as _expr
+from snapd.rules import probespec, sysargs
 from snapd.rules import syscalls as _sys
 from snapd.rules.bounds import COMM_MAX, GLOB_MAX, MAX_COUNT, MAX_SYSCALLS, MAX_TEXT, WIN_SLOTS
 from snapd.rules.model import (
@@ -24,15 +25,18 @@ from snapd.rules.model import (
     CpuTrigger,
     EveryTrigger,
     FdsTrigger,
+    FunctionTrigger,
     Kind,
     Limits,
     RssTrigger,
     Rule,
+    SignalTrigger,
     StopMode,
     SyscallTrigger,
     Target,
     ThreadsTrigger,
     Trigger,
+    UsdtTrigger,
 )
 from snapd.rules.schema import STR, Ctx, Schema, what
 from snapd.template import name_problem
@@ -54,6 +58,11 @@ def glob_problem(pattern: str) -> str | None:
     if "*" not in collapsed and len(collapsed.encode()) > COMM_MAX:
         return f"comm is at most {COMM_MAX} bytes (the kernel truncates longer names)"
     return None
+
+
+#: triggers whose probe runs in the target's own thread, so it can stop it (bpf_send_signal)
+KERNEL_STOPPABLE = (SyscallTrigger, CpuTrigger, FunctionTrigger, UsdtTrigger, SignalTrigger)
+WHEN_KINDS = ("syscall", "function", "usdt")
 
 
 class RuleBuilder:
@@ -95,11 +104,12 @@ class RuleBuilder:
             return None
         if "active" in top and active is None:
             return None
-        if action.stop is StopMode.KERNEL and not isinstance(trigger, (SyscallTrigger, CpuTrigger)):
+        armed = isinstance(trigger, EveryTrigger) and trigger.then is not None
+        if action.stop is StopMode.KERNEL and not (isinstance(trigger, KERNEL_STOPPABLE) or armed):
             self.ctx.err(
                 top["action"][1],
-                "action.stop: kernel needs a syscall or cpu trigger (the probe "
-                "that sends SIGSTOP must run in the target)",
+                "action.stop: kernel needs a syscall, function, usdt, signal, cpu or every+then trigger "
+                "(the probe that sends SIGSTOP must run in the target)",
             )
             return None
         return Rule(
@@ -191,7 +201,7 @@ class RuleBuilder:
 
     def _trigger(self, node: Node) -> Trigger | None:
         kinds = tuple(k.value for k in Kind)
-        m = self.s.mapping(node, "trigger", {k: False for k in (*kinds, "when", "count", "within")})
+        m = self.s.mapping(node, "trigger", {k: False for k in (*kinds, "when", "count", "within", "then")})
         if m is None:
             return None
         given = [k for k in kinds if k in m]
@@ -204,20 +214,32 @@ class RuleBuilder:
                 )
             return None
         kind = given[0]
-        if kind != "syscall":
-            for extra in ("when", "count", "within"):
-                if extra in m:
-                    self.ctx.err(m[extra][0], f"trigger: '{extra}' applies only to syscall triggers")
-                    return None
+        for extra in ("when", "count", "within"):
+            if extra in m and kind not in (WHEN_KINDS if extra == "when" else ("syscall",)):
+                only = "syscall, function and usdt" if extra == "when" else "syscall"
+                self.ctx.err(m[extra][0], f"trigger: '{extra}' applies only to {only} triggers")
+                return None
+        if "then" in m and kind != "every":
+            self.ctx.err(m["then"][0], "trigger: 'then' applies only to every triggers")
+            return None
         vnode = m[kind][1]
         if kind == "syscall":
             return self._syscall(vnode, m)
+        if kind == "function":
+            return probespec.build_function(self.s, vnode, self._when(m))
+        if kind == "usdt":
+            return probespec.build_usdt(self.s, vnode, self._when(m))
+        if kind == "signal":
+            return probespec.build_signal(self.s, vnode)
         if kind == "every":
             ns = self.s.unit(vnode, "trigger.every", parse_duration)
             if ns is not None and ns < 10_000_000:
                 self.ctx.err(vnode, "trigger.every: at least 10ms")
                 return None
-            return EveryTrigger(ns) if ns is not None else None
+            then = self._then(m["then"][1]) if "then" in m else None
+            if ns is None or ("then" in m and then is None):
+                return None
+            return EveryTrigger(ns, then)
         if kind == "cpu":
             cm = self.s.mapping(vnode, "trigger.cpu", {"above": True, "for": False})
             if cm is None or "above" not in cm:
@@ -283,22 +305,16 @@ class RuleBuilder:
                 ok = False
             else:
                 names.append(call.name)  # the name users know: sendfile, not sendfile64
-        when: _expr.Expr | None = None
-        when_text: str | None = None
-        if "when" in m:
-            wnode = m["when"][1]
-            when_text = self.s.string(wnode, "trigger.when", MAX_TEXT)
-            if when_text is None:
-                return None
-            shift = 1 if isinstance(wnode, ScalarNode) and wnode.style in ("'", '"') else 0
-            try:
-                when = _expr.parse(when_text)
-                _expr.compile_expr(when)
-            except _expr.ExprError as err:
-                self.ctx.err(wnode, f"trigger.when: {err.msg}", offset=shift + err.pos)
-                return None
-            if ok:
-                self._check_args(wnode, when, names)
+        parsed = self._when(m, sysargs.aliases_for(names) if ok else None)
+        if parsed is None:
+            return None
+        when, when_text, wnode = parsed
+        if ok and when is not None and wnode is not None:
+            self._check_args(wnode, when, names)
+            for sc in _expr.strings(when):
+                if why := sysargs.string_problem(names, sc.name):
+                    self.ctx.err(wnode, f"trigger.when: {sc.name}: {why}", offset=self._shift(wnode) + sc.pos)
+                    return None
         count = 1
         within: int | None = None
         if "count" in m:
@@ -324,6 +340,37 @@ class RuleBuilder:
         if not ok:
             return None
         return SyscallTrigger(tuple(names), when, when_text, count, within)
+
+    def _then(self, node: Node) -> tuple[str, ...] | None:
+        """``then: {syscall: [...]}``: the syscalls that take each tick."""
+        tm = self.s.mapping(node, "trigger.then", {"syscall": True})
+        if tm is None or "syscall" not in tm:
+            return None
+        trig = self._syscall(tm["syscall"][1], {})
+        return trig.syscalls if trig is not None else None
+
+    @staticmethod
+    def _shift(wnode: Node) -> int:
+        return 1 if isinstance(wnode, ScalarNode) and wnode.style in ("'", '"') else 0
+
+    def _when(
+        self, m: dict[str, tuple[Node, Node]], aliases: _expr.Aliases | None = None
+    ) -> probespec.When | None:
+        """The trigger's `when` (expression, text, node), all None when absent; None on error."""
+        if "when" not in m:
+            return None, None, None
+        wnode = m["when"][1]
+        text = self.s.string(wnode, "trigger.when", MAX_TEXT)
+        if text is None:
+            return None
+        shift = self._shift(wnode)
+        try:
+            when = _expr.parse(text, aliases)
+            _expr.compile_expr(when)
+        except _expr.ExprError as err:
+            self.ctx.err(wnode, f"trigger.when: {err.msg}", offset=shift + err.pos)
+            return None
+        return when, text, wnode
 
     def _check_args(self, wnode: Node, when: _expr.Expr, names: list[str]) -> None:
         used = sorted(f for f in when.fields() if f <= _expr.Field.ARG5)

@@ -6,7 +6,14 @@ Grammar (lowest precedence first)::
     conj  := neg ("and" neg)*
     neg   := "not" neg | "(" expr ")" | cmp
     cmp   := operand OP operand          OP: == != < <= > >=
-    operand := NAME | INT | DURATION | ERRNO | "-" (INT | ERRNO)
+           | NAME ("==" | "!=" | "~" | "contains") STRING
+    operand := NAME | INT | DURATION | SIZE | ERRNO | "-" (INT | ERRNO)
+
+A string comparison (``path ~ "/etc/ssl/*"``, ``data contains "FATAL"``) names a string of the
+event (snapd.rules.sysargs: ``path``, ``data``, a ``const char *`` argument's name); its pattern
+(snapd.rules.patterns) is matched in the kernel and the result is boolean field ``strK``, the
+K-th string comparison of the expression (at most :data:`MAX_STRS`). A name that is none of the
+fields is looked up with the ``aliases`` the caller gives (a syscall's named arguments).
 
 One side of a comparison is a name (arg0..arg5, ret, errno, latency, pid, tid, uid), the other a
 constant. Nothing here is ever evaluated by Python or pasted into C: :func:`compile_expr` turns the
@@ -18,14 +25,18 @@ from __future__ import annotations
 
 import errno as _errno
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field as _dcfield
 from enum import IntEnum
 from typing import ClassVar, NamedTuple
 
+from snapd.rules import patterns as _pat
 from snapd.rules.bounds import MAX_INSNS, MAX_STACK, MAX_TEXT
-from snapd.units import DURATION_NS
+from snapd.units import DURATION_NS, SIZE_BYTES
 
 S64_MIN, S64_MAX = -(1 << 63), (1 << 63) - 1
+MAX_STRS = 4  # string comparisons per expression (fields str0..str3)
 
 
 class Insn(IntEnum):
@@ -48,6 +59,10 @@ class Field(IntEnum):
     PID = 9
     TID = 10
     UID = 11
+    STR0 = 12  # the outcome (0 or 1) of the expression's first string comparison
+    STR1 = 13
+    STR2 = 14
+    STR3 = 15
 
 
 class Op(IntEnum):
@@ -63,9 +78,12 @@ OPS = {"==": Op.EQ, "!=": Op.NE, "<": Op.LT, "<=": Op.LE, ">": Op.GT, ">=": Op.G
 OP_TEXT = {v: k for k, v in OPS.items()}
 # a OP b  ==  b MIRROR[OP] a
 MIRROR = {Op.EQ: Op.EQ, Op.NE: Op.NE, Op.LT: Op.GT, Op.LE: Op.GE, Op.GT: Op.LT, Op.GE: Op.LE}
-NAMES = {f.name.lower(): f for f in Field}
+NAMES = {f.name.lower(): f for f in Field if f < Field.STR0}
+STR_OPS = {"==": _pat.Mode.EQUAL, "!=": _pat.Mode.EQUAL, "~": _pat.Mode.GLOB, "contains": _pat.Mode.CONTAINS}
 EXIT_FIELDS = frozenset({Field.RET, Field.ERRNO, Field.LATENCY})
-KEYWORDS = frozenset({"and", "or", "not"})
+KEYWORDS = frozenset({"and", "or", "not", "contains"})
+#: a name that is no field -> the N of argN it stands for, an error message, or None (unknown)
+Aliases = Callable[[str], "int | str | None"]
 
 
 class ExprError(Exception):
@@ -78,7 +96,7 @@ class ExprError(Exception):
 
 
 class Token(NamedTuple):
-    kind: str  # "name", "int", "dur", "op", "(", ")", "-", "end"
+    kind: str  # "name", "int", "dur", "size", "str", "op", "(", ")", "-", "end"
     text: str
     pos: int
     value: int = 0
@@ -86,7 +104,7 @@ class Token(NamedTuple):
 
 _TOKEN = re.compile(
     r"\s*(?:(?P<num>0[xX][0-9a-fA-F]+|[0-9]+)(?P<unit>[a-zA-Z]+)?"
-    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<op>==|!=|<=|>=|<|>)|(?P<punct>[()-]))"
+    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<op>==|!=|<=|>=|<|>|~)|(?P<punct>[()-]))"
 )
 
 
@@ -99,6 +117,10 @@ def tokenize(text: str) -> list[Token]:
         if pos >= len(text):
             out.append(Token("end", "", pos))
             return out
+        if text[pos] == '"':
+            out.append(_string(text, pos))
+            pos = out[-1].value
+            continue
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
             ch = text[pos]
@@ -112,10 +134,15 @@ def tokenize(text: str) -> list[Token]:
                 out.append(Token("int", m.group(0).strip(), start, value))
             elif unit in DURATION_NS and not num.lower().startswith("0x"):
                 out.append(Token("dur", m.group(0).strip(), start, value * DURATION_NS[unit]))
+            elif unit in SIZE_BYTES and not num.lower().startswith("0x"):
+                out.append(Token("size", m.group(0).strip(), start, value * SIZE_BYTES[unit]))
             else:
                 raise ExprError(
                     start,
-                    f"bad unit {unit!r} in {m.group(0).strip()!r}; durations take " + ", ".join(DURATION_NS),
+                    f"bad unit {unit!r} in {m.group(0).strip()!r}; durations take "
+                    + ", ".join(DURATION_NS)
+                    + "; sizes take "
+                    + ", ".join(SIZE_BYTES),
                 )
         elif m.group("name"):
             out.append(Token("name", m.group("name"), start))
@@ -125,6 +152,24 @@ def tokenize(text: str) -> list[Token]:
             p = m.group("punct")
             out.append(Token(p, p, start))
         pos = m.end()
+
+
+def _string(text: str, start: int) -> Token:
+    """The string literal at ``text[start] == '"'``: Token("str", body, start, end). The body
+    keeps the pattern escapes (snapd.rules.patterns); ``\\"`` is a quote, as ``\\x22``."""
+    i = start + 1
+    body: list[str] = []
+    while i < len(text):
+        c = text[i]
+        if c == '"':
+            return Token("str", "".join(body), start, i + 1)
+        if c == "\\" and i + 1 < len(text):
+            body.append("\\x22" if text[i + 1] == '"' else text[i : i + 2])
+            i += 2
+            continue
+        body.append(c)
+        i += 1
+    raise ExprError(start, "unterminated string: missing '\"'")
 
 
 @dataclass(frozen=True)
@@ -150,6 +195,27 @@ class Cmp(Expr):
 
     def __str__(self) -> str:
         return f"{self.field.name.lower()} {OP_TEXT[self.op]} {self.value}"
+
+
+@dataclass(frozen=True)
+class StrCmp(Expr):
+    """``name OP "pattern"``: string comparison ``index`` of its expression (field strINDEX)."""
+
+    index: int
+    name: str  # path, data or an argument's name
+    pattern: _pat.Pattern
+    negate: bool = False  # !=
+    pos: int = _dcfield(default=0, compare=False)  # of the name, in the expression's text
+
+    def uses_exit(self) -> bool:
+        return False
+
+    def fields(self) -> frozenset[Field]:
+        return frozenset({Field(Field.STR0 + self.index)})
+
+    def __str__(self) -> str:
+        op = "!=" if self.negate else self.pattern.mode.value
+        return f"{self.name} {op} {self.pattern.text!r}"
 
 
 @dataclass(frozen=True)
@@ -195,17 +261,19 @@ class Not(Expr):
 
 
 class _Operand(NamedTuple):
-    kind: str  # "field", "int", "dur", "errno"
+    kind: str  # "field", "int", "dur", "size", "errno"
     pos: int
     field: Field | None = None
     value: int = 0
 
 
 class _Parser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, aliases: Aliases | None = None) -> None:
         self.toks = tokenize(text)
         self.i = 0
         self.depth = 0
+        self.aliases = aliases
+        self.strs = 0
 
     def peek(self) -> Token:
         return self.toks[self.i]
@@ -271,11 +339,16 @@ class _Parser:
             raise ExprError(n.pos, "'-' must be followed by a number or an errno name")
         if t.kind == "int":
             return _Operand("int", t.pos, value=t.value)
-        if t.kind == "dur":
-            return _Operand("dur", t.pos, value=t.value)
+        if t.kind in ("dur", "size"):
+            return _Operand(t.kind, t.pos, value=t.value)
         if t.kind == "name":
             if t.text in NAMES:
                 return _Operand("field", t.pos, field=NAMES[t.text])
+            alias = self.aliases(t.text) if self.aliases is not None and not t.text.isupper() else None
+            if isinstance(alias, str):
+                raise ExprError(t.pos, alias)
+            if alias is not None:
+                return _Operand("field", t.pos, field=Field(alias))
             if t.text in KEYWORDS:
                 raise ExprError(t.pos, f"expected a comparison before {t.text!r}")
             if t.text.isupper() and t.text.startswith("E"):
@@ -283,7 +356,7 @@ class _Parser:
             raise ExprError(
                 t.pos,
                 f"unknown name {t.text!r}; use arg0..arg5, ret, errno, latency, "
-                "pid, tid, uid, numbers, durations (500ms) or errno names (EPIPE)",
+                "pid, tid, uid, numbers, durations (500ms), sizes (1GiB) or errno names (EPIPE)",
             )
         if t.kind == "end":
             raise ExprError(t.pos, "expression ends early; expected a name or a number")
@@ -296,10 +369,34 @@ class _Parser:
             raise ExprError(t.pos, f"unknown errno name {t.text!r}")
         return value
 
+    def strcmp(self) -> StrCmp | None:
+        """``NAME OP STRING`` at the current token, or None (not a string comparison)."""
+        name, op = self.peek(), self.toks[min(self.i + 1, len(self.toks) - 1)]
+        lit = self.toks[min(self.i + 2, len(self.toks) - 1)]
+        is_op = op.kind == "op" or (op.kind == "name" and op.text == "contains")
+        if name.kind != "name" or not is_op or op.text not in STR_OPS:
+            return None
+        if lit.kind != "str":
+            if op.text in ("~", "contains"):
+                raise ExprError(lit.pos, f"'{op.text}' takes a string in double quotes")
+            return None
+        self.i += 3
+        if self.strs >= MAX_STRS:
+            raise ExprError(name.pos, f"at most {MAX_STRS} string comparisons in one expression")
+        try:
+            pattern = _pat.parse(lit.text, STR_OPS[op.text])
+        except _pat.PatternError as err:
+            raise ExprError(lit.pos + 1 + err.pos, err.msg) from err
+        self.strs += 1
+        return StrCmp(self.strs - 1, name.text, pattern, op.text == "!=", name.pos)
+
     def cmp(self) -> Expr:
+        sc = self.strcmp()
+        if sc is not None:
+            return sc
         left = self.operand()
         t = self.peek()
-        if t.kind != "op":
+        if t.kind != "op" or t.text == "~":
             what = repr(t.text) if t.kind != "end" else "the end"
             raise ExprError(t.pos, f"expected a comparison (== != < <= > >=) before {what}")
         self.take()
@@ -323,7 +420,7 @@ class _Parser:
         fld = field_side.field
         if const.kind == "dur" and fld != Field.LATENCY:
             raise ExprError(const.pos, "a duration only compares with latency")
-        if fld == Field.LATENCY and const.kind == "errno":
+        if fld == Field.LATENCY and const.kind in ("errno", "size"):
             raise ExprError(const.pos, "latency compares with a duration such as 500ms")
         if const.kind == "errno" and fld not in (Field.ERRNO, Field.RET):
             raise ExprError(const.pos, "an errno name compares with errno (or ret, negated)")
@@ -332,13 +429,24 @@ class _Parser:
         return Cmp(fld, cop, const.value)
 
 
-def parse(text: str) -> Expr:
+def parse(text: str, aliases: Aliases | None = None) -> Expr:
     """Parse ``text``; raise :class:`ExprError` (with a character offset) when it is wrong."""
     if len(text) > MAX_TEXT:
         raise ExprError(MAX_TEXT, f"expression longer than {MAX_TEXT} characters")
     if not text.strip():
         raise ExprError(0, "empty expression")
-    return _Parser(text).parse()
+    return _Parser(text, aliases).parse()
+
+
+def strings(e: Expr) -> list[StrCmp]:
+    """The string comparisons of ``e``, by index."""
+    if isinstance(e, StrCmp):
+        return [e]
+    if isinstance(e, _Logical):
+        return sorted(strings(e.left) + strings(e.right), key=lambda s: s.index)
+    if isinstance(e, Not):
+        return strings(e.operand)
+    return []
 
 
 class Instruction(NamedTuple):
@@ -358,6 +466,10 @@ def compile_expr(expr: Expr) -> list[Instruction]:
         nonlocal depth, max_depth
         if isinstance(e, Cmp):
             out.append(Instruction(Insn.CMP, int(e.field), int(e.op), e.value))
+            depth += 1
+        elif isinstance(e, StrCmp):
+            op = Op.NE if e.negate else Op.EQ
+            out.append(Instruction(Insn.CMP, Field.STR0 + e.index, int(op), 1))
             depth += 1
         elif isinstance(e, Not):
             emit(e.operand)

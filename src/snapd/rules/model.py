@@ -48,7 +48,11 @@ class SyscallTrigger:
 
 @dataclass(frozen=True)
 class EveryTrigger:
+    """Every ``period_ns`` for each target; with ``then``, at each target's first call of one
+    of those syscalls after each tick (the blog's gcore.d: the target is caught in a syscall)."""
+
     period_ns: int
+    then: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,74 @@ class FdsTrigger:
     above: int
 
 
-Trigger = SyscallTrigger | EveryTrigger | CpuTrigger | RssTrigger | ThreadsTrigger | FdsTrigger
+class ProbeAt(str, Enum):
+    ENTRY = "entry"  # the function's first instruction: arg0..arg5 are its arguments
+    RETURN = "return"  # its return: ret and latency, with the entry's arguments
+
+
+@dataclass(frozen=True)
+class KeyMark:
+    """Where a rule file wrote one key's value (for errors found only when it is resolved)."""
+
+    key: str  # binary, symbol, probe
+    line: int
+    col: int
+
+
+@dataclass(frozen=True)
+class FunctionTrigger:
+    """A uprobe (``at: entry``) or uretprobe (``at: return``) on ``symbol`` of ``binary``, an
+    absolute path or a library name (``libc.so.6``) resolved in each target."""
+
+    binary: str
+    symbol: str
+    at: ProbeAt = ProbeAt.ENTRY
+    when: Expr | None = None
+    when_text: str | None = None
+    marks: tuple[KeyMark, ...] = field(default=(), compare=False)
+
+    @property
+    def at_return(self) -> bool:
+        return self.at is ProbeAt.RETURN
+
+
+@dataclass(frozen=True)
+class UsdtTrigger:
+    """A USDT probe ``provider:name`` of ``binary``; its arguments are arg0..argN."""
+
+    binary: str
+    provider: str
+    name: str
+    when: Expr | None = None
+    when_text: str | None = None
+    marks: tuple[KeyMark, ...] = field(default=(), compare=False)
+
+    @property
+    def probe(self) -> str:
+        return f"{self.provider}:{self.name}"
+
+
+@dataclass(frozen=True)
+class SignalTrigger:
+    """The target is delivered one of ``signals`` (numbers), with a handler of its own to run."""
+
+    signals: tuple[int, ...]
+
+
+#: triggers whose probe is a uprobe in the target (the one uprobe program set)
+ProbeTrigger = FunctionTrigger | UsdtTrigger
+
+Trigger = (
+    SyscallTrigger
+    | EveryTrigger
+    | CpuTrigger
+    | RssTrigger
+    | ThreadsTrigger
+    | FdsTrigger
+    | FunctionTrigger
+    | UsdtTrigger
+    | SignalTrigger
+)
 
 
 class Kind(str, Enum):
@@ -84,6 +155,9 @@ class Kind(str, Enum):
     RSS = "rss"
     THREADS = "threads"
     FDS = "fds"
+    FUNCTION = "function"
+    USDT = "usdt"
+    SIGNAL = "signal"
 
 
 TRIGGER_KINDS: dict[type, Kind] = {
@@ -93,6 +167,9 @@ TRIGGER_KINDS: dict[type, Kind] = {
     RssTrigger: Kind.RSS,
     ThreadsTrigger: Kind.THREADS,
     FdsTrigger: Kind.FDS,
+    FunctionTrigger: Kind.FUNCTION,
+    UsdtTrigger: Kind.USDT,
+    SignalTrigger: Kind.SIGNAL,
 }
 
 

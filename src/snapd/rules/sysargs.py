@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -130,3 +131,35 @@ def string_arg(syscall: str, name: str) -> StringArg | str:
     if not _is_cstr(a):
         return f"argument '{name}' of '{syscall}' is a {a.ctype}, not a string"
     return StringArg(Source.CSTR, a.index)
+
+
+def aliases_for(syscalls: tuple[str, ...] | list[str]) -> Callable[[str], int | str | None]:
+    """The `when` aliases of a rule on ``syscalls``: an argument's name -> its N, the same in
+    every one of them (else a message naming the one that differs); None: no such name."""
+
+    def resolve(name: str) -> int | str | None:
+        found: dict[str, int | None] = {s: alias(s, name) for s in syscalls}
+        known = {s: n for s, n in found.items() if n is not None}
+        if not known:
+            return None
+        missing = [s for s, n in found.items() if n is None]
+        if missing:
+            return (
+                f"'{missing[0]}' has no argument '{name}' (it is arg{next(iter(known.values()))} of others)"
+            )
+        if len(set(known.values())) > 1:
+            first, *rest = known.items()
+            other = next((s, n) for s, n in rest if n != first[1])
+            return f"'{name}' is arg{first[1]} of '{first[0]}' but arg{other[1]} of '{other[0]}': use argN"
+        return next(iter(known.values()))
+
+    return resolve
+
+
+def string_problem(syscalls: tuple[str, ...] | list[str], name: str) -> str | None:
+    """Why string ``name`` cannot be read for one of ``syscalls``, or None."""
+    for s in syscalls:
+        where = string_arg(s, name)
+        if isinstance(where, str):
+            return where
+    return None

@@ -1,0 +1,288 @@
+"""Real uprobes through Probes: function rules (entry with arg0, return with ret, libc's malloc
+with a size) on tests/victims/trg_victim.c, each event provoked once; usdt rules on CPython;
+what cannot be resolved is a RuleError at the rule key's line and column."""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from tests.conftest import Victim, wait_for
+
+from snapd.probe import Event, Probes
+from snapd.rules import Rule, RuleError, parse_rule
+
+pytestmark = pytest.mark.kernel
+Spawn = Callable[..., Victim]
+LIBC = "libc.so.6"
+
+
+def rule(text: str, name: str = "t") -> Rule:
+    r, errors = parse_rule(f"name: {name}\n" + text, f"{name}.yaml")
+    assert not errors, [str(e) for e in errors]
+    assert r is not None
+    return r
+
+
+def command(v: Victim, line: str, timeout: float = 30.0) -> tuple[int, int]:
+    """One trg_victim command; (tid, ret) from its 'done TID RET ERRNO' answer."""
+    assert v.proc.stdin is not None and v.proc.stdout is not None
+    v.proc.stdin.write(line.encode() + b"\n")
+    v.proc.stdin.flush()
+    fd = v.proc.stdout.fileno()
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while not buf.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError(f"victim {v.pid} did not answer {line!r}")
+        chunk = os.read(fd, 1)
+        if not chunk:
+            raise AssertionError(f"victim {v.pid} exited during {line!r}")
+        buf += chunk
+    parts = buf.split()
+    assert parts[0] == b"done", buf
+    return int(parts[1]), int(parts[2])
+
+
+@pytest.fixture
+def probes() -> Iterator[Probes]:
+    p = Probes()
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def victim(compile_victim: Callable[..., Path], spawn: Spawn) -> Victim:
+    return spawn([compile_victim("trg_victim")])
+
+
+def events(p: Probes, n: int, settle: float = 0.3) -> list[Event]:
+    got: list[Event] = []
+
+    def step() -> bool:
+        got.extend(p.poll(50))
+        return len(got) >= n
+
+    wait_for(step, 10, f"{n} probe event(s)")
+    end = time.monotonic() + settle
+    while time.monotonic() < end:
+        got.extend(p.poll(20))
+    return got
+
+
+def fn_rule(pid: int, exe: str, when: str, at: str = "entry", symbol: str = "trg_marker") -> Rule:
+    return rule(
+        f"target: {{pid: {pid}}}\n"
+        f"trigger:\n  function: {{binary: {exe}, symbol: {symbol}, at: {at}}}\n  when: {when}\n"
+    )
+
+
+def test_function_entry_arg0(probes: Probes, victim: Victim) -> None:
+    exe = os.readlink(f"/proc/{victim.pid}/exe")
+    probes.load(fn_rule(victim.pid, exe, "arg0 == 42"))
+    assert probes.targets_of("t") == [victim.pid]
+    command(victim, "c 41")
+    tid, ret = command(victim, "c 42")
+    (ev,) = events(probes, 1)
+    assert (ev.kind.value, ev.probe, ev.pid, ev.tid, ev.args[0], ev.ret) == (
+        "function",
+        "trg_marker",
+        victim.pid,
+        tid,
+        42,
+        None,
+    )
+    assert ret == 1042
+
+
+def test_function_return_ret(probes: Probes, victim: Victim) -> None:
+    exe = os.readlink(f"/proc/{victim.pid}/exe")
+    probes.load(fn_rule(victim.pid, exe, "ret == 1007 and latency > 0ns", at="return"))
+    command(victim, "c 8")
+    command(victim, "c 7")
+    (ev,) = events(probes, 1)
+    assert (ev.ret, ev.args[0], ev.probe) == (1007, 7, "trg_marker")
+
+
+def test_malloc_arg0_above_a_size(probes: Probes, victim: Victim) -> None:
+    probes.load(fn_rule(victim.pid, LIBC, "arg0 > 3MiB", symbol="malloc"))
+    command(victim, "a 4096")
+    command(victim, "a 4194304")
+    (ev,) = events(probes, 1)
+    assert ev.args[0] == 4194304 and ev.probe == "malloc"
+
+
+def test_stop_kernel_in_a_function(probes: Probes, victim: Victim) -> None:
+    exe = os.readlink(f"/proc/{victim.pid}/exe")
+    r = rule(
+        f"target: {{pid: {victim.pid}}}\n"
+        f"trigger:\n  function: {{binary: {exe}, symbol: trg_marker}}\n  when: arg0 == 5\n"
+        "action: {stop: kernel}\n"
+    )
+    probes.load(r)
+    assert victim.proc.stdin is not None
+    victim.proc.stdin.write(b"c 5\n")
+    victim.proc.stdin.flush()
+    (ev,) = events(probes, 1, settle=0)
+    assert ev.stopped
+    wait_for(lambda: Path(f"/proc/{victim.pid}/stat").read_text().split()[2] == "T", 10, "the victim stopped")
+    assert victim.pid in probes.stopped()
+    os.kill(victim.pid, 18)  # SIGCONT
+    probes.forget_stopped(victim.pid)
+
+
+def test_unknown_symbol_is_refused_at_its_key(probes: Probes, victim: Victim) -> None:
+    exe = os.readlink(f"/proc/{victim.pid}/exe")
+    r = fn_rule(victim.pid, exe, "arg0 == 1", symbol="trg_markr")
+    with pytest.raises(RuleError) as ei:
+        probes.load(r)
+    err = ei.value
+    line = f"  function: {{binary: {exe}, symbol: trg_markr, at: entry}}"
+    assert (err.line, err.col) == (4, line.index("trg_markr") + 1), str(err)
+    assert "trigger.function.symbol: no function 'trg_markr'" in err.msg and "trg_marker" in err.msg
+    assert probes.loaded() == []
+
+
+def test_unknown_binary_is_refused_at_its_key(probes: Probes, victim: Victim) -> None:
+    r = fn_rule(victim.pid, "/nonexistent/snapd-bin", "arg0 == 1")
+    with pytest.raises(RuleError) as ei:
+        probes.load(r)
+    assert (ei.value.line, ei.value.col) == (4, 22)
+    assert ei.value.msg.startswith("trigger.function.binary: ")
+
+
+# ---- usdt --------------------------------------------------------------------------------------
+
+PYTHON = "/usr/bin/python3.11"
+VICTIMS = Path(__file__).resolve().parent.parent / "victims"
+
+
+def semaphore(pid: int, file_offset: int) -> int:
+    """The u16 at ``file_offset`` of python3.11 as mapped in ``pid``."""
+    st = os.stat(PYTHON)
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        parts = line.split()
+        start, end = (int(x, 16) for x in parts[0].split("-"))
+        off, ino = int(parts[2], 16), int(parts[4])
+        if ino == st.st_ino and off <= file_offset < off + (end - start):
+            with open(f"/proc/{pid}/mem", "rb") as f:
+                f.seek(start + file_offset - off)
+                return int.from_bytes(f.read(2), "little")
+    raise AssertionError(f"{PYTHON}+{file_offset:#x} not mapped in {pid}")
+
+
+def test_usdt_python_function_entry(probes: Probes, spawn: Spawn) -> None:
+    """python:function__entry with arg2 (the line) == trg_fn's; its semaphore set in the target
+    only and cleared when the rule goes. (CPython 3.11 fires it only while a profile function
+    is set: tests/victims/trg_py.py.)"""
+    if not Path(PYTHON).exists():
+        pytest.skip("no /usr/bin/python3.11")
+    from snapd.probe import symbols, usdt
+
+    v = spawn([PYTHON, str(VICTIMS / "trg_py.py"), "profile"])
+    other = spawn([PYTHON, str(VICTIMS / "trg_py.py"), "profile"])
+    line = int(v.ready_line.split("line=")[1])
+    (site,) = usdt.find(symbols.resolve_binary(PYTHON), "python:function__entry")
+    r = rule(
+        f"target: {{pid: {v.pid}}}\n"
+        f"trigger:\n  usdt: {{binary: {PYTHON}, probe: 'python:function__entry'}}\n  when: arg2 == {line}\n"
+    )
+    probes.load(r)
+    assert semaphore(v.pid, site.semaphore_offset) == 1
+    assert semaphore(other.pid, site.semaphore_offset) == 0
+    command(other, "x 5")
+    command(v, "x 5")
+    (ev,) = events(probes, 1)
+    assert (ev.kind.value, ev.probe, ev.pid, ev.args[2]) == ("usdt", "python:function__entry", v.pid, line)
+    probes.unload("t")
+    wait_for(lambda: semaphore(v.pid, site.semaphore_offset) == 0, 10, "the semaphore cleared")
+
+
+def test_unknown_usdt_probe_is_refused_at_its_key(probes: Probes, spawn: Spawn) -> None:
+    if not Path(PYTHON).exists():
+        pytest.skip("no /usr/bin/python3.11")
+    v = spawn([PYTHON, str(VICTIMS / "trg_py.py")])
+    r = rule(
+        f"target: {{pid: {v.pid}}}\ntrigger:\n  usdt: {{binary: {PYTHON}, probe: 'python:function_entry'}}\n"
+    )
+    with pytest.raises(RuleError) as ei:
+        probes.load(r)
+    assert ei.value.line == 4 and ei.value.msg.startswith("trigger.usdt.probe: no USDT probe"), str(ei.value)
+    assert "function__entry" in ei.value.msg
+
+
+# ---- strings on syscalls -----------------------------------------------------------------------
+
+
+def sys_rule(pid: int, syscall: str, when: str) -> Rule:
+    return rule(f"target: {{pid: {pid}}}\ntrigger:\n  syscall: {syscall}\n  when: '{when}'\n")
+
+
+def test_openat_of_a_missing_file_matched_by_a_glob(probes: Probes, victim: Victim) -> None:
+    probes.load(sys_rule(victim.pid, "openat", 'path ~ "/nonexistent/snapd-*/x?z" and errno == ENOENT'))
+    command(victim, "o " + b"/nonexistent/snapd-a/xyy".hex())  # the glob does not match
+    command(victim, "o " + b"/dev/null".hex())  # no error
+    command(victim, "o " + b"/nonexistent/snapd-abc/xyz".hex())
+    (ev,) = events(probes, 1)
+    assert (ev.syscall, ev.ret) == ("openat", -2)
+
+
+def test_write_containing_a_marker(probes: Probes, victim: Victim) -> None:
+    probes.load(sys_rule(victim.pid, "[write, writev]", 'data contains "FA\\x01TAL" and fd > 0'))
+    command(victim, "w " + b"all is well".hex())
+    command(victim, "w " + b"xxFA\x01TALyy".hex())
+    (ev,) = events(probes, 1)
+    assert ev.syscall == "write" and ev.args[2] == 10
+
+
+# ---- signals -----------------------------------------------------------------------------------
+
+
+def test_signal_to_a_handler_stops_it_before_the_handler(
+    probes: Probes, compile_victim: Callable[..., Path], spawn: Spawn
+) -> None:
+    v = spawn([compile_victim("trg_sig"), "handler"])
+    probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger:\n  signal: SIGTERM\naction: {{stop: kernel}}\n"))
+    os.kill(v.pid, 15)
+    (ev,) = events(probes, 1, settle=0)
+    assert (ev.kind.value, ev.probe, ev.value, ev.args[0], ev.stopped) == ("signal", "SIGTERM", 15, 15, True)
+    wait_for(lambda: Path(f"/proc/{v.pid}/stat").read_text().split()[2] == "T", 10, "the victim stopped")
+    assert v.proc.poll() is None  # stopped before the handler: it has not exited
+    os.kill(v.pid, 18)
+    probes.forget_stopped(v.pid)
+    assert v.proc.wait(timeout=30) == 0
+
+
+def test_signal_with_the_default_action_does_not_fire(
+    probes: Probes, compile_victim: Callable[..., Path], spawn: Spawn
+) -> None:
+    v = spawn([compile_victim("trg_sig"), "default"])
+    probes.load(rule(f"target: {{pid: {v.pid}}}\ntrigger:\n  signal: SIGTERM\naction: {{stop: kernel}}\n"))
+    os.kill(v.pid, 15)
+    assert v.proc.wait(timeout=30) == -15
+    assert events(probes, 0, settle=0.5) == []
+
+
+def test_function_event_carries_the_stack_at_the_event(probes: Probes, victim: Victim) -> None:
+    """The uprobe records the registers (rip = trg_marker's runtime address) and the top of
+    the stack (the return address into main at rsp) as Event.stack."""
+    import struct
+
+    exe = os.readlink(f"/proc/{victim.pid}/exe")
+    probes.load(fn_rule(victim.pid, exe, "arg0 == 77"))
+    command(victim, "c 77")
+    (ev,) = events(probes, 1)
+    assert ev.stack is not None
+    regs = struct.unpack("<27Q", ev.stack.regs)
+    marker = int(victim.ready_line.split("marker=")[1].split()[0], 16)
+    assert regs[16] == marker  # rip
+    assert regs[19] % 8 == 0 and 8 <= len(ev.stack.stack) <= 16 * 1024  # rsp, the stack above it
+    ret_addr = struct.unpack_from("<Q", ev.stack.stack)[0]
+    maps = Path(f"/proc/{victim.pid}/maps").read_text().splitlines()
+    text = [ln for ln in maps if " r-xp " in ln and ln.endswith(exe)]
+    assert any(int(a, 16) <= ret_addr < int(b, 16) for a, b in (ln.split()[0].split("-") for ln in text))
