@@ -147,7 +147,8 @@ def test_the_text_bounds() -> None:
 
 
 KNOWN = (
-    "use arg0..arg5, ret, errno, latency, pid, tid, uid, numbers, durations (500ms) or errno names (EPIPE)"
+    "use arg0..arg5, ret, errno, latency, pid, tid, uid, numbers, durations (500ms), sizes (1GiB) "
+    "or errno names (EPIPE)"
 )
 NEEDS_NAME = "a comparison needs a name (arg0..arg5, ret, errno, latency, pid, tid, uid) on one side"
 
@@ -163,8 +164,18 @@ NEEDS_NAME = "a comparison needs a name (arg0..arg5, ret, errno, latency, pid, t
         ("!(arg0 == 1)", 0, "unexpected character '!' (use 'and', 'or', 'not')"),
         ("arg0 == 1;", 9, "unexpected character ';'"),
         ("arg0 == 'x'", 8, 'unexpected character "\'"'),
-        ("latency > 5parsecs", 10, "bad unit 'parsecs' in '5parsecs'; durations take ns, us, ms, s, m, h, d"),
-        ("latency > 0x10ms", 10, "bad unit 'ms' in '0x10ms'; durations take ns, us, ms, s, m, h, d"),
+        (
+            "latency > 5parsecs",
+            10,
+            "bad unit 'parsecs' in '5parsecs'; durations take ns, us, ms, s, m, h, d"
+            "; sizes take B, K, M, G, T, KiB, MiB, GiB, TiB, kB, MB, GB, TB",
+        ),
+        (
+            "latency > 0x10ms",
+            10,
+            "bad unit 'ms' in '0x10ms'; durations take ns, us, ms, s, m, h, d"
+            "; sizes take B, K, M, G, T, KiB, MiB, GiB, TiB, kB, MB, GB, TB",
+        ),
         ("arg0 == 1 arg1 == 2", 10, "unexpected 'arg1'; expected 'and', 'or' or the end"),
         ("arg0 == 1)", 9, "unexpected ')'; expected 'and', 'or' or the end"),
         ("(arg0 == 1", 0, "unbalanced '(': missing ')'"),

@@ -455,7 +455,9 @@ int snapd_eval(struct sys_ctx *ctx)
         u64 pid_tgid = es->pid_tgid, now = es->now;
         if (!muted(slot, r, pid_tgid >> 32, now)) {
             count_up(CTR_SEEN);
+#ifndef SNAPD_NO_STRINGS
             str_fields(slot, es->nr, f);  // this rule's string comparisons, as fields str0..3
+#endif
             if (eval_pred(r, f) && armed_ok(slot, r, pid_tgid >> 32) &&
                 window_hit(slot, r, pid_tgid >> 32, now))
                 emit(slot, r, pid_tgid, es->nr, f, now, es->flags, 0);
@@ -1034,7 +1036,12 @@ static __always_inline void str_fields(u32 slot, s32 nr, struct fields *f)
     for (u32 k = 0; k < SNAPD_MAX_STRS; k++) {
         if (k >= cnt)
             break;
-        u32 fi = (FIELD_STR0 + k) & 15;
+        // The mask must survive into the program: clang, knowing k < SNAPD_MAX_STRS, drops it,
+        // and the 6.1 verifier, which cannot tie k to that bound on every path, then refuses
+        // f->v + 8 * (FIELD_STR0 + k) as possibly past the map value.
+        u32 fi = FIELD_STR0 + k;
+        HIDE(fi);
+        fi &= 15;
         f->v[fi] = 0;  // a string that cannot be read matches nothing
         struct strkey key = {.slot = slot, .nr = nr, .k = k};
         struct str_src *src = strsrcs.lookup(&key);

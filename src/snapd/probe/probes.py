@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes as ct
+import logging
 import os
 import signal
 import time
@@ -22,13 +23,26 @@ from typing import Any
 
 from snapd import kernel
 from snapd.errors import SnapdError
-from snapd.probe import layout, perfevents, pinned, samplers, strrows, targetmap, targets, ticks, uattach
+from snapd.probe import (
+    build,
+    layout,
+    perfevents,
+    pinned,
+    samplers,
+    strrows,
+    targetmap,
+    targets,
+    ticks,
+    uattach,
+)
 from snapd.probe.decode import RawEvent, join_stack, tick_event, to_event, user_stack
 from snapd.probe.event import Event
 from snapd.probe.plan import Plan, plan, resolve_error, rule_cfg, rule_error
 from snapd.rules import syscalls as _sys
 from snapd.rules.error import RuleError
 from snapd.rules.model import Rule
+
+log = logging.getLogger("snapd")
 
 SOURCE = Path(__file__).with_name("probe.bpf.c")
 RESCAN_INTERVAL_S = 2.0
@@ -93,6 +107,7 @@ class Probes:
         self.pinned: str | None = None  # the pinned path, once pinned
         self.pin_error = ""  # why the stopped map could not be pinned, if it could not
         self.compile_error: ProbeError | None = None
+        self.strings_error = ""  # why string comparisons cannot be armed here, if they cannot
 
     # ---- BPF set-up ---------------------------------------------------------------------------
 
@@ -124,23 +139,16 @@ class Probes:
         except kernel.KernelFeatureMissing as err:
             raise ProbeError(str(err)) from err
         try:
-            from bcc import BPF  # the only bcc import in snapd
-
-            b = BPF(src_file=str(SOURCE).encode(), cflags=layout.cflags())
-            for fn, table, kind in layout.TAIL_CALLS:
-                b[table][ct.c_int(0)] = ct.c_int(b.load_func(fn, getattr(BPF, kind)).fd)
-            b.load_func(b"snapd_sys_enter", BPF.TRACEPOINT)
-            b.load_func(b"snapd_sys_exit", BPF.TRACEPOINT)
-            b.load_func(b"snapd_tick", BPF.PERF_EVENT)
-            b.load_func(b"snapd_cpu_sample", BPF.PERF_EVENT)
-            up = b.load_func(b"snapd_uprobe", BPF.KPROBE)
-            uret = b.load_func(b"snapd_uretprobe", BPF.KPROBE)
-            b.load_func(b"snapd_signal_deliver", BPF.TRACEPOINT)
-            b[b"events"].open_ring_buffer(self._on_event)
-            b.attach_tracepoint(tp=b"syscalls:sys_enter_clone", fn_name=b"snapd_clone_enter")
-            b.attach_tracepoint(tp=b"syscalls:sys_exit_clone", fn_name=b"snapd_clone_exit")
-        except Exception as err:  # bcc reports compile/verifier/permission errors as Exception
-            raise ProbeError(f"cannot build the BPF program: {err}") from err
+            b, up, uret = build.program(SOURCE, self._on_event, strings=True)
+        except Exception as err:
+            # 6.1's verifier gives up on the string matcher's loops (BPF_COMPLEXITY_LIMIT_JMP_SEQ,
+            # docs/kernels.md): every other trigger still works without it.
+            try:
+                b, up, uret = build.program(SOURCE, self._on_event, strings=False)
+            except Exception:  # the same failure again: report the first one
+                raise ProbeError(f"cannot build the BPF program: {err}") from err
+            self.strings_error = f"this kernel's verifier refuses snapd's string matcher ({err})"
+            log.warning("probe: %s; rules with string comparisons are refused", self.strings_error)
         for ours, table in ((layout.RuleCfg, b"rules"), (layout.SysMask, b"sysmasks")):
             if not layout.same_layout(ours, b[table].Leaf):
                 b.cleanup()
@@ -248,6 +256,8 @@ class Probes:
     def _attach(self, ent: _Loaded) -> None:
         p, bit = ent.plan, 1 << ent.slot
         if p.syscalls:
+            if self.strings_error and strrows.rows(p)[1]:
+                raise ProbeError(f"its string comparisons cannot be armed: {self.strings_error}")
             strrows.write(self._bpf, ent.slot, p)  # before its syscalls' masks name the rule
             masks = self._bpf[b"sysmasks"]
             for use in p.syscalls:

@@ -51,6 +51,8 @@ struct str_iovec {
 };
 
 // A user buffer of `count` bytes at `ptr`: its first SNAPD_STR_BYTES bytes, or none.
+#define STR_HIDE(x) asm volatile("" : "+r"(x))
+
 static __always_inline int str_read_buf(u8 *buf, u64 ptr, u64 count, struct str_read *out)
 {
     u32 n = count > SNAPD_STR_BYTES ? SNAPD_STR_BYTES : (u32)count;
@@ -111,17 +113,29 @@ static __always_inline int str_read_arg(const struct str_src *src, const s64 *ar
     return -1;
 }
 
-// Does `pat` match the `in->len` bytes of `buf`? Branch-free per byte apart from the loop.
+// Does `pat` match the `in->len` bytes of `buf`? Branch-free per byte but for one test that
+// ends the loop at the string's end or once no state is left. Two tests there ("i >= len ||
+// st == 0") queue two verifier states per byte, and the 6.1 verifier gives up ("The sequence
+// of 8193 jumps is too complex": BPF_COMPLEXITY_LIMIT_JMP_SEQ, kernel/bpf/verifier.c); running
+// all SNAPD_STR_BYTES steps without a test walks too many instructions (E2BIG).
 static __always_inline int str_match(const struct str_pattern *pat, const u8 *buf,
                                      const struct str_read *in)
 {
     u64 star = pat->star;
     u64 st = 1;
     st |= (st & star) << 1;
-    u32 len = in->len;
+    u64 len = in->len;
 #pragma clang loop unroll(disable)
     for (u32 i = 0; i < SNAPD_STR_BYTES; i++) {
-        if (i >= len || st == 0)
+        // on: i < len and st != 0, computed without a branch (both below 2^63: the sign bit
+        // of i - len is set exactly when i < len, that of -st exactly when st != 0); hidden
+        // from clang, which would make the comparisons branches again
+        u64 d = (u64)i - len, z = st;
+        STR_HIDE(d);
+        STR_HIDE(z);
+        u64 on = (d >> 63) & ((z | -z) >> 63);
+        STR_HIDE(on);
+        if (!on)
             break;
         u8 c = buf[i & (2 * SNAPD_STR_BYTES - 1)];
         u64 nst = ((st & pat->chars[c]) << 1) | (st & star);
