@@ -118,7 +118,12 @@ static __always_inline s64 usdt_arg_value(struct pt_regs *ctx, const struct usdt
         return 0;
     }
     u64 v = 0;
-    bpf_probe_read_user(&v, size, (void *)addr);
+    // 1..8 whatever size holds, by arithmetic: the 6.1 verifier lost the bound of the test
+    // above by the time of the call ("invalid indirect access to stack ... size=255")
+    u64 n = ((size - 1) & 7) + 1;
+    asm volatile("" : "+r"(n));
+    n = ((n - 1) & 7) + 1;
+    bpf_probe_read_user(&v, n, (void *)addr);
     return usdt_extend(v, size, a->is_signed);
 }
 
