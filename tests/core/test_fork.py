@@ -205,6 +205,14 @@ def test_sigterm_during_the_injected_clone_leaves_the_target_whole(compile_victi
         if nr == inject.NR_CLONE:
             os.kill(os.getpid(), signal.SIGTERM)
 
+    # A thread that leaves SIGTERM unblocked, as the writer's copy threads of an earlier dump
+    # do: the kernel hands it the process-directed signal (signal(7)), and Python runs the
+    # handler in the main thread whatever that thread's mask says.
+    import threading
+
+    idle = threading.Event()
+    other = threading.Thread(target=idle.wait, daemon=True)
+    other.start()
     old = signal.signal(signal.SIGTERM, stop)
     inject.on_call_entered = kill_me
     try:
@@ -213,6 +221,8 @@ def test_sigterm_during_the_injected_clone_leaves_the_target_whole(compile_victi
     finally:
         inject.on_call_entered = None
         signal.signal(signal.SIGTERM, old)
+        idle.set()
+        other.join()
     assert v.alive(), v.exit_status()
     assert int(ask(v, b"c")) > 0  # its read() of stdin returned what it read, not our clone's pid
     states = set(thread_states(v.pid).values())

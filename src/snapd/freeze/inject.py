@@ -26,8 +26,10 @@ import errno
 import os
 import signal
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from snapd import procfs
 from snapd.errors import SnapdError, TargetError, TargetGone
@@ -62,14 +64,30 @@ on_call_entered: Callable[[int, int], None] | None = None
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Block :data:`HELD_SIGNALS` in this thread; whatever arrived is delivered on the way out
-    (Python runs its handler at the next bytecode, after the target is whole again). A process
-    whose other threads leave these signals unblocked must hold them there too."""
+    """Hold :data:`HELD_SIGNALS` until the target is whole again, then deliver what arrived.
+
+    Blocking them in this thread is not enough: a process-directed signal goes to any thread
+    that leaves it unblocked (signal(7)), e.g. a copy thread started earlier, and Python then
+    runs its handler in the main thread at the next bytecode, in the middle of an injected call.
+    So, in the main thread, Python handlers are also replaced by a recorder for the duration,
+    and the signals recorded are raised again on the way out."""
     old = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+    deferred: list[int] = []
+    saved: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in HELD_SIGNALS:
+            handler = signal.getsignal(sig)
+            if callable(handler):
+                saved[sig] = handler
+                signal.signal(sig, lambda n, _f: deferred.append(n))
     try:
         yield
     finally:
+        for held, handler in saved.items():
+            signal.signal(held, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for n in deferred:
+            signal.raise_signal(n)
 
 
 def _signed(v: int) -> int:
