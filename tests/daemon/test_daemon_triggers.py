@@ -6,9 +6,7 @@ its file:line:col, by `snapd check` as root and in the daemon's log."""
 from __future__ import annotations
 
 import os
-import select
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,29 +14,16 @@ import pytest
 from daemon_helpers import DaemonHarness, gdb_bt, halted_why
 from tests.conftest import Victim, wait_for
 
+from support.triggers import command as trg_command
+
 pytestmark = pytest.mark.kernel
 LIMITS = "limits:\n  max_cores: 10\n  min_interval: 1ms\n"
 
 
 def command(v: Victim, line: str, timeout: float = 60.0) -> tuple[int, int]:
     """One trg_victim command; (tid, ret) from its 'done TID RET ERRNO' answer."""
-    assert v.proc.stdin is not None and v.proc.stdout is not None
-    v.proc.stdin.write(line.encode() + b"\n")
-    v.proc.stdin.flush()
-    fd = v.proc.stdout.fileno()
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while not buf.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise AssertionError(f"victim {v.pid} did not answer {line!r} ({halted_why(v.pid)})")
-        chunk = os.read(fd, 1)
-        if not chunk:
-            raise AssertionError(f"victim {v.pid} exited during {line!r}")
-        buf += chunk
-    parts = buf.split()
-    assert parts[0] == b"done", buf
-    return int(parts[1]), int(parts[2])
+    tid, ret, _ = trg_command(v, line, timeout)
+    return tid, ret
 
 
 def function_rule(name: str, pid: int, binary: str, symbol: str, when: str, extra: str = "") -> str:

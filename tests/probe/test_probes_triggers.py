@@ -5,7 +5,6 @@ what cannot be resolved is a RuleError at the rule key's line and column."""
 from __future__ import annotations
 
 import os
-import select
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ from tests.conftest import Victim, wait_for
 
 from snapd.probe import Event, Probes
 from snapd.rules import Rule, RuleError, parse_rule
+from support.triggers import command as trg_command
 
 pytestmark = pytest.mark.kernel
 Spawn = Callable[..., Victim]
@@ -30,23 +30,8 @@ def rule(text: str, name: str = "t") -> Rule:
 
 def command(v: Victim, line: str, timeout: float = 30.0) -> tuple[int, int]:
     """One trg_victim command; (tid, ret) from its 'done TID RET ERRNO' answer."""
-    assert v.proc.stdin is not None and v.proc.stdout is not None
-    v.proc.stdin.write(line.encode() + b"\n")
-    v.proc.stdin.flush()
-    fd = v.proc.stdout.fileno()
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while not buf.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise AssertionError(f"victim {v.pid} did not answer {line!r}")
-        chunk = os.read(fd, 1)
-        if not chunk:
-            raise AssertionError(f"victim {v.pid} exited during {line!r}")
-        buf += chunk
-    parts = buf.split()
-    assert parts[0] == b"done", buf
-    return int(parts[1]), int(parts[2])
+    tid, ret, _ = trg_command(v, line, timeout)
+    return tid, ret
 
 
 @pytest.fixture
