@@ -195,6 +195,22 @@ def test_a_corrupt_cache_is_measured_again(tmp_path, cache):
     assert json.loads((cache / "calibration.json").read_text())["version"] == calibrate.VERSION
 
 
+def test_the_cache_forgets_old_and_surplus_file_systems(cache):
+    """Each tmpfs mount is a new file system: the cache keeps the newest few, none too old."""
+    now = time.time()
+
+    def entry(key: str, age: float) -> Calibration:
+        return Calibration(key, "tmpfs", Rates(direct=1e9), now - age, 0.1)
+
+    assert calibrate._store(cache, entry("old", calibrate.KEEP_FOR + 60))
+    for i in range(calibrate.MAX_ENTRIES + 5):
+        assert calibrate._store(cache, entry(f"fs{i:02d}", 100.0 - i))
+    kept = json.loads((cache / "calibration.json").read_text())["filesystems"]
+    assert len(kept) == calibrate.MAX_ENTRIES
+    assert "old" not in kept and "fs00" not in kept  # the oldest measured go first
+    assert f"fs{calibrate.MAX_ENTRIES + 4:02d}" in kept  # the one just stored stays
+
+
 def test_never_measured_while_the_target_is_halted(stagecopy, tmp_path, cache, monkeypatch):
     v = stagecopy
     seen: list[str] = []

@@ -37,6 +37,8 @@ DRIFT = 2.0  # a dump this many times slower or faster than predicted makes the 
 CHECK_MIN = 64 << 20  # dumps smaller than this say nothing about throughput
 PARTIAL = ".snapd-partial.calibrate."  # removed by whoever cleans partial cores
 CACHE_NAME = "calibration.json"
+MAX_ENTRIES = 32  # file systems remembered
+KEEP_FOR = 7 * 24 * 3600.0  # seconds an entry is remembered (it is used stale only while halted)
 
 _lock = threading.Lock()
 _memo: dict[str, Calibration] = {}  # for a cache directory that cannot be written
@@ -208,6 +210,14 @@ def _store(cdir: Path, cal: Calibration) -> bool:
     try:
         cdir.mkdir(parents=True, exist_ok=True, mode=0o755)
         entries = _load(cdir)
+        entries[cal.key] = cal
+        # One entry per file system ever measured (each tmpfs mount is a new one): the newest
+        # MAX_ENTRIES are kept, none older than KEEP_FOR.
+        fresh = sorted(
+            (c for c in entries.values() if c.age() < KEEP_FOR or c.key == cal.key),
+            key=lambda c: c.measured_at,
+        )
+        entries = {c.key: c for c in fresh[-MAX_ENTRIES:]}
         entries[cal.key] = cal
         doc = {"version": VERSION, "filesystems": {k: c.to_json() for k, c in sorted(entries.items())}}
         tmp = cdir / f".{CACHE_NAME}.{os.urandom(4).hex()}"

@@ -102,6 +102,15 @@ class _Lane:
             self.current[1].kill()  # its outputs are temp files (removed) or unrecorded (redone)
             self.current = None
 
+    def drop(self, core_id: int) -> bool:
+        """Forget ``core_id``'s work; True if its job was running (and is now killed and reaped:
+        a child still reading an unlinked core keeps its blocks, unlink(2))."""
+        self.queue = [t for t in self.queue if t.core_id != core_id]
+        if self.current is not None and self.current[0].core_id == core_id:
+            self.close()
+            return True
+        return False
+
 
 class AfterCore:
     """``published(entry)`` from the dump's end; ``tick`` from the loop. ``upload(entry,
@@ -299,6 +308,13 @@ class AfterCore:
         with contextlib.suppress(OSError, SnapdError):  # unreadable now: the last value stands
             cores = self.catalog.usage() + self.shipping.outbox_bytes()
             m.set_disk_bytes(cores, self.cache.usage().own_bytes)
+
+    def removed(self, entry: Entry) -> None:
+        """Retention removed ``entry`` (:attr:`Catalog.removed`): the work on it is not wanted,
+        and the next core may need the blocks its job still holds."""
+        for lane in (self.capture, self.store):
+            if lane.drop(entry.id):
+                log.info("core %d: %s job cancelled: retention removed the core", entry.id, lane.name)
 
     def close(self) -> None:
         self.capture.close()

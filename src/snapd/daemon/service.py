@@ -163,6 +163,7 @@ class Daemon:
             Metrics(), self.rules, textfile=cfg.metrics_textfile, interval=cfg.metrics_interval
         )
         self.after = AfterCore(self.catalog, cfg, self.metrics.metrics)
+        self.catalog.removed.append(self.after.removed)
         self.uploads = Uploads(cfg.upload, self.catalog, self.metrics.metrics) if cfg.upload else None
         if self.uploads is not None:
             self.after.upload = self.uploads.submit

@@ -40,6 +40,8 @@ from snapd.template import DEFAULT_TEMPLATE, NameFields, expand, validate_templa
 log = logging.getLogger("snapd.store")
 
 CORES_DIR = "cores"
+#: seconds a dump's reservation waits for the blocks retention removed to come back
+SETTLE_S = 1.0
 
 
 class Catalog:
@@ -173,7 +175,7 @@ class Catalog:
         # a core that filled the disk past the limits must not keep the next one from being
         # written, and only a published core would otherwise make room.
         try:
-            self.vacuum(now=now)
+            self.vacuum(now=now, settle=SETTLE_S)
         except (StoreError, OSError) as err:
             log.warning("retention before a dump failed: %s", err)
         when = time.time() if now is None else now
@@ -389,9 +391,13 @@ class Catalog:
             recover(db, self._cores_fd, self.cores_dir, self.recovery)
         return self.recovery
 
-    def vacuum(self, *, exclude: Iterable[int] = (), now: float | None = None) -> builtins.list[Entry]:
+    def vacuum(
+        self, *, exclude: Iterable[int] = (), now: float | None = None, settle: float = 0.0
+    ) -> builtins.list[Entry]:
         """Apply the retention limits (:func:`snapd.store.vacuum.plan`); pending entries and
-        ``exclude`` are spared. Returns the removed entries, oldest first."""
+        ``exclude`` are spared. Returns the removed entries, oldest first. ``settle``: wait up
+        to that long for the file system to give the removed files' blocks back (before a dump:
+        the kernel may free them a little after the unlink, :func:`fsutil.await_free`)."""
         now = time.time() if now is None else now
         with self._db.tx() as db:
             rows = db.execute(
@@ -408,14 +414,28 @@ class Catalog:
                 for e in entries
             ]
             doomed = vacuum.plan(entries, self.retention, space, now, set(exclude))
+            freed = 0
             for e in doomed:
                 if e.complete:
-                    fsutil.drop_core(self._cores_fd, self.cores_dir, e.name, only_ours=False)
+                    st = fsutil.lstat_at(self._cores_fd, e.name)
+                    if fsutil.drop_core(self._cores_fd, self.cores_dir, e.name, only_ours=False) and st:
+                        freed += st.st_blocks * 512 if st.st_nlink == 1 else 0
                 self.shipping.forget(db, e.id)
                 db.execute("DELETE FROM cores WHERE id = ? AND status != ?", (e.id, PENDING))
         for e in doomed:
             if e.complete:
                 log.info("retention: removed core %d (%s, %d bytes on disk)", e.id, e.name, e.disk_bytes)
             for hook in self.removed:
-                hook(e)
+                hook(e)  # a reader of the file is stopped: its blocks can come back
+        if settle > 0 and freed:
+            want = space.free + freed * 9 // 10  # others may be writing meanwhile
+            got = fsutil.await_free(self._cores_fd, want, settle)
+            if got < want:
+                log.info(
+                    "retention: %d MiB removed, but only %d MiB came back within %.1f s: "
+                    "something else still holds the removed files",
+                    freed >> 20,
+                    max(0, got - space.free) >> 20,
+                    settle,
+                )
         return doomed

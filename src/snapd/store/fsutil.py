@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import stat
+import time
 
 from snapd.store.errors import UnsafePath
 
@@ -73,6 +74,26 @@ def unlink_at(dir_fd: int, name: str) -> bool:
         return True
     except FileNotFoundError:
         return False
+
+
+def await_free(dir_fd: int, want: int, timeout: float) -> int:
+    """Wait (polling fstatvfs(3), at most ``timeout`` s) until ``want`` bytes are free on the file
+    system of ``dir_fd``; the bytes free when it returns.
+
+    An unlinked file's blocks come back when its inode's last reference goes, which is not
+    always at the last close: a Landlock rule naming the file (a sandboxed reader's, see
+    snapd.sandbox.landlock) holds the inode until its domain is freed, after an RCU grace period
+    and a workqueue pass (security/landlock/ruleset.c landlock_put_ruleset_deferred), tens of
+    milliseconds after the reader exited."""
+    deadline = time.monotonic() + timeout
+    pause = 0.001
+    while True:
+        vfs = os.fstatvfs(dir_fd)
+        free = vfs.f_bavail * vfs.f_frsize
+        if free >= want or time.monotonic() >= deadline:
+            return free
+        time.sleep(pause)
+        pause = min(pause * 2, 0.02)
 
 
 def is_own_regular(st: os.stat_result | None) -> bool:
