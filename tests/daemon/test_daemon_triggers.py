@@ -14,6 +14,7 @@ import pytest
 from daemon_helpers import DaemonHarness, gdb_bt, halted_why
 from tests.conftest import Victim, wait_for
 
+from snapd.rules import syscalls as sysnames
 from support.triggers import command as trg_command
 
 pytestmark = pytest.mark.kernel
@@ -192,6 +193,27 @@ def test_every_then_syscall_cores_caught_inside_the_syscall(
         assert trig["syscall"] == "clock_nanosleep" and core["pid"] == v.pid, trig
         bt = gdb_bt(str(exe), str(core["path"]))
         assert "nanosleep" in bt and "loop" in bt, bt
+    wait_for(lambda: halted_why(v.pid) is None, 10, "the victim to run")
+    assert v.alive()
+
+
+def test_every_then_any_syscall_one_core_caught_inside_it(
+    daemon: DaemonHarness, compile_victim: Callable[..., Path], spawn: Callable[..., Victim]
+) -> None:
+    """``then: any``: the target's next syscall after the tick, whichever it is, is stopped there
+    and cored (every syscall tracepoint is attached while the rule is loaded)."""
+    exe = compile_victim("trg_tick")
+    v = spawn([exe, "1"])
+    daemon.write_rule(
+        "any.yaml",
+        f"name: any\ntarget:\n  pid: {v.pid}\ntrigger:\n  every: 1s\n  then: any\n"
+        "action:\n  stop: kernel\nlimits:\n  max_cores: 1\n",
+    )
+    daemon.start()
+    (core,) = wait_for(lambda: daemon.complete("any"), 60, "a core")
+    assert core["pid"] == v.pid and core["trigger"]["syscall"] in (sysnames.known_names() or ()), core
+    bt = gdb_bt(str(exe), str(core["path"]))
+    assert "loop" in bt, bt
     wait_for(lambda: halted_why(v.pid) is None, 10, "the victim to run")
     assert v.alive()
 

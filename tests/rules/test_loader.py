@@ -60,6 +60,14 @@ GOOD = [
         lambda r: r.trigger == CpuTrigger(90.0, 30_000_000_000),
     ),
     (
+        "target: {comm: x}\ntrigger: {every: 10s, then: any}\naction: {stop: kernel}",
+        lambda r: r.trigger == EveryTrigger(10_000_000_000, ("any",)) and r.trigger.then_any,
+    ),
+    (
+        "target: {comm: x}\ntrigger: {every: 10s, then: {syscall: [read]}}",
+        lambda r: r.trigger.then == ("read",) and not r.trigger.then_any,
+    ),
+    (
         "target: {cgroup: /system.slice/x.service}\ntrigger: {rss: {above: 2GiB}}",
         lambda r: r.trigger == RssTrigger(2 << 30),
     ),
@@ -241,6 +249,10 @@ BAD = [
         T + "trigger: {every: 1s}\naction: {stop: kernel}\n",
         "3:9: action.stop: kernel needs a syscall, function, usdt, signal, cpu or every+then "
         "trigger (the probe that sends SIGSTOP must run in the target)",
+    ),
+    (
+        T + "trigger: {every: 1s, then: anything}\n",
+        "2:28: trigger.then: expected {syscall: [NAME, ...]} or any",
     ),
     (
         T + S + "action: {snapshot: thawed}\n",

@@ -25,6 +25,7 @@ def program(source: Path, on_event: Callable[..., Any], *, strings: bool) -> tup
             b[table][ct.c_int(0)] = ct.c_int(b.load_func(fn, getattr(BPF, kind)).fd)
         b.load_func(b"snapd_sys_enter", BPF.TRACEPOINT)
         b.load_func(b"snapd_sys_exit", BPF.TRACEPOINT)
+        b.load_func(b"snapd_raw_enter", BPF.TRACEPOINT)
         b.load_func(b"snapd_tick", BPF.PERF_EVENT)
         b.load_func(b"snapd_cpu_sample", BPF.PERF_EVENT)
         up = b.load_func(b"snapd_uprobe", BPF.KPROBE)

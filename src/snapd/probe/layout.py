@@ -76,7 +76,8 @@ class Global(IntEnum):
     DUMPER = 4  # the dumper's tgid (the tracer of every dump)
     SIG_RULES = 5  # mask of rules with a signal trigger
     ARMED_RULES = 6  # mask of every + then rules: their ticks arm, not fire
-    NR = 7
+    ANY_RULES = 7  # mask of every + then: any rules (raw_syscalls:sys_enter, snapd_raw_enter)
+    NR = 8
 
 
 class Counter(IntEnum):

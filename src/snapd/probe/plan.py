@@ -77,6 +77,7 @@ class Plan:
     cfg: layout.RuleCfg  # gen 0: Probes sets it when it writes the row
     syscalls: tuple[SyscallUse, ...] = ()
     tick_period_ns: int | None = None  # every: a cpu-clock event of this period
+    any_syscall: bool = False  # every + then: any (raw_syscalls:sys_enter)
     cpu: bool = False  # cpu: the ~99 Hz sampler on every CPU
     uprobe: bool = False  # function, usdt: uprobes in each target (snapd.probe.uattach)
     signals: int = 0  # signal: the mask of its signals (bit sig-1) for signal_deliver
@@ -102,7 +103,7 @@ def plan(rule: Rule, cgroup: str | None = None) -> Plan:
     cfg = rule_cfg(rule, cgroup)
     trig = rule.trigger
     names = trig.syscalls if isinstance(trig, SyscallTrigger) else ()
-    if isinstance(trig, EveryTrigger) and trig.then is not None:
+    if isinstance(trig, EveryTrigger) and trig.then is not None and not trig.then_any:
         names = trig.then
     uses = []
     for name in names:
@@ -114,7 +115,7 @@ def plan(rule: Rule, cgroup: str | None = None) -> Plan:
     if isinstance(trig, SyscallTrigger):
         return Plan(rule, cgroup, cfg, syscalls=tuple(uses))
     if isinstance(trig, EveryTrigger):
-        return Plan(rule, cgroup, cfg, syscalls=tuple(uses), tick_period_ns=trig.period_ns)
+        return Plan(rule, cgroup, cfg, tuple(uses), tick_period_ns=trig.period_ns, any_syscall=trig.then_any)
     if isinstance(trig, CpuTrigger):
         return Plan(rule, cgroup, cfg, cpu=True)
     if isinstance(trig, (FunctionTrigger, UsdtTrigger)):

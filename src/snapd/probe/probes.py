@@ -30,6 +30,7 @@ from snapd.probe import (
     pinned,
     samplers,
     strrows,
+    sysmasks,
     targetmap,
     targets,
     ticks,
@@ -209,7 +210,7 @@ class Probes:
             self.compile()
         except ProbeError as err:
             raise rule_error(rule, str(err)) from err
-        self._check_chains(p, old)
+        sysmasks.check_chains(self._bpf, p, ~(1 << old.slot) if old else ~0)
         self._gen = (self._gen % 0xFFFFFFFE) + 1
         ent = _Loaded(p, free[0], self._gen, cgroup=p.cgroup)
         ent.muted_base = self._slot_muted(ent.slot)
@@ -228,15 +229,6 @@ class Probes:
             self._disarm(old)
         self._loaded[rule.name] = ent
         self._stats["rules_loaded"] += 1
-
-    def _check_chains(self, p: Plan, replacing: _Loaded | None) -> None:
-        masks = self._bpf[b"sysmasks"]
-        keep = ~(1 << replacing.slot) if replacing else ~0
-        for use in p.syscalls:
-            cur = masks.get(ct.c_uint32(use.nr))
-            n = bin((cur.enter | cur.exit) & keep).count("1") if cur is not None else 0
-            if n >= layout.MAX_CHAIN:
-                raise rule_error(p.rule, f"more than {layout.MAX_CHAIN} rules on syscall '{use.name}'")
 
     def _write_cfg(self, ent: _Loaded) -> None:
         table = self._bpf[b"rules"]
@@ -259,27 +251,18 @@ class Probes:
             if self.strings_error and strrows.rows(p)[1]:
                 raise ProbeError(f"its string comparisons cannot be armed: {self.strings_error}")
             strrows.write(self._bpf, ent.slot, p)  # before its syscalls' masks name the rule
-            masks = self._bpf[b"sysmasks"]
-            for use in p.syscalls:
-                key = ct.c_uint32(use.nr)
-                cur = masks.get(key)
-                leaf = masks.Leaf()
-                if cur is not None:
-                    ct.memmove(ct.byref(leaf), ct.byref(cur), ct.sizeof(leaf))
-                if use.at_exit:
-                    leaf.exit |= bit
-                else:
-                    leaf.enter |= bit
-                for i, x in enumerate(use.argx):
-                    leaf.argx[i] = x
-                masks[key] = leaf
-                ent.syscall_nrs.append(use.nr)
-                for tp in use.tracepoints:
-                    self._tp_ref(tp, +1)
-                    ent.tracepoints.append(tp)
+            sysmasks.add(self._bpf, bit, p.syscalls)
+            ent.syscall_nrs += [use.nr for use in p.syscalls]
+            for tp in (tp for use in p.syscalls for tp in use.tracepoints):
+                self._tp_ref(tp, +1)
+                ent.tracepoints.append(tp)
+        if p.any_syscall:
+            self._set_global(layout.Global.ANY_RULES, self._get_global(layout.Global.ANY_RULES) | bit)
+            self._tp_ref(sysmasks.RAW_TP, +1)
+            ent.tracepoints.append(sysmasks.RAW_TP)
         if p.tick_period_ns is not None:
             period = p.tick_period_ns
-            if p.syscalls:  # every + then: unarmed until the first tick (armed.bpf.c)
+            if p.syscalls or p.any_syscall:  # every + then: unarmed until the first tick (armed.bpf.c)
                 self._bpf[b"armed"][ct.c_int(ent.slot)] = ct.c_uint64(ent.gen << 32)
                 self._set_global(layout.Global.ARMED_RULES, self._get_global(layout.Global.ARMED_RULES) | bit)
             try:
@@ -301,7 +284,7 @@ class Probes:
         before = self._tp_refs[tp]
         self._tp_refs[tp] = before + delta
         fn = b"snapd_sys_exit" if ":sys_exit_" in tp else b"snapd_sys_enter"
-        fn = b"snapd_signal_deliver" if tp == SIGNAL_TP else fn
+        fn = {SIGNAL_TP: b"snapd_signal_deliver", sysmasks.RAW_TP: b"snapd_raw_enter"}.get(tp, fn)
         if before == 0 and delta > 0:
             self._bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn)
         elif before + delta <= 0:
@@ -361,23 +344,12 @@ class Probes:
             layout.Global.CPU_RULES,
             layout.Global.SIG_RULES,
             layout.Global.ARMED_RULES,
+            layout.Global.ANY_RULES,
         ):
             self._set_global(g, self._get_global(g) & ~bit)
         if not self._slots:
             self._set_global(layout.Global.ACTIVE, 0)
-        masks = b[b"sysmasks"]
-        for nr in ent.syscall_nrs:
-            key = ct.c_uint32(nr)
-            cur = masks.get(key)
-            if cur is None:
-                continue
-            if (cur.enter | cur.exit) & ~bit:
-                leaf = masks.Leaf()
-                ct.memmove(ct.byref(leaf), ct.byref(cur), ct.sizeof(leaf))
-                leaf.enter, leaf.exit = cur.enter & ~bit, cur.exit & ~bit
-                masks[key] = leaf
-            else:
-                del masks[key]
+        sysmasks.remove(b, bit, ent.syscall_nrs)
         for tp in ent.tracepoints:
             self._tp_ref(tp, -1)
         strrows.clear(b, ent.slot, ent.plan)

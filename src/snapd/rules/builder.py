@@ -19,6 +19,7 @@ from snapd.rules import probespec, sysargs
 from snapd.rules import syscalls as _sys
 from snapd.rules.bounds import COMM_MAX, GLOB_MAX, MAX_COUNT, MAX_SYSCALLS, MAX_TEXT, WIN_SLOTS
 from snapd.rules.model import (
+    THEN_ANY,
     Action,
     ActiveWindow,
     CoreAction,
@@ -342,7 +343,12 @@ class RuleBuilder:
         return SyscallTrigger(tuple(names), when, when_text, count, within)
 
     def _then(self, node: Node) -> tuple[str, ...] | None:
-        """``then: {syscall: [...]}``: the syscalls that take each tick."""
+        """``then: {syscall: [...]}``: the syscalls that take each tick; ``then: any``: all."""
+        if isinstance(node, ScalarNode) and node.tag.endswith(":str"):
+            if node.value == THEN_ANY:
+                return (THEN_ANY,)
+            self.ctx.err(node, f"trigger.then: expected {{syscall: [NAME, ...]}} or {THEN_ANY}")
+            return None
         tm = self.s.mapping(node, "trigger.then", {"syscall": True})
         if tm is None or "syscall" not in tm:
             return None

@@ -46,13 +46,20 @@ class SyscallTrigger:
         return self.when is not None and self.when.uses_exit()
 
 
+THEN_ANY = "any"  # ``then: any``: the target's next syscall, whichever it is
+
+
 @dataclass(frozen=True)
 class EveryTrigger:
     """Every ``period_ns`` for each target; with ``then``, at each target's first call of one
     of those syscalls after each tick (the blog's gcore.d: the target is caught in a syscall)."""
 
     period_ns: int
-    then: tuple[str, ...] | None = None
+    then: tuple[str, ...] | None = None  # (THEN_ANY,): every syscall the kernel traces
+
+    @property
+    def then_any(self) -> bool:
+        return self.then == (THEN_ANY,)
 
 
 @dataclass(frozen=True)
