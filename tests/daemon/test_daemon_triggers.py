@@ -153,7 +153,8 @@ def test_sigterm_to_a_graceful_handler_core_before_it_exits(
         f"action:\n  stop: kernel\n{LIMITS}",
     )
     daemon.start()
-    os.kill(v.pid, 15)
+    sender = subprocess.Popen(["kill", "-TERM", str(v.pid)])  # procps kill(1): its comm is "kill"
+    assert sender.wait(timeout=30) == 0
     core = one_core(daemon, "sig-term")
     trig = core["trigger"]
     assert isinstance(trig, dict) and (trig["kind"], trig["probe"], trig["value"]) == (
@@ -161,6 +162,10 @@ def test_sigterm_to_a_graceful_handler_core_before_it_exits(
         "SIGTERM",
         15,
     )
+    # who sent it: the answer to "who killed it?"
+    assert trig["sender"] == {"pid": sender.pid, "uid": 0, "comm": "kill", "code": 0, "by": "kill"}, trig
+    info = daemon.ctl("info", str(core["id"])).stdout
+    assert f"Sent by: pid {sender.pid} (kill) uid 0, kill" in info, info
     # Stopped at the handler's first instruction: the core shows it on top, main below.
     bt = gdb_bt(str(exe), str(core["path"]))
     assert "trg_on_term" in bt and " main (" in bt, bt

@@ -177,6 +177,17 @@ def format_cores(cores: Sequence[dict[str, Any]]) -> str:
     return format_table(rows, header)
 
 
+def _sent_by(trigger: object) -> list[str]:
+    """A signal event's sender, as a line of its own (the answer to "who killed it?")."""
+    snd = trigger.get("sender") if isinstance(trigger, dict) else None
+    if not isinstance(snd, dict):
+        return []
+    return [
+        f"      Sent by: pid {snd.get('pid')} ({safe(str(snd.get('comm', '')))}) uid {snd.get('uid')},"
+        f" {safe(str(snd.get('by', '')))}"
+    ]
+
+
 def format_info(e: dict[str, Any]) -> str:
     ctx = e.get("context") or {}
     lines = [
@@ -185,6 +196,7 @@ def format_info(e: dict[str, Any]) -> str:
         f"       Status: {safe(e.get('status', ''))}",
         f"         Rule: {safe(e.get('rule', ''))}",
         f"      Trigger: {safe(json.dumps(e.get('trigger', {}), sort_keys=True))}",
+        *_sent_by(e.get("trigger")),
         f"         Time: {safe(e.get('time', ''))}",
         f"          PID: {e.get('pid')}",
         f"          UID: {e.get('uid')}",

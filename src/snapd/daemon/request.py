@@ -78,4 +78,5 @@ def trigger_record(ev: Event) -> dict[str, object]:
         "ret": ev.ret,
         "value": ev.value,
         "tid": ev.tid,
+        **({"sender": ev.sender.to_dict()} if ev.sender is not None else {}),
     }

@@ -31,6 +31,7 @@ def program(source: Path, on_event: Callable[..., Any], *, strings: bool) -> tup
         up = b.load_func(b"snapd_uprobe", BPF.KPROBE)
         uret = b.load_func(b"snapd_uretprobe", BPF.KPROBE)
         b.load_func(b"snapd_signal_deliver", BPF.TRACEPOINT)
+        b.load_func(b"snapd_signal_generate", BPF.TRACEPOINT)
         b[b"events"].open_ring_buffer(on_event)
         b.attach_tracepoint(tp=b"syscalls:sys_enter_clone", fn_name=b"snapd_clone_enter")
         b.attach_tracepoint(tp=b"syscalls:sys_exit_clone", fn_name=b"snapd_clone_exit")

@@ -10,7 +10,7 @@ from typing import Any
 
 from snapd import procfs
 from snapd.probe import layout, trigger_layout
-from snapd.probe.event import Event, Kind, UserStack
+from snapd.probe.event import Event, Kind, Sender, UserStack
 from snapd.rules import syscalls as _sys
 from snapd.rules.model import CpuTrigger, FunctionTrigger, Rule, UsdtTrigger
 
@@ -63,6 +63,16 @@ def join_stack(pending: list[Event], rule: str, raw: RawEvent, stack: UserStack 
     return pending
 
 
+def _sender(raw: RawEvent) -> Sender | None:
+    """probe.bpf.c sig_sender_fields: args[3] the sender's tgid | uid << 32 (0: not seen sent),
+    args[4..5] its comm, ret the si_code it sent with."""
+    who = int(raw.args[3]) & 0xFFFF_FFFF_FFFF_FFFF
+    if not who:
+        return None
+    comm = struct.pack("<qq", int(raw.args[4]), int(raw.args[5])).split(b"\0", 1)[0]
+    return Sender(who & 0xFFFF_FFFF, who >> 32, comm.decode("utf-8", "replace"), int(raw.ret))
+
+
 def _signal_name(sig: int) -> str:
     try:
         return signal.Signals(sig).name
@@ -106,6 +116,7 @@ def to_event(raw: RawEvent, rule: Rule, names_by_nr: dict[int, str]) -> Event:
             args=(int(raw.args[0]), int(raw.args[1])),  # the signal, its si_code
             value=int(raw.value),
             stopped=stopped,
+            sender=_sender(raw),
         )
     trig = rule.trigger
     if flags & layout.EventFlag.UPROBE and isinstance(trig, (FunctionTrigger, UsdtTrigger)):

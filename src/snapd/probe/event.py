@@ -6,7 +6,11 @@ from dataclasses import dataclass
 
 from snapd.rules.model import Kind
 
-__all__ = ["Event", "Kind", "UserStack"]
+__all__ = ["Event", "Kind", "Sender", "UserStack"]
+
+#: si_code values of signals a process sent (include/uapi/asm-generic/siginfo.h); a positive
+#: one (or SI_KERNEL) is the kernel's own: a fault, a timer, a child's exit
+SENT_BY = {0: "kill", -6: "tgkill", -1: "sigqueue"}
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,26 @@ class UserStack:
 
     regs: bytes
     stack: bytes
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who sent a signal event's signal: the task running when it was generated
+    (signal:signal_generate). ``code`` is the si_code it was sent with; for the kernel's own
+    signals (``by`` "kernel") the task is merely whatever ran then (the faulting thread itself,
+    the exiting child's parent's waker...)."""
+
+    pid: int  # the sender's tgid
+    uid: int
+    comm: str
+    code: int
+
+    @property
+    def by(self) -> str:
+        return SENT_BY.get(self.code, "kernel")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"pid": self.pid, "uid": self.uid, "comm": self.comm, "code": self.code, "by": self.by}
 
 
 @dataclass(frozen=True)
@@ -34,7 +58,8 @@ class Event:
     and resume the target with SIGCONT. ``stack`` is the firing thread's registers and top of
     stack at the event, for probes that record them (None otherwise). ``at_load`` marks a
     sampled (rss, threads, fds) firing at the rule's first sample: the process was already above
-    the threshold when it loaded.
+    the threshold when it loaded. ``sender``: who sent a signal event's signal, when the probe saw
+    it sent.
     """
 
     rule: str
@@ -51,3 +76,4 @@ class Event:
     stopped: bool = False
     stack: UserStack | None = None
     at_load: bool = False
+    sender: Sender | None = None

@@ -1108,6 +1108,59 @@ struct sig_deliver_ctx {
     u64 sa_flags;
 };
 BPF_ARRAY(sigmasks, u64, SNAPD_MAX_RULES);  // bit sig-1 of each signal rule's signals
+// Who sent each signal (signal_generate, in the sender's context), until its delivery takes it.
+// Keyed by the receiving task's pid: the tgid for kill(2), a thread's tid for tgkill(2). LRU:
+// signals to processes that are not targets, or never delivered, age out.
+BPF_TABLE("lru_hash", struct sig_key, struct sig_sender, sig_senders, 1024);
+
+struct sig_generate_ctx {
+    u64 hdr;
+    s32 sig;
+    s32 err;
+    s32 code;
+    char comm[16];       // the receiver's
+    s32 pid;             // the receiving task
+    s32 group;
+    s32 result;
+};
+
+int snapd_signal_generate(void *ctx)
+{
+    if (!global(GLOBAL_SIG_RULES))
+        return 0;
+    struct sig_generate_ctx a = {};
+    bpf_probe_read_kernel(&a, sizeof(a), ctx);
+    struct sig_key key = {.tgid = (u32)a.pid, .sig = (u32)a.sig};
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct sig_sender snd = {};
+    snd.ts = bpf_ktime_get_ns();
+    snd.pid = pid_tgid >> 32;
+    snd.tid = (u32)pid_tgid;
+    snd.uid = (u32)bpf_get_current_uid_gid();
+    snd.code = a.code;
+    snd.result = a.result;
+    bpf_get_current_comm(snd.comm, sizeof(snd.comm));
+    sig_senders.update(&key, &snd);
+    return 0;
+}
+
+// The sender of `sig` to this thread (tgkill) or process (kill) into f->v[3..5]: its tgid and
+// uid in v[3] (0: none recorded), its comm in v[4..5], the si_code it sent with in ret.
+static __always_inline void sig_sender_fields(u64 pid_tgid, u32 sig, struct fields *f)
+{
+    struct sig_key key = {.tgid = (u32)pid_tgid, .sig = sig};
+    struct sig_sender *snd = sig_senders.lookup(&key);
+    if (!snd) {
+        key.tgid = pid_tgid >> 32;
+        snd = sig_senders.lookup(&key);
+    }
+    if (!snd)
+        return;
+    f->v[3] = (u64)snd->pid | ((u64)snd->uid << 32);
+    __builtin_memcpy(&f->v[4], snd->comm, sizeof(snd->comm));
+    f->v[FIELD_RET] = snd->code;
+    sig_senders.delete(&key);
+}
 
 int snapd_signal_deliver(void *ctx)
 {
@@ -1132,6 +1185,7 @@ int snapd_signal_deliver(void *ctx)
     f->v[0] = a.sig;
     f->v[1] = a.code;
     f->v[2] = a.sa_handler;
+    sig_sender_fields(pid_tgid, a.sig, f);
 #pragma clang loop unroll(disable)
     for (u32 i = 0; i < SNAPD_MAX_RULES; i++) {
         if (!mask)

@@ -48,6 +48,7 @@ log = logging.getLogger("snapd")
 SOURCE = Path(__file__).with_name("probe.bpf.c")
 RESCAN_INTERVAL_S = 2.0
 SIGNAL_TP = "signal:signal_deliver"
+SIGNAL_SENT_TP = "signal:signal_generate"  # who sent it (signal.bpf.c struct sig_sender)
 MAX_BATCH = 1024  # events handed out per poll(): bounds memory and latency under a storm
 
 
@@ -272,8 +273,9 @@ class Probes:
         elif p.signals:
             self._bpf[b"sigmasks"][ct.c_int(ent.slot)] = ct.c_uint64(p.signals)
             self._set_global(layout.Global.SIG_RULES, self._get_global(layout.Global.SIG_RULES) | bit)
-            self._tp_ref(SIGNAL_TP, +1)
-            ent.tracepoints.append(SIGNAL_TP)
+            for tp in (SIGNAL_TP, SIGNAL_SENT_TP):
+                self._tp_ref(tp, +1)
+                ent.tracepoints.append(tp)
         elif p.cpu:
             self._set_global(layout.Global.CPU_RULES, self._get_global(layout.Global.CPU_RULES) | bit)
             if not self._cpu_attached:
@@ -284,7 +286,11 @@ class Probes:
         before = self._tp_refs[tp]
         self._tp_refs[tp] = before + delta
         fn = b"snapd_sys_exit" if ":sys_exit_" in tp else b"snapd_sys_enter"
-        fn = {SIGNAL_TP: b"snapd_signal_deliver", sysmasks.RAW_TP: b"snapd_raw_enter"}.get(tp, fn)
+        fn = {
+            SIGNAL_TP: b"snapd_signal_deliver",
+            SIGNAL_SENT_TP: b"snapd_signal_generate",
+            sysmasks.RAW_TP: b"snapd_raw_enter",
+        }.get(tp, fn)
         if before == 0 and delta > 0:
             self._bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn)
         elif before + delta <= 0:
