@@ -142,6 +142,7 @@ def test_string_predicates_take_cores(daemon: DaemonHarness, trg: Victim) -> Non
     assert command(trg, "c 1")[1] == 1001
 
 
+@pytest.mark.lane
 def test_sigterm_to_a_graceful_handler_core_before_it_exits(
     daemon: DaemonHarness, compile_victim: Callable[..., Path], spawn: Callable[..., Victim]
 ) -> None:
@@ -202,6 +203,7 @@ def test_every_then_syscall_cores_caught_inside_the_syscall(
     assert v.alive()
 
 
+@pytest.mark.lane
 def test_every_then_any_syscall_one_core_caught_inside_it(
     daemon: DaemonHarness, compile_victim: Callable[..., Path], spawn: Callable[..., Victim]
 ) -> None:

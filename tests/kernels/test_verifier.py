@@ -50,6 +50,7 @@ def test_every_program_passes_the_verifier() -> None:
         funcs = {name.decode(): f for name, f in b.funcs.items()}
         counts = {name: verified_insns(f.fd) for name, f in sorted(funcs.items())}
     want = {fn.decode() for fn, _table, _kind in TAIL_CALLS} | {"snapd_sys_enter", "snapd_sys_exit"}
+    want |= {"snapd_raw_enter", "snapd_signal_deliver", "snapd_signal_generate"}
     want |= {f"tracepoint__sched__sched_process_{e}" for e in ("exec", "fork", "exit")}
     assert want <= set(counts), counts
     for name, n in counts.items():
