@@ -147,9 +147,9 @@ def guest_kernels() -> list[tuple[str, Path]]:
     return out
 
 
-def _vng(vmlinuz: Path, command: str, kvm: bool) -> list[str]:
+def _vng(vmlinuz: Path, command: str, kvm: bool, cpus: int = GUEST_CPUS) -> list[str]:
     argv = [str(VENV_BIN / "vng"), "--run", str(vmlinuz), "--memory", GUEST_MEMORY]
-    argv += ["--cpus", str(GUEST_CPUS), "--rwdir", str(RESULTS), "--exec", command]
+    argv += ["--cpus", str(cpus), "--rwdir", str(RESULTS), "--exec", command]
     return argv + ([] if kvm else ["--disable-kvm"])
 
 
@@ -248,7 +248,13 @@ def run_host(extra: Sequence[str], host_s: float) -> Row:
 
 
 def run_guest(
-    release: str, vmlinuz: Path, kvm: bool, extra: Sequence[str], host_s: float, deadline: float
+    release: str,
+    vmlinuz: Path,
+    kvm: bool,
+    extra: Sequence[str],
+    host_s: float,
+    deadline: float,
+    cpus: int = GUEST_CPUS,
 ) -> Row:
     row = Row(release, f"guest ({'kvm' if kvm else 'tcg'})", RESULTS / f"{release}.xml")
     print(f"\n=== {release} (booted with virtme-ng, {'KVM' if kvm else 'emulated: TCG'})", flush=True)
@@ -257,7 +263,7 @@ def run_guest(
     command = f"cd {shlex.quote(str(REPO))} && " + shlex.join(inner)
     t0 = time.monotonic()
     rc, out = _run_streamed(
-        _vng(vmlinuz, command, kvm), deadline, f"[{release}] ", RESULTS / f"{release}.log"
+        _vng(vmlinuz, command, kvm, cpus), deadline, f"[{release}] ", RESULTS / f"{release}.log"
     )
     row.seconds, row.exit_code = time.monotonic() - t0, rc
     if rc is None:
@@ -351,6 +357,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.kernels.lane", description=__doc__.split("\n\n")[0])
     p.add_argument("--only", action="append", default=[], help="run only this kernel release (repeatable)")
     p.add_argument("--deadline", type=float, default=7200.0, help="seconds allowed per guest (default 7200)")
+    p.add_argument(
+        "--cpus",
+        type=int,
+        default=GUEST_CPUS,
+        help=f"guest CPUs (default {GUEST_CPUS}; under emulation each keeps a host CPU busy)",
+    )
     p.add_argument("--fresh-accel", action="store_true", help="probe KVM again instead of the cached answer")
     p.add_argument("--inside", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--host-speed", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -375,7 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kvm, why = choose_accel(guests[0][1], args.fresh_accel)
         print(f"lane: acceleration: {'KVM' if kvm else 'TCG (emulation)'}: {why}", flush=True)
         for release, vmlinuz in guests:
-            rows.append(run_guest(release, vmlinuz, kvm, args.pytest_args, host_s, args.deadline))
+            rows.append(run_guest(release, vmlinuz, kvm, args.pytest_args, host_s, args.deadline, args.cpus))
     elif not args.only:
         print("lane: no guest kernels in .cache/kernels (scripts/kernels.sh fetches them)")
     for r in rows:
