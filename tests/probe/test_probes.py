@@ -107,6 +107,22 @@ def test_enter_predicate_on_args(probes: Probes, spawn: Spawn, victim_path: Path
 
 
 @pytest.mark.lane
+def test_predicate_decided_by_its_last_step(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
+    """A 15-step predicate (8 compares, 7 ors) whose only true term is its last: the kernel
+    evaluates it in chunks of steps, and the last chunk decides; the same with a false last term
+    never fires."""
+    v = spawn([victim_path])
+    f = ready_fields(v)
+    misses = " or ".join(f"arg2 == {90 + i}" for i in range(7))
+    for name, last in (("long", f["null"]), ("longno", 12345)):
+        text = f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: write, when: '{misses} or arg0 == {last}'}}"
+        probes.load(rule(text, name))
+    command(v, "w 1")
+    events = collect(probes, lambda ev: len(ev) >= 1) + drain(probes)
+    assert [e.rule for e in events] == ["long"] and events[0].args[0] == f["null"], events
+
+
+@pytest.mark.lane
 def test_count_within_fires_exactly_on_nth(probes: Probes, spawn: Spawn, victim_path: Path) -> None:
     v = spawn([victim_path])
     probes.load(
