@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import Victim, wait_for
 
 from snapd.probe import Event, Probes
+from snapd.probe import probes as probes_module
 from snapd.rules import Rule, RuleError, parse_rule
 from support.triggers import command as trg_command
 
@@ -83,6 +84,27 @@ def test_function_entry_arg0(probes: Probes, victim: Victim) -> None:
         None,
     )
     assert ret == 1042
+
+
+@pytest.mark.lane
+def test_a_targets_fork_is_probed_before_the_rescan(
+    probes: Probes, victim: Victim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A target's child is attached when the fork probe says so, not at the next /proc rescan
+    (put off here for the whole test): its call, half a second after the fork, fires."""
+    monkeypatch.setattr(probes_module, "RESCAN_INTERVAL_S", 3600.0)
+    exe = os.readlink(f"/proc/{victim.pid}/exe")
+    comm = Path(exe).name[:15]
+    probes.load(
+        rule(
+            f"target: {{comm: {comm}}}\n"
+            f"trigger:\n  function: {{binary: {exe}, symbol: trg_marker}}\n  when: arg0 == 4242\n"
+        )
+    )
+    assert probes.poll(10) == []  # the first rescan, done: the next one is an hour away
+    _, child = command(victim, "k 4242 500")
+    (ev,) = events(probes, 1)
+    assert (ev.pid, ev.args[0], ev.probe) == (child, 4242, "trg_marker")
 
 
 def test_function_return_ret(probes: Probes, victim: Victim) -> None:

@@ -10,6 +10,8 @@
  *   c N         trg_marker(N), which returns N + 1000
  *   a N         malloc(N) then free
  *   f           trg_syscall_fn(): one openat of a missing file from a named function
+ *   k N MS      fork a child that calls trg_marker(N) after MS milliseconds and exits; the
+ *               answer (at once, the child auto-reaped) names the child's pid as ret
  * Each command is answered with "done <tid> <ret> <errno>" after it completes.
  */
 #define _GNU_SOURCE
@@ -21,6 +23,8 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <signal.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAXB 4096
@@ -86,6 +90,20 @@ int main(void)
         case 'c': n = strtol(sa, NULL, 10); ret = trg_marker(n); break;
         case 'a': { n = strtol(sa, NULL, 10); void *p = malloc((size_t)n); ret = p != NULL; free(p); break; }
         case 'f': ret = trg_syscall_fn(); break;
+        case 'k': {
+            n = strtol(sa, NULL, 10);
+            long ms = strtol(sb, NULL, 10);
+            signal(SIGCHLD, SIG_IGN);  /* children are reaped by the kernel */
+            pid_t c = fork();
+            if (c == 0) {
+                struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+                nanosleep(&t, NULL);
+                trg_marker(n);
+                _exit(0);
+            }
+            ret = c;
+            break;
+        }
         default: break;
         }
         int e = errno;

@@ -66,6 +66,7 @@ class EventFlag(IntFlag):
     RETURN = 32  # ... at the function's return
     SIGNAL = 64  # a signal trigger; value is the signal
     AT_EVENT = 128  # not an event: the registers and stack of the event just before it
+    NEW_TARGET = 256  # not an event: a fork made `pid` a target of the uprobe rules in `value`
 
 
 class Global(IntEnum):
@@ -77,7 +78,8 @@ class Global(IntEnum):
     SIG_RULES = 5  # mask of rules with a signal trigger
     ARMED_RULES = 6  # mask of every + then rules: their ticks arm, not fire
     ANY_RULES = 7  # mask of every + then: any rules (raw_syscalls:sys_enter, snapd_raw_enter)
-    NR = 8
+    UPROBE_RULES = 8  # mask of function/usdt rules: a target's fork says so (EF_NEW_TARGET)
+    NR = 9
 
 
 class Counter(IntEnum):

@@ -788,6 +788,28 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
         targets.update(&child, &bits);
     else
         targets.delete(&child);
+    // Function and usdt rules are attached per process (uattach.py): the child's attachment is
+    // made when snapd reads this record, not at the next /proc rescan. The child has not run
+    // yet; until then its inherited breakpoints are the parent's, which the kernel removes
+    // from it at their first hit (kernel/events/uprobes.c: the consumer's filter refuses it).
+    u64 up = bits & global(GLOBAL_UPROBE_RULES);
+    if (up) {
+        struct event *e = events.ringbuf_reserve(sizeof(struct event));
+        if (!e) {
+            count_up(CTR_DROPPED);
+            return 0;
+        }
+        __builtin_memset(e->args, 0, sizeof(e->args));
+        __builtin_memset(e->comm, 0, sizeof(e->comm));
+        e->pid = e->tid = child;
+        e->slot = e->gen = 0;
+        e->ts = bpf_ktime_get_ns();
+        e->value = up;
+        e->ret = parent;
+        e->nr = -1;
+        e->flags = EF_NEW_TARGET;
+        events.ringbuf_submit(e, 0);
+    }
     return 0;
 }
 

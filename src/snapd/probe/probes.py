@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from snapd import kernel
+from snapd import kernel, procfs
 from snapd.errors import SnapdError
 from snapd.probe import (
     build,
@@ -305,6 +305,8 @@ class Probes:
     def _mark_targets(self, ent: _Loaded, at_load: bool = False) -> None:
         targetmap.mark(self._bpf[b"targets"], self._candidates(ent), ent.slot)
         if ent.plan.uprobe:
+            bit = 1 << ent.slot
+            self._set_global(layout.Global.UPROBE_RULES, self._get_global(layout.Global.UPROBE_RULES) | bit)
             self._uprobe_sync(ent, at_load)
 
     def _uprobe_sync(self, ent: _Loaded, at_load: bool) -> None:
@@ -351,6 +353,7 @@ class Probes:
             layout.Global.SIG_RULES,
             layout.Global.ARMED_RULES,
             layout.Global.ANY_RULES,
+            layout.Global.UPROBE_RULES,
         ):
             self._set_global(g, self._get_global(g) & ~bit)
         if not self._slots:
@@ -437,6 +440,9 @@ class Probes:
         if flags & layout.EventFlag.TICK:
             self._on_tick(raw.value, raw.ts)
             return flags
+        if flags & layout.EventFlag.NEW_TARGET:
+            self._on_fork(raw.value, raw.pid)
+            return flags
         ent = self._slots.get(raw.slot)
         if ent is None or ent.gen != raw.gen:
             self._stats["events_stale"] += 1  # fired just before its rule was unloaded
@@ -449,6 +455,20 @@ class Probes:
             return flags
         self._pending.append(to_event(raw, ent.rule, self._names_by_nr))
         return flags
+
+    def _on_fork(self, mask: int, pid: int) -> None:
+        """A target forked ``pid``: the function/usdt rules of ``mask`` are attached in it now."""
+        if self._uprobes is None:
+            return
+        try:  # a new thread of a target is a fork too; its process is attached already
+            if int(procfs.status(pid).get("Tgid", "0")) != pid:
+                return
+        except (SnapdError, ValueError):
+            return  # gone already
+        for slot, ent in self._slots.items():
+            if mask >> slot & 1 and ent.plan.uprobe:
+                errors = self._uprobes.add(slot, pid)
+                self._problems += [f"rule {ent.rule.name}: not probed in {err}" for err in errors]
 
     def _pids_of(self, slot: int) -> list[int]:
         return targetmap.pids_of(self._bpf[b"targets"], slot, self.is_own)

@@ -120,6 +120,21 @@ class UAttach:
                 errors.append(err)
         return errors
 
+    def add(self, slot: int, pid: int) -> list[ResolveError | SnapdError]:
+        """Attach rule ``slot`` in the new target ``pid`` (a target's fork), as :meth:`sync`
+        would at the next rescan; the failure, if any."""
+        a = self._armed.get(slot)
+        if a is None or pid in a.links or pid in a.failed:
+            return []
+        if len(a.links) >= MAX_PROCESSES:
+            return []  # sync reports it, once
+        try:
+            a.links[pid] = self._attach(a, pid)
+        except (ResolveError, SnapdError) as err:
+            a.failed[pid] = err
+            return [err]
+        return []
+
     def _attach(self, a: _Armed, pid: int) -> list[uprobes.Link]:
         trig = a.trigger
         binary = symbols.resolve_binary(trig.binary, pid)
