@@ -516,6 +516,22 @@ static __always_inline s64 extend(s64 v, u8 x)
     return (s64)((sx & neg) | (zx & ~neg));
 }
 
+// The fields every event has besides its arguments: who it is (pid, tid, uid).
+static __always_inline void fields_ids(struct fields *f, u64 pid_tgid)
+{
+    f->v[FIELD_PID] = pid_tgid >> 32;
+    f->v[FIELD_TID] = (u32)pid_tgid;
+    f->v[FIELD_UID] = (u32)bpf_get_current_uid_gid();
+}
+
+// The rules of the GLOBAL_`which` mask that select the current process (0: none, or not a
+// target).
+static __always_inline u64 target_rules(u32 tgid, u32 which)
+{
+    u64 *tm = targets.lookup(&tgid);
+    return tm ? *tm & global(which) : 0;
+}
+
 int snapd_sys_enter(struct sys_ctx *ctx)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -552,9 +568,7 @@ int snapd_sys_enter(struct sys_ctx *ctx)
     f->v[FIELD_RET] = 0;
     f->v[FIELD_ERRNO] = 0;
     f->v[FIELD_LATENCY] = 0;
-    f->v[FIELD_PID] = tgid;
-    f->v[FIELD_TID] = (u32)pid_tgid;
-    f->v[FIELD_UID] = (u32)bpf_get_current_uid_gid();
+    fields_ids(f, pid_tgid);
     eval_rules(ctx, en, pid_tgid, nr, now, 0);
     return 0;
 }
@@ -568,11 +582,7 @@ int snapd_sys_enter(struct sys_ctx *ctx)
 int snapd_raw_enter(struct sys_ctx *ctx)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
-    u32 tgid = pid_tgid >> 32;
-    u64 *tm = targets.lookup(&tgid);
-    if (!tm)
-        return 0;
-    u64 en = *tm & global(GLOBAL_ANY_RULES);
+    u64 en = target_rules(pid_tgid >> 32, GLOBAL_ANY_RULES);
     if (!en)
         return 0;
     u32 zero = 0;
@@ -585,9 +595,7 @@ int snapd_raw_enter(struct sys_ctx *ctx)
     f->v[FIELD_RET] = 0;
     f->v[FIELD_ERRNO] = 0;
     f->v[FIELD_LATENCY] = 0;
-    f->v[FIELD_PID] = tgid;
-    f->v[FIELD_TID] = (u32)pid_tgid;
-    f->v[FIELD_UID] = (u32)bpf_get_current_uid_gid();
+    fields_ids(f, pid_tgid);
     eval_rules(ctx, en, pid_tgid, ctx->nr, bpf_ktime_get_ns(), 0);
     return 0;
 }
@@ -621,9 +629,7 @@ int snapd_sys_exit(struct sys_ctx *ctx)
     // include/linux/err.h IS_ERR_VALUE: errors are -1..-4095
     f->v[FIELD_ERRNO] = (ret < 0 && ret >= -4095) ? -ret : 0;
     f->v[FIELD_LATENCY] = now - start;
-    f->v[FIELD_PID] = tgid;
-    f->v[FIELD_TID] = tid;
-    f->v[FIELD_UID] = (u32)bpf_get_current_uid_gid();
+    fields_ids(f, pid_tgid);
     eval_rules(ctx, mask, pid_tgid, nr, now, EF_EXIT);
     return 0;
 }
@@ -1058,9 +1064,7 @@ static __always_inline int uprobe_hit(struct pt_regs *ctx, int at_return)
         flags |= EF_RETURN;
     }
     f->v[FIELD_ERRNO] = 0;
-    f->v[FIELD_PID] = tgid;
-    f->v[FIELD_TID] = (u32)pid_tgid;
-    f->v[FIELD_UID] = (u32)bpf_get_current_uid_gid();
+    fields_ids(f, pid_tgid);
     if (muted(slot, r, tgid, now))
         return 0;
     count_up(CTR_SEEN);
@@ -1206,10 +1210,7 @@ int snapd_signal_deliver(void *ctx)
 {
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32;
-    u64 *tm = targets.lookup(&tgid);
-    if (!tm)
-        return 0;
-    u64 mask = *tm & global(GLOBAL_SIG_RULES);
+    u64 mask = target_rules(tgid, GLOBAL_SIG_RULES);
     if (!mask)
         return 0;
     struct sig_deliver_ctx a = {};
