@@ -273,6 +273,12 @@ def test_signal_with_the_default_action_does_not_fire(
     os.kill(v.pid, 15)
     assert v.proc.wait(timeout=30) == -15
     assert events(probes, 0, settle=0.5) == []
+    # Its sender was recorded and never taken by a delivery; with the last signal rule gone the
+    # record goes too: it must not name the sender of a delivery it never saw sent.
+    senders = probes._bpf[b"sig_senders"]
+    assert [(k.tgid, k.sig) for k in senders] == [(v.pid, 15)]
+    probes.unload("t")
+    assert list(senders) == []
 
 
 def test_function_event_carries_the_stack_at_the_event(probes: Probes, victim: Victim) -> None:

@@ -1152,9 +1152,9 @@ struct sig_deliver_ctx {
     u64 sa_flags;
 };
 BPF_ARRAY(sigmasks, u64, SNAPD_MAX_RULES);  // bit sig-1 of each signal rule's signals
-// Who sent each signal (signal_generate, in the sender's context), until its delivery takes it.
-// Keyed by the receiving task's pid: the tgid for kill(2), a thread's tid for tgkill(2). LRU:
-// signals to processes that are not targets, or never delivered, age out.
+// Who sent each signal to a target (signal_generate, in the sender's context), until its
+// delivery takes it; cleared when the last signal rule goes (snapd.probe.probes). LRU: signals
+// never delivered (a default action, a blocked signal) age out.
 BPF_TABLE("lru_hash", struct sig_key, struct sig_sender, sig_senders, 1024);
 
 struct sig_generate_ctx {
@@ -1174,7 +1174,12 @@ int snapd_signal_generate(void *ctx)
         return 0;
     struct sig_generate_ctx a = {};
     bpf_probe_read_kernel(&a, sizeof(a), ctx);
-    struct sig_key key = {.tgid = (u32)a.pid, .sig = (u32)a.sig};
+    // Only signals sent to a target of a signal rule: the receiver is the process for kill(2)
+    // (its tgid), a thread for tgkill(2), which names no sender unless it is the main thread.
+    u32 receiver = (u32)a.pid;
+    if (!target_rules(receiver, GLOBAL_SIG_RULES))
+        return 0;
+    struct sig_key key = {.tgid = receiver, .sig = (u32)a.sig};
     u64 pid_tgid = bpf_get_current_pid_tgid();
     struct sig_sender snd = {};
     snd.ts = bpf_ktime_get_ns();
