@@ -363,9 +363,7 @@ class Probes:
             self._tp_ref(tp, -1)
         strrows.clear(b, ent.slot, ent.plan)
         if ent.plan.signals and not any(e.plan.signals for e in self._slots.values()):
-            # signal_generate detaches with the last signal rule: what it recorded would name
-            # the sender of a later delivery it never saw sent
-            b[b"sig_senders"].clear()
+            b[b"sig_senders"].clear()  # unseen sends would name a later delivery's sender
         if ent.plan.tick_period_ns is not None:
             self._ticks.remove(b, ent.plan.tick_period_ns, ent.slot)
         if self._cpu_attached and not any(e.plan.cpu for e in self._slots.values()):
