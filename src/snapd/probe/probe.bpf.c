@@ -405,6 +405,27 @@ static __always_inline int muted(u32 slot, const struct rule_cfg *r, u32 tgid, u
     return 1;
 }
 
+// A record that is not a rule's event (EF_TICK, EF_NEW_TARGET): no rule slot, no arguments;
+// `pid` (and tid), `value` and `ret` as the flag defines them (snapd.probe.probes._take).
+static __always_inline void emit_record(u32 flags, u32 pid, u64 value, s64 ret)
+{
+    struct event *e = events.ringbuf_reserve(sizeof(struct event));
+    if (!e) {
+        count_up(CTR_DROPPED);
+        return;
+    }
+    __builtin_memset(e->args, 0, sizeof(e->args));
+    __builtin_memset(e->comm, 0, sizeof(e->comm));
+    e->pid = e->tid = pid;
+    e->slot = e->gen = 0;
+    e->ts = bpf_ktime_get_ns();
+    e->value = value;
+    e->ret = ret;
+    e->nr = -1;
+    e->flags = flags;
+    events.ringbuf_submit(e, 0);
+}
+
 static __always_inline void emit(u32 slot, const struct rule_cfg *r, u64 pid_tgid, s32 nr,
                                  const struct fields *f, u64 now, u32 flags, u64 value)
 {
@@ -799,23 +820,8 @@ TRACEPOINT_PROBE(sched, sched_process_fork)
     // yet; until then its inherited breakpoints are the parent's, which the kernel removes
     // from it at their first hit (kernel/events/uprobes.c: the consumer's filter refuses it).
     u64 up = bits & global(GLOBAL_UPROBE_RULES);
-    if (up) {
-        struct event *e = events.ringbuf_reserve(sizeof(struct event));
-        if (!e) {
-            count_up(CTR_DROPPED);
-            return 0;
-        }
-        __builtin_memset(e->args, 0, sizeof(e->args));
-        __builtin_memset(e->comm, 0, sizeof(e->comm));
-        e->pid = e->tid = child;
-        e->slot = e->gen = 0;
-        e->ts = bpf_ktime_get_ns();
-        e->value = up;
-        e->ret = parent;
-        e->nr = -1;
-        e->flags = EF_NEW_TARGET;
-        events.ringbuf_submit(e, 0);
-    }
+    if (up)
+        emit_record(EF_NEW_TARGET, child, up, parent);
     return 0;
 }
 
@@ -962,20 +968,7 @@ int snapd_tick(struct bpf_perf_event_data *ctx)
     u64 fire = armed_ticks(*m);  // every + then rules are armed, the others fire now
     if (!fire)
         return 0;
-    struct event *e = events.ringbuf_reserve(sizeof(struct event));
-    if (!e) {
-        count_up(CTR_DROPPED);
-        return 0;
-    }
-    __builtin_memset(e->args, 0, sizeof(e->args));
-    __builtin_memset(e->comm, 0, sizeof(e->comm));
-    e->pid = e->tid = e->slot = e->gen = 0;
-    e->ts = bpf_ktime_get_ns();
-    e->value = fire;        // the rules (bitmask) this period fires
-    e->ret = period;
-    e->nr = -1;
-    e->flags = EF_TICK;
-    events.ringbuf_submit(e, 0);
+    emit_record(EF_TICK, 0, fire, period);  // the rules (bitmask) this period fires
     return 0;
 }
 
