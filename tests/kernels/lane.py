@@ -33,6 +33,7 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,8 +70,15 @@ def timeout_scale(host_s: float, here_s: float) -> float:
     return max(1.0, round(2.0 * here_s / host_s, 1)) if host_s > 0 else 1.0
 
 
+def own_env() -> dict[str, str]:
+    """This environment with this checkout's src/ first on the path: the lane tests the
+    checkout it runs from, not the one the venv was installed from (its editable .pth)."""
+    path = os.pathsep.join(x for x in (str(REPO / "src"), os.environ.get("PYTHONPATH", "")) if x)
+    return dict(os.environ, PYTHONPATH=path)
+
+
 def lane_env(scale: float) -> dict[str, str]:
-    env = dict(os.environ)
+    env = own_env()
     env.update(
         SNAPD_REQUIRE_KERNEL="1",  # a skipped kernel test is a failure here too
         SNAPD_TEST_TIMEOUT_SCALE=str(scale),
@@ -86,7 +94,7 @@ def lane_files() -> list[str]:
     return sorted(str(p.relative_to(REPO)) for p in tests.rglob("test_*.py") if "mark.lane" in p.read_text())
 
 
-def pytest_argv(xml: Path, extra: Sequence[str]) -> list[str]:
+def pytest_argv(xml: Path, extra: Sequence[str], ids: Sequence[str] = ()) -> list[str]:
     return [
         str(VENV_BIN / "python"),
         "-m",
@@ -98,9 +106,26 @@ def pytest_argv(xml: Path, extra: Sequence[str]) -> list[str]:
         "-v",
         "--tb=short",
         f"--junitxml={xml}",
-        *lane_files(),
+        *(ids or lane_files()),
         *extra,
     ]
+
+
+def lane_ids(extra: Sequence[str]) -> list[str]:
+    """The lane tests' node ids, as this checkout's pytest collects them with ``extra``."""
+    argv = [*pytest_argv(RESULTS / "collect.xml", extra), "--collect-only", "-qq"]  # -v -qq: ids
+    out = subprocess.run(argv, cwd=REPO, env=own_env(), capture_output=True, text=True, check=False).stdout
+    (RESULTS / "collect.xml").unlink(missing_ok=True)
+    return [ln for ln in out.splitlines() if "::" in ln and not ln.startswith(" ")]
+
+
+def split(ids: Sequence[str], jobs: int) -> list[list[str]]:
+    """``jobs`` parts of about equal length, each file's tests spread over them (a file's
+    tests cost alike: the daemon tests each compile the program set, the core tests do not)."""
+    parts: list[list[str]] = [[] for _ in range(max(1, jobs))]
+    for i, t in enumerate(ids):
+        parts[i % len(parts)].append(t)
+    return [p for p in parts if p]
 
 
 def features_json() -> str:
@@ -109,7 +134,7 @@ def features_json() -> str:
     return json.dumps(kernel.summary(), indent=1)
 
 
-def inside(xml: Path, host_s: float, extra: Sequence[str]) -> int:
+def inside(xml: Path, host_s: float, extra: Sequence[str], ids_file: Path | None = None) -> int:
     """The guest's side: mounts, the speed-scaled deadlines, pytest, the feature report."""
     # bpffs: the daemon pins its stop record there, and refuses stop: kernel rules without it
     mounts = (("tracefs", "/sys/kernel/tracing"), ("debugfs", "/sys/kernel/debug"), ("bpf", "/sys/fs/bpf"))
@@ -119,7 +144,9 @@ def inside(xml: Path, host_s: float, extra: Sequence[str]) -> int:
     scale = float(os.environ.get("SNAPD_TEST_TIMEOUT_SCALE") or timeout_scale(host_s, speed_sample()))
     print(f"lane: {os.uname().release}: deadlines x{scale}", flush=True)
     xml.with_suffix(".features.json").write_text(features_json())
-    return subprocess.run(pytest_argv(xml, extra), cwd=REPO, env=lane_env(scale), check=False).returncode
+    ids = ids_file.read_text().splitlines() if ids_file else []
+    argv = pytest_argv(xml, extra, ids)
+    return subprocess.run(argv, cwd=REPO, env=lane_env(scale), check=False).returncode
 
 
 # ---- rows -----------------------------------------------------------------------------------
@@ -135,6 +162,8 @@ class Row:
     results: dict[str, str] = field(default_factory=dict)
     features: dict[str, str] = field(default_factory=dict)
     note: str = ""
+    #: (JUnit XML, log) of each run that made the row: one, or one per guest of a split row
+    parts: list[tuple[Path, Path]] = field(default_factory=list)
 
 
 def guest_kernels() -> list[tuple[str, Path]]:
@@ -145,6 +174,18 @@ def guest_kernels() -> list[tuple[str, Path]]:
         if images and (d / "lib" / "modules").is_dir():
             out.append((images[0].name.removeprefix("vmlinuz-"), images[0]))
     return out
+
+
+def default_jobs() -> int:
+    """Guests at once under emulation: one per host CPU, no more than memory holds (each
+    guest gets GUEST_MEMORY, and the host keeps a guest's worth for itself)."""
+    avail = 0
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        meminfo = Path("/proc/meminfo").read_text().splitlines()
+        avail = int(next(ln for ln in meminfo if ln.startswith("MemAvailable:")).split()[1]) * 1024
+    per_guest = int(GUEST_MEMORY.removesuffix("G")) << 30
+    by_memory = max(1, avail // per_guest - 1) if avail else 1
+    return max(1, min(os.cpu_count() or 1, by_memory))
 
 
 def _vng(vmlinuz: Path, command: str, kvm: bool, cpus: int = GUEST_CPUS) -> list[str]:
@@ -242,9 +283,37 @@ def run_host(extra: Sequence[str], host_s: float) -> Row:
     print(f"\n=== {release} (the running kernel, on this machine)", flush=True)
     row.xml.with_suffix(".features.json").write_text(features_json())
     t0 = time.monotonic()
-    rc, _ = _run_streamed(pytest_argv(row.xml, extra), 3600, f"[{release}] ", RESULTS / f"{release}.log")
-    row.seconds, row.exit_code = time.monotonic() - t0, rc
+    log = RESULTS / f"{release}.log"
+    rc, _ = _run_streamed(pytest_argv(row.xml, extra), 3600, f"[{release}] ", log)
+    row.seconds, row.exit_code, row.parts = time.monotonic() - t0, rc, [(row.xml, log)]
     return row
+
+
+def _guest_part(
+    release: str,
+    vmlinuz: Path,
+    kvm: bool,
+    cpus: int,
+    part: tuple[int, list[str]] | None,
+    extra: Sequence[str],
+    host_s: float,
+    deadline: float,
+) -> tuple[Path, Path, int | None, float, str]:
+    """One guest: (its JUnit XML, its log, exit code or None at the deadline, seconds, output).
+    ``part``: (index, node ids) when the row's tests are split over several guests."""
+    tag = release if part is None else f"{release}.{part[0]}"
+    xml, log = RESULTS / f"{tag}.xml", RESULTS / f"{tag}.log"
+    inner = [str(VENV_BIN / "python"), "-m", "tests.kernels.lane", "--inside", str(xml)]
+    if part is not None:
+        ids = RESULTS / f"{tag}.ids"
+        ids.write_text("\n".join(part[1]) + "\n")
+        inner += ["--ids", str(ids)]
+    inner += ["--host-speed", f"{host_s:.6f}", "--", *extra]
+    src = shlex.quote(str(REPO / "src"))
+    command = f"cd {shlex.quote(str(REPO))} && PYTHONPATH={src} " + shlex.join(inner)
+    t0 = time.monotonic()
+    rc, out = _run_streamed(_vng(vmlinuz, command, kvm, cpus), deadline, f"[{tag}] ", log)
+    return xml, log, rc, time.monotonic() - t0, out
 
 
 def run_guest(
@@ -255,21 +324,34 @@ def run_guest(
     host_s: float,
     deadline: float,
     cpus: int = GUEST_CPUS,
+    jobs: int = 1,
 ) -> Row:
+    """The kernel's row: one guest, or ``jobs`` guests at once, each running a share of the
+    tests (under emulation a guest's pytest keeps about one host CPU busy, whatever its CPUs)."""
     row = Row(release, f"guest ({'kvm' if kvm else 'tcg'})", RESULTS / f"{release}.xml")
-    print(f"\n=== {release} (booted with virtme-ng, {'KVM' if kvm else 'emulated: TCG'})", flush=True)
-    inner = [str(VENV_BIN / "python"), "-m", "tests.kernels.lane", "--inside", str(row.xml)]
-    inner += ["--host-speed", f"{host_s:.6f}", "--", *extra]
-    command = f"cd {shlex.quote(str(REPO))} && " + shlex.join(inner)
-    t0 = time.monotonic()
-    rc, out = _run_streamed(
-        _vng(vmlinuz, command, kvm, cpus), deadline, f"[{release}] ", RESULTS / f"{release}.log"
-    )
-    row.seconds, row.exit_code = time.monotonic() - t0, rc
-    if rc is None:
-        row.note = f"killed at the {deadline:.0f} s deadline"
-    elif m := re.search(r"deadlines (x[\d.]+)", out):
-        row.note = f"deadlines {m.group(1)}"
+    how = "KVM" if kvm else "emulated: TCG"
+    parts: list[tuple[int, list[str]] | None] = [None]
+    if jobs > 1:
+        parts = list(enumerate(split(lane_ids(extra), jobs)))
+    guests = f"{len(parts)} guest(s) of {cpus} CPU(s)"
+    print(f"\n=== {release} (booted with virtme-ng, {how}; {guests})", flush=True)
+
+    def one(part: tuple[int, list[str]] | None) -> tuple[Path, Path, int | None, float, str]:
+        return _guest_part(release, vmlinuz, kvm, cpus, part, extra, host_s, deadline)
+
+    with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+        runs = list(pool.map(one, parts))
+    row.parts = [(xml, log) for xml, log, *_ in runs]
+    codes = [rc for _x, _l, rc, _s, _o in runs]
+    row.seconds = max(sec for *_, sec, _o in runs)
+    row.exit_code = None if None in codes else max(c for c in codes if c is not None)
+    notes = []
+    if None in codes:
+        notes.append(f"killed at the {deadline:.0f} s deadline")
+    scales = sorted({m.group(1) for *_, out in runs if (m := re.search(r"deadlines (x[\d.]+)", out))})
+    if scales:
+        notes.append("deadlines " + "/".join(scales))
+    row.note = ", ".join(notes)
     return row
 
 
@@ -360,19 +442,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--cpus",
         type=int,
-        default=GUEST_CPUS,
-        help=f"guest CPUs (default {GUEST_CPUS}; under emulation each keeps a host CPU busy)",
+        default=0,
+        help=f"CPUs per guest (default: {GUEST_CPUS} under KVM, 1 under emulation, where a guest's"
+        " pytest keeps about one host CPU busy whatever it has)",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=0,
+        help="guests per kernel, each running a share of the tests (default: 1 under KVM; under"
+        " emulation one per host CPU, as memory allows)",
+    )
+    p.add_argument("--ids", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--fresh-accel", action="store_true", help="probe KVM again instead of the cached answer")
     p.add_argument("--inside", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--host-speed", type=float, default=0.0, help=argparse.SUPPRESS)
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = p.parse_args(argv)
     if args.inside:
-        return inside(args.inside, args.host_speed, args.pytest_args)
+        return inside(args.inside, args.host_speed, args.pytest_args, args.ids)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for old in RESULTS.glob("*.xml"):
+    for old in [*RESULTS.glob("*.xml"), *RESULTS.glob("*.ids")]:
         old.unlink()
     host_s = speed_sample()
     rows: list[Row] = []
@@ -386,20 +477,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         kvm, why = choose_accel(guests[0][1], args.fresh_accel)
         print(f"lane: acceleration: {'KVM' if kvm else 'TCG (emulation)'}: {why}", flush=True)
+        cpus = args.cpus or (GUEST_CPUS if kvm else 1)
+        jobs = args.jobs or (1 if kvm else default_jobs())
         for release, vmlinuz in guests:
-            rows.append(run_guest(release, vmlinuz, kvm, args.pytest_args, host_s, args.deadline, args.cpus))
+            rows.append(run_guest(release, vmlinuz, kvm, args.pytest_args, host_s, args.deadline, cpus, jobs))
     elif not args.only:
         print("lane: no guest kernels in .cache/kernels (scripts/kernels.sh fetches them)")
     for r in rows:
-        r.results = read_junit(r.xml) or read_streamed(RESULTS / f"{r.release}.log")
-        with contextlib.suppress(OSError, ValueError):
-            r.features = json.loads(r.xml.with_suffix(".features.json").read_text())
+        for xml, log in r.parts:
+            r.results.update(read_junit(xml) or read_streamed(log))
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            r.features = json.loads(r.parts[0][0].with_suffix(".features.json").read_text())
     print("\n" + table(rows))
     print("\nkernel features that differ from 'present':")
     print("\n".join(feature_lines(rows)))
     for r in rows:
-        log = (RESULTS / f"{r.release}.log").relative_to(REPO)
-        print(f"  {r.release}: {r.where}, exit {r.exit_code}{', ' + r.note if r.note else ''}; log: {log}")
+        logs = ", ".join(str(log.relative_to(REPO)) for _xml, log in r.parts)
+        print(f"  {r.release}: {r.where}, exit {r.exit_code}{', ' + r.note if r.note else ''}; log: {logs}")
     ok = green(rows)
     print(f"\nlane: {'GREEN' if ok else 'NOT GREEN'}: {len(rows)} kernels")
     return 0 if ok else 1

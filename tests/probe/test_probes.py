@@ -341,6 +341,32 @@ def test_compile_error_names_the_rule(monkeypatch: pytest.MonkeyPatch, tmp_path:
         p.close()
 
 
+def test_a_refused_string_matcher_leaves_every_other_trigger(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, spawn: Spawn, victim_path: Path
+) -> None:
+    """Where the verifier refuses snapd_eval (its string matcher, on 6.1), snapd_eval_plain of
+    the same compile takes its place: syscall rules fire, a string comparison is refused."""
+    from snapd.probe import probes as probes_mod
+
+    text = probes_mod.SOURCE.read_text()
+    entry = "    return eval_next(ctx, true);\n"
+    assert text.count(entry) == 1
+    refused = tmp_path / "probe.bpf.c"  # its includes resolve through cflags' -I
+    refused.write_text(text.replace(entry, "    return *(volatile int *)0;  // refused: a NULL read\n"))
+    monkeypatch.setattr(probes_mod, "SOURCE", refused)
+    v = spawn([victim_path])
+    ready_fields(v)
+    with Probes() as p:
+        p.load(rule(f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: write, when: errno == EPIPE}}", "epipe"))
+        assert p.strings_error.startswith("this kernel's verifier refuses snapd's string matcher (")
+        glob = f"target: {{pid: {v.pid}}}\ntrigger: {{syscall: openat, when: 'path ~ \"/x*\"'}}"
+        with pytest.raises(RuleError, match="string comparisons cannot be armed: this kernel's verifier"):
+            p.load(rule(glob, "glob"))
+        command(v, "e 1")
+        events = collect(p, lambda ev: len(ev) >= 1)
+        assert [e.rule for e in events] == ["epipe"]
+
+
 def test_stop_kernel_needs_an_in_target_probe(probes: Probes) -> None:
     r = rule("target: {comm: nothing-here}\ntrigger: {every: 1s}", "st")
     r = dataclasses.replace(r, action=dataclasses.replace(r.action, stop=StopMode.KERNEL))

@@ -19,7 +19,7 @@ from typing import Any
 from snapd.probe import trigger_layout
 from support.paths import SRC, TESTS
 from support.victims import Victim
-from support.waiting import wait_for
+from support.waiting import scaled, wait_for
 
 BPF_DIR = TESTS / "triggers" / "bpf"
 
@@ -73,7 +73,7 @@ def command(v: Victim, line: str, timeout: float = 30.0) -> tuple[int, int, int]
     v.proc.stdin.flush()
     fd = v.proc.stdout.fileno()
     buf = b""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while not buf.endswith(b"\n"):
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([fd], [], [], left)[0]:

@@ -1,28 +1,54 @@
-"""Compiling and loading the one BPF program set (probe.bpf.c), with or without its string
-matcher; the only place bcc's BPF class is used. bcc reports compile, verifier and permission
+"""Compiling and loading the one BPF program set (probe.bpf.c), once, with or without its
+string matcher; the only place bcc's BPF class is used. bcc reports compile, verifier and permission
 errors as Exception."""
 
 from __future__ import annotations
 
 import ctypes as ct
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from snapd.probe import layout
 
 
-def program(source: Path, on_event: Callable[..., Any], *, strings: bool) -> tuple[Any, Any, Any]:
-    """The BPF object, the uprobe and the uretprobe program. Without ``strings`` the string
-    comparisons of syscall rules are compiled out (SNAPD_NO_STRINGS), for kernels whose
-    verifier refuses the matcher's loops."""
+@dataclass(frozen=True)
+class Built:
+    """The loaded program set: the BPF object, the uprobe and uretprobe programs, and why the
+    string matcher is missing, if the kernel refused it ("" when it is in)."""
+
+    bpf: Any
+    uprobe: Any
+    uretprobe: Any
+    strings_error: str
+
+
+def _load_eval(b: Any, kind: int) -> tuple[Any, str]:
+    """snapd_eval with the string matcher, or snapd_eval_plain where the verifier refuses it:
+    6.1's gives up on the matcher's loops (BPF_COMPLEXITY_LIMIT_JMP_SEQ, docs/kernels.md), and
+    every other trigger still works without it. Both entries come from the one compile."""
+    try:
+        return b.load_func(b"snapd_eval", kind), ""
+    except Exception as err:
+        why = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        return b.load_func(b"snapd_eval_plain", kind), why
+
+
+def program(source: Path, on_event: Callable[..., Any]) -> Built:
+    """Compile probe.bpf.c once and load every program of it; bcc's Exception if the compile
+    or a program's verification fails (the string matcher's excepted: see _load_eval)."""
     from bcc import BPF  # the only bcc import in snapd
 
-    flags = layout.cflags() + ([] if strings else ["-DSNAPD_NO_STRINGS"])
-    b = BPF(src_file=str(source).encode(), cflags=flags)
+    b = BPF(src_file=str(source).encode(), cflags=layout.cflags())
+    strings_error = ""
     try:
         for fn, table, kind in layout.TAIL_CALLS:
-            b[table][ct.c_int(0)] = ct.c_int(b.load_func(fn, getattr(BPF, kind)).fd)
+            if fn == b"snapd_eval":
+                prog, strings_error = _load_eval(b, getattr(BPF, kind))
+            else:
+                prog = b.load_func(fn, getattr(BPF, kind))
+            b[table][ct.c_int(0)] = ct.c_int(prog.fd)
         b.load_func(b"snapd_sys_enter", BPF.TRACEPOINT)
         b.load_func(b"snapd_sys_exit", BPF.TRACEPOINT)
         b.load_func(b"snapd_raw_enter", BPF.TRACEPOINT)
@@ -38,4 +64,4 @@ def program(source: Path, on_event: Callable[..., Any], *, strings: bool) -> tup
     except BaseException:
         b.cleanup()
         raise
-    return b, up, uret
+    return Built(b, up, uret, strings_error)

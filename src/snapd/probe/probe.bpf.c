@@ -476,7 +476,7 @@ struct evalstate {
 BPF_PERCPU_ARRAY(scratch_eval, struct evalstate, 1);
 BPF_PROG_ARRAY(evalprog, 1);
 
-int snapd_eval(struct sys_ctx *ctx)
+static __always_inline int eval_next(struct sys_ctx *ctx, bool strings)
 {
     u32 zero = 0;
     struct evalstate *es = scratch_eval.lookup(&zero);
@@ -494,9 +494,8 @@ int snapd_eval(struct sys_ctx *ctx)
         u64 pid_tgid = es->pid_tgid, now = es->now;
         if (!muted(slot, r, pid_tgid >> 32, now)) {
             count_up(CTR_SEEN);
-#ifndef SNAPD_NO_STRINGS
-            str_fields(slot, es->nr, f);  // this rule's string comparisons, as fields str0..3
-#endif
+            if (strings)
+                str_fields(slot, es->nr, f);  // this rule's string comparisons, as fields str0..3
             if (eval_pred(r, f) && armed_ok(slot, r, pid_tgid >> 32) &&
                 window_hit(slot, r, pid_tgid >> 32, now))
                 emit(slot, r, pid_tgid, es->nr, f, now, es->flags, 0);
@@ -507,6 +506,19 @@ int snapd_eval(struct sys_ctx *ctx)
     if (es->mask)
         evalprog.call(ctx, 0);
     return 0;
+}
+
+// Two entries, one compile: snapd.probe.build loads snapd_eval, and snapd_eval_plain where the
+// kernel's verifier refuses the string matcher (6.1: docs/kernels.md). Compiling the program set
+// twice instead cost a daemon start on such a kernel a second compile.
+int snapd_eval(struct sys_ctx *ctx)
+{
+    return eval_next(ctx, true);
+}
+
+int snapd_eval_plain(struct sys_ctx *ctx)
+{
+    return eval_next(ctx, false);
 }
 
 static __always_inline void eval_rules(struct sys_ctx *ctx, u64 mask, u64 pid_tgid, s32 nr,

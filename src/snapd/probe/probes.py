@@ -141,15 +141,13 @@ class Probes:
         except kernel.KernelFeatureMissing as err:
             raise ProbeError(str(err)) from err
         try:
-            b, up, uret = build.program(SOURCE, self._on_event, strings=True)
+            built = build.program(SOURCE, self._on_event)
         except Exception as err:
-            # 6.1's verifier gives up on the string matcher's loops (BPF_COMPLEXITY_LIMIT_JMP_SEQ,
-            # docs/kernels.md): every other trigger still works without it.
-            try:
-                b, up, uret = build.program(SOURCE, self._on_event, strings=False)
-            except Exception:  # the same failure again: report the first one
-                raise ProbeError(f"cannot build the BPF program: {err}") from err
-            self.strings_error = f"this kernel's verifier refuses snapd's string matcher ({err})"
+            raise ProbeError(f"cannot build the BPF program: {err}") from err
+        b, up, uret = built.bpf, built.uprobe, built.uretprobe
+        if built.strings_error:
+            why = built.strings_error
+            self.strings_error = f"this kernel's verifier refuses snapd's string matcher ({why})"
             log.warning("probe: %s; rules with string comparisons are refused", self.strings_error)
         for ours, table in ((layout.RuleCfg, b"rules"), (layout.SysMask, b"sysmasks")):
             if not layout.same_layout(ours, b[table].Leaf):
