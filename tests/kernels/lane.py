@@ -197,7 +197,7 @@ def _vng(vmlinuz: Path, command: str, kvm: bool, cpus: int = GUEST_CPUS) -> list
 def _run_streamed(argv: list[str], deadline_s: float, prefix: str, log: Path) -> tuple[int | None, str]:
     """Run argv in its own process group, echo its output with ``prefix``; kill the group (qemu
     included) at the deadline. Returns (exit code or None on timeout, output)."""
-    env = dict(os.environ, PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
+    env = dict(own_env(), PATH=f"{VENV_BIN}:{os.environ.get('PATH', '')}")
     proc = subprocess.Popen(
         argv,
         cwd=REPO,

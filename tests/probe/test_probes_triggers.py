@@ -73,6 +73,10 @@ def test_function_entry_arg0(probes: Probes, victim: Victim) -> None:
     exe = os.readlink(f"/proc/{victim.pid}/exe")
     probes.load(fn_rule(victim.pid, exe, "arg0 == 42"))
     assert probes.targets_of("t") == [victim.pid]
+    # a process sharing the target's mm (CLONE_VM, as posix_spawn makes) hits the same
+    # breakpoint, and is not the target
+    _, child = command(victim, "V 42")
+    assert child > 0
     command(victim, "c 41")
     tid, ret = command(victim, "c 42")
     (ev,) = events(probes, 1)

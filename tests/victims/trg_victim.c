@@ -12,6 +12,8 @@
  *   f           trg_syscall_fn(): one openat of a missing file from a named function
  *   k N MS      fork a child that calls trg_marker(N) after MS milliseconds and exits; the
  *               answer (at once, the child auto-reaped) names the child's pid as ret
+ *   V N         a CLONE_VM child (as posix_spawn(3) makes: the same mm, another process) that
+ *               calls trg_marker(N) and exits; answered once it has, with the child's pid
  * Each command is answered with "done <tid> <ret> <errno>" after it completes.
  */
 #define _GNU_SOURCE
@@ -23,7 +25,9 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <sched.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -40,6 +44,14 @@ __attribute__((noinline)) long trg_syscall_fn(void)
     long r = syscall(SYS_openat, AT_FDCWD, "/nonexistent/trg-at-event", O_RDONLY);
     asm volatile("" ::: "memory");
     return r;
+}
+
+static char vm_stack[64 * 1024] __attribute__((aligned(16)));
+
+static int vm_child(void *arg)
+{
+    trg_marker((long)arg);
+    _exit(0);
 }
 
 static size_t unhex(const char *s, unsigned char *out)
@@ -102,6 +114,14 @@ int main(void)
                 _exit(0);
             }
             ret = c;
+            break;
+        }
+        case 'V': {
+            n = strtol(sa, NULL, 10);
+            /* CLONE_VFORK: this thread waits until the child has exited */
+            ret = clone(vm_child, vm_stack + sizeof vm_stack, CLONE_VM | CLONE_VFORK | SIGCHLD, (void *)n);
+            if (ret > 0)
+                waitpid((pid_t)ret, NULL, 0);
             break;
         }
         default: break;

@@ -146,6 +146,9 @@ BPF_PERCPU_ARRAY(counters, u64, CTR_NR);
 BPF_ARRAY(mutes, u64, SNAPD_MAX_RULES);
 BPF_PERCPU_ARRAY(muted_by_rule, u64, SNAPD_MAX_RULES);  // CTR_MUTED per slot, for ctl rules
 BPF_TABLE("lru_hash", struct wkey, struct pmute, pmutes, SNAPD_MAX_WINDOWS);
+// The latest `until` of any per-process mute of a rule (0: it has none): past it no row of
+// pmutes can mute the rule, and its lookup (a hash) is skipped.
+BPF_ARRAY(pmute_max, u64, SNAPD_MAX_RULES);
 // Every process stop: kernel stopped (tgid -> CLOCK_BOOTTIME of the stop), until the daemon has
 // resumed it or taken it over. Pinned in bpffs by snapd.probe, so a restarted daemon resumes
 // exactly these: a process with that pid that started before the stop is the one stopped (two
@@ -384,17 +387,27 @@ static __always_inline int is_own(u32 tgid)
     return mine.lookup(&tgid) != 0;
 }
 
-static __always_inline int is_muted(u32 slot, const struct rule_cfg *r, u32 tgid, u64 now)
+// Is rule `slot` muted (for `tgid`)? The clock is read into *now only where a mute exists to
+// compare it with (0: not read yet): most hits of most rules meet no mute.
+static __always_inline int is_muted(u32 slot, const struct rule_cfg *r, u32 tgid, u64 *now)
 {
     u64 *mu = mutes.lookup(&slot);
-    if (mu && now < *mu)
+    u64 *pmax = pmute_max.lookup(&slot);
+    u64 until = mu ? *mu : 0, pm_until = pmax ? *pmax : 0;
+    if (!until && !pm_until)
+        return 0;
+    if (!*now)
+        *now = bpf_ktime_get_ns();
+    if (*now < until)
         return 1;
+    if (*now >= pm_until)
+        return 0;
     struct wkey k = {.slot = slot, .tgid = tgid};
     struct pmute *pm = pmutes.lookup(&k);
-    return pm && pm->gen == r->gen && now < pm->until;
+    return pm && pm->gen == r->gen && *now < pm->until;
 }
 
-static __always_inline int muted(u32 slot, const struct rule_cfg *r, u32 tgid, u64 now)
+static __always_inline int muted(u32 slot, const struct rule_cfg *r, u32 tgid, u64 *now)
 {
     if (!is_muted(slot, r, tgid, now))
         return 0;
@@ -492,7 +505,7 @@ static __always_inline int eval_next(struct sys_ctx *ctx, bool strings)
     struct rule_cfg *r = rules.lookup(&slot);
     if (r && r->gen != 0) {
         u64 pid_tgid = es->pid_tgid, now = es->now;
-        if (!muted(slot, r, pid_tgid >> 32, now)) {
+        if (!muted(slot, r, pid_tgid >> 32, &now)) {
             count_up(CTR_SEEN);
             if (strings)
                 str_fields(slot, es->nr, f);  // this rule's string comparisons, as fields str0..3
@@ -896,7 +909,7 @@ int snapd_cpu_step(struct bpf_perf_event_data *ctx)
     struct rule_cfg *r = rules.lookup(&slot);
     if (!r || r->gen == 0 || r->cpu_bucket_ns == 0)
         goto next;
-    if (muted(slot, r, pid_tgid >> 32, now))
+    if (muted(slot, r, pid_tgid >> 32, &now))
         goto next;
     struct wkey k = {.slot = slot, .tgid = pid_tgid >> 32};
     struct cpustate *c = cpuwin.lookup(&k);
@@ -1026,7 +1039,18 @@ static __always_inline void at_emit(struct pt_regs *ctx, u32 slot, u32 gen, u64 
 // (snapd_eval is a TRACEPOINT program: a KPROBE program cannot tail-call it).
 static __always_inline int uprobe_hit(struct pt_regs *ctx, int at_return)
 {
-    u32 idx = bpf_get_attach_cookie(ctx) & (SNAPD_MAX_USITES - 1);
+    // The cookie: the usite's index, and in its high half the process the link was made for
+    // (snapd.probe.uprobes.cookie; 0: a system-wide link).
+    u64 cookie = bpf_get_attach_cookie(ctx);
+    u32 owner = cookie >> 32;
+    u64 pid_tgid = bpf_get_current_pid_tgid();
+    u32 tgid = pid_tgid >> 32;
+    // The kernel runs a process's link in that process's mm only (kernel/trace/trace_uprobe.c
+    // uprobe_perf_filter): what else can hit it is a CLONE_VM child sharing the mm (vfork,
+    // posix_spawn), which this compare turns away without the targets lookup.
+    if (owner && tgid != owner)
+        return 0;
+    u32 idx = (u32)cookie & (SNAPD_MAX_USITES - 1);
     struct usite *s = usites.lookup(&idx);
     if (!s || s->gen == 0)
         return 0;
@@ -1034,24 +1058,24 @@ static __always_inline int uprobe_hit(struct pt_regs *ctx, int at_return)
     struct rule_cfg *r = rules.lookup(&slot);
     if (!r || r->gen != s->gen)
         return 0;  // a stale attachment of an unloaded rule, closing in the background
-    u64 pid_tgid = bpf_get_current_pid_tgid();
-    u32 tgid = pid_tgid >> 32;
-    // A system-wide probe, or a child that inherited the breakpoint at fork: not a target.
-    u64 *tm = targets.lookup(&tgid);
-    if (!tm || !(*tm & (1ULL << slot)))
-        return 0;
+    if (!owner) {
+        // A system-wide link, or a child that inherited its breakpoint at fork: a target?
+        u64 *tm = targets.lookup(&tgid);
+        if (!tm || !(*tm & (1ULL << slot)))
+            return 0;
+    }
     u32 zero = 0;
     struct fields *f = scratch_fields.lookup(&zero);
     if (!f)
         return 0;
-    u64 now = bpf_ktime_get_ns();
+    u64 now = 0;  // read when needed: the clock is a noticeable part of a hit that passes nothing
     u32 flags = EF_UPROBE;
-    struct ukey k = uprobe_call_key(idx);
+    struct ukey k = uprobe_call_key(idx, pid_tgid);
     if (!at_return) {
         uprobe_args(ctx, s, f->v);
         if (s->flags & US_SAVE_ENTRY) {
             // the entry half of a return rule: its arguments and time, for the return
-            struct uentry e = {.ts = now};
+            struct uentry e = {.ts = bpf_ktime_get_ns()};
             __builtin_memcpy(e.args, f->v, sizeof(e.args));
             uinflight.update(&k, &e);
             return 0;
@@ -1062,6 +1086,7 @@ static __always_inline int uprobe_hit(struct pt_regs *ctx, int at_return)
         struct uentry *e = uinflight.lookup(&k);
         if (!e)
             return 0;  // attached mid-call: this return has no entry
+        now = bpf_ktime_get_ns();
         __builtin_memcpy(f->v, e->args, sizeof(e->args));
         f->v[FIELD_LATENCY] = now - e->ts;
         uinflight.delete(&k);
@@ -1070,10 +1095,14 @@ static __always_inline int uprobe_hit(struct pt_regs *ctx, int at_return)
     }
     f->v[FIELD_ERRNO] = 0;
     fields_ids(f, pid_tgid);
-    if (muted(slot, r, tgid, now))
+    if (muted(slot, r, tgid, &now))
         return 0;
     count_up(CTR_SEEN);
-    if (eval_pred(r, f) && window_hit(slot, r, tgid, now)) {
+    if (!eval_pred(r, f))
+        return 0;
+    if (!now)
+        now = bpf_ktime_get_ns();
+    if (window_hit(slot, r, tgid, now)) {
         emit(slot, r, pid_tgid, -1, f, now, flags, idx);
         at_emit(ctx, slot, r->gen, pid_tgid, now);
     }
@@ -1246,7 +1275,7 @@ int snapd_signal_deliver(void *ctx)
         u32 slot = __builtin_popcountll(low - 1) & (SNAPD_MAX_RULES - 1);
         u64 *sm = sigmasks.lookup(&slot);
         struct rule_cfg *r = rules.lookup(&slot);
-        if (!sm || !(*sm & bit) || !r || r->gen == 0 || muted(slot, r, tgid, now))
+        if (!sm || !(*sm & bit) || !r || r->gen == 0 || muted(slot, r, tgid, &now))
             continue;
         count_up(CTR_SEEN);
         emit(slot, r, pid_tgid, -1, f, now, EF_SIGNAL, a.sig);

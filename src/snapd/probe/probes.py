@@ -237,7 +237,8 @@ class Probes:
         ct.memmove(ct.byref(leaf), ct.byref(row), ct.sizeof(row))
         leaf.gen = ent.gen
         # A reused slot starts unmuted: its previous rule's budget is not this one's.
-        self._bpf[b"mutes"][ct.c_int(ent.slot)] = ct.c_uint64(0)
+        for mutes in (b"mutes", b"pmute_max"):
+            self._bpf[mutes][ct.c_int(ent.slot)] = ct.c_uint64(0)
         table[ct.c_int(ent.slot)] = leaf
         self._set_global(layout.Global.ACTIVE, 1)
         bit = 1 << ent.slot
@@ -400,6 +401,8 @@ class Probes:
             return
         t = self._bpf[b"pmutes"]
         t[t.Key(slot=ent.slot, tgid=pid)] = t.Leaf(until=until_ns, gen=ent.gen)
+        latest, key = self._bpf[b"pmute_max"], ct.c_int(ent.slot)
+        latest[key] = ct.c_uint64(max(until_ns, int(latest[key].value)))  # after the row: see is_muted
 
     # ---- stop: kernel bookkeeping (the pinned `stopped` map) ---------------------------------
 

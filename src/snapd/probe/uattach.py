@@ -143,12 +143,12 @@ class UAttach:
             if isinstance(trig, FunctionTrigger):
                 site = symbols.function_site(binary, trig.symbol, trig.at_return)
                 flags = SiteFlag.SAVE_ENTRY if trig.at_return else SiteFlag(0)
-                idx = self._site(a, ("function",), flags, ())
-                links.append(uprobes.attach(self._entry_fd, binary.path, site.offset, pid=pid, cookie=idx))
+                ck = uprobes.cookie(self._site(a, ("function",), flags, ()), pid)
+                links.append(uprobes.attach(self._entry_fd, binary.path, site.offset, pid=pid, cookie=ck))
                 if trig.at_return:
                     links.append(
                         uprobes.attach(
-                            self._return_fd, binary.path, site.offset, pid=pid, retprobe=True, cookie=idx
+                            self._return_fd, binary.path, site.offset, pid=pid, retprobe=True, cookie=ck
                         )
                     )
                 return links
@@ -165,7 +165,7 @@ class UAttach:
                         s.offset,
                         pid=pid,
                         ref_ctr_offset=s.semaphore_offset,
-                        cookie=idx,
+                        cookie=uprobes.cookie(idx, pid),
                     )
                 )
             return links

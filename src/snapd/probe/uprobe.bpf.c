@@ -149,8 +149,8 @@ static __always_inline void uprobe_args(struct pt_regs *ctx, const struct usite 
 
 // The key of a call in uinflight: the entry half of a return rule stores {ts, args} there, the
 // return half takes them (a return without an entry, attached mid-call, finds nothing).
-static __always_inline struct ukey uprobe_call_key(u32 site)
+static __always_inline struct ukey uprobe_call_key(u32 site, u64 pid_tgid)
 {
-    struct ukey k = {.tid = (u32)bpf_get_current_pid_tgid(), .site = site};
+    struct ukey k = {.tid = (u32)pid_tgid, .site = site};
     return k;
 }

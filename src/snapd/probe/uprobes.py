@@ -229,6 +229,13 @@ def attach(
     return Link(what, pid, cookie, pfd, lfd)
 
 
+def cookie(site: int, pid: int) -> int:
+    """The BPF cookie of a link: the usite index, and the process it is for in the high half
+    (0: system-wide), which the program compares with the current process instead of looking
+    it up in the targets map (uprobe_hit in probe.bpf.c)."""
+    return (pid << 32) | site
+
+
 _USITE_HEAD = struct.Struct("<IIII")  # gen, slot, flags, nargs: struct usite in uprobe.bpf.c
 
 
