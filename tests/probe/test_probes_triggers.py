@@ -113,6 +113,53 @@ def test_a_targets_fork_is_probed_before_the_rescan(
 
 
 @pytest.mark.lane
+def test_a_process_that_becomes_a_target_at_exec_is_probed_before_the_rescan(
+    probes: Probes, compile_victim: Callable[..., Path], spawn: Spawn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process started after the rule, a target from its exec on, is attached when the exec
+    probe says so: with the rescan an hour away, its first call fires."""
+    monkeypatch.setattr(probes_module, "RESCAN_INTERVAL_S", 3600.0)
+    exe = compile_victim("trg_victim")
+    probes.load(
+        rule(
+            f"target: {{comm: {exe.name[:15]}}}\n"
+            f"trigger:\n  function: {{binary: {exe}, symbol: trg_marker}}\n  when: arg0 == 4343\n"
+        )
+    )
+    assert probes.poll(10) == []  # the first rescan, done: the next one is an hour away
+    v = spawn([exe])
+    assert probes.poll(100) == []  # reads the exec's record: attached now
+    command(v, "c 4343")
+    (ev,) = events(probes, 1)
+    assert (ev.pid, ev.args[0], ev.probe) == (v.pid, 4343, "trg_marker")
+
+
+def test_a_library_rule_on_a_process_started_later_fires(
+    probes: Probes, compile_victim: Callable[..., Path], spawn: Spawn
+) -> None:
+    """A libc rule in a process started after it: attached by the exec record if libc is
+    mapped when snapd reads it, else (ld.so not done yet: no failure counted) by the rescan."""
+    exe = compile_victim("trg_victim")
+    probes.load(
+        rule(
+            f"target: {{comm: {exe.name[:15]}}}\n"
+            f"trigger:\n  function: {{binary: {LIBC}, symbol: malloc}}\n  when: arg0 == 7777777\n"
+        )
+    )
+    v = spawn([exe])
+    got: list[Event] = []
+
+    def fired() -> bool:  # a malloc per try: the rescan attaches the rule in its own time
+        command(v, "a 7777777")
+        got.extend(probes.poll(100))
+        return bool(got)
+
+    wait_for(fired, 30, "a malloc event once the rescan has attached libc")
+    assert {(ev.pid, ev.args[0], ev.probe) for ev in got} == {(v.pid, 7777777, "malloc")}
+    assert probes.take_problems() == []
+
+
+@pytest.mark.lane
 def test_function_return_ret(probes: Probes, victim: Victim) -> None:
     exe = os.readlink(f"/proc/{victim.pid}/exe")
     probes.load(fn_rule(victim.pid, exe, "ret == 1007 and latency > 0ns", at="return"))

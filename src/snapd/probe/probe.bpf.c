@@ -750,6 +750,14 @@ int snapd_classify(void *ctx)
         targets.update(&tgid, &bits);
     else
         targets.delete(&tgid);
+    // As at a fork: the function and usdt rules of a process that is a target from its exec
+    // on are attached when snapd reads this record (ret 0: an exec), not at the next rescan.
+    // Its executable and ld.so are mapped by now (fs/binfmt_elf.c load_elf_binary, before
+    // fs/exec.c exec_binprm fires the tracepoint); its libraries come later, from ld.so, and
+    // are attached at the rescan.
+    u64 up = bits & global(GLOBAL_UPROBE_RULES);
+    if (up)
+        emit_record(EF_NEW_TARGET, tgid, up, 0);
     return 0;
 }
 

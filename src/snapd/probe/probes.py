@@ -26,6 +26,7 @@ from snapd.errors import SnapdError
 from snapd.probe import (
     build,
     layout,
+    mutes,
     perfevents,
     pinned,
     samplers,
@@ -212,7 +213,7 @@ class Probes:
         sysmasks.check_chains(self._bpf, p, ~(1 << old.slot) if old else ~0)
         self._gen = (self._gen % 0xFFFFFFFE) + 1
         ent = _Loaded(p, free[0], self._gen, cgroup=p.cgroup)
-        ent.muted_base = self._slot_muted(ent.slot)
+        ent.muted_base = mutes.muted(self._bpf, ent.slot)
         self._slots[ent.slot] = ent
         try:
             self._write_cfg(ent)
@@ -236,9 +237,7 @@ class Probes:
         leaf = table.Leaf()
         ct.memmove(ct.byref(leaf), ct.byref(row), ct.sizeof(row))
         leaf.gen = ent.gen
-        # A reused slot starts unmuted: its previous rule's budget is not this one's.
-        for mutes in (b"mutes", b"pmute_max"):
-            self._bpf[mutes][ct.c_int(ent.slot)] = ct.c_uint64(0)
+        mutes.reset(self._bpf, ent.slot)
         table[ct.c_int(ent.slot)] = leaf
         self._set_global(layout.Global.ACTIVE, 1)
         bit = 1 << ent.slot
@@ -379,30 +378,20 @@ class Probes:
         """Mute rule ``name`` in the kernel until CLOCK_MONOTONIC ``until_ns``
         (:data:`layout.MUTE_FOREVER`: until unmuted); None unmutes it. Its events are then
         counted (``kernel_muted``) but neither evaluated nor sent."""
-        ent = self._loaded.get(name)
-        if ent is None or self._bpf is None:
-            return
-        self._bpf[b"mutes"][ct.c_int(ent.slot)] = ct.c_uint64(until_ns or 0)
-
-    def _slot_muted(self, slot: int) -> int:
-        return int(sum(self._bpf[b"muted_by_rule"][ct.c_int(slot)]))
+        if (ent := self._loaded.get(name)) is not None and self._bpf is not None:
+            mutes.mute(self._bpf, ent.slot, until_ns)
 
     def muted_count(self, name: str) -> int:
         """Events of rule ``name`` the kernel skipped because it was muted."""
         ent = self._loaded.get(name)
         if ent is None or self._bpf is None:
             return 0
-        return self._slot_muted(ent.slot) - ent.muted_base
+        return mutes.muted(self._bpf, ent.slot) - ent.muted_base
 
     def mute_process(self, name: str, pid: int, until_ns: int) -> None:
         """Mute rule ``name`` for process ``pid`` until CLOCK_MONOTONIC ``until_ns``."""
-        ent = self._loaded.get(name)
-        if ent is None or self._bpf is None:
-            return
-        t = self._bpf[b"pmutes"]
-        t[t.Key(slot=ent.slot, tgid=pid)] = t.Leaf(until=until_ns, gen=ent.gen)
-        latest, key = self._bpf[b"pmute_max"], ct.c_int(ent.slot)
-        latest[key] = ct.c_uint64(max(until_ns, int(latest[key].value)))  # after the row: see is_muted
+        if (ent := self._loaded.get(name)) is not None and self._bpf is not None:
+            mutes.mute_process(self._bpf, ent.slot, ent.gen, pid, until_ns)
 
     # ---- stop: kernel bookkeeping (the pinned `stopped` map) ---------------------------------
 
@@ -444,7 +433,7 @@ class Probes:
             self._on_tick(raw.value, raw.ts)
             return flags
         if flags & layout.EventFlag.NEW_TARGET:
-            self._on_fork(raw.value, raw.pid)
+            self._on_new_target(raw.value, raw.pid, forked=raw.ret != 0)
             return flags
         ent = self._slots.get(raw.slot)
         if ent is None or ent.gen != raw.gen:
@@ -459,8 +448,10 @@ class Probes:
         self._pending.append(to_event(raw, ent.rule, self._names_by_nr))
         return flags
 
-    def _on_fork(self, mask: int, pid: int) -> None:
-        """A target forked ``pid``: the function/usdt rules of ``mask`` are attached in it now."""
+    def _on_new_target(self, mask: int, pid: int, *, forked: bool) -> None:
+        """``pid`` is a target of the function/usdt rules of ``mask`` since its fork (from a
+        target) or its exec: they are attached in it now. At an exec its libraries are not
+        mapped yet: what needs one is left to the rescan, not counted as failed."""
         if self._uprobes is None:
             return
         try:  # a new thread of a target is a fork too; its process is attached already
@@ -470,8 +461,8 @@ class Probes:
             return  # gone already
         for slot, ent in self._slots.items():
             if mask >> slot & 1 and ent.plan.uprobe:
-                errors = self._uprobes.add(slot, pid)
-                self._problems += [f"rule {ent.rule.name}: not probed in {err}" for err in errors]
+                errors = self._uprobes.add(slot, pid, keep_failure=forked)
+                self._problems += [f"rule {ent.rule.name}: not probed in {err}" for err in errors if forked]
 
     def _pids_of(self, slot: int) -> list[int]:
         return targetmap.pids_of(self._bpf[b"targets"], slot, self.is_own)

@@ -120,9 +120,11 @@ class UAttach:
                 errors.append(err)
         return errors
 
-    def add(self, slot: int, pid: int) -> list[ResolveError | SnapdError]:
-        """Attach rule ``slot`` in the new target ``pid`` (a target's fork), as :meth:`sync`
-        would at the next rescan; the failure, if any."""
+    def add(self, slot: int, pid: int, *, keep_failure: bool = True) -> list[ResolveError | SnapdError]:
+        """Attach rule ``slot`` in the new target ``pid`` (a target's fork, or an exec), as
+        :meth:`sync` would at the next rescan; the failure, if any. Without ``keep_failure``
+        a failure is not remembered, so the next sync tries again (at an exec the library a
+        rule names is not mapped yet)."""
         a = self._armed.get(slot)
         if a is None or pid in a.links or pid in a.failed:
             return []
@@ -131,7 +133,8 @@ class UAttach:
         try:
             a.links[pid] = self._attach(a, pid)
         except (ResolveError, SnapdError) as err:
-            a.failed[pid] = err
+            if keep_failure:
+                a.failed[pid] = err
             return [err]
         return []
 
