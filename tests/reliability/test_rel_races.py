@@ -169,6 +169,21 @@ def comm_rule(name: str, comm: str, syscall: str, snapshot: str, max_cores: int 
     )
 
 
+def reaped(v: Victim, daemon: DaemonHarness, timeout: float = 30.0) -> None:
+    """Wait for the SIGKILLed ``v`` to be reaped. A zombie that is traced reaches its parent
+    only once its tracer (the daemon's dumper) has waited for it (kernel/exit.c
+    wait_task_zombie), so a late reap names the tracer and what the daemon said."""
+    try:
+        v.proc.wait(scaled(timeout))
+    except subprocess.TimeoutExpired:
+        status = procfs.status(v.pid) if os.path.exists(f"/proc/{v.pid}") else {}
+        tracer = status.get("TracerPid", "?")
+        raise AssertionError(
+            f"victim {v.pid} not reaped in {scaled(timeout):.0f} s: state {status.get('State')}, "
+            f"tracer {tracer}; daemon log:\n{daemon.log_text()[-4000:]}"
+        ) from None
+
+
 def test_daemon_targets_exit_exec_fork_mid_dump(
     daemon: DaemonHarness,
     victims: Victims,
@@ -196,7 +211,7 @@ def test_daemon_targets_exit_exec_fork_mid_dump(
         v.proc.stdin.flush()
         time.sleep(rng.uniform(0, 0.25))
         os.kill(v.pid, signal.SIGKILL)
-        v.proc.wait(10)
+        reaped(v, daemon)
     e = spawn([execer, 64, 60])
     f = spawn([forker, 64])
     wait_for(lambda: len(daemon.cores("--rule", "exec")) >= 4, 60, "cores of the exec'ing victim")
