@@ -265,6 +265,33 @@ def test_usdt_python_function_entry(probes: Probes, spawn: Spawn) -> None:
     wait_for(lambda: semaphore(v.pid, site.semaphore_offset) == 0, 10, "the semaphore cleared")
 
 
+@pytest.mark.lane
+def test_usdt_operands_past_the_sixth(probes: Probes, victim: Victim) -> None:
+    """arg6..arg11 are a USDT probe's seventh to twelfth operands: trg:eight has 8."""
+    exe = os.readlink(f"/proc/{victim.pid}/exe")
+    probes.load(
+        rule(
+            f"target: {{pid: {victim.pid}}}\n"
+            f"trigger:\n  usdt: {{binary: {exe}, probe: 'trg:eight'}}\n  when: arg7 == 507 and arg0 == 500\n"
+        )
+    )
+    command(victim, "u 400")  # arg7 407
+    command(victim, "u 500")
+    (ev,) = events(probes, 1)
+    assert (ev.probe, ev.args[0], ev.args[5]) == ("trg:eight", 500, 505)
+
+
+def test_arg6_and_up_are_a_usdt_probes_only() -> None:
+    for trig, key in (
+        ("syscall: write", "a syscall has at most 6"),
+        ("function: {binary: /bin/true, symbol: main}", "not known"),
+    ):
+        _, errors = parse_rule(
+            f"name: t\ntarget: {{pid: 1}}\ntrigger:\n  {trig}\n  when: arg6 == 1\n", "t.yaml"
+        )
+        assert len(errors) == 1 and key in str(errors[0]), [str(e) for e in errors]
+
+
 def test_unknown_usdt_probe_is_refused_at_its_key(probes: Probes, spawn: Spawn) -> None:
     if not Path(PYTHON).exists():
         pytest.skip("no /usr/bin/python3.11")

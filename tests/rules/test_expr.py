@@ -147,8 +147,8 @@ def test_the_text_bounds() -> None:
 
 
 KNOWN = (
-    "use arg0..arg5, ret, errno, latency, pid, tid, uid, numbers, durations (500ms), sizes (1GiB) "
-    "or errno names (EPIPE)"
+    "use arg0..arg5 (arg11 for usdt), ret, errno, latency, pid, tid, uid, numbers, durations (500ms), "
+    "sizes (1GiB) or errno names (EPIPE)"
 )
 NEEDS_NAME = "a comparison needs a name (arg0..arg5, ret, errno, latency, pid, tid, uid) on one side"
 
@@ -187,7 +187,7 @@ NEEDS_NAME = "a comparison needs a name (arg0..arg5, ret, errno, latency, pid, t
         ("arg0 == 1 or not", 16, "expression ends early; expected a name or a number"),
         ("arg0 == or", 8, "expected a comparison before 'or'"),
         ("import os", 0, f"unknown name 'import'; {KNOWN}"),
-        ("arg6 == 1", 0, f"unknown name 'arg6'; {KNOWN}"),
+        ("arg12 == 1", 0, f"unknown name 'arg12'; {KNOWN}"),
         ("Errno == 1", 0, f"unknown name 'Errno'; {KNOWN}"),
         ("arg0 ==", 7, "expression ends early; expected a name or a number"),
         ("arg0 == )", 8, "unexpected ')'; expected a name or a number"),

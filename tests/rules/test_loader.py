@@ -233,8 +233,8 @@ BAD = [
     ),
     (
         T + "trigger:\n  syscall: write\n  when: import os\n",
-        "4:9: trigger.when: unknown name 'import'; use arg0..arg5, ret, errno, latency, pid, tid, uid, "
-        "numbers, "
+        "4:9: trigger.when: unknown name 'import'; use arg0..arg5 (arg11 for usdt), ret, errno, latency, "
+        "pid, tid, uid, numbers, "
         "durations (500ms), sizes (1GiB) or errno names (EPIPE)",
     ),
     (

@@ -12,6 +12,8 @@
  *   f           trg_syscall_fn(): one openat of a missing file from a named function
  *   k N MS      fork a child that calls trg_marker(N) after MS milliseconds and exits; the
  *               answer (at once, the child auto-reaped) names the child's pid as ret
+ *   u N         passes USDT probe trg:eight, whose 8 operands are N, N+1, ... N+7 (in
+ *               registers and memory, as the compiler places them)
  *   V N         a CLONE_VM child (as posix_spawn(3) makes: the same mm, another process) that
  *               calls trg_marker(N) and exits; answered once it has, with the child's pid
  * Each command is answered with "done <tid> <ret> <errno>" after it completes.
@@ -28,6 +30,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <sys/sdt.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -114,6 +117,15 @@ int main(void)
                 _exit(0);
             }
             ret = c;
+            break;
+        }
+        case 'u': {
+            volatile long k[8];
+            n = strtol(sa, NULL, 10);
+            for (int i = 0; i < 8; i++)
+                k[i] = n + i;
+            DTRACE_PROBE8(trg, eight, k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]);
+            ret = 0;
             break;
         }
         case 'V': {

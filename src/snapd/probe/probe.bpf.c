@@ -196,7 +196,7 @@ static __always_inline void count_up(u32 which)
 // Values a predicate may read, gathered once per syscall event into per-CPU map memory and
 // indexed by FIELD_* (a masked index into a map value needs no branch).
 struct fields {
-    s64 v[16];
+    s64 v[32];  // FIELD_* (snapd.rules.expr.Field: 22 of them), indexed through a mask of 31
 };
 BPF_PERCPU_ARRAY(scratch_fields, struct fields, 1);
 
@@ -237,7 +237,7 @@ static __always_inline u64 is_less(s64 a, s64 b)
 static __always_inline u64 pred_apply(u64 st, const struct insn *in, const struct fields *f)
 {
     u64 kind = in->kind, op = in->op;
-    s64 a = f->v[in->field & 15], k = in->k;
+    s64 a = f->v[in->field & 31], k = in->k;
     HIDE(kind);
     HIDE(op);
     u64 eq = is_zero((u64)(a ^ k));

@@ -25,6 +25,7 @@ from snapd.errors import SnapdError
 from snapd.probe import symbols, uprobes, usdt
 from snapd.probe.symbols import ResolveError
 from snapd.probe.trigger_layout import MAX_USITES, SiteFlag
+from snapd.rules.expr import arg_index
 from snapd.rules.model import FunctionTrigger, ProbeTrigger, Rule, UsdtTrigger
 
 #: processes one rule may be attached in (each costs an fd or two and ~10 ms to attach)
@@ -33,7 +34,8 @@ MAX_PROCESSES = 1024
 
 def nargs_used(trig: ProbeTrigger) -> int:
     """How many arguments the rule's `when` reads (arg0..argN-1)."""
-    used = [f for f in (trig.when.fields() if trig.when is not None else ()) if f <= 5]
+    fields = trig.when.fields() if trig.when is not None else frozenset()
+    used = [n for n in map(arg_index, fields) if n is not None]
     return max(used) + 1 if used else 0
 
 

@@ -128,7 +128,8 @@ static __always_inline s64 usdt_arg_value(struct pt_regs *ctx, const struct usdt
 }
 
 // arg0..arg5 at a probe: the calling convention's registers for a function entry (System V
-// x86-64 ABI: rdi, rsi, rdx, rcx, r8, r9), the site's operands for a USDT probe.
+// x86-64 ABI: rdi, rsi, rdx, rcx, r8, r9), the site's operands for a USDT probe, whose
+// seventh to twelfth (<sys/sdt.h> STAP_PROBE12) are the fields FIELD_ARG6..FIELD_ARG11.
 static __always_inline void uprobe_args(struct pt_regs *ctx, const struct usite *s, s64 *args)
 {
     if (!(s->flags & US_USDT)) {
@@ -143,8 +144,13 @@ static __always_inline void uprobe_args(struct pt_regs *ctx, const struct usite 
     u64 ip = PT_REGS_IP(ctx);  // the probed address (kernel/events/uprobes.c handle_swbp)
     u32 n = s->nargs;
 #pragma unroll
-    for (int i = 0; i < 6; i++)
-        args[i] = i < n ? usdt_arg_value(ctx, &s->args[i], ip) : 0;
+    for (int i = 0; i < SNAPD_USDT_ARGS; i++) {  // the index is a constant in each unrolled copy
+        // ctx made opaque per copy: else clang shares an address computed from it between
+        // copies (ctx + 8, spilled), which the verifier refuses ("modified ctx ptr")
+        struct pt_regs *regs = ctx;
+        asm volatile("" : "+r"(regs));
+        args[i < 6 ? i : FIELD_ARG6 + i - 6] = i < n ? usdt_arg_value(regs, &s->args[i], ip) : 0;
+    }
 }
 
 // The key of a call in uinflight: the entry half of a return rule stores {ts, args} there, the

@@ -379,12 +379,19 @@ class RuleBuilder:
         return when, text, wnode
 
     def _check_args(self, wnode: Node, when: _expr.Expr, names: list[str]) -> None:
-        used = sorted(f for f in when.fields() if f <= _expr.Field.ARG5)
+        if high := sorted(when.fields() & _expr.USDT_ONLY):
+            self.ctx.err(
+                wnode,
+                f"trigger.when: {high[0].name.lower()}: a syscall has at most 6 arguments "
+                "(arg6..arg11 are a usdt probe's)",
+            )
+            return
+        used = sorted((f for f in when.fields() if _expr.arg_index(f) is not None), key=_expr.ARGS.index)
         if not used:
             return
         for name in names:
             args = _sys.args(name)
-            if args is not None and used[-1] >= len(args):
+            if args is not None and _expr.ARGS.index(used[-1]) >= len(args):
                 self.ctx.err(
                     wnode,
                     f"trigger.when: {used[-1].name.lower()} is past the arguments of {name} "
@@ -392,7 +399,7 @@ class RuleBuilder:
                 )
                 return
         for cmp in _comparisons(when):
-            if cmp.field > _expr.Field.ARG5:
+            if _expr.arg_index(cmp.field) is None:
                 continue
             for name in names:
                 args = _sys.args(name)

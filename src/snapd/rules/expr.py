@@ -63,6 +63,28 @@ class Field(IntEnum):
     STR1 = 13
     STR2 = 14
     STR3 = 15
+    # A USDT probe's operands past the sixth (<sys/sdt.h> has up to 12): usdt triggers only.
+    ARG6 = 16
+    ARG7 = 17
+    ARG8 = 18
+    ARG9 = 19
+    ARG10 = 20
+    ARG11 = 21
+
+
+#: arg0..arg11 in order: the Nth is argN
+ARGS = (
+    *(Field(Field.ARG0 + i) for i in range(6)),
+    *(Field(Field.ARG6 + i) for i in range(6)),
+)
+#: what only a USDT probe has
+USDT_ONLY = frozenset(ARGS[6:])
+STRS = frozenset({Field.STR0, Field.STR1, Field.STR2, Field.STR3})
+
+
+def arg_index(f: Field) -> int | None:
+    """N for argN, None for any other field."""
+    return ARGS.index(f) if f in ARGS else None
 
 
 class Op(IntEnum):
@@ -78,7 +100,7 @@ OPS = {"==": Op.EQ, "!=": Op.NE, "<": Op.LT, "<=": Op.LE, ">": Op.GT, ">=": Op.G
 OP_TEXT = {v: k for k, v in OPS.items()}
 # a OP b  ==  b MIRROR[OP] a
 MIRROR = {Op.EQ: Op.EQ, Op.NE: Op.NE, Op.LT: Op.GT, Op.LE: Op.GE, Op.GT: Op.LT, Op.GE: Op.LE}
-NAMES = {f.name.lower(): f for f in Field if f < Field.STR0}
+NAMES = {f.name.lower(): f for f in Field if f not in STRS}
 STR_OPS = {"==": _pat.Mode.EQUAL, "!=": _pat.Mode.EQUAL, "~": _pat.Mode.GLOB, "contains": _pat.Mode.CONTAINS}
 EXIT_FIELDS = frozenset({Field.RET, Field.ERRNO, Field.LATENCY})
 KEYWORDS = frozenset({"and", "or", "not", "contains"})
@@ -355,7 +377,7 @@ class _Parser:
                 return _Operand("errno", t.pos, value=self.errno_value(t))
             raise ExprError(
                 t.pos,
-                f"unknown name {t.text!r}; use arg0..arg5, ret, errno, latency, "
+                f"unknown name {t.text!r}; use arg0..arg5 (arg11 for usdt), ret, errno, latency, "
                 "pid, tid, uid, numbers, durations (500ms), sizes (1GiB) or errno names (EPIPE)",
             )
         if t.kind == "end":

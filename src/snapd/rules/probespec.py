@@ -32,6 +32,7 @@ ENTRY_FIELDS = frozenset(_expr.Field(i) for i in range(6)) | {
     _expr.Field.UID,
 }
 RETURN_FIELDS = ENTRY_FIELDS | {_expr.Field.RET, _expr.Field.LATENCY}
+USDT_FIELDS = ENTRY_FIELDS | _expr.USDT_ONLY
 
 
 def binary_problem(spec: str) -> str | None:
@@ -92,7 +93,7 @@ def _check_fields(
     bad = sorted(when.fields() - allowed)
     if not bad:
         return True
-    if bad[-1] >= _expr.Field.STR0:
+    if any(f in _expr.STRS for f in bad):
         s.ctx.err(wnode, "trigger.when: string comparisons apply to syscall triggers only")
         return False
     names = ", ".join(sorted(f.name.lower() for f in allowed))
@@ -141,7 +142,7 @@ def build_usdt(s: Schema, vnode: Node, parsed: When | None) -> UsdtTrigger | Non
     if binary is None or probe is None or parsed is None:
         return None
     when, text, wnode = parsed
-    if when is not None and wnode is not None and not _check_fields(s, wnode, when, ENTRY_FIELDS, "usdt"):
+    if when is not None and wnode is not None and not _check_fields(s, wnode, when, USDT_FIELDS, "usdt"):
         return None
     provider, _, name = probe.partition(":")
     marks = (_mark("binary", um["binary"][1]), _mark("probe", um["probe"][1]))
