@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -165,7 +166,12 @@ class Dumps:
             if st:
                 st.failed += 1
                 self._give_back(st)  # a failed attempt does not use up max_cores
-            log.error("rule %s: pid %d: core failed: %s", req.rule, req.pid, res.error)
+            if os.path.exists(f"/proc/{req.pid}"):
+                log.error("rule %s: pid %d: core failed: %s", req.rule, req.pid, res.error)
+            else:  # it exited between its event and the dump: a race to report, not a fault
+                log.warning(
+                    "rule %s: pid %d exited before its core was taken (%s)", req.rule, req.pid, res.error
+                )
             if fut:
                 fut.set_exception(SnapdError(res.error))
             for failed in self.after_failure:
