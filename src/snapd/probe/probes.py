@@ -462,7 +462,8 @@ class Probes:
         for slot, ent in self._slots.items():
             if mask >> slot & 1 and ent.plan.uprobe:
                 errors = self._uprobes.add(slot, pid, keep_failure=forked)
-                self._problems += [f"rule {ent.rule.name}: not probed in {err}" for err in errors if forked]
+                if forked and errors and os.path.exists(f"/proc/{pid}"):  # gone: nothing missed
+                    self._problems += [f"rule {ent.rule.name}: not probed in {err}" for err in errors]
 
     def _pids_of(self, slot: int) -> list[int]:
         return targetmap.pids_of(self._bpf[b"targets"], slot, self.is_own)
