@@ -312,7 +312,6 @@ def sys_rule(pid: int, syscall: str, when: str) -> Rule:
     return rule(f"target: {{pid: {pid}}}\ntrigger:\n  syscall: {syscall}\n  when: '{when}'\n")
 
 
-@pytest.mark.lane
 def armed(probes: Probes, r: Rule) -> bool:
     """Load a rule with a string comparison: True once armed. Where this kernel's verifier
     refuses the string matcher (6.1: docs/kernels.md), the refusal is the behaviour asserted."""
@@ -325,6 +324,7 @@ def armed(probes: Probes, r: Rule) -> bool:
     return False
 
 
+@pytest.mark.lane
 def test_openat_of_a_missing_file_matched_by_a_glob(probes: Probes, victim: Victim) -> None:
     when = 'path ~ "/nonexistent/snapd-*/x?z" and errno == ENOENT'
     if not armed(probes, sys_rule(victim.pid, "openat", when)):
