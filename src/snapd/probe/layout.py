@@ -123,7 +123,7 @@ class RuleCfg(ct.Structure):
         ("n_insns", ct.c_uint32),
         ("glob_len", ct.c_uint32),
         ("glob_star", ct.c_uint32),
-        ("pad", ct.c_uint32),
+        ("reads", ct.c_uint32),
         ("insns", InsnRow * MAX_INSNS),
         ("glob_chars", ct.c_uint32 * 256),
     ]

@@ -162,6 +162,7 @@ def rule_cfg(rule: Rule, cgroup: str | None) -> layout.RuleCfg:
         if trig.when is not None:
             code = compile_expr(trig.when)
             leaf.n_insns = len(code)
+            leaf.reads = sum(1 << f for f in trig.when.fields())
             for i, ins in enumerate(code):
                 leaf.insns[i].kind = ins.kind
                 leaf.insns[i].field = ins.field

@@ -65,7 +65,7 @@ struct rule_cfg {
     u32 n_insns;
     u32 glob_len;        // RF_COMM: accept state (pattern length, '*' runs collapsed)
     u32 glob_star;       // RF_COMM: bit p set when pattern[p] == '*'
-    u32 pad;
+    u32 reads;           // bit 1 << FIELD_x per field the predicate reads (all 22 fit)
     struct insn insns[SNAPD_MAX_INSNS];
     u32 glob_chars[256]; // RF_COMM: bit p set when pattern[p] is that byte or '?'
 };
@@ -1080,7 +1080,9 @@ static __always_inline int uprobe_hit(struct pt_regs *ctx, int at_return)
     u32 flags = EF_UPROBE;
     struct ukey k = uprobe_call_key(idx, pid_tgid);
     if (!at_return) {
-        uprobe_args(ctx, s, f->v);
+        // Only what the predicate reads, before it has passed: a USDT operand in memory costs
+        // a bpf_probe_read_user (an entry saved for the return is read whole: the event shows it)
+        uprobe_args(ctx, s, f->v, (s->flags & US_SAVE_ENTRY) ? ~0u : r->reads);
         if (s->flags & US_SAVE_ENTRY) {
             // the entry half of a return rule: its arguments and time, for the return
             struct uentry e = {.ts = bpf_ktime_get_ns()};
@@ -1102,12 +1104,17 @@ static __always_inline int uprobe_hit(struct pt_regs *ctx, int at_return)
         flags |= EF_RETURN;
     }
     f->v[FIELD_ERRNO] = 0;
-    fields_ids(f, pid_tgid);
+    f->v[FIELD_PID] = tgid;
+    f->v[FIELD_TID] = (u32)pid_tgid;
+    if (r->reads & (1u << FIELD_UID))
+        f->v[FIELD_UID] = (u32)bpf_get_current_uid_gid();
     if (muted(slot, r, tgid, &now))
         return 0;
     count_up(CTR_SEEN);
     if (!eval_pred(r, f))
         return 0;
+    if (!at_return)
+        uprobe_args(ctx, s, f->v, ~0u);  // the rest, for the event
     if (!now)
         now = bpf_ktime_get_ns();
     if (window_hit(slot, r, tgid, now)) {

@@ -129,8 +129,10 @@ static __always_inline s64 usdt_arg_value(struct pt_regs *ctx, const struct usdt
 
 // arg0..arg5 at a probe: the calling convention's registers for a function entry (System V
 // x86-64 ABI: rdi, rsi, rdx, rcx, r8, r9), the site's operands for a USDT probe, whose
-// seventh to twelfth (<sys/sdt.h> STAP_PROBE12) are the fields FIELD_ARG6..FIELD_ARG11.
-static __always_inline void uprobe_args(struct pt_regs *ctx, const struct usite *s, s64 *args)
+// seventh to twelfth (<sys/sdt.h> STAP_PROBE12) are the fields FIELD_ARG6..FIELD_ARG11; of
+// those, only the ones `reads` names (registers are read whole: six loads from ctx).
+static __always_inline void uprobe_args(struct pt_regs *ctx, const struct usite *s, s64 *args,
+                                        u32 reads)
 {
     if (!(s->flags & US_USDT)) {
         args[0] = PT_REGS_PARM1(ctx);
@@ -149,7 +151,9 @@ static __always_inline void uprobe_args(struct pt_regs *ctx, const struct usite 
         // copies (ctx + 8, spilled), which the verifier refuses ("modified ctx ptr")
         struct pt_regs *regs = ctx;
         asm volatile("" : "+r"(regs));
-        args[i < 6 ? i : FIELD_ARG6 + i - 6] = i < n ? usdt_arg_value(regs, &s->args[i], ip) : 0;
+        u32 fi = i < 6 ? i : FIELD_ARG6 + i - 6;
+        if (reads & (1u << fi))  // the fields `reads` names only (a bit per FIELD_*)
+            args[fi] = i < n ? usdt_arg_value(regs, &s->args[i], ip) : 0;
     }
 }
 
