@@ -118,7 +118,9 @@ def test_gcore_target_execs_mid_dump(
         assert not partials(tmp_path), where
         wait_for(lambda: halted_why(v.pid) is None, 5, f"{where}: the victim to run ({halted_why(v.pid)})")
         assert v.alive()
-    gen = int(procfs.cmdline(v.pid).split(b"\0")[3] or b"0")
+    # mid-exec the cmdline can read empty (the new mm's args are not set up yet): read it whole
+    args = wait_for(lambda: (a := procfs.cmdline(v.pid).split(b"\0")) and len(a) > 3 and a, 10, "its cmdline")
+    gen = int(args[3] or b"0")
     print(f"\nexec mid-dump: {results}; the victim exec'd {gen} times")
     assert gen > 12  # it did exec all along
     assert sum(n for k, n in results.items() if k.endswith(":core")) >= 6, results

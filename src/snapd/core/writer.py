@@ -351,9 +351,10 @@ def write_core(
         nice = boost()  # until the target runs again
         try:
             h = halted or halt(pid, timeout=timeout)
-        except Zombie as err:
-            # It passed precheck above, so it died since (while the temp file was made): that is
-            # "exited during the dump", not a zombie we were asked to dump.
+        except (Zombie, TargetGone) as err:
+            # It passed precheck above, so it died since (while the temp file was made, or as
+            # PTRACE_SEIZE ran: ESRCH): that is "exited during the dump", not a zombie we were
+            # asked to dump nor a pid that never was.
             nice.stop()
             raise TargetGone(pid, "the dump") from err
         except BaseException:

@@ -53,7 +53,7 @@ static __always_inline int holds(const struct pred *p, const s64 *v)
 {
     if (p->field == FIELD_NONE)
         return 1;
-    s64 a = v[p->field & 15], k = p->k;
+    s64 a = v[p->field & 31], k = p->k;
     switch (p->op) {
     case OP_EQ: return a == k;
     case OP_NE: return a != k;
@@ -96,7 +96,7 @@ static __always_inline void fire(void *regs_src, u32 site, u32 kind, const s64 *
 }
 
 struct vals {
-    s64 v[16];
+    s64 v[32];  // FIELD_*, as snapd's struct fields
 };
 BPF_PERCPU_ARRAY(vals_scratch, struct vals, 1);
 
@@ -116,10 +116,10 @@ int proto_uprobe(struct pt_regs *ctx)
     if (!vs)
         return 0;
     __builtin_memset(vs->v, 0, sizeof(vs->v));
-    uprobe_args(ctx, s, vs->v);
+    uprobe_args(ctx, s, vs->v, ~0u);
     if (s->flags & US_SAVE_ENTRY) {
         u64 now = bpf_ktime_get_ns();
-        struct ukey k = uprobe_call_key(idx);
+        struct ukey k = uprobe_call_key(idx, bpf_get_current_pid_tgid());
         struct uentry e = {.ts = now};
         __builtin_memcpy(e.args, vs->v, sizeof(e.args));
         uinflight.update(&k, &e);
@@ -149,7 +149,7 @@ int proto_uretprobe(struct pt_regs *ctx)
         return 0;
     __builtin_memset(vs->v, 0, sizeof(vs->v));
     u64 now = bpf_ktime_get_ns();
-    struct ukey k = uprobe_call_key(idx);
+    struct ukey k = uprobe_call_key(idx, bpf_get_current_pid_tgid());
     struct uentry *e = uinflight.lookup(&k);
     if (!e) {
         bump(3);
