@@ -344,7 +344,7 @@ def run_guest(
     row.parts = [(xml, log) for xml, log, *_ in runs]
     codes = [rc for _x, _l, rc, _s, _o in runs]
     row.seconds = max(sec for *_, sec, _o in runs)
-    row.exit_code = None if None in codes else max(c for c in codes if c is not None)
+    row.exit_code = None if None in codes else next((c for c in codes if c), 0)  # a signal: < 0
     notes = []
     if None in codes:
         notes.append(f"killed at the {deadline:.0f} s deadline")
@@ -393,9 +393,11 @@ def read_streamed(log: Path) -> dict[str, str]:
         return {}
     words = {"PASSED": "pass", "FAILED": "FAIL", "ERROR": "ERROR", "SKIPPED": "skip"}
     out = {m.group(1): words[m.group(2)] for m in _STREAMED.finditer(text)}
-    started = re.findall(r"^(?:\[[^]]*\] )?tests/(\S+::\S+) ?$", text, re.M)
-    for t in started:
-        out.setdefault(t, "killed")
+    # (a guest killed mid-test may print more on the test's line: qemu's "terminating on signal")
+    started = re.findall(r"^(?:\[[^]]*\] )?tests/(\S+::\S+)(?:\s|$)", text, re.M)
+    for t in started:  # (\S+ cuts an id with spaces short: then it is a finished one's prefix)
+        if not any(k.startswith(t) for k in out):
+            out[t] = "killed"
     return out
 
 
