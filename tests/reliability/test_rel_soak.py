@@ -12,6 +12,7 @@ from support.daemon import DaemonHarness, Victims
 from support.proc import halted_why
 from support.soak import DAEMON_ARGS, rules, run_soak
 from support.statedir import check_listing, integrity, partials
+from support.waiting import wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -34,6 +35,9 @@ def test_soak(daemon: DaemonHarness, victims: Victims) -> None:
     assert r.rss_growth_kib < 4096, r.summary()
     assert halted_why(v.pid) is None
     cores = daemon.state / "cores"
+    # Still firing, retention would remove the oldest core between the listing and its stat.
+    daemon.ctl("pause")
+    wait_for(daemon.idle, 60, "the daemon to be idle")
     check_listing(daemon.cores(), cores)
     assert not partials(cores)
     assert integrity(daemon.state / "catalog.db") == "ok"
