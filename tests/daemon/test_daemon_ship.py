@@ -392,6 +392,7 @@ def test_the_disk_filling_while_uploads_queue(
     daemon.start("--config", str(config.path))
     cores = [one_core(daemon, shipd(random_mib=32), f"shipfull-{i}") for i in range(3)]
     wait_for(lambda: "removed before it was uploaded" in daemon.log_text(), 120, "retention making room")
+
     # Retention runs again as each bundle is written: it has settled once every entry still
     # listed has its bundle in the outbox and nothing is being dumped or bundled.
     def settled() -> bool:

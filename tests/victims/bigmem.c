@@ -1,9 +1,10 @@
-/* A process with a big heap: bigmem ALLOC_MIB TOUCH_MIB.
+/* A process with a big heap: bigmem ALLOC_MIB TOUCH_MIB [idle].
  * Touches TOUCH_MIB of an ALLOC_MIB anonymous mapping, page i holding the byte (i % 251) + 1.
  * A heartbeat thread measures the process's own stalls (how long it was frozen), and a counter
  * thread increments `counter` continuously and mirrors it into `*mirror`, the last 8 bytes of the
  * touched buffer, far away in the address space: in a consistent snapshot the two differ by at
- * most 1. Prints "ready BUF_ADDR COUNTER_ADDR MIRROR_ADDR", then serves
+ * most 1 ("idle": no counter thread, for tests that need the memory but not a writer, which
+ * costs a third of a CPU: on an emulated guest, CPU the daemon under test needs). Prints "ready BUF_ADDR COUNTER_ADDR MIRROR_ADDR", then serves
  * one-letter commands on stdin: s = print and reset the longest stall (us), c = print counter,
  * q = exit. */
 #define _GNU_SOURCE
@@ -61,7 +62,7 @@ int main(int argc, char **argv) {
     mirror = (volatile uint64_t *)(buf + (touch ? touch : 4096) - 8);
     pthread_t hb, ct;
     pthread_create(&hb, NULL, heartbeat, NULL);
-    pthread_create(&ct, NULL, count_forever, NULL);
+    if (!(argc > 3 && strcmp(argv[3], "idle") == 0)) pthread_create(&ct, NULL, count_forever, NULL);
     printf("ready %p %p %p\n", (void *)buf, (void *)&counter, (void *)mirror);
     fflush(stdout);
     char c;
