@@ -208,6 +208,20 @@ def _run_streamed(argv: list[str], deadline_s: float, prefix: str, log: Path) ->
         start_new_session=True,
     )
     assert proc.stdout is not None
+    GROUPS.add(proc.pid)
+    try:
+        return _stream(proc, deadline_s, prefix, log)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # nothing of the group may outlive the run
+        proc.wait()
+        GROUPS.discard(proc.pid)
+
+
+def _stream(
+    proc: subprocess.Popen[bytes], deadline_s: float, prefix: str, log: Path
+) -> tuple[int | None, str]:
+    assert proc.stdout is not None
     out: list[str] = []
     end = time.monotonic() + deadline_s
     buf = b""
@@ -216,10 +230,7 @@ def _run_streamed(argv: list[str], deadline_s: float, prefix: str, log: Path) ->
         while True:
             left = end - time.monotonic()
             if left <= 0:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return None, "".join(out)
+                return None, "".join(out)  # the caller kills the group
             if not sel.select(min(left, 5.0)):
                 continue
             chunk = os.read(proc.stdout.fileno(), 65536)
@@ -233,10 +244,19 @@ def _run_streamed(argv: list[str], deadline_s: float, prefix: str, log: Path) ->
                 out.append(line + "\n")
                 if prefix:
                     print(f"{prefix}{line}", flush=True)
-    rc = proc.wait()
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)  # nothing of the group may outlive the run
-    return rc, "".join(out)
+    return proc.wait(), "".join(out)
+
+
+#: the process groups of the guests running now (each in its own session: a signal sent to the
+#: lane does not reach them), killed when the lane is stopped (:func:`_on_stop`)
+GROUPS: set[int] = set()
+
+
+def _on_stop(signum: int, _frame: object) -> None:
+    for pgid in list(GROUPS):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    raise SystemExit(128 + signum)
 
 
 def _accel_key() -> str:
@@ -464,6 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.inside:
         return inside(args.inside, args.host_speed, args.pytest_args, args.ids)
 
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(sig, _on_stop)
     RESULTS.mkdir(parents=True, exist_ok=True)
     for old in [*RESULTS.glob("*.xml"), *RESULTS.glob("*.ids")]:
         old.unlink()

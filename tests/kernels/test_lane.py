@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from tests.kernels import lane
+
+from support.waiting import scaled, wait_for
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites><testsuite name="pytest">
@@ -67,3 +73,35 @@ def test_a_killed_guest_still_shows_what_it_passed(tmp_path: Path) -> None:
         "probe/test_probes.py::test_b[x: {y: 1}-z]": "FAIL",
         "reliability/test_rel_kill.py::test_c": "killed",
     }
+
+
+def test_a_stopped_lane_leaves_no_guest_behind(tmp_path: Path) -> None:
+    """A guest runs in its own session (no signal to the lane reaches it): stopping the lane
+    kills its whole group, qemu included, rather than leaving it running for hours."""
+    pidfile = tmp_path / "pid"
+    guest = f"sleep 300 & echo $! > {pidfile}.tmp && mv {pidfile}.tmp {pidfile}; echo up; wait"
+    code = (
+        "import signal; from pathlib import Path; from tests.kernels import lane\n"
+        "signal.signal(signal.SIGTERM, lane._on_stop)\n"
+        f"lane._run_streamed(['sh', '-c', {guest!r}], 600, '', Path({str(tmp_path / 'log')!r}))\n"
+    )
+    path = [str(lane.REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
+    stand_in = subprocess.Popen([sys.executable, "-c", code], cwd=lane.REPO, env=env)
+    try:
+        wait_for(pidfile.exists, 60, "the stand-in guest to start")
+        member = int(pidfile.read_text())
+        stand_in.terminate()
+        assert stand_in.wait(timeout=scaled(60)) == 128 + signal.SIGTERM
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+    wait_for(lambda: not alive(member), 60, f"the guest's process {member} to be killed with the lane")
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
