@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
+import pytest
 from store_helpers import write_like_core_writer
 
 from snapd.store import Catalog, Entry, Retention
@@ -152,3 +154,38 @@ def test_recovery_finishes_an_interrupted_swap(state_dir: Path) -> None:
 def test_outbox_is_a_directory_of_ours(catalog: Catalog) -> None:
     st = os.stat(catalog.shipping.outbox_dir)
     assert oct(st.st_mode & 0o777) == "0o700" and st.st_uid == os.geteuid()
+
+
+def test_a_full_disk_met_recording_the_kept_binaries_is_tried_again(
+    catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalog's UPDATE meets ENOSPC (a full-disk test saw it): the record is retried when
+    due, from what the capture found, and the entry's work goes on (it had stopped there: the
+    core was never bundled nor uploaded)."""
+    from snapd.daemon.aftercore import AfterCore, Task
+    from snapd.daemon.config import DaemonConfig
+    from snapd.sandbox import Result
+    from snapd.ship.metrics import Metrics
+    from snapd.store.errors import StoreError
+
+    e = publish(catalog)
+    after = AfterCore(catalog, DaemonConfig(), Metrics())
+    real = catalog.shipping.kept
+    calls: list[tuple[object, ...]] = []
+
+    def kept(*args: Any) -> None:
+        calls.append(args)
+        if len(calls) == 1:
+            raise StoreError("catalog.db: database or disk is full")
+        real(*args)
+
+    monkeypatch.setattr(catalog.shipping, "kept", kept)
+    build_id = "ab" * 20
+    after._capture_done(Task(e.id), Result({"build_ids": [build_id], "exe_build_id": build_id}, 0.1, 0, ""))
+    (task,) = after.capture.queue
+    assert task.core_id == e.id and task.due > 0
+    assert catalog.shipping.rows([e.id])[e.id].stage == CAPTURE
+    after.tick(task.due)  # no new capture: the record again
+    assert after.capture.idle and not after.capture.queue and len(calls) == 2
+    row = catalog.shipping.rows([e.id])[e.id]
+    assert row.stage == DONE and row.exe_build_id == build_id

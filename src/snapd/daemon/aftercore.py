@@ -51,6 +51,14 @@ class Task:
     due: float = 0.0
     attempts: int = 0
     name: str = ""  # the core's file name when the job started
+    #: a capture's result (build-ids, the executable's) whose record met a full disk: recorded
+    #: again when due, without a new capture
+    kept: tuple[list[str], str] | None = None
+
+
+def disk_full(why: str) -> bool:
+    """ENOSPC or EDQUOT, as the file system or SQLite ("database or disk is full") words it."""
+    return "No space left" in why or "quota" in why.lower() or "disk is full" in why
 
 
 @dataclass
@@ -164,6 +172,9 @@ class AfterCore:
         entry = self._entry(task.core_id)
         if entry is None:
             return None
+        if task.kept is not None:
+            self._record_kept(task, *task.kept)
+            return None
         files = _map_files(entry.pid)
         try:
             args = {"op": "capture", "core": entry.path, "cache": self.cache.directory,
@@ -186,11 +197,24 @@ class AfterCore:
                 shown = "; ".join(f"{p}: {why}" for p, why in missed[:3])
                 more = f" (and {len(missed) - 3} more)" if len(missed) > 3 else ""
                 log.info("core %d: %d binaries kept, not: %s%s", task.core_id, len(ids), shown, more)
+        self._record_kept(task, ids, exe_id)
+
+    def _record_kept(self, task: Task, ids: list[str], exe_id: str) -> None:
         nxt = STORE if self._wants_store() else DONE
         try:
             self.shipping.kept(task.core_id, ids, exe_id, nxt)
         except StoreError as err:
-            log.error("core %d: cannot record its kept binaries: %s", task.core_id, err)
+            if not disk_full(str(err)):
+                log.error("core %d: cannot record its kept binaries: %s", task.core_id, err)
+                return
+            # The catalog met a full disk: retention makes room, and the record is tried again
+            # (the entry's bundle and upload wait for it), as a bundle would be.
+            self._vacuum(task.core_id)
+            task.attempts += 1
+            task.kept = (ids, exe_id)
+            task.due = time.monotonic() + min(RETRY_MAX, RETRY_MIN * 2 ** min(task.attempts - 1, 16))
+            self._warn_once(f"core {task.core_id}: cannot record its kept binaries: {err}; retrying")
+            self.capture.add(task)
             return
         if nxt == STORE:
             self.store.add(Task(task.core_id))
@@ -268,7 +292,7 @@ class AfterCore:
         """A bundle could not be written: try again later (forever if the disk is full, since
         retention makes room; a few times for anything else)."""
         task.attempts += 1
-        full = "No space left" in why or "quota" in why.lower() or "disk is full" in why
+        full = disk_full(why)
         if not full and task.attempts >= MAX_ATTEMPTS:
             log.error("core %d: its bundle cannot be written (%s); giving up after %d attempts",
                       task.core_id, why, task.attempts)  # fmt: skip
@@ -285,7 +309,9 @@ class AfterCore:
     def tick(self, now: float) -> None:
         self.capture.tick(now)
         self.store.tick(now)
-        if now >= self._next_gc and self.capture.idle:
+        # Not while a capture runs or waits to record what it kept: the cache holds files no
+        # entry references yet.
+        if now >= self._next_gc and self.capture.idle and not self.capture.queue:
             self._next_gc = now + GC_EVERY
             self.collect()
 
