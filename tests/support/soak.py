@@ -5,13 +5,15 @@ daemon's fds, threads and RSS read from /proc after a warm-up and at the end."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from support.daemon import DaemonHarness, DVictim
 from support.proc import Usage
-from support.waiting import scaled
+from support.waiting import scaled, wait_for
 
 WARMUP_S = 10.0
 
@@ -109,9 +111,33 @@ def at_rest(daemon: DaemonHarness) -> Usage:
     daemon.ctl("pause", "--reason", "soak: measuring at rest")
     try:
         quiet(daemon)
+        # The daemon closes a control connection when it reads the client's EOF, at its next
+        # loop turn: the status call quiet() just made may still hold an fd.
+        wait_for(lambda: not ctl_connections(daemon), 30, "the daemon to close its control connections")
         return Usage.of(daemon.pid)
     finally:
         daemon.ctl("resume")
+
+
+def ctl_connections(daemon: DaemonHarness) -> set[int]:
+    """Inodes of the daemon's accepted control-socket connections: in /proc/net/unix an
+    accepted socket carries its listener's path, and is SS_CONNECTED (state 03) where the
+    listener is SS_UNCONNECTED (01) (net/unix/af_unix.c unix_seq_show)."""
+    connected = set()
+    with open("/proc/net/unix") as f:
+        next(f)
+        for line in f:
+            cols = line.split()
+            if len(cols) >= 8 and cols[7] == daemon.socket and cols[5] == "03":
+                connected.add(int(cols[6]))
+    mine = set()
+    fd_dir = f"/proc/{daemon.pid}/fd"
+    for fd in os.listdir(fd_dir):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"{fd_dir}/{fd}")
+            if target.startswith("socket:["):
+                mine.add(int(target[8:-1]))
+    return connected & mine
 
 
 def quiet(daemon: DaemonHarness, timeout: float = 60.0) -> None:
