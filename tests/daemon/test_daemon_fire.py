@@ -152,7 +152,8 @@ def test_action_run_after_the_core(daemon: DaemonHarness, victims: Victims, work
     (core,) = wait_for(lambda: daemon.complete("run"), 20, "the core")
     wait_for(out.exists, 20, "action.run to write its output")
     assert out.read_text() == f"{core['path']}|run|{v.pid}|{v.comm}|}}\n"
-    assert "rule run: run /bin/sh: exit 0" in daemon.log_text()
+    # Logged once the daemon has reaped it, which may be after its output is in place.
+    wait_for(lambda: "rule run: run /bin/sh: exit 0" in daemon.log_text(), 20, "action.run's exit logged")
     v.cmd("p")
 
 
