@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from support.daemon import DaemonHarness, DVictim
-from support.proc import Usage
+from support.proc import Usage, children_of
 from support.waiting import scaled, wait_for
 
 WARMUP_S = 10.0
@@ -46,6 +46,9 @@ class SoakResult:
     ctl_calls: int = 0
     ctl_errors: list[str] = field(default_factory=list)
     listed: int = 0
+    #: what each fd of the daemon pointed at, at rest, after the warm-up and at the end
+    start_fds: dict[str, str] = field(default_factory=dict)
+    end_fds: dict[str, str] = field(default_factory=dict)
 
     @property
     def rss_growth_kib(self) -> int:
@@ -61,7 +64,13 @@ class SoakResult:
             f"fds {self.start.fds} -> {self.end.fds}; threads {self.start.threads} -> {self.end.threads}; "
             f"RSS {self.start.rss_kib} -> {self.end.rss_kib} KiB ({self.rss_growth_kib:+d}); "
             f"CPU {self.end.cpu - self.start.cpu:.1f}s; RSS series {self.rss_series}"
+            f"{self.fd_changes()}"
         )
+
+    def fd_changes(self) -> str:
+        gone = {fd: t for fd, t in self.start_fds.items() if self.end_fds.get(fd) != t}
+        new = {fd: t for fd, t in self.end_fds.items() if self.start_fds.get(fd) != t}
+        return f"; fds closed {gone}, opened {new}" if gone or new else ""
 
 
 def run_soak(daemon: DaemonHarness, victim: DVictim, seconds: float, sample_every: float = 5.0) -> SoakResult:
@@ -74,7 +83,7 @@ def run_soak(daemon: DaemonHarness, victim: DVictim, seconds: float, sample_ever
         daemon.cores()
         ctl_calls += 1
         time.sleep(1)
-    start = at_rest(daemon)
+    start, start_fds = at_rest(daemon)
     series = [start.rss_kib]
     t1 = time.monotonic()
     next_sample = t1 + sample_every
@@ -90,7 +99,7 @@ def run_soak(daemon: DaemonHarness, victim: DVictim, seconds: float, sample_ever
             next_sample += sample_every
         time.sleep(0.5)
         victim.cmd("p")  # the target runs all along
-    end = at_rest(daemon)
+    end, end_fds = at_rest(daemon)
     series.append(end.rss_kib)
     return SoakResult(
         seconds=time.monotonic() - t1,
@@ -101,10 +110,20 @@ def run_soak(daemon: DaemonHarness, victim: DVictim, seconds: float, sample_ever
         ctl_calls=ctl_calls,
         ctl_errors=ctl_errors,
         listed=len(daemon.cores()),
+        start_fds=start_fds,
+        end_fds=end_fds,
     )
 
 
-def at_rest(daemon: DaemonHarness) -> Usage:
+def fd_targets(pid: int) -> dict[str, str]:
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            out[fd] = os.readlink(f"/proc/{pid}/fd/{fd}")
+    return out
+
+
+def at_rest(daemon: DaemonHarness) -> tuple[Usage, dict[str, str]]:
     """The daemon's usage with nothing in flight: paused (no new dump), then :func:`quiet`;
     resumed after. Rules fire about once a second and a report on a loaded machine can take
     longer than that, so without the pause a moment of rest may never come."""
@@ -114,7 +133,7 @@ def at_rest(daemon: DaemonHarness) -> Usage:
         # The daemon closes a control connection when it reads the client's EOF, at its next
         # loop turn: the status call quiet() just made may still hold an fd.
         wait_for(lambda: not ctl_connections(daemon), 30, "the daemon to close its control connections")
-        return Usage.of(daemon.pid)
+        return Usage.of(daemon.pid), fd_targets(daemon.pid)
     finally:
         daemon.ctl("resume")
 
@@ -154,6 +173,8 @@ def quiet(daemon: DaemonHarness, timeout: float = 60.0) -> None:
             and not reports.get("running")
             and not reports.get("queued")
             and Usage.of(daemon.pid).threads <= 2
+            # no job child (a binaries capture, compression, action.run) holding its pipes
+            and set(children_of(daemon.pid)) <= {st.get("dumper")}
         ):
             return
         time.sleep(0.05)
