@@ -309,17 +309,17 @@ class AfterCore:
     def tick(self, now: float) -> None:
         self.capture.tick(now)
         self.store.tick(now)
-        # Not while a capture runs or waits to record what it kept: the cache holds files no
-        # entry references yet.
-        if now >= self._next_gc and self.capture.idle and not self.capture.queue:
+        if now >= self._next_gc and self.capture.idle:
             self._next_gc = now + GC_EVERY
             self.collect()
 
     def collect(self) -> None:
         """Release the kept binaries no core on disk needs any more (never while a capture
         child may be adding some)."""
+        # A capture waiting to record what it kept (a full disk) references its files too.
+        waiting = {b for t in self.capture.queue if t.kept is not None for b in t.kept[0]}
         try:
-            gone = self.cache.gc(self.shipping.referenced_build_ids())
+            gone = self.cache.gc(self.shipping.referenced_build_ids() | waiting)
         except (OSError, SnapdError) as err:
             log.warning("ELF cache: cannot collect: %s", err)
             return
