@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from snapd.ctl.protocol import CtlError
 from support.daemon import DaemonHarness, DVictim
 from support.proc import Usage, children_of
 from support.waiting import scaled, wait_for
@@ -91,7 +92,7 @@ def run_soak(daemon: DaemonHarness, victim: DVictim, seconds: float, sample_ever
         try:
             daemon.cores()
             daemon.status()
-        except (AssertionError, ValueError) as err:  # counted and reported, not fatal here
+        except (AssertionError, ValueError, CtlError) as err:  # counted and reported, not fatal here
             ctl_errors.append(str(err)[:200])
         ctl_calls += 2
         if time.monotonic() >= next_sample:
