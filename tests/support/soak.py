@@ -150,13 +150,7 @@ def ctl_connections(daemon: DaemonHarness) -> set[int]:
             cols = line.split()
             if len(cols) >= 8 and cols[7] == daemon.socket and cols[5] == "03":
                 connected.add(int(cols[6]))
-    mine = set()
-    fd_dir = f"/proc/{daemon.pid}/fd"
-    for fd in os.listdir(fd_dir):
-        with contextlib.suppress(OSError):
-            target = os.readlink(f"{fd_dir}/{fd}")
-            if target.startswith("socket:["):
-                mine.add(int(target[8:-1]))
+    mine = {int(t[8:-1]) for t in fd_targets(daemon.pid).values() if t.startswith("socket:[")}
     return connected & mine
 
 
