@@ -111,6 +111,33 @@ def test_the_upload_state_of_a_removed_entry_is_not_written_back(catalog: Catalo
     assert catalog.shipping.upload_done(e.id, ok=True) is None
 
 
+@pytest.mark.parametrize("stage", [CAPTURE, STORE, UPLOAD, DONE])
+def test_an_entry_removed_before_its_upload_says_so(
+    catalog: Catalog, caplog: pytest.LogCaptureFixture, stage: str
+) -> None:
+    # With uploads configured, an entry removed while its binaries or its bundle are still
+    # being written never reaches the object store either: the same line as a queued one.
+    catalog.shipping.uploads = True
+    e = publish(catalog, after=UPLOAD if stage == UPLOAD else stage)
+    if stage == UPLOAD:
+        with open(catalog.shipping.bundle_path(e.id), "wb") as f:
+            f.write(b"x")
+        assert catalog.shipping.queued(e.id, "k")
+    with caplog.at_level("WARNING", logger="snapd.store"):
+        catalog.remove(e.id)
+    said = f"core {e.id} removed before it was uploaded" in caplog.text
+    assert said == (stage != DONE), caplog.text
+
+
+def test_without_uploads_a_removed_entry_on_its_way_says_nothing(
+    catalog: Catalog, caplog: pytest.LogCaptureFixture
+) -> None:
+    e = publish(catalog, after=STORE)  # compression only
+    with caplog.at_level("WARNING", logger="snapd.store"):
+        catalog.remove(e.id)
+    assert "before it was uploaded" not in caplog.text
+
+
 def test_retention_counts_the_bundle_and_the_binaries_kept(state_dir: Path) -> None:
     own: dict[str, int] = {"11" * 20: 64 << 10}
     unlimited = Retention(max_use=None, keep_free=None)

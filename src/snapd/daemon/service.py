@@ -167,6 +167,7 @@ class Daemon:
         self.uploads = Uploads(cfg.upload, self.catalog, self.metrics.metrics) if cfg.upload else None
         if self.uploads is not None:
             self.after.upload = self.uploads.submit
+            self.catalog.shipping.uploads = True
         self.dumps.after_stage = self.after.first_stage
         self.dumps.after_publish.append(self._published)
         self.dumps.after_failure.append(lambda req, stage, why: self.metrics.dump_failed(req.rule, stage))

@@ -107,6 +107,9 @@ class ShipLog:
         os.fchmod(self._outbox_fd, 0o700)
         self.scratch_dir = os.path.join(state_dir, SCRATCH_DIR)
         os.close(fsutil.open_dir(SCRATCH_DIR, 0o700, at=state_fd, label=self.scratch_dir))
+        #: set by the daemon when uploads are configured: an entry still before its upload
+        #: (capture, store) then never reaches the object store if it is removed
+        self.uploads = False
 
     def close(self) -> None:
         if self._outbox_fd >= 0:
@@ -329,12 +332,16 @@ class ShipLog:
 
     def forget(self, db: sqlite3.Connection, core_id: int) -> None:
         """Inside the catalog's transaction that deletes entry ``core_id``: its row and bundle."""
-        r = db.execute("SELECT bundle, upload FROM shipping WHERE core_id = ?", (int(core_id),)).fetchone()
+        r = db.execute(
+            "SELECT bundle, upload, stage FROM shipping WHERE core_id = ?", (int(core_id),)
+        ).fetchone()
         if r is None:
             return
         if r["bundle"]:
             fsutil.unlink_at(self._outbox_fd, r["bundle"])
-        if r["upload"] == QUEUED:
+        # Queued, or still on its way to the queue (its binaries or its bundle): either way the
+        # object store will never have it, which the operator who configured uploads must hear.
+        if r["upload"] == QUEUED or (self.uploads and not r["upload"] and r["stage"] in (CAPTURE, STORE)):
             log.warning("core %d removed before it was uploaded", core_id)
         db.execute("DELETE FROM shipping WHERE core_id = ?", (int(core_id),))
 
