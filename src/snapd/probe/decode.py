@@ -30,6 +30,7 @@ class RawEvent(ct.Structure):
         ("nr", ct.c_int32),
         ("flags", ct.c_uint32),
         ("comm", ct.c_char * 16),
+        ("args_more", ct.c_int64 * 6),  # arg6..arg11 of a USDT probe
     ]
 
 
@@ -129,7 +130,8 @@ def to_event(raw: RawEvent, rule: Rule, names_by_nr: dict[int, str]) -> Event:
             kind=Kind.FUNCTION if isinstance(trig, FunctionTrigger) else Kind.USDT,
             time_ns=raw.ts,
             probe=trig.symbol if isinstance(trig, FunctionTrigger) else trig.probe,
-            args=tuple(int(a) for a in raw.args),
+            # value: the site's operand count (USDT, up to 12) or 6 (a function's registers)
+            args=tuple(int(a) for a in (*raw.args, *raw.args_more))[: min(int(raw.value), 12)],
             ret=int(raw.ret) if at_return else None,
             stopped=stopped,
         )

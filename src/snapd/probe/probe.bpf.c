@@ -124,6 +124,7 @@ struct event {
     s32 nr;
     u32 flags;           // EF_*
     char comm[16];
+    s64 args_more[6];    // a USDT probe's operands past the sixth (FIELD_ARG6..FIELD_ARG11)
 };
 
 // The first 16 bytes of a syscalls:sys_{enter,exit}_* record; the rest (args / ret) is read with
@@ -429,6 +430,7 @@ static __always_inline void emit_record(u32 flags, u32 pid, u64 value, s64 ret)
     }
     __builtin_memset(e->args, 0, sizeof(e->args));
     __builtin_memset(e->comm, 0, sizeof(e->comm));
+    __builtin_memset(e->args_more, 0, sizeof(e->args_more));
     e->pid = e->tid = pid;
     e->slot = e->gen = 0;
     e->ts = bpf_ktime_get_ns();
@@ -449,6 +451,7 @@ static __always_inline void emit(u32 slot, const struct rule_cfg *r, u64 pid_tgi
     }
     e->ts = now;
     __builtin_memcpy(e->args, f->v, sizeof(e->args));
+    __builtin_memcpy(e->args_more, &f->v[FIELD_ARG6], sizeof(e->args_more));
     e->ret = f->v[FIELD_RET];
     e->value = value;
     e->pid = pid_tgid >> 32;
@@ -1118,7 +1121,8 @@ static __always_inline int uprobe_hit(struct pt_regs *ctx, int at_return)
     if (!now)
         now = bpf_ktime_get_ns();
     if (window_hit(slot, r, tgid, now)) {
-        emit(slot, r, pid_tgid, -1, f, now, flags, idx);
+        // value: how many arguments the event shows (a USDT site's operands; a function's six)
+        emit(slot, r, pid_tgid, -1, f, now, flags, (s->flags & US_USDT) ? s->nargs : 6);
         at_emit(ctx, slot, r->gen, pid_tgid, now);
     }
     return 0;
