@@ -235,18 +235,25 @@ static __always_inline u64 is_less(s64 a, s64 b)
 // The predicate interpreter is branch-free apart from its bounded loop, so the verifier walks one
 // path per instruction instead of one per (field, operator, outcome) combination.
 // One step of the predicate: instruction `in` applied to the stack of truth values `st`.
-static __always_inline u64 pred_apply(u64 st, const struct insn *in, const struct fields *f)
+// The outcome (0 or 1) of compare step `in`: `field OP k`.
+static __always_inline u64 cmp_bit(const struct insn *in, const struct fields *f)
 {
-    u64 kind = in->kind, op = in->op;
+    u64 op = in->op;
     s64 a = f->v[in->field & 31], k = in->k;
-    HIDE(kind);
     HIDE(op);
     u64 eq = is_zero((u64)(a ^ k));
     u64 lt = is_less(a, k);
     // bit OP_x of `res` is the outcome of `a OP_x k`
     u64 res = (eq << OP_EQ) | ((eq ^ 1) << OP_NE) | (lt << OP_LT) | ((lt | eq) << OP_LE) |
               (((lt | eq) ^ 1) << OP_GT) | ((lt ^ 1) << OP_GE);
-    u64 cmp = (st << 1) | ((res >> (op & 7)) & 1);
+    return (res >> (op & 7)) & 1;
+}
+
+static __always_inline u64 pred_apply(u64 st, const struct insn *in, const struct fields *f)
+{
+    u64 kind = in->kind;
+    HIDE(kind);
+    u64 cmp = (st << 1) | cmp_bit(in, f);
     u64 top = st & 1, next = (st >> 1) & 1;
     u64 conj = ((st >> 2) << 1) | (top & next);
     u64 disj = ((st >> 2) << 1) | (top | next);
@@ -273,6 +280,10 @@ static __always_inline int eval_pred(const struct rule_cfg *r, const struct fiel
     u32 n = r->n_insns;
     if (n == 0)
         return 1;
+    // One step is one compare (`arg0 == K`, `arg0 > 1GiB`: most rules): its outcome alone,
+    // without the chunk's other three steps (a uprobe hit that passes nothing is mostly this)
+    if (n == 1)
+        return cmp_bit(&r->insns[0], f);
     u64 st = 0;
 #pragma clang loop unroll(disable)
     for (u32 c = 0; c < SNAPD_MAX_INSNS / PRED_CHUNK; c++) {
