@@ -160,6 +160,22 @@ print(json.dumps([asdict(calibrate.measure_dir(sys.argv[1])) for _ in range(3)])
 """
 
 
+def interpreter_start() -> tuple[float, float]:
+    """Seconds for this venv's Python to start and exit, with its site (every .pth of the
+    site-packages it sees: some machines add costly ones) and without (-S); best of 5. Part of
+    every snapd run's end-to-end time and none of gdb's."""
+
+    def best(*flags: str) -> float:
+        t = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, *flags, "-c", "pass"], check=True)
+            t.append(time.perf_counter() - t0)
+        return min(t)
+
+    return best(), best("-S")
+
+
 def machine(outdir: Path) -> list[str]:
     """CPU, AVX-512, and snapd's own calibration of ``outdir``'s file system (medians of 3), run
     in a child so that this process stays small (a child's peak RSS starts from its parent's)."""
@@ -181,6 +197,7 @@ def machine(outdir: Path) -> list[str]:
         rates.append(f"{f} {statistics.median(v):,.0f} MB/s ({min(v):,.0f}-{max(v):,.0f})")
     med = {f: statistics.median(c["rates"][f] for c in cals) / 1e6 for f in fields}
     avx = "yes" if "avx512f" in flags else "no"
+    with_site, bare = interpreter_start()
     return [
         "| CPU | AVX-512 | file system | O_DIRECT MB/s | buffered MB/s | both MB/s | memory MB/s |",
         "|---|---|---|---|---|---|---|",
@@ -190,6 +207,8 @@ def machine(outdir: Path) -> list[str]:
         f"disk: {cals[0]['fstype']} ({cals[0]['key']}); load average {os.getloadavg()[0]:.1f}",
         f"calibration (3 runs, {statistics.median(c['seconds'] for c in cals) * 1e3:.0f} ms each; "
         f"median (min-max)): {', '.join(rates)}",
+        f"Python start-up (in every snapd figure): {with_site * 1e3:.0f} ms, of which the site and"
+        f" its .pth files {max(0.0, with_site - bare) * 1e3:.0f} ms",
     ]
 
 
