@@ -34,6 +34,8 @@ from snapd.sys import ptrace as pt
 from snapd.sys.ptrace import Event, Opt
 
 DEFAULT_TIMEOUT = 5.0
+#: the pauses before asking again when ptrace refuses a live task (see _seize_again)
+REFUSAL_RETRIES = (0.002, 0.005, 0.01, 0.02)
 
 
 class FreezeTimeout(TargetError):
@@ -107,11 +109,17 @@ def precheck(pid: int) -> procfs.Stat:
     if tracer and tracer != os.getpid():
         raise AlreadyTraced(pid, tracer, procfs.comm(tracer))
     # /proc/PID/auxv needs the same ptrace access check as attaching (PTRACE_MODE_READ,
-    # fs/proc/base.c proc_mem_open): learn "not permitted" before creating any file.
-    try:
-        procfs.auxv(pid)
-    except NotPermitted as err:
-        raise NotPermitted(pid) from err
+    # fs/proc/base.c proc_mem_open): learn "not permitted" before creating any file. Asked
+    # again after a moment before it is believed: a check that meets an exec by another thread
+    # can be refused for the dying leader (see _seize_again).
+    for delay in (*REFUSAL_RETRIES, None):
+        try:
+            procfs.auxv(pid)
+            break
+        except NotPermitted as err:
+            if delay is None:
+                raise NotPermitted(pid) from err
+            time.sleep(delay)
     return st
 
 
@@ -180,10 +188,39 @@ def _halt_all(h: Halted, timeout: float) -> None:
                         if tid == pid:
                             raise TargetGone(pid, "attach") from err
                         continue
-                    raise NotPermitted(pid) from err
-                raise
+                    again = _seize_again(pid, tid)
+                    if again == errno.ESRCH:
+                        if tid == pid:
+                            raise TargetGone(pid, "attach") from err
+                        continue
+                    if again != 0:
+                        raise NotPermitted(pid) from err
+                else:
+                    raise
             h.threads[tid] = Thread(tid)
         _wait_stopped(h, deadline, timeout)
+
+
+def _seize_again(pid: int, tid: int) -> int:
+    """Seize ``tid`` again after an EPERM that neither another tracer nor a zombie explains;
+    0 once seized, else the last errno. ptrace_attach refuses a task whose exit has begun
+    (kernel/ptrace.c), and an exec by a thread other than the leader kills the leader and gives
+    its pid to the exec'ing thread (fs/exec.c de_thread): by the time /proc/PID is read it is a
+    live task again, which a second seize takes. A real refusal stays one (a few ms later)."""
+    last = errno.EPERM
+    for delay in REFUSAL_RETRIES:
+        time.sleep(delay)
+        try:
+            pt.seize(tid, Opt.TRACECLONE)
+            pt.interrupt(tid)
+            return 0
+        except OSError as err:
+            last = err.errno or errno.EPERM
+            if last != errno.EPERM:
+                return last
+            if _traced_by_us(pid, tid):  # the exec'ing thread, seized already, now has the pid
+                return 0
+    return last
 
 
 def _wait_stopped(h: Halted, deadline: float, timeout: float) -> None:
