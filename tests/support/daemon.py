@@ -130,7 +130,7 @@ class DaemonHarness:
             try:
                 # The daemon answers while its probes compile (seconds on a loaded machine),
                 # with state "starting"; "ready" once every rule is armed.
-                return self.call("status", timeout=10).get("state", "ready") == "ready"
+                return bool(self.call("status", timeout=10).get("state", "ready") == "ready")
             except CtlError:
                 return False
 
