@@ -169,6 +169,43 @@ def test_function_return_ret(probes: Probes, victim: Victim) -> None:
     assert (ev.ret, ev.args[0], ev.probe) == (1007, 7, "trg_marker")
 
 
+def bpf_link_types() -> list[str]:
+    """The link_type of every BPF link this process holds (/proc/self/fdinfo, Linux 5.7+)."""
+    kinds = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") != "anon_inode:bpf_link":
+                continue
+            text = Path(f"/proc/self/fdinfo/{name}").read_text()
+        except OSError:
+            continue
+        kinds += [ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("link_type:")]
+    return sorted(kinds)
+
+
+@pytest.mark.lane
+def test_a_return_rule_is_attached_as_the_kernel_allows(probes: Probes, victim: Victim) -> None:
+    """Where the kernel filters uprobe_multi links by process (6.10+), a function rule's entry
+    and return are two such links, which take no lock per hit; elsewhere (Debian 12's 6.1) two
+    perf-event uprobes. Either way the rule fires once, for its target."""
+    from snapd import kernel
+
+    release = tuple(int(x) for x in os.uname().release.split("-")[0].split(".")[:2])
+    multi = kernel.has(kernel.Feature.UPROBE_MULTI)
+    assert multi == (release >= (6, 10)), kernel.probe(kernel.Feature.UPROBE_MULTI)
+    before = bpf_link_types()
+    exe = os.readlink(f"/proc/{victim.pid}/exe")
+    probes.load(fn_rule(victim.pid, exe, "ret == 1007", at="return"))
+    added = list(bpf_link_types())
+    for kind in before:
+        added.remove(kind)
+    want = ["uprobe_multi", "uretprobe_multi"] if multi else ["perf", "perf"]
+    assert added == want, before
+    command(victim, "c 7")
+    (ev,) = events(probes, 1)
+    assert (ev.ret, ev.pid) == (1007, victim.pid)
+
+
 def test_malloc_arg0_above_a_size(probes: Probes, victim: Victim) -> None:
     probes.load(fn_rule(victim.pid, LIBC, "arg0 > 3MiB", symbol="malloc"))
     command(victim, "a 4096")

@@ -154,12 +154,17 @@ class Fire(ct.Structure):
 class UProto:
     """The uprobe prototype loaded once: sites (cookies) are configured, links attached."""
 
-    def __init__(self) -> None:
+    def __init__(self, multi: bool = False) -> None:
+        """``multi``: programs loaded for uprobe_multi links, and attached with them."""
         from bcc import BPF
 
+        from snapd.sys import bpflink
+
+        self.multi = multi
+        how = bpflink.BPF_TRACE_UPROBE_MULTI if multi else -1
         self.bpf = build("uprobe_proto", proto_flags())
-        self.entry_fd = self.bpf.load_func(b"proto_uprobe", BPF.KPROBE).fd
-        self.return_fd = self.bpf.load_func(b"proto_uretprobe", BPF.KPROBE).fd
+        self.entry_fd = self.bpf.load_func(b"proto_uprobe", BPF.KPROBE, None, how).fd
+        self.return_fd = self.bpf.load_func(b"proto_uretprobe", BPF.KPROBE, None, how).fd
         self.ring = Ring(self.bpf, "fires", Fire)
         self.links: list[Any] = []
         self.next = 1
@@ -186,9 +191,14 @@ class UProto:
 
     def attach(self, idx: int, path: str, offset: int, ret: bool = False, **kw: Any) -> Any:
         from snapd.probe import uprobes
+        from snapd.sys import bpflink
 
         fd = self.return_fd if ret else self.entry_fd
-        link = uprobes.attach(fd, path, offset, retprobe=ret, cookie=idx, **kw)
+        if self.multi:
+            site = bpflink.Site(offset, idx, kw.pop("ref_ctr_offset", 0))
+            link = uprobes.attach_multi(fd, path, [site], retprobe=ret, **kw)
+        else:
+            link = uprobes.attach(fd, path, offset, retprobe=ret, cookie=idx, **kw)
         self.links.append(link)
         return link
 

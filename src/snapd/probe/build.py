@@ -10,18 +10,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from snapd import kernel
 from snapd.probe import layout
+from snapd.sys import bpflink
 
 
 @dataclass(frozen=True)
 class Built:
-    """The loaded program set: the BPF object, the uprobe and uretprobe programs, and why the
-    string matcher is missing, if the kernel refused it ("" when it is in)."""
+    """The loaded program set: the BPF object, the uprobe and uretprobe programs (loaded for
+    uprobe_multi links when ``multi``, else for perf-event uprobes: a program is one or the
+    other, kernel/bpf/syscall.c bpf_prog_attach_check_attach_type), and why the string matcher
+    is missing, if the kernel refused it ("" when it is in)."""
 
     bpf: Any
     uprobe: Any
     uretprobe: Any
     strings_error: str
+    multi: bool = False
 
 
 def _load_eval(b: Any, kind: int) -> tuple[Any, str]:
@@ -54,8 +59,10 @@ def program(source: Path, on_event: Callable[..., Any]) -> Built:
         b.load_func(b"snapd_raw_enter", BPF.TRACEPOINT)
         b.load_func(b"snapd_tick", BPF.PERF_EVENT)
         b.load_func(b"snapd_cpu_sample", BPF.PERF_EVENT)
-        up = b.load_func(b"snapd_uprobe", BPF.KPROBE)
-        uret = b.load_func(b"snapd_uretprobe", BPF.KPROBE)
+        multi = kernel.has(kernel.Feature.UPROBE_MULTI)
+        how = bpflink.BPF_TRACE_UPROBE_MULTI if multi else -1
+        up = b.load_func(b"snapd_uprobe", BPF.KPROBE, None, how)
+        uret = b.load_func(b"snapd_uretprobe", BPF.KPROBE, None, how)
         b.load_func(b"snapd_signal_deliver", BPF.TRACEPOINT)
         b.load_func(b"snapd_signal_generate", BPF.TRACEPOINT)
         b[b"events"].open_ring_buffer(on_event)
@@ -64,4 +71,4 @@ def program(source: Path, on_event: Callable[..., Any]) -> Built:
     except BaseException:
         b.cleanup()
         raise
-    return Built(b, up, uret, strings_error)
+    return Built(b, up, uret, strings_error, multi)

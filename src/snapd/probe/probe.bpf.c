@@ -1056,8 +1056,8 @@ static __always_inline void at_emit(struct pt_regs *ctx, u32 slot, u32 gen, u64 
 // ---- uprobe programs: the function and usdt triggers (uprobe.bpf.c) --------------------------
 //
 // One uprobe program and one uretprobe program serve every function/usdt rule. Each attachment
-// is a perf event linked with a BPF cookie, the index of its `usite`, which names the rule slot
-// (snapd.probe.uattach). A uprobe event concerns exactly one rule, so it is evaluated inline
+// is a link (a uprobe_multi link, or a perf event's) with a BPF cookie, the index of its
+// `usite`, which names the rule slot (snapd.probe.uattach). A uprobe event concerns exactly one rule, so it is evaluated inline
 // (snapd_eval is a TRACEPOINT program: a KPROBE program cannot tail-call it).
 static __always_inline int uprobe_hit(struct pt_regs *ctx, int at_return)
 {
@@ -1068,8 +1068,9 @@ static __always_inline int uprobe_hit(struct pt_regs *ctx, int at_return)
     u64 pid_tgid = bpf_get_current_pid_tgid();
     u32 tgid = pid_tgid >> 32;
     // The kernel runs a process's link in that process's mm only (kernel/trace/trace_uprobe.c
-    // uprobe_perf_filter): what else can hit it is a CLONE_VM child sharing the mm (vfork,
-    // posix_spawn), which this compare turns away without the targets lookup.
+    // uprobe_perf_filter; a uprobe_multi link in its thread group only, bpf_trace.c
+    // uprobe_prog_run): what else can hit a perf-event link is a CLONE_VM child sharing the mm
+    // (vfork, posix_spawn), which this compare turns away without the targets lookup.
     if (owner && tgid != owner)
         return 0;
     u32 idx = (u32)cookie & (SNAPD_MAX_USITES - 1);

@@ -145,7 +145,7 @@ class Probes:
             built = build.program(SOURCE, self._on_event)
         except Exception as err:
             raise ProbeError(f"cannot build the BPF program: {err}") from err
-        b, up, uret = built.bpf, built.uprobe, built.uretprobe
+        b = built.bpf
         if built.strings_error:
             why = built.strings_error
             self.strings_error = f"this kernel's verifier refuses snapd's string matcher ({why})"
@@ -155,7 +155,7 @@ class Probes:
                 b.cleanup()
                 raise ProbeError(f"snapd.probe.layout.{ours.__name__} does not match the compiled program")
         self._bpf = b
-        self._uprobes = uattach.UAttach(b, up.fd, uret.fd)
+        self._uprobes = uattach.UAttach(b, built.uprobe.fd, built.uretprobe.fd, multi=built.multi)
         self._write_own()
         if self.pin_dir is not None:
             try:

@@ -6,7 +6,9 @@ symbol or USDT probe; snapd check does the same) and takes its usite rows; :meth
 then attaches in each target process (process scope, docs/triggers-design.md section 3: the
 breakpoint is written into that process only, so no other pays even the trap, and a USDT
 semaphore is set for the targets only, by the kernel's reference counter). ``sync`` runs at
-load and at every rescan: new targets are attached, the links of gone ones closed.
+load and at every rescan: new targets are attached, the links of gone ones closed. A rule's
+sites in one process are one uprobe_multi link where the kernel has them, else one perf-event
+uprobe each (snapd.probe.uprobes).
 
 Closing a uprobe waits for an RCU-tasks grace period (~115 ms measured here), so links are
 closed by a background thread and their usite rows reused only once closed; a stale hit in
@@ -27,6 +29,7 @@ from snapd.probe.symbols import ResolveError
 from snapd.probe.trigger_layout import MAX_USITES, SiteFlag
 from snapd.rules.expr import arg_index
 from snapd.rules.model import FunctionTrigger, ProbeTrigger, Rule, UsdtTrigger
+from snapd.sys import bpflink
 
 #: processes one rule may be attached in (each costs an fd or two and ~10 ms to attach)
 MAX_PROCESSES = 1024
@@ -70,10 +73,11 @@ class _Armed:
 class UAttach:
     """The attachments of every function/usdt rule of one compiled program set."""
 
-    def __init__(self, bpf: Any, entry_fd: int, return_fd: int) -> None:
+    def __init__(self, bpf: Any, entry_fd: int, return_fd: int, *, multi: bool = False) -> None:
         self._bpf = bpf
         self._entry_fd = entry_fd
         self._return_fd = return_fd
+        self.multi = multi  # the programs were loaded for uprobe_multi links (snapd.probe.build)
         self._armed: dict[int, _Armed] = {}  # rule slot -> its attachments
         self._lock = threading.Lock()  # the free list, shared with the closers
         self._free = list(range(MAX_USITES - 1, -1, -1))
@@ -149,35 +153,45 @@ class UAttach:
                 site = symbols.function_site(binary, trig.symbol, trig.at_return)
                 flags = SiteFlag.SAVE_ENTRY if trig.at_return else SiteFlag(0)
                 ck = uprobes.cookie(self._site(a, ("function",), flags, ()), pid)
-                links.append(uprobes.attach(self._entry_fd, binary.path, site.offset, pid=pid, cookie=ck))
+                sites = [bpflink.Site(site.offset, ck)]
+                links.append(self._link(self._entry_fd, binary.path, sites, pid, False))
                 if trig.at_return:
-                    links.append(
-                        uprobes.attach(
-                            self._return_fd, binary.path, site.offset, pid=pid, retprobe=True, cookie=ck
-                        )
-                    )
+                    links.append(self._link(self._return_fd, binary.path, sites, pid, True))
                 return links
-            sites = usdt.find(binary, trig.probe)
-            why = usdt.uncompiled(sites, nargs_used(trig))
+            found = usdt.find(binary, trig.probe)
+            why = usdt.uncompiled(found, nargs_used(trig))
             if why is not None:
                 raise ResolveError("probe", why, pid)
-            for s in sites:
+            sites = []
+            for s in found:
                 idx = self._site(a, (binary.key, s.offset), SiteFlag.USDT, s.args[: usdt.MAX_ARGS])
-                links.append(
-                    uprobes.attach(
-                        self._entry_fd,
-                        binary.path,
-                        s.offset,
-                        pid=pid,
-                        ref_ctr_offset=s.semaphore_offset,
-                        cookie=uprobes.cookie(idx, pid),
-                    )
-                )
+                sites.append(bpflink.Site(s.offset, uprobes.cookie(idx, pid), s.semaphore_offset))
+            if self.multi:
+                return [self._link(self._entry_fd, binary.path, sites, pid, False)]
+            for site_ in sites:
+                links.append(self._link(self._entry_fd, binary.path, [site_], pid, False))
             return links
         except BaseException:
             for link in links:
                 link.close()
             raise
+
+    def _link(
+        self, prog_fd: int, path: str, sites: list[bpflink.Site], pid: int, retprobe: bool
+    ) -> uprobes.Link:
+        """One link for ``sites``: a uprobe_multi link, or (one site) a perf-event uprobe."""
+        if self.multi:
+            return uprobes.attach_multi(prog_fd, path, sites, pid=pid, retprobe=retprobe)
+        (site,) = sites
+        return uprobes.attach(
+            prog_fd,
+            path,
+            site.offset,
+            pid=pid,
+            retprobe=retprobe,
+            ref_ctr_offset=site.ref_ctr_offset,
+            cookie=site.cookie,
+        )
 
     def _site(
         self, a: _Armed, key: tuple[object, ...], flags: SiteFlag, args: tuple[usdt.ArgSpec, ...]

@@ -5,9 +5,9 @@
 // that defines the SNAPD_* constants of snapd/probe/trigger_layout.py.
 //
 // One uprobe program and one uretprobe program serve every rule. Each attachment (a rule's
-// probe site, in one process or system-wide) is a perf event linked to the program with a BPF
-// cookie (bpf_get_attach_cookie, Linux 5.15+): the index of its `struct usite`, which names the
-// rule slot and says how to read the arguments. No C is written per probe: a USDT operand is a
+// probe sites, in one process or system-wide) is a link to the program with a BPF cookie per
+// site (a uprobe_multi link, 6.6+, or a perf event's, bpf_get_attach_cookie, 5.15+): the index
+// of its `struct usite`, which names the rule slot and says how to read the arguments. No C is written per probe: a USDT operand is a
 // `struct usdt_arg` that usdt_arg_value() interprets (snapd/probe/usdt.py compiles it).
 //
 // bcc rewrites map method calls (map.lookup(), .update()) in the main source file only, so the
@@ -151,9 +151,11 @@ static __always_inline void uprobe_args(struct pt_regs *ctx, const struct usite 
         // copies (ctx + 8, spilled), which the verifier refuses ("modified ctx ptr")
         struct pt_regs *regs = ctx;
         asm volatile("" : "+r"(regs));
+        if (i >= n)
+            break;  // a rule never reads past the site's operands (snapd.probe.usdt.uncompiled)
         u32 fi = i < 6 ? i : FIELD_ARG6 + i - 6;
         if (reads & (1u << fi))  // the fields `reads` names only (a bit per FIELD_*)
-            args[fi] = i < n ? usdt_arg_value(regs, &s->args[i], ip) : 0;
+            args[fi] = usdt_arg_value(regs, &s->args[i], ip);
     }
 }
 

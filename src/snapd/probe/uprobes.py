@@ -21,6 +21,14 @@ Scope, as decided in docs/triggers-design.md:
 ``ref_ctr_offset`` (a USDT semaphore's file offset) makes the kernel increment the u16 at that
 offset in exactly the processes the uprobe is installed in, and decrement it when the uprobe is
 removed, however snapd ends (kernel/events/uprobes.c update_ref_ctr).
+
+Where the kernel has them (:data:`snapd.kernel.Feature.UPROBE_MULTI`), :func:`attach_multi`
+makes one uprobe_multi link instead (:mod:`snapd.sys.bpflink`): the same breakpoints, scope,
+cookies and semaphores, all of a rule's sites in one process in one link, and no per-hit filter
+lock: a perf-event uprobe bound to a process takes ``filter->rwlock`` in uprobe_perf_filter at
+every hit (a system-wide one skips it, which is why bpftrace's ``/pid == N/`` form paid less).
+The program must then be loaded for such links (snapd.probe.build); both forms give it the
+same ``pt_regs`` and ``bpf_get_attach_cookie()``.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from dataclasses import dataclass, field
 from snapd.errors import SnapdError
 from snapd.probe import usdt
 from snapd.probe.usdt import ArgSpec
+from snapd.sys import bpflink
 
 PMU_DIR = "/sys/bus/event_source/devices/uprobe"
 SYS_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
@@ -140,7 +149,8 @@ def _nr(table: dict[str, int]) -> int:
 
 @dataclass
 class Link:
-    """One attached uprobe: its perf event and BPF link (closing either detaches it)."""
+    """One attachment: a perf event and its BPF link (closing either detaches it), or a
+    uprobe_multi link (``perf_fd`` -1) holding every site it was made with."""
 
     what: str
     pid: int | None
@@ -154,8 +164,9 @@ class Link:
             return
         self.closed = True
         for fd in (self.link_fd, self.perf_fd):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     def __enter__(self) -> Link:
         return self
@@ -227,6 +238,24 @@ def attach(
             )
         raise UprobeError(what, err, pid)
     return Link(what, pid, cookie, pfd, lfd)
+
+
+def attach_multi(
+    prog_fd: int,
+    path: str,
+    sites: list[bpflink.Site],
+    *,
+    pid: int | None = None,
+    retprobe: bool = False,
+) -> Link:
+    """Attach program ``prog_fd`` (loaded for uprobe_multi links) at every site of ``path`` in
+    one link: in process ``pid`` only, or in every process that maps the file."""
+    what = f"{path}+{sites[0].offset:#x}" + (f" and {len(sites) - 1} more" if len(sites) > 1 else "")
+    try:
+        lfd = bpflink.uprobe_multi(prog_fd, os.fsencode(path), sites, pid=pid or 0, retprobe=retprobe)
+    except OSError as err:
+        raise UprobeError(what, err.errno or _errno.EINVAL, pid) from err
+    return Link(what, pid, sites[0].cookie, -1, lfd)
 
 
 def cookie(site: int, pid: int) -> int:
