@@ -178,6 +178,33 @@ def test_calibration_is_cached_reused_and_redone_when_stale(tmp_path, cache):
     assert f.seen("direct") == 1e8, "what real dumps did outlives a new measurement"
 
 
+def test_the_cache_is_rewritten_only_when_a_dump_tells_something_new(tmp_path, cache):
+    """Rewriting the cache at the end of a dump frees the old file's blocks, which waited up
+    to 0.9 s for ext4's journal right after a dump: it is done only when the news matter."""
+    out = tmp_path / "out"
+    out.mkdir()
+    cal = calibrate.get(str(out), cache_dir=cache)
+    assert cal is not None
+    path = cache / "calibration.json"
+
+    def seen(*obs: calibrate.Observation) -> int:
+        assert calibrate.observe_all(cal, list(obs), cache_dir=cache) == ""
+        return path.stat().st_ino
+
+    big = 256 << 20
+    before = path.stat().st_ino
+    first = seen(calibrate.Observation("direct", 1e9, big), calibrate.Observation("memory", 4e9, big))
+    assert first != before, "first observations: written (both, in one rewrite)"
+    again = seen(calibrate.Observation("direct", 1.2e9, big), calibrate.Observation("memory", 3.5e9, big))
+    assert again == first, "rates within NOTE of the remembered ones: not rewritten"
+    small = seen(calibrate.Observation("direct", 1e8, 1 << 20))
+    assert small == first, "a small dump says nothing"
+    changed = seen(calibrate.Observation("direct", 2e9, big))
+    assert changed != first
+    got = calibrate.get(str(out), cache_dir=cache, measure=False)
+    assert got is not None and got.seen("direct") == 2e9 and got.seen("memory") == 4e9
+
+
 def test_a_cache_that_cannot_be_written(tmp_path):
     ro = tmp_path / "ro"
     ro.write_text("a file, not a directory")

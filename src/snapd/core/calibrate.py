@@ -35,6 +35,8 @@ MIN_SAMPLE = 4 << 20
 TIME_LIMIT = 0.1  # seconds per candidate, then it is timed on what it wrote so far
 DRIFT = 2.0  # a dump this many times slower or faster than predicted makes the entry stale
 CHECK_MIN = 64 << 20  # dumps smaller than this say nothing about throughput
+NOTE = 1.5  # an observed rate this many times off the remembered one is written down
+REFRESH = 3600.0  # seconds: a remembered observation older than this is written down again
 PARTIAL = ".snapd-partial.calibrate."  # removed by whoever cleans partial cores
 CACHE_NAME = "calibration.json"
 MAX_ENTRIES = 32  # file systems remembered
@@ -160,6 +162,17 @@ def get(directory: str, *, measure: bool = True, cache_dir: Path | None = None) 
         return cal
 
 
+@dataclass(frozen=True)
+class Observation:
+    """What a real dump achieved with ``method`` (bytes/s over ``nbytes``), against the rate
+    it was chosen on (``predicted``; 0: none)."""
+
+    method: str
+    observed: float
+    nbytes: int
+    predicted: float = 0.0
+
+
 def observe(
     cal: Calibration,
     method: str,
@@ -168,27 +181,51 @@ def observe(
     nbytes: int,
     cache_dir: Path | None = None,
 ) -> str:
-    """Record a real dump's write throughput with ``method``: from then on it is what the
-    method is expected to do here (a calibration writes tens of MiB, which may fit in memory
-    the hypervisor still backs; a real dump may not). When it is more than :data:`DRIFT` times
-    off the prediction the entry is also marked stale, to be measured again before the next
-    dump. Returns the drift, if there was one."""
-    if nbytes < CHECK_MIN or observed <= 0 or cal.source == "none":
+    """:func:`observe_all` of one observation."""
+    return observe_all(cal, [Observation(method, observed, nbytes, predicted)], cache_dir)
+
+
+def observe_all(cal: Calibration, seen: list[Observation], cache_dir: Path | None = None) -> str:
+    """Record what a real dump achieved: from then on it is what each method is expected to do
+    here (a calibration writes tens of MiB, which may fit in memory the hypervisor still
+    backs; a real dump may not). One more than :data:`DRIFT` times off its prediction marks
+    the entry stale, to be measured again before the next dump. Returns that drift, if any.
+
+    The cache file is rewritten only when that changes what is known: a drift, a method not
+    seen lately (:data:`REFRESH`), or a rate :data:`NOTE` times off the one remembered. A
+    rewrite replaces the old file, and freeing its blocks right after a dump waited 0.1-0.9 s
+    for the journal here (ext4, `discard`), at the end of every dump that did it."""
+    now = time.time()
+    useful = [o for o in seen if o.nbytes >= CHECK_MIN and o.observed > 0]
+    if not useful or cal.source == "none":
         return ""
     why = ""
-    if predicted > 0 and not 1 / DRIFT <= observed / predicted <= DRIFT:
-        why = f"a {nbytes >> 20} MiB dump wrote at {observed / 1e6:.0f} MB/s, predicted {predicted / 1e6:.0f}"
-    seen = (observed, nbytes, time.time())
+    for o in useful:
+        if o.predicted > 0 and not 1 / DRIFT <= o.observed / o.predicted <= DRIFT and not why:
+            why = (
+                f"a {o.nbytes >> 20} MiB dump wrote at {o.observed / 1e6:.0f} MB/s, "
+                f"predicted {o.predicted / 1e6:.0f}"
+            )
+    new = {o.method: (o.observed, o.nbytes, now) for o in useful}
+
+    def news(cur: Calibration) -> bool:
+        if why and not cur.stale:
+            return True
+        for m, (rate, _, _) in new.items():
+            old = cur.observed.get(m)
+            if old is None or now - old[2] > REFRESH or not 1 / NOTE <= rate / old[0] <= NOTE:
+                return True
+        return False
+
     cdir = cache_dir or default_cache_dir()
     with _lock:
-        entries = _load(cdir)
-        memo = _memo.get(f"{cdir}:{cal.key}")
-        for cur, put in (
-            (entries.get(cal.key), lambda c: _store(cdir, c)),
-            (memo, lambda c: _memo.__setitem__(f"{cdir}:{cal.key}", c)),
-        ):
-            if cur is not None:
-                put(replace(cur, stale=why or cur.stale, observed={**cur.observed, method: seen}))
+        key = f"{cdir}:{cal.key}"
+        cur = _load(cdir).get(cal.key)
+        if cur is not None and news(cur):
+            _store(cdir, replace(cur, stale=why or cur.stale, observed={**cur.observed, **new}))
+        memo = _memo.get(key)
+        if memo is not None:
+            _memo[key] = replace(memo, stale=why or memo.stale, observed={**memo.observed, **new})
     return why
 
 

@@ -137,9 +137,14 @@ def copy_runs(
     *,
     fallback: bool = True,
 ) -> Copied:
-    """Copy ``runs`` of ``(file_offset, remote_addr, length)`` (page-aligned, file order) into
+    """Copy ``runs`` of ``(file_offset, remote_addr, length)`` (page-aligned, any order) into
     a shared mapping of ``fd``, or, where the file cannot be mapped shared (``fallback``; else
     the OSError is raised), through a buffer and pwrite(2)."""
+    # Windows are cut in file order, and each run is written at its offset from its window's
+    # start: a run before that start, or an overlapping one, would be written outside the
+    # mapping, into whatever lies there (duplicated runs once overwrote cached thread stacks
+    # that way: pages._scan). Hence sorted here, and each window checked below.
+    runs = sorted(runs)
     copied = skipped = 0
     bounce = 0  # the pwrite path's buffer (WINDOW bytes), once the mapping was refused
     i = 0
@@ -159,6 +164,8 @@ def copy_runs(
             batch.append(runs[i])
             i += 1
         span = batch[-1][0] + batch[-1][2] - wstart
+        if any(off < wstart or off + length > wstart + span for off, _, length in batch):
+            raise ValueError(f"copy_runs: overlapping runs in the output window at {wstart:#x}")
         if not bounce:
             try:
                 base = mman.mmap_file(fd, wstart, span)

@@ -305,12 +305,13 @@ def report(strat: Strategy, stats: Stats, drain_seconds: float, *, frozen: bool)
     if cal is not None and frozen and strat.staged:
         # A staged frozen copy keeps its writers busy from the first chunk to the last (the
         # reader, at memory speed, is faster than they are), so their rate is the method's.
-        stale = calibrate.observe(cal, strat.method.value, strat.predicted, observed, total)
+        seen = [calibrate.Observation(strat.method.value, observed, total, strat.predicted)]
         # And the reader's own rate, waits for chunks left out, is this machine's memory speed
         # on a real target (the calibration's source may sit in a CPU cache).
         busy = stats.read_seconds - stats.waited_seconds
         if busy > 0:
-            calibrate.observe(cal, "memory", 0.0, stats.read_bytes / busy, stats.read_bytes)
+            seen.append(calibrate.Observation("memory", stats.read_bytes / busy, stats.read_bytes))
+        stale = calibrate.observe_all(cal, seen)
     src = "none"
     if cal is not None:
         src = (
