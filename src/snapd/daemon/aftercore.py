@@ -341,6 +341,11 @@ class AfterCore:
         for lane in (self.capture, self.store):
             if lane.drop(entry.id):
                 log.info("core %d: %s job cancelled: retention removed the core", entry.id, lane.name)
+                if lane is self.store:
+                    # A killed store job may have published the bundle already, before the
+                    # shipping row named it (so forget() could not see it): it goes too, now
+                    # that the child is reaped and can publish nothing more.
+                    self.shipping.drop_bundle(entry.id)
 
     def close(self) -> None:
         self.capture.close()
