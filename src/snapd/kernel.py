@@ -284,6 +284,24 @@ def _insn(code: int, dst: int = 0, imm: int = 0) -> bytes:
     return bytes([code, dst, 0, 0]) + (imm & 0xFFFFFFFF).to_bytes(4, "little")
 
 
+def _prog_load(
+    code: bytes, prog: ProgType, *, log: ctypes.Array[ctypes.c_char] | None = None, attach_type: int = 0
+) -> int:
+    """BPF_PROG_LOAD of ``code`` (GPL; the verifier's log into ``log``): the program's fd."""
+    insns = ctypes.create_string_buffer(code, len(code))
+    license_ = ctypes.create_string_buffer(b"GPL")
+    attr = _ProgLoad(
+        prog_type=prog,
+        insn_cnt=len(code) // 8,
+        insns=ctypes.addressof(insns),
+        license=ctypes.addressof(license_),
+        expected_attach_type=attach_type,
+    )
+    if log is not None:
+        attr.log_level, attr.log_size, attr.log_buf = 1, len(log), ctypes.addressof(log)
+    return _bpf(_BPF_PROG_LOAD, attr)
+
+
 def _helper(helper: Helper, prog: ProgType) -> tuple[bool | None, str]:
     """Hand the verifier ``r1..r5 = 0; call helper; r0 = 0; exit``. Only an unknown or disallowed
     helper is reported as "invalid func" (kernel/bpf/verifier.c check_helper_call; "unknown func"
@@ -291,21 +309,10 @@ def _helper(helper: Helper, prog: ProgType) -> tuple[bool | None, str]:
     mov_k, call, exit_ = 0xB7, 0x85, 0x95  # BPF_ALU64|BPF_MOV|BPF_K, BPF_JMP|BPF_CALL, BPF_JMP|BPF_EXIT
     code = b"".join(_insn(mov_k, dst=r) for r in range(1, 6))
     code += _insn(call, imm=helper) + _insn(mov_k, dst=0) + _insn(exit_)
-    insns = ctypes.create_string_buffer(code, len(code))
-    license_ = ctypes.create_string_buffer(b"GPL")
     log = ctypes.create_string_buffer(1 << 16)
-    attr = _ProgLoad(
-        prog_type=prog,
-        insn_cnt=len(code) // 8,
-        insns=ctypes.addressof(insns),
-        license=ctypes.addressof(license_),
-        log_level=1,
-        log_size=len(log),
-        log_buf=ctypes.addressof(log),
-    )
     name = f"helper #{helper.value} in a {prog.name.lower()} program"
     try:
-        os.close(_bpf(_BPF_PROG_LOAD, attr))
+        os.close(_prog_load(code, prog, log=log))
     except OSError as err:
         text = log.value.decode(errors="replace").strip()
         said = [ln for ln in text.splitlines() if "invalid func " in ln or "unknown func " in ln]
@@ -328,17 +335,8 @@ def _uprobe_multi() -> tuple[bool | None, str]:
 
     mov_k, exit_ = 0xB7, 0x95
     code = _insn(mov_k, dst=0) + _insn(exit_)
-    insns = ctypes.create_string_buffer(code, len(code))
-    license_ = ctypes.create_string_buffer(b"GPL")
-    attr = _ProgLoad(
-        prog_type=ProgType.KPROBE,
-        insn_cnt=len(code) // 8,
-        insns=ctypes.addressof(insns),
-        license=ctypes.addressof(license_),
-        expected_attach_type=bpflink.BPF_TRACE_UPROBE_MULTI,
-    )
     try:
-        fd = _bpf(_BPF_PROG_LOAD, attr)
+        fd = _prog_load(code, ProgType.KPROBE, attach_type=bpflink.BPF_TRACE_UPROBE_MULTI)
     except OSError as err:
         if _no_privilege(err):
             return None, f"BPF_PROG_LOAD: {_errname(err)} (needs CAP_BPF)"

@@ -169,7 +169,8 @@ def test_calibration_is_cached_reused_and_redone_when_stale(tmp_path, cache):
     # A real dump 10x slower than predicted: remembered, and the entry goes stale.
     d = calibrate.get(str(out), cache_dir=cache)
     assert d is not None and d.source == "cache"
-    why = calibrate.observe(d, "direct", 1e9, 1e8, 256 << 20, cache_dir=cache)
+    seen = [calibrate.Observation("direct", 1e8, 256 << 20, predicted=1e9)]
+    why = calibrate.observe_all(d, seen, cache_dir=cache)
     assert "256 MiB dump wrote at 100 MB/s" in why
     e = calibrate.get(str(out), cache_dir=cache, measure=False)
     assert e is not None and e.stale and e.seen("direct") == 1e8

@@ -173,18 +173,6 @@ class Observation:
     predicted: float = 0.0
 
 
-def observe(
-    cal: Calibration,
-    method: str,
-    predicted: float,
-    observed: float,
-    nbytes: int,
-    cache_dir: Path | None = None,
-) -> str:
-    """:func:`observe_all` of one observation."""
-    return observe_all(cal, [Observation(method, observed, nbytes, predicted)], cache_dir)
-
-
 def observe_all(cal: Calibration, seen: list[Observation], cache_dir: Path | None = None) -> str:
     """Record what a real dump achieved: from then on it is what each method is expected to do
     here (a calibration writes tens of MiB, which may fit in memory the hypervisor still

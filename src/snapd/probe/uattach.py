@@ -147,17 +147,12 @@ class UAttach:
     def _attach(self, a: _Armed, pid: int) -> list[uprobes.Link]:
         trig = a.trigger
         binary = symbols.resolve_binary(trig.binary, pid)
-        links: list[uprobes.Link] = []
-        try:
-            if isinstance(trig, FunctionTrigger):
-                site = symbols.function_site(binary, trig.symbol, trig.at_return)
-                flags = SiteFlag.SAVE_ENTRY if trig.at_return else SiteFlag(0)
-                ck = uprobes.cookie(self._site(a, ("function",), flags, ()), pid)
-                sites = [bpflink.Site(site.offset, ck)]
-                links.append(self._link(self._entry_fd, binary.path, sites, pid, False))
-                if trig.at_return:
-                    links.append(self._link(self._return_fd, binary.path, sites, pid, True))
-                return links
+        if isinstance(trig, FunctionTrigger):
+            site = symbols.function_site(binary, trig.symbol, trig.at_return)
+            flags = SiteFlag.SAVE_ENTRY if trig.at_return else SiteFlag(0)
+            sites = [bpflink.Site(site.offset, uprobes.cookie(self._site(a, ("function",), flags, ()), pid))]
+            progs = [(self._entry_fd, False)] + ([(self._return_fd, True)] if trig.at_return else [])
+        else:
             found = usdt.find(binary, trig.probe)
             why = usdt.uncompiled(found, nargs_used(trig))
             if why is not None:
@@ -166,15 +161,19 @@ class UAttach:
             for s in found:
                 idx = self._site(a, (binary.key, s.offset), SiteFlag.USDT, s.args[: usdt.MAX_ARGS])
                 sites.append(bpflink.Site(s.offset, uprobes.cookie(idx, pid), s.semaphore_offset))
-            if self.multi:
-                return [self._link(self._entry_fd, binary.path, sites, pid, False)]
-            for site_ in sites:
-                links.append(self._link(self._entry_fd, binary.path, [site_], pid, False))
-            return links
+            progs = [(self._entry_fd, False)]
+        # One uprobe_multi link per program for all the sites, else a perf-event uprobe per site.
+        groups = [sites] if self.multi else [[site_] for site_ in sites]
+        links: list[uprobes.Link] = []
+        try:
+            for prog_fd, retprobe in progs:
+                for group in groups:
+                    links.append(self._link(prog_fd, binary.path, group, pid, retprobe))
         except BaseException:
             for link in links:
                 link.close()
             raise
+        return links
 
     def _link(
         self, prog_fd: int, path: str, sites: list[bpflink.Site], pid: int, retprobe: bool

@@ -154,7 +154,6 @@ class Link:
 
     what: str
     pid: int | None
-    cookie: int
     perf_fd: int
     link_fd: int
     closed: bool = field(default=False)
@@ -237,7 +236,7 @@ def attach(
                 "perf events (Linux 5.15 and later have them)"
             )
         raise UprobeError(what, err, pid)
-    return Link(what, pid, cookie, pfd, lfd)
+    return Link(what, pid, pfd, lfd)
 
 
 def attach_multi(
@@ -255,7 +254,7 @@ def attach_multi(
         lfd = bpflink.uprobe_multi(prog_fd, os.fsencode(path), sites, pid=pid or 0, retprobe=retprobe)
     except OSError as err:
         raise UprobeError(what, err.errno or _errno.EINVAL, pid) from err
-    return Link(what, pid, sites[0].cookie, -1, lfd)
+    return Link(what, pid, -1, lfd)
 
 
 def cookie(site: int, pid: int) -> int:
