@@ -18,6 +18,7 @@ from elftools.elf.elffile import ELFFile
 
 from snapd.core import calibrate, strategy, write_core
 from snapd.core.calibrate import Calibration, Rates
+from snapd.core.staging import Stats
 from snapd.core.strategy import Method
 from snapd.errors import SnapdError
 from snapd.freeze import halt
@@ -307,6 +308,68 @@ def test_choice_follows_the_measurements():
     assert (
         strategy.choose(slow_disk, 64 << 20, **kw).head == strategy.choose(slow_disk, 64 << 20, **kw).staging
     )
+
+
+def test_the_head_is_what_the_writers_did_not_drain_beside_the_reader_last_time():
+    """Staged before the halt: what a reader at its observed rate would outrun writers at the
+    rate they drained beside a halted reader in an earlier dump; all of it until one was seen.
+    The rest of the staging stays there to be faulted in on demand."""
+    now = time.time()
+    rates = Rates(memory=5e9, populate=8e9, direct=1e9, buffered=1e9, split=2e9, mmap=1e9)
+    kw = dict(frozen=True, sync=False, have_direct=True, cap=8 << 30)
+    first = strategy.choose(Calibration("k", "ext4", rates, now, 0.1), 1 << 30, **kw)
+    assert first.method is Method.SPLIT and first.head == first.staging > 900 << 20
+
+    def seen(beside: float) -> strategy.Strategy:
+        key = strategy.halted_key(Method.SPLIT)
+        observed = {"memory": (4e9, 1 << 30, now), key: (beside, 256 << 20, now)}
+        return strategy.choose(Calibration("k", "ext4", rates, now, 0.1, observed=observed), 1 << 30, **kw)
+
+    half = seen(2e9)  # the reader twice as fast as the writers: half of it, with a margin
+    assert half.staging == first.staging
+    assert (1 << 29) < half.head < 0.7 * (1 << 30)
+    assert "drained 2,000 MB/s beside a reader at 4,000" in half.why
+    assert seen(1e9).head > half.head > seen(3e9).head
+
+
+def test_a_dump_sizes_the_next_ones_head_by_what_its_writers_drained(
+    compile_victim, spawn, tmp_path, cache, monkeypatch
+):
+    """The loop closed on a real target: a staged frozen dump measures its writers beside the
+    halted reader, and the next dump's head is sized from it. (Observations count from
+    CHECK_MIN bytes, which a 96 MiB dump's writers may not reach while it is read: lowered.)"""
+    monkeypatch.setattr(calibrate, "CHECK_MIN", 1 << 20)
+    victim = start_stagecopy(compile_victim, spawn, tmp_path, mib=96)
+    first = write_core(victim.pid, str(tmp_path / "first"), sync=False, method="direct+buffered")
+    assert first.copy is not None and first.copy.staging_bytes > 0 and first.copy.beside_rate > 0
+    assert "beside a reader" not in first.copy.why
+    cal = calibrate.get(str(tmp_path), cache_dir=cache, measure=False)
+    key = strategy.halted_key(Method(first.copy.method))
+    assert cal is not None and cal.seen(key) == pytest.approx(first.copy.beside_rate), cal.observed
+    second = write_core(victim.pid, str(tmp_path / "second"), sync=False, method="direct+buffered")
+    c = second.copy
+    assert c is not None and "staged before the halt: a dump here drained" in c.why
+    assert c.staging_head <= c.staging_used <= c.staging_bytes
+    assert segments(tmp_path / "second") == segments(tmp_path / "first")
+    check_content(tmp_path / "second", victim.ready_line)
+
+
+def test_writers_starting_up_are_not_a_measurement(tmp_path, cache):
+    """A reader that waits at once (no staging) saw the writers write their first chunks only:
+    their rate then is no rate, and must not size the next dump's head."""
+    out = tmp_path / "out"
+    out.mkdir()
+    cal = calibrate.get(str(out), cache_dir=cache)
+    assert cal is not None
+    strat = strategy.choose(cal, 1 << 30, frozen=True, sync=False, have_direct=True, cap=1 << 30)
+    key = strategy.halted_key(strat.method)
+    few = Stats(read_bytes=1 << 30, read_seconds=0.5, drained_beside=4 << 20, beside_seconds=0.004)
+    assert strategy.report(strat, few, 0.1, frozen=True).beside_rate == pytest.approx(1e9, rel=0.05)
+    assert not calibrate.get(str(out), cache_dir=cache, measure=False).seen(key)  # type: ignore[union-attr]
+    many = Stats(read_bytes=1 << 30, read_seconds=0.5, drained_beside=256 << 20, beside_seconds=0.2)
+    strategy.report(strat, many, 0.1, frozen=True)
+    got = calibrate.get(str(out), cache_dir=cache, measure=False)
+    assert got is not None and got.seen(key) == pytest.approx((256 << 20) / 0.2)
 
 
 def test_budget_values(monkeypatch):

@@ -7,7 +7,6 @@ import os
 import sys
 import time
 
-from snapd import kernel
 from snapd.content import AGGREGATES, CLASSES, MODIFIERS, SnapshotMode, parse_spec
 from snapd.core.info import CoreInfo
 from snapd.core.writer import write_core
@@ -98,6 +97,8 @@ def main(argv: list[str]) -> int:
         pids.append(int(p))
     mode = SnapshotMode(args.snapshot)
     if args.verbose:
+        from snapd import kernel  # only -v asks: a plain dump starts without its probes
+
         for probed in kernel.report(kernel.GCORE_FEATURES):
             print(f"snapd gcore: kernel {os.uname().release}: {probed.line()}", file=sys.stderr)
     failed = 0
@@ -173,7 +174,8 @@ def verbose_lines(info: CoreInfo) -> list[str]:
     observed = _rate(c.observed_rate) if c.observed_rate else "-"
     lines.append(
         f"pid {info.pid}: read {c.read_seconds * 1e3:.0f} ms (of which waiting for writers "
-        f"{c.waited_seconds * 1e3:.0f} ms); writers {observed} (predicted {_rate(c.predicted_rate)}), "
+        f"{c.waited_seconds * 1e3:.0f} ms); writers {observed} (predicted {_rate(c.predicted_rate)}; "
+        f"{_rate(c.beside_rate) if c.beside_rate else '-'} beside the reader), "
         f"{c.drain_seconds * 1e3:.0f} ms after the resume; {written or 'nothing written'}"
     )
     if c.stale:

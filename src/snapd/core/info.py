@@ -23,6 +23,7 @@ class CopyReport:
     observed_rate: float = 0.0  # bytes/s they did (0: not measured)
     read_seconds: float = 0.0  # reading target memory (halted, in frozen mode)
     waited_seconds: float = 0.0  # of which waiting for the writers (staging exhausted)
+    beside_rate: float = 0.0  # bytes/s the writers drained beside the reader, until it waited
     drain_seconds: float = 0.0  # writing after the target was resumed
     written: dict[str, int] = field(default_factory=dict)  # bytes per sink
     stale: str = ""  # a drift that made the calibration stale

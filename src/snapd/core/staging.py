@@ -69,6 +69,11 @@ class Stats:
     write_seconds: float = 0.0  # first chunk queued to last chunk written
     skipped_pages: int = 0
     staging_used: int = 0  # bytes of staging faulted in (the warm chunks not counted)
+    #: bytes the writers wrote while the reader ran, until it first had to wait for a chunk
+    #: (or to its end), and over how long: how fast they drain beside a reader (in a halt, at
+    #: the priorities the halt gives them), which sizes the next dump's staging
+    drained_beside: int = 0
+    beside_seconds: float = 0.0
 
 
 class Copier:
@@ -89,6 +94,8 @@ class Copier:
         self.stats = Stats(written=self.written)
         self._t_first = 0.0
         self._t_last = 0.0
+        self._t_read = 0.0  # the first read began
+        self._beside: tuple[int, float] | None = None  # (written, time) at the reader's first wait
         self._lock = threading.Lock()
         self._pending = 0  # chunks queued and not yet written
         self._reading_done = False  # from then on staging chunks are given back once written
@@ -178,6 +185,7 @@ class Copier:
         """
         readers = [reader] if not isinstance(reader, Sequence) else list(reader)
         t0 = time.monotonic()
+        self._t_read = self._t_read or t0
         base = self.stats.read_bytes
         shares = _shares(runs, len(readers)) if sum(r[2] for r in runs) >= PARALLEL_MIN else [list(runs)]
         errors: list[BaseException] = []
@@ -201,6 +209,8 @@ class Copier:
             t.join()
         self.stats.read_seconds += time.monotonic() - t0
         self.stats.waited_seconds += max(waits)
+        written, at = self._beside or (sum(self.written.values()), time.monotonic())
+        self.stats.drained_beside, self.stats.beside_seconds = written, at - self._t_read
         if errors:
             raise errors[0]
         if self.errors:
@@ -253,6 +263,9 @@ class Copier:
         except queue.Empty:
             self.pool.low(self.free)
         t = time.monotonic()
+        with self._lock:
+            if self._beside is None:
+                self._beside = (sum(self.written.values()), t)
         while True:
             if self.pool.exhausted:
                 self.gate.set()  # out of staging: every writer must help now

@@ -14,10 +14,13 @@ too before the core is published, so they count at most at the disk's O_DIRECT r
 
 In frozen mode the reader fills staging chunks faulted in before the halt, and the target is
 resumed as soon as everything has been read; the writers drain the rest after. The staging is
-sized so that the reader never waits for the writers: what they cannot drain during the read,
-``D * (1 - W / R)`` for ``D`` bytes read at ``R`` and drained at ``W``, capped by the budget
-(:func:`budget`: a quarter of MemAvailable unless configured). Beyond the budget the reader
-waits for free chunks, i.e. the remainder is copied at the writers' speed while halted.
+sized for the whole dump, capped by the budget (:func:`budget`: a quarter of MemAvailable unless
+configured); of it only the head is faulted in before the halt: what the writers will not have
+drained by the end of the read, ``D * (1 - W / R)`` for ``D`` bytes read at ``R`` and drained
+at ``W`` beside the halted reader, both as the last big dump here measured them (the whole dump
+until one has). The rest is faulted in on demand, only if the reader is about to run out
+(pool.Pool). Beyond the budget the reader waits for free chunks, i.e. the remainder is copied
+at the writers' speed while halted.
 """
 
 from __future__ import annotations
@@ -205,14 +208,29 @@ def choose(
         if memory and during and memory < STAGE_GAIN * during:
             why += "; no staging: the writers keep up with the reader"
         else:
-            # The staging is faulted in before the halt (the head), as much as HEAD_SECONDS
-            # allow (it delays the halt: the moment the core shows); any more only when the
-            # reader is about to run out (see pool.Pool), which slows the reader: faulting memory in
-            # competes with it for a CPU and for memory bandwidth.
+            # The whole dump may be staged. Faulted in before the halt (the head): what the
+            # writers will not have drained by the time the reader ends, at the rate they drained
+            # beside a halted reader in the last big dump here (buffered ones included: that
+            # dump measured what CPU time they got; none yet: all of it), and at most what
+            # HEAD_SECONDS allow (it delays the halt: the moment the core shows). Any more only
+            # when the reader is about to run out (see pool.Pool), which slows the reader:
+            # faulting memory in competes with it for a CPU and for memory bandwidth.
             staging = staging_for(nbytes, 0.0, 0.0, cap)
-            head = min(staging, int((rates.populate or DEFAULT_POPULATE) * HEAD_SECONDS) // CHUNK * CHUNK)
+            beside = cal.seen(halted_key(method)) if cal else 0.0
+            need = staging_for(nbytes, memory, beside, cap) if beside and memory else staging
+            head = min(need, int((rates.populate or DEFAULT_POPULATE) * HEAD_SECONDS) // CHUNK * CHUNK)
             head = _head_override(head, staging)
+            if beside and memory:
+                why += (
+                    f"; {need >> 20} MiB staged before the halt: a dump here drained "
+                    f"{beside / 1e6:,.0f} MB/s beside a reader at {memory / 1e6:,.0f} MB/s"
+                )
     return Strategy(method, staging, nbytes, cap, predicted, cal, why, frozen, head)
+
+
+def halted_key(method: Method) -> str:
+    """The observation of how fast ``method``'s writers drained beside a halted reader."""
+    return f"{method.value} halted"
 
 
 def _head_override(head: int, staging: int) -> int:
@@ -302,6 +320,7 @@ def report(strat: Strategy, stats: Stats, drain_seconds: float, *, frozen: bool)
     total = sum(written.values())
     observed = total / stats.write_seconds if stats.write_seconds > 0 else 0.0
     stale = ""
+    beside = stats.drained_beside / stats.beside_seconds if stats.beside_seconds > 0 else 0.0
     if cal is not None and frozen and strat.staged:
         # A staged frozen copy keeps its writers busy from the first chunk to the last (the
         # reader, at memory speed, is faster than they are), so their rate is the method's.
@@ -311,6 +330,10 @@ def report(strat: Strategy, stats: Stats, drain_seconds: float, *, frozen: bool)
         busy = stats.read_seconds - stats.waited_seconds
         if busy > 0:
             seen.append(calibrate.Observation("memory", stats.read_bytes / busy, stats.read_bytes))
+        # And how fast the writers drained beside it, until it first waited for them: over
+        # at least CHECK_MIN bytes, since over the first few chunks the writers are starting.
+        if beside:
+            seen.append(calibrate.Observation(halted_key(strat.method), beside, stats.drained_beside))
         stale = calibrate.observe_all(cal, seen)
     src = "none"
     if cal is not None:
@@ -333,6 +356,7 @@ def report(strat: Strategy, stats: Stats, drain_seconds: float, *, frozen: bool)
         observed_rate=observed,
         read_seconds=stats.read_seconds,
         waited_seconds=stats.waited_seconds,
+        beside_rate=beside,
         drain_seconds=drain_seconds,
         written=written,
         stale=stale,
