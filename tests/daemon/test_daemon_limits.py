@@ -208,8 +208,10 @@ def test_full_disk_never_stops_the_daemon(daemon: DaemonHarness, victims: Victim
         filler = state / "filler"
         outcomes = set()
         # Slack past the core: too little for the core (the writer fails), for the catalog's
-        # WAL growth (publish fails: this killed the daemon), or enough. 36-48 KiB here.
-        for slack in range(24 << 10, 68 << 10, 4 << 10):
+        # WAL growth (publish fails: this killed the daemon), or enough. 36-48 KiB here, and
+        # the first below 24 KiB in one run of five: from less than the core itself, so that
+        # the writer surely fails once whatever the boundary.
+        for slack in range(-(32 << 10), 68 << 10, 4 << 10):
             filler.unlink(missing_ok=True)
             vfs = os.statvfs(state)
             filler.write_bytes(b"\0" * max(0, vfs.f_bavail * vfs.f_frsize - need - slack))

@@ -77,6 +77,23 @@ def test_a_dropped_rule_is_live_within_a_second(daemon: DaemonHarness, named: Na
     v.cmd("p")
 
 
+def test_a_rule_with_no_target_yet_is_logged_as_ctl_rules_shows_it(daemon: DaemonHarness) -> None:
+    """The log and `snapd ctl rules` say the same: no process matches, so not "armed"."""
+    daemon.start()
+    rule = "name: none\ntarget:\n  comm: snapd-no-such\ntrigger:\n  syscall: getppid\n"
+    daemon.write_rule("none.yaml", rule)
+
+    def waiting() -> bool:
+        states = {r.get("name"): r.get("state") for r in daemon.rules_list()}
+        return states.get("none") == "waiting for target"
+
+    wait_for(waiting, 10, "the rule to be loaded")
+    assert re.search(
+        r"rule none loaded from .*/none\.yaml: in the kernel, waiting for target", daemon.log_text()
+    ), daemon.log_text()[-2000:]
+    assert not re.search(r"rule none loaded from .*: armed", daemon.log_text())
+
+
 def test_max_cores_counts_cores_not_firings(daemon: DaemonHarness, victims: Victims) -> None:
     v = victims()
     action = "  core:\n    repeat: 2\n    interval: 100ms\n"

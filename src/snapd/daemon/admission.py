@@ -11,6 +11,7 @@ SIGCONT at once: it never waits in a queue.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -26,6 +27,9 @@ from snapd.daemon.worker import Worker
 from snapd.errors import SnapdError
 from snapd.probe import Event
 from snapd.store import PauseSwitch
+from snapd.text import safe
+
+log = logging.getLogger("snapd")
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,15 @@ class Admission:
         try:
             start = procfs.stat(ev.pid).starttime
         except SnapdError:
+            if not st.suppressed["gone"]:  # the first per rule: the rest are counted in ctl status
+                log.warning(
+                    "rule %s fired in pid %d (%s), which exited before it could be halted: no core%s"
+                    " (more such are counted in `snapd ctl status`, suppressed: gone)",
+                    ev.rule,
+                    ev.pid,
+                    safe(ev.comm),
+                    "" if ev.stopped else "; `action: {stop: kernel}` halts a target at the event",
+                )
             st.suppressed["gone"] += 1
             self.journal.done(ev.pid)
             return None

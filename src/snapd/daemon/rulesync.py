@@ -142,7 +142,10 @@ class RuleSet:
             unloaded |= old is not None
             n = len(self.probes.targets_of(name))
             what = "reloaded" if old is not None else "loaded"
-            log.info("rule %s %s from %s: armed, %d process(es) targeted now", name, what, f.path, n)
+            if n:
+                log.info("rule %s %s from %s: armed, %d process(es) targeted now", name, what, f.path, n)
+            else:  # as `snapd ctl rules` says it
+                log.info("rule %s %s from %s: in the kernel, waiting for target", name, what, f.path)
         return unloaded
 
     def _keep(self, st: RuleState, why: str) -> None:
