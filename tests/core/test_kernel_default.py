@@ -136,9 +136,20 @@ def test_default_is_the_kernels_choice_on_a_jvm(
         ' System.out.println("ready"); System.out.flush(); System.in.read(); } }\n'
     )
     subprocess.run([javac, "-d", str(tmp_path), str(src)], check=True, timeout=120)
-    v = spawn(["prlimit", "--core=unlimited", java, "-Xmx256m", "-cp", str(tmp_path), "Idle"])
-    maps = procfs.smaps(v.pid)
-    modules = [m for m in maps if m.path.endswith("/lib/modules")]
-    assert modules and modules[0].perms == "r--s" and "sh" not in modules[0].vmflags, modules
-    diffs = compare_with_the_kernel(v.pid, kernel_core_pattern, tmp_path / "snapd.core")
+    # An idle JVM still runs (JIT, GC, safepoint polls), and between the two cores it may give
+    # a mapping its first anonymous page, which changes the kernel's choice for it (anon_vma,
+    # fs/coredump.c vma_dump_size): seen once in a run with one CPU kept busy. A difference is
+    # a failure only if a second JVM shows it too.
+    first: list[str] = []
+    for attempt in range(2):
+        v = spawn(["prlimit", "--core=unlimited", java, "-Xmx256m", "-cp", str(tmp_path), "Idle"])
+        maps = procfs.smaps(v.pid)
+        modules = [m for m in maps if m.path.endswith("/lib/modules")]
+        assert modules and modules[0].perms == "r--s" and "sh" not in modules[0].vmflags, modules
+        diffs = compare_with_the_kernel(v.pid, kernel_core_pattern, tmp_path / f"snapd.core.{attempt}")
+        if not diffs:
+            if first:
+                print("\nthe first JVM changed between the two cores:\n" + "\n".join(first))
+            return
+        first = first or diffs
     assert diffs == [], "\n".join(diffs)
