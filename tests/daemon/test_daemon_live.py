@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import time
@@ -77,8 +78,11 @@ def test_a_dropped_rule_is_live_within_a_second(daemon: DaemonHarness, named: Na
     v.cmd("p")
 
 
-def test_a_rule_with_no_target_yet_is_logged_as_ctl_rules_shows_it(daemon: DaemonHarness) -> None:
-    """The log and `snapd ctl rules` say the same: no process matches, so not "armed"."""
+def test_a_rule_with_no_target_yet_is_logged_as_ctl_rules_shows_it(
+    daemon: DaemonHarness, tmp_path: Path
+) -> None:
+    """The log and `snapd ctl rules` say the same: no process matches, so not "armed"; when
+    one starts it is, and when it goes, it is waiting again."""
     daemon.start()
     rule = "name: none\ntarget:\n  comm: snapd-no-such\ntrigger:\n  syscall: getppid\n"
     daemon.write_rule("none.yaml", rule)
@@ -92,6 +96,19 @@ def test_a_rule_with_no_target_yet_is_logged_as_ctl_rules_shows_it(daemon: Daemo
         r"rule none loaded from .*/none\.yaml: in the kernel, waiting for target", daemon.log_text()
     ), daemon.log_text()[-2000:]
     assert not re.search(r"rule none loaded from .*: armed", daemon.log_text())
+    # The process it waits for starts, then goes: the log tells both, as ctl rules shows them.
+    exe = tmp_path / "snapd-no-such"
+    shutil.copy("/usr/bin/sleep", exe)
+    proc = subprocess.Popen([str(exe), "600"])
+    try:
+        armed_line = rf"rule none: armed, 1 process\(es\) targeted now: {proc.pid} \(snapd-no-such\)"
+        wait_for(lambda: re.search(armed_line, daemon.log_text()), scaled(30), "the line saying it is armed")
+        assert {r.get("name"): r.get("state") for r in daemon.rules_list()}["none"] == "armed"
+    finally:
+        proc.kill()
+        proc.wait()
+    gone = r"rule none: waiting for target: no process targeted any more"
+    wait_for(lambda: re.search(gone, daemon.log_text()), scaled(30), "the line saying its target went")
 
 
 def test_max_cores_counts_cores_not_firings(daemon: DaemonHarness, victims: Victims) -> None:

@@ -99,8 +99,9 @@ class Control:
             return [{"path": p, "state": "starting: not armed yet"} for p in self._rules.files()]
         out: list[dict[str, Any]] = []
         loaded = {st.rule.path for st in self._rules.states.values()}
+        targets = self._probes.targets()
         for st in self._rules.states.values():
-            pids = self._probes.targets_of(st.rule.name)
+            pids = targets.get(st.rule.name, [])
             row: dict[str, Any] = {
                 **st.to_dict(),
                 "state": st.state(len(pids)),

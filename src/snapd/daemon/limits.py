@@ -11,6 +11,7 @@ import datetime as dt
 from collections import Counter
 from dataclasses import dataclass, field
 
+from snapd.daemon.targetlog import TargetLog
 from snapd.rules.model import Rule
 
 HOUR = 3600.0
@@ -31,6 +32,7 @@ class RuleState:
     last_by_process: dict[tuple[int, int], float] = field(default_factory=dict)
     bad_edit: str = ""
     muted: bool = False  # muted in the kernel: max_cores reached
+    targets_log: TargetLog = field(default_factory=TargetLog)  # what the log said of its targets
 
     @property
     def spent(self) -> bool:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
+from snapd import procfs
 from snapd.daemon import ruledir
 from snapd.daemon.limits import RuleState
 from snapd.probe import Probes
@@ -138,15 +140,27 @@ class RuleSet:
                 if old is not None:
                     self._keep(old, str(err))
                 continue
-            self.states[name] = RuleState(f.rule, f.digest)
+            st = self.states[name] = RuleState(f.rule, f.digest)
             unloaded |= old is not None
             n = len(self.probes.targets_of(name))
+            st.targets_log.loaded(n > 0, time.monotonic())
             what = "reloaded" if old is not None else "loaded"
             if n:
                 log.info("rule %s %s from %s: armed, %d process(es) targeted now", name, what, f.path, n)
             else:  # as `snapd ctl rules` says it
                 log.info("rule %s %s from %s: in the kernel, waiting for target", name, what, f.path)
         return unloaded
+
+    def note_targets(self) -> list[str]:
+        """A line for each rule whose targets came or went since the log last said (after a
+        rescan: :mod:`snapd.daemon.targetlog`)."""
+        now, out, targets = time.monotonic(), [], self.probes.targets()
+        for name, st in self.states.items():
+            pids = targets.get(name, [])
+            line = st.targets_log.observe(name, pids, st.state(len(pids)), now, procfs.comm)
+            if line:
+                out.append(line)
+        return out
 
     def _keep(self, st: RuleState, why: str) -> None:
         if st.bad_edit != why:

@@ -51,6 +51,7 @@ from snapd.daemon.rulesync import RULE_EVENTS, RuleSet
 from snapd.daemon.uploads import Uploads
 from snapd.daemon.worker import Worker, take_lock
 from snapd.probe import Event, Kind, Probes, pinned
+from snapd.probe.probes import RESCAN_INTERVAL_S
 from snapd.ship.metrics import Metrics
 from snapd.store import Catalog, Entry, PauseSwitch, Retention
 from snapd.sys.inotify import Watch
@@ -93,6 +94,7 @@ class Daemon:
         self.journal = StopJournal(self.state_dir, self.probes)
         self.journal.recover()
         self.rules = RuleSet(self.rules_dir, self.probes)
+        self._targets_due = 0.0  # when the rules' targets are next compared with the log's
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.worker = Worker(self.state_dir, self.lock_fd)
         self.worker.on_stop_cleared = self.journal.done
@@ -304,6 +306,10 @@ class Daemon:
                     self._on_event(ev)
                 for line in self.probes.take_problems():
                     log.warning("%s", line)
+                if time.monotonic() >= self._targets_due:  # the probes rescan as often
+                    self._targets_due = time.monotonic() + RESCAN_INTERVAL_S
+                    for line in self.rules.note_targets():
+                        log.info("%s", line)
             for res in self.worker.take_results():
                 self.dumps.finish(res)
             now = time.monotonic()

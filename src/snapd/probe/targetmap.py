@@ -47,11 +47,19 @@ def clear(tmap: Any, slot: int) -> None:
 
 def pids_of(tmap: Any, slot: int, is_own: Callable[[int], bool]) -> list[int]:
     """The live processes that have rule ``slot``'s bit, leaving out snapd's own."""
-    bit = 1 << slot
-    out = []
+    return by_slot(tmap, is_own, 1 << slot).get(slot, [])
+
+
+def by_slot(tmap: Any, is_own: Callable[[int], bool], mask: int = ~0) -> dict[int, list[int]]:
+    """Each rule slot of ``mask`` that has live processes (snapd's own left out): their pids,
+    in one pass over the map."""
+    out: dict[int, list[int]] = {}
     for k, v in tmap.items():
-        pid = int(k.value)
+        pid, bits = int(k.value), v.value & mask
         # fork also marks new threads (by tid); an Event names a process
-        if v.value & bit and is_process(pid) and not is_own(pid):
-            out.append(pid)
-    return sorted(out)
+        if not bits or not is_process(pid) or is_own(pid):
+            continue
+        for slot in range(bits.bit_length()):
+            if bits >> slot & 1:
+                out.setdefault(slot, []).append(pid)
+    return {slot: sorted(pids) for slot, pids in out.items()}
