@@ -306,8 +306,8 @@ class Daemon:
                     self._on_event(ev)
                 for line in self.probes.take_problems():
                     log.warning("%s", line)
-                if time.monotonic() >= self._targets_due:  # the probes rescan as often
-                    self._targets_due = time.monotonic() + RESCAN_INTERVAL_S
+                if (t := time.monotonic()) >= self._targets_due:  # the probes rescan as often
+                    self._targets_due = t + RESCAN_INTERVAL_S
                     for line in self.rules.note_targets():
                         log.info("%s", line)
             for res in self.worker.take_results():

@@ -411,7 +411,8 @@ class Probes:
 
     def targets_of(self, name: str) -> list[int]:
         """The processes the kernel currently targets for rule ``name``."""
-        return self.targets().get(name, [])
+        ent = self._loaded.get(name)
+        return [] if ent is None or self._bpf is None else self._pids_of(ent.slot)
 
     def targets(self) -> dict[str, list[int]]:
         """:meth:`targets_of` every rule, in one pass over the map."""
