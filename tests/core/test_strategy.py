@@ -310,6 +310,41 @@ def test_choice_follows_the_measurements():
     )
 
 
+def test_writers_are_expected_to_do_what_real_dumps_did(tmp_path, cache):
+    """A calibration whose test write finds warm memory predicts writers 2x faster than real
+    dumps achieve: predicting from it, every dump drifted, went stale and made the next one
+    measure again before its halt. What a real dump did is the prediction from then on."""
+    out = tmp_path / "out"
+    out.mkdir()
+    cal = calibrate.get(str(out), cache_dir=cache)
+    assert cal is not None
+    kw = {"frozen": True, "sync": False, "have_direct": True, "cap": 1 << 30}
+    first = strategy.choose(cal, 1 << 30, **kw)
+    assert first.predicted == strategy.rate_of(cal.rates, first.method)
+    real = first.predicted / 4  # what the dump achieved: 4x slower than the test said
+    why = calibrate.observe_all(
+        cal, [calibrate.Observation(first.method.value, real, 1 << 30, first.predicted)], cache_dir=cache
+    )
+    assert why, "a dump 4x off its prediction makes the entry stale"
+    again = calibrate.get(str(out), cache_dir=cache)
+    assert again is not None and again.source == "measured" and not again.stale
+    second = strategy.choose(again, 1 << 30, **kw)
+    if second.method is first.method:
+        assert second.predicted == real
+        # the next dump does as the last one did: nothing to measure again
+        obs = calibrate.Observation(second.method.value, real * 1.1, 1 << 30, second.predicted)
+        assert calibrate.observe_all(again, [obs], cache_dir=cache) == ""
+        third = calibrate.get(str(out), cache_dir=cache)
+        assert third is not None and third.source == "cache" and not third.stale
+    # With --sync buffered bytes reach the disk too: never predicted faster than O_DIRECT.
+    now = time.time()
+    rates = Rates(memory=5e9, populate=2e9, direct=0.4e9, buffered=2e9, split=2.5e9, mmap=1e9)
+    seen_split = Calibration("k", "ext4", rates, now, 0.1, observed={Method.SPLIT.value: (3e9, 1 << 30, now)})
+    assert strategy.choose(seen_split, 1 << 30, **kw).predicted == 3e9
+    synced = strategy.choose(seen_split, 1 << 30, **{**kw, "sync": True})
+    assert synced.predicted <= rates.direct
+
+
 def test_the_head_is_what_the_writers_did_not_drain_beside_the_reader_last_time():
     """Staged before the halt: what a reader at its observed rate would outrun writers at the
     rate they drained beside a halted reader in an earlier dump; all of it until one was seen.

@@ -198,7 +198,14 @@ def choose(
         if not frozen and rate(Method.MMAP) > PREFER * rate(method):
             method = Method.MMAP  # a fork's child or an unstaged copy: no staging to lose
             why = f"{method.value} (fastest measured)"
-    predicted = rate(method)
+    # What the writers should drain at: what a real dump here achieved with the method lately,
+    # else the calibration's. A 64 MiB test write may find memory the hypervisor still backs and
+    # a 1 GiB dump not (free-page reporting, mm/page_reporting.c): predicted from the test
+    # alone, every such dump drifts, goes stale and makes the next one measure again (0.3-0.5 s
+    # before its halt), which measures the same and drifts again.
+    predicted = (cal.seen(method.value) if cal else 0.0) or rate(method)
+    if sync and method is not Method.DIRECT and rates.direct:
+        predicted = min(predicted, rates.direct)
     memory = (cal.seen("memory") if cal else 0.0) or rates.memory
     staging = head = 0
     if frozen and method is not Method.MMAP:
