@@ -79,6 +79,13 @@ struct sysmask {
     u8 argx[8];
 };
 
+// A rule's mutes, read by one lookup per hit (snapd.probe.mutes writes them).
+struct mute {
+    u64 until;           // until when its events are useless (max_cores reached: forever); 0: never
+    u64 pmax;            // the latest `until` of its rows in pmutes (0: it has none): past it no
+                         // row can mute the rule, and that lookup (a hash) is skipped
+};
+
 // Until when (bpf_ktime_get_ns) a rule's events are useless for one process (min_interval).
 struct pmute {
     u64 until;
@@ -142,14 +149,11 @@ BPF_HASH(sysmasks, u32, struct sysmask, 1024);
 BPF_HASH(ticks, u64, u64, SNAPD_MAX_RULES);
 BPF_ARRAY(globals, u64, GLOBAL_NR);
 BPF_PERCPU_ARRAY(counters, u64, CTR_NR);
-// Until when a rule's events are useless (max_cores reached: forever); checked before its
-// predicate, so a rule that has spent its budget costs a map lookup per event, not a firing.
-BPF_ARRAY(mutes, u64, SNAPD_MAX_RULES);
+// Checked before a rule's predicate, so a rule that has spent its budget costs a map lookup per
+// event, not a firing.
+BPF_ARRAY(mutes, struct mute, SNAPD_MAX_RULES);
 BPF_PERCPU_ARRAY(muted_by_rule, u64, SNAPD_MAX_RULES);  // CTR_MUTED per slot, for ctl rules
 BPF_TABLE("lru_hash", struct wkey, struct pmute, pmutes, SNAPD_MAX_WINDOWS);
-// The latest `until` of any per-process mute of a rule (0: it has none): past it no row of
-// pmutes can mute the rule, and its lookup (a hash) is skipped.
-BPF_ARRAY(pmute_max, u64, SNAPD_MAX_RULES);
 // Every process stop: kernel stopped (tgid -> CLOCK_BOOTTIME of the stop), until the daemon has
 // resumed it or taken it over. Pinned in bpffs by snapd.probe, so a restarted daemon resumes
 // exactly these: a process with that pid that started before the stop is the one stopped (two
@@ -403,9 +407,10 @@ static __always_inline int is_own(u32 tgid)
 // compare it with (0: not read yet): most hits of most rules meet no mute.
 static __always_inline int is_muted(u32 slot, const struct rule_cfg *r, u32 tgid, u64 *now)
 {
-    u64 *mu = mutes.lookup(&slot);
-    u64 *pmax = pmute_max.lookup(&slot);
-    u64 until = mu ? *mu : 0, pm_until = pmax ? *pmax : 0;
+    struct mute *mu = mutes.lookup(&slot);
+    if (!mu)
+        return 0;
+    u64 until = mu->until, pm_until = mu->pmax;
     if (!until && !pm_until)
         return 0;
     if (!*now)
