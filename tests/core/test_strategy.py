@@ -11,6 +11,7 @@ import re
 import subprocess
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,67 @@ def test_staging_only_what_is_needed(stagecopy, tmp_path, cache):
     c = info.copy
     assert c is not None
     assert c.staging_head <= c.staging_used <= c.staging_bytes <= c.budget_bytes
+
+
+def test_faulting_in_the_head_stops_at_its_deadline(compile_victim, spawn, tmp_path, cache, monkeypatch):
+    """The head is faulted in before the halt, which delays the moment the core shows: at most
+    HEAD_SECONDS of it, however slow fresh memory is (the hypervisor may have taken it back).
+    What is left is faulted in on demand, and the core is the same. The rate it did is what
+    the next dump's head is sized by."""
+    from snapd.core import pool as poolmod
+
+    region = poolmod.Region(8 * poolmod.SLICE, populate=0)
+    try:
+        assert poolmod._populate_parallel(region, 8 * poolmod.SLICE, time.monotonic() - 1) == 0
+        assert region.populated == 0
+        assert poolmod._populate_parallel(region, 8 * poolmod.SLICE) == 8 * poolmod.SLICE
+    finally:
+        region.close()
+
+    v = start_stagecopy(compile_victim, spawn, tmp_path, 96)
+    full = tmp_path / "full"
+    write_core(v.pid, str(full), sync=False, budget=0)
+    slow = poolmod.Region.populate
+    # a disk far slower than memory, whatever this machine's: the dump is staged
+    measured = calibrate.get(str(tmp_path), cache_dir=cache)
+    assert measured is not None
+    disk = replace(measured.rates, direct=measured.rates.memory / 20)
+    monkeypatch.setattr(calibrate, "get", lambda *a, **kw: replace(measured, rates=disk))
+
+    def crawl(self: poolmod.Region, offset: int, length: int) -> None:
+        time.sleep(0.05)  # memory the hypervisor must find again, exaggerated
+        slow(self, offset, length)
+
+    monkeypatch.setattr(poolmod.Region, "populate", crawl)
+    monkeypatch.setattr(strategy, "HEAD_SECONDS", 0.01)
+    monkeypatch.setenv("SNAPD_STAGING_HEAD", "all")  # planned: the whole staging
+    core = tmp_path / "core"
+    info = write_core(v.pid, str(core), sync=False, method="direct")
+    c = info.copy
+    assert c is not None and c.staging_bytes > 4 * poolmod.SLICE, c
+    assert c.staging_head < c.staging_bytes, "stopped at the deadline"
+    assert c.staging_head <= 4 * poolmod.SLICE  # a slice per thread at most, once the deadline is past
+    assert c.staging_used > c.staging_head, "the rest faulted in while halted, on demand"
+    assert segments(core) == segments(full)
+    monkeypatch.undo()
+
+    now = time.time()
+    rates = Rates(memory=5e9, populate=8e9, direct=1e9, buffered=1e9, split=1e9, mmap=1e9)
+    kw = {"frozen": True, "sync": False, "have_direct": True, "cap": 8 << 30}
+    test_said = strategy.choose(Calibration("k", "ext4", rates, now, 0.1), 4 << 30, **kw)
+    assert test_said.head > 2e9 * strategy.HEAD_SECONDS
+    slow_seen = Calibration("k", "ext4", rates, now, 0.1, observed={"populate": (5e8, 1 << 30, now)})
+    assert strategy.choose(slow_seen, 4 << 30, **kw).head <= 5e8 * strategy.HEAD_SECONDS
+    # what the staged dump reported is an observation of it
+    st = Stats(written={"direct": 1 << 30}, write_seconds=1.0, head_bytes=256 << 20, head_seconds=0.5)
+    monkeypatch.setenv("SNAPD_CACHE_DIR", str(cache))
+    cal = calibrate.get(str(tmp_path), cache_dir=cache)
+    assert cal is not None
+    strat = strategy.choose(cal, 1 << 30, **{**kw, "cap": 1 << 30})
+    rep = strategy.report(strat, st, 0.1, frozen=True)
+    assert rep.staging_head == 256 << 20 and rep.head_seconds == 0.5
+    again = calibrate.get(str(tmp_path), cache_dir=cache, measure=False)
+    assert again is not None and again.seen("populate") == (256 << 20) / 0.5
 
 
 def test_calibration_is_cached_reused_and_redone_when_stale(tmp_path, cache):

@@ -160,7 +160,8 @@ def verbose_lines(info: CoreInfo) -> list[str]:
     lines = [
         f"pid {info.pid}: snapshot: {mode}; copy: {c.why}; {info.memory_bytes / mib:,.0f} MiB copied, "
         f"staging {c.staging_used / mib:,.0f} MiB used of {c.staging_bytes / mib:,.0f} "
-        f"({c.staging_head / mib:,.0f} before the halt; estimate {c.estimate_bytes / mib:,.0f} MiB, "
+        f"({c.staging_head / mib:,.0f} before the halt, in {c.head_seconds * 1e3:.0f} ms; "
+        f"estimate {c.estimate_bytes / mib:,.0f} MiB, "
         f"budget {c.budget_bytes / mib:,.0f} MiB)"
     ]
     if c.rates:

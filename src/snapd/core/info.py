@@ -16,6 +16,7 @@ class CopyReport:
     calibration: str = ""  # measured | cache | memory | none, with its age
     staging_bytes: int = 0  # at most, beyond the warm chunks
     staging_head: int = 0  # of which faulted in before the halt
+    head_seconds: float = 0.0  # and how long that took (at most strategy.HEAD_SECONDS)
     staging_used: int = 0  # faulted in, in the end (peak extra memory)
     budget_bytes: int = 0
     estimate_bytes: int = 0

@@ -69,6 +69,8 @@ class Stats:
     write_seconds: float = 0.0  # first chunk queued to last chunk written
     skipped_pages: int = 0
     staging_used: int = 0  # bytes of staging faulted in (the warm chunks not counted)
+    head_bytes: int = 0  # of which before the halt (pool.Pool: at most until its deadline)
+    head_seconds: float = 0.0  # and how long that took
     #: bytes the writers wrote while the reader ran, until it first had to wait for a chunk
     #: (or to its end), and over how long: how fast they drain beside a reader (in a halt, at
     #: the priorities the halt gives them), which sizes the next dump's staging
@@ -344,6 +346,7 @@ class Copier:
         self.pool.stop()  # the reading is over: no more staging
         self._reading_done = True
         self.stats.staging_used = self.pool.populated
+        self.stats.head_bytes, self.stats.head_seconds = self.pool.head_bytes, self.pool.head_seconds
         self.gate.set()
         if self.threads:
             for _ in self.threads:

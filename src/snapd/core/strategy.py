@@ -225,7 +225,10 @@ def choose(
             staging = staging_for(nbytes, 0.0, 0.0, cap)
             beside = cal.seen(halted_key(method)) if cal else 0.0
             need = staging_for(nbytes, memory, beside, cap) if beside and memory else staging
-            head = min(need, int((rates.populate or DEFAULT_POPULATE) * HEAD_SECONDS) // CHUNK * CHUNK)
+            # Faulting in as fast as it did in the last big dump here (the calibration's 64 MiB
+            # may find memory the hypervisor still backs); Pool stops at HEAD_SECONDS anyway.
+            populate = (cal.seen("populate") if cal else 0.0) or rates.populate or DEFAULT_POPULATE
+            head = min(need, int(populate * HEAD_SECONDS) // CHUNK * CHUNK)
             head = _head_override(head, staging)
             if beside and memory:
                 why += (
@@ -341,6 +344,11 @@ def report(strat: Strategy, stats: Stats, drain_seconds: float, *, frozen: bool)
         # at least CHECK_MIN bytes, since over the first few chunks the writers are starting.
         if beside:
             seen.append(calibrate.Observation(halted_key(strat.method), beside, stats.drained_beside))
+        # And how fast the head was faulted in before the halt, which sizes the next one's.
+        if stats.head_seconds > 0:
+            seen.append(
+                calibrate.Observation("populate", stats.head_bytes / stats.head_seconds, stats.head_bytes)
+            )
         stale = calibrate.observe_all(cal, seen)
     src = "none"
     if cal is not None:
@@ -355,7 +363,8 @@ def report(strat: Strategy, stats: Stats, drain_seconds: float, *, frozen: bool)
         rates=dataclasses.asdict(cal.rates) if cal else {},
         calibration=src,
         staging_bytes=strat.staging,
-        staging_head=strat.head,
+        staging_head=stats.head_bytes if strat.staged else 0,
+        head_seconds=stats.head_seconds if strat.staged else 0.0,
         staging_used=stats.staging_used,
         budget_bytes=strat.budget,
         estimate_bytes=strat.estimate,

@@ -342,7 +342,8 @@ def write_core(
             )
             # Faulted in while the target still runs, as is the staging's head:
             warm(strat.estimate if strat.frozen else strategy.WARM_ALL)
-            pool = Pool(strat.staging, strat.head)
+            # at most HEAD_SECONDS of it: it delays the halt, the moment the core shows
+            pool = Pool(strat.staging, strat.head, deadline=time.monotonic() + strategy.HEAD_SECONDS)
             out.start(strat, pool)
         except (Zombie, TargetGone) as err:
             # Gone after precheck, while the plan was read and the temp file made: say "during
