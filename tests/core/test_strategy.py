@@ -398,11 +398,25 @@ def test_writers_are_expected_to_do_what_real_dumps_did(tmp_path, cache):
         assert calibrate.observe_all(again, [obs], cache_dir=cache) == ""
         third = calibrate.get(str(out), cache_dir=cache)
         assert third is not None and third.source == "cache" and not third.stale
+        # Nor does one far off what the last dump did: that is the disk changing, not the test
+        # being wrong; the next prediction is what this one did.
+        assert second.predicted_seen
+        st = Stats(written={"direct": 1 << 30}, write_seconds=(1 << 30) / (real * 4))
+        assert strategy.report(second, st, 0.1, frozen=True).stale == ""
+        fourth = calibrate.get(str(out), cache_dir=cache)
+        assert fourth is not None and fourth.source == "cache" and not fourth.stale
+        assert fourth.seen(second.method.value) == pytest.approx(real * 4)
     # With --sync buffered bytes reach the disk too: never predicted faster than O_DIRECT.
     now = time.time()
     rates = Rates(memory=5e9, populate=2e9, direct=0.4e9, buffered=2e9, split=2.5e9, mmap=1e9)
     seen_split = Calibration("k", "ext4", rates, now, 0.1, observed={Method.SPLIT.value: (3e9, 1 << 30, now)})
-    assert strategy.choose(seen_split, 1 << 30, **kw).predicted == 3e9
+    from_seen = strategy.choose(seen_split, 1 << 30, **kw)
+    assert from_seen.predicted == 3e9 and from_seen.predicted_seen
+    slower = Stats(written={"direct": 1 << 29, "buffered": 1 << 29}, write_seconds=(1 << 30) / 0.5e9)
+    assert strategy.report(from_seen, slower, 0.1, frozen=True).stale == "", "6x off a dump: no drift"
+    from_test = strategy.choose(Calibration("k", "ext4", rates, now, 0.1), 1 << 30, **kw)
+    assert not from_test.predicted_seen
+    assert "dump wrote at 500 MB/s" in strategy.report(from_test, slower, 0.1, frozen=True).stale
     synced = strategy.choose(seen_split, 1 << 30, **{**kw, "sync": True})
     assert synced.predicted <= rates.direct
 

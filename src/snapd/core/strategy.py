@@ -84,6 +84,7 @@ class Strategy:
     why: str  # one line: what chose it
     frozen: bool = False  # copying from a halted target: buffered writers wait for the resume
     head: int = 0  # of the staging, bytes faulted in before the halt (the rest during it)
+    predicted_seen: bool = False  # ``predicted`` is what a real dump did, not the calibration's
 
     @property
     def sinks(self) -> tuple[Sink, ...]:
@@ -203,7 +204,8 @@ def choose(
     # a 1 GiB dump not (free-page reporting, mm/page_reporting.c): predicted from the test
     # alone, every such dump drifts, goes stale and makes the next one measure again (0.3-0.5 s
     # before its halt), which measures the same and drifts again.
-    predicted = (cal.seen(method.value) if cal else 0.0) or rate(method)
+    seen = cal.seen(method.value) if cal else 0.0
+    predicted = seen or rate(method)
     if sync and method is not Method.DIRECT and rates.direct:
         predicted = min(predicted, rates.direct)
     memory = (cal.seen("memory") if cal else 0.0) or rates.memory
@@ -235,7 +237,7 @@ def choose(
                     f"; {need >> 20} MiB staged before the halt: a dump here drained "
                     f"{beside / 1e6:,.0f} MB/s beside a reader at {memory / 1e6:,.0f} MB/s"
                 )
-    return Strategy(method, staging, nbytes, cap, predicted, cal, why, frozen, head)
+    return Strategy(method, staging, nbytes, cap, predicted, cal, why, frozen, head, seen > 0)
 
 
 def halted_key(method: Method) -> str:
@@ -334,7 +336,11 @@ def report(strat: Strategy, stats: Stats, drain_seconds: float, *, frozen: bool)
     if cal is not None and frozen and strat.staged:
         # A staged frozen copy keeps its writers busy from the first chunk to the last (the
         # reader, at memory speed, is faster than they are), so their rate is the method's.
-        seen = [calibrate.Observation(strat.method.value, observed, total, strat.predicted)]
+        # Only a prediction the calibration made can show the calibration wrong: one from an
+        # earlier dump is simply replaced by this one (a disk here wrote 0.8 then 1.6 GB/s in two
+        # dumps a minute apart, and a 64 MiB test measured again then found 0.3 GB/s).
+        predicted = 0.0 if strat.predicted_seen else strat.predicted
+        seen = [calibrate.Observation(strat.method.value, observed, total, predicted)]
         # And the reader's own rate, waits for chunks left out, is this machine's memory speed
         # on a real target (the calibration's source may sit in a CPU cache).
         busy = stats.read_seconds - stats.waited_seconds
