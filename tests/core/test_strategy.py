@@ -414,6 +414,19 @@ def test_writers_are_expected_to_do_what_real_dumps_did(tmp_path, cache):
     assert from_seen.predicted == 3e9 and from_seen.predicted_seen
     slower = Stats(written={"direct": 1 << 29, "buffered": 1 << 29}, write_seconds=(1 << 30) / 0.5e9)
     assert strategy.report(from_seen, slower, 0.1, frozen=True).stale == "", "6x off a dump: no drift"
+    # The choice follows what dumps did, too: a test that said both at once were 2.35 GB/s and
+    # dumps that drained 1.08 GB/s with them lose to O_DIRECT's 1.46 GB/s; and a test that
+    # caught the disk at a slow moment is overruled by the dumps before it.
+    odd = Rates(memory=6e9, populate=2e9, direct=1.46e9, buffered=4e9, split=2.35e9, mmap=1.5e9)
+    after = Calibration("k", "ext4", odd, now, 0.1, observed={Method.SPLIT.value: (1.08e9, 1 << 30, now)})
+    assert strategy.choose(after, 1 << 30, **kw).method is Method.DIRECT
+    slow_test = replace(odd, direct=0.31e9, split=0.27e9, mmap=0.45e9)
+    seen_direct = {Method.DIRECT.value: (1.19e9, 1 << 30, now)}
+    for snapshot in ({"frozen": True}, {"frozen": False}):
+        chosen = strategy.choose(
+            Calibration("k", "ext4", slow_test, now, 0.1, observed=seen_direct), 1 << 30, **{**kw, **snapshot}
+        )
+        assert chosen.method is Method.DIRECT and chosen.predicted == 1.19e9, snapshot
     from_test = strategy.choose(Calibration("k", "ext4", rates, now, 0.1), 1 << 30, **kw)
     assert not from_test.predicted_seen
     assert "dump wrote at 500 MB/s" in strategy.report(from_test, slower, 0.1, frozen=True).stale

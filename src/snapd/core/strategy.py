@@ -166,10 +166,17 @@ def choose(
     force = force or os.environ.get("SNAPD_COPY_METHOD") or None
     rates = cal.rates if cal else Rates()
 
+    def measured(m: Method) -> float:
+        # What a real dump here achieved with m lately, else the calibration's test of it. A
+        # 64 MiB test write may find memory the hypervisor still backs and a 1 GiB dump not
+        # (free-page reporting, mm/page_reporting.c); and the test is one moment of a disk whose
+        # speed changes (0.3 GB/s in a test between two dumps at 0.8 and 1.6 GB/s).
+        return (cal.seen(m.value) if cal else 0.0) or rate_of(rates, m)
+
     def rate(m: Method) -> float:
-        r = rate_of(rates, m)
+        r = measured(m)
         if sync and m is not Method.DIRECT and rates.direct:
-            return min(r, rates.direct)  # the page cache is written back before publishing
+            return min(r, measured(Method.DIRECT))  # the page cache is written back before publishing
         return r
 
     if force:
@@ -199,15 +206,11 @@ def choose(
         if not frozen and rate(Method.MMAP) > PREFER * rate(method):
             method = Method.MMAP  # a fork's child or an unstaged copy: no staging to lose
             why = f"{method.value} (fastest measured)"
-    # What the writers should drain at: what a real dump here achieved with the method lately,
-    # else the calibration's. A 64 MiB test write may find memory the hypervisor still backs and
-    # a 1 GiB dump not (free-page reporting, mm/page_reporting.c): predicted from the test
-    # alone, every such dump drifts, goes stale and makes the next one measure again (0.3-0.5 s
-    # before its halt), which measures the same and drifts again.
+    # What the writers should drain at, as measured(): predicted from the test alone, a machine
+    # whose test finds warm memory drifts at every dump, goes stale and makes the next dump
+    # measure again before its halt (0.3-0.5 s), which measures the same and drifts again.
+    predicted = rate(method)
     seen = cal.seen(method.value) if cal else 0.0
-    predicted = seen or rate(method)
-    if sync and method is not Method.DIRECT and rates.direct:
-        predicted = min(predicted, rates.direct)
     memory = (cal.seen("memory") if cal else 0.0) or rates.memory
     staging = head = 0
     if frozen and method is not Method.MMAP:
