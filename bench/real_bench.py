@@ -234,11 +234,17 @@ def pgbench_backend(port: int, tmp: Path) -> Iterator[int]:
         found: list[int] = []
 
         def backend() -> bool:
+            # The same backend twice, 0.3 s apart: pgbench's first connection (it reads the
+            # scale, then closes) is gone by then, and dumping it failed with "No such process".
             out = subprocess.run(
                 [*pg, "psql", *conn, "-qAt", "-c", q, "postgres"], capture_output=True, text=True
             )
-            found[:] = [int(x) for x in out.stdout.split()[:1]]
-            return bool(found)
+            now = [int(x) for x in out.stdout.split()[:1]]
+            same = bool(now) and now == found
+            found[:] = now
+            if not same:
+                time.sleep(0.3)
+            return same
 
         wait_for(backend, 30, "the pgbench backend")
         yield found[0]
