@@ -99,6 +99,23 @@ def test_a_swap_for_an_entry_gone_meanwhile_removes_the_new_file(catalog: Catalo
     assert not os.path.exists(os.path.join(catalog.cores_dir, new))
 
 
+def test_a_bundle_job_killed_mid_write_leaves_nothing_in_the_outbox(catalog: Catalog) -> None:
+    """Retention kills the store job of an entry it removes; a bundle being written then is
+    only its temp file (snapd.atomicfile), which drop_bundle removes too, and only that one."""
+    from snapd.atomicfile import AtomicFile
+
+    e, other = publish(catalog, after=STORE), publish(catalog, after=STORE)
+    outbox = catalog.shipping.outbox_dir
+    half = AtomicFile(catalog.shipping.bundle_path(e.id))
+    half.write(b"half a bundle")  # then SIGKILL: never published, never closed by its writer
+    kept = AtomicFile(catalog.shipping.bundle_path(other.id))
+    kept.write(b"the other entry's, still being written")
+    catalog.shipping.drop_bundle(e.id)
+    assert os.listdir(outbox) == [os.path.basename(kept.tmp)]
+    half.close()
+    kept.close()
+
+
 def test_the_upload_state_of_a_removed_entry_is_not_written_back(catalog: Catalog) -> None:
     e = publish(catalog, after=UPLOAD)
     with open(catalog.shipping.bundle_path(e.id), "wb") as f:

@@ -220,8 +220,15 @@ class ShipLog:
         return os.path.join(self.outbox_dir, bundle_name(core_id))
 
     def drop_bundle(self, core_id: int) -> None:
-        """Remove a bundle written for an entry that went meanwhile (never queued)."""
-        fsutil.unlink_at(self._outbox_fd, bundle_name(core_id))
+        """Remove a bundle written for an entry that went meanwhile (never queued), and the
+        temp file of one being written when its job was killed (atomicfile names it
+        ``PARTIAL_PREFIX + name + ".RANDOM"``): the caller has reaped that job, so nothing
+        writes it any more, and its blocks are what retention was making room for."""
+        name = bundle_name(core_id)
+        fsutil.unlink_at(self._outbox_fd, name)
+        for other in _scan(self._outbox_fd):
+            if other.startswith(f"{PARTIAL_PREFIX}{name}."):
+                fsutil.unlink_at(self._outbox_fd, other)
 
     def queued(self, core_id: int, key: str) -> bool:
         """The entry's bundle (:meth:`bundle_path`) is written; it is queued for upload as
