@@ -11,7 +11,9 @@ import subprocess
 
 import pytest
 
+from snapd.core.inspect import read_core
 from support.daemon import DaemonHarness, Victims
+from support.victims import Victim, build_victim
 
 pytestmark = pytest.mark.kernel
 
@@ -72,3 +74,21 @@ def test_ctl_snap_takes_the_snapshot_mode_and_content(daemon: DaemonHarness, vic
     r = daemon.ctl("snap", str(v.pid), "--snapshot", "sideways", check=False)
     assert r.returncode != 0 and "invalid choice" in r.stderr, r
     v.cmd("p")
+
+
+def test_info_shows_the_command_line_the_core_holds(daemon: DaemonHarness) -> None:
+    """A process that rewrites its command line (setproctitle) between the event and the halt:
+    `ctl info` shows the command line of the moment the core shows (its NT_PRPSINFO), not the
+    one read when the dump was queued."""
+    v = Victim([str(build_victim("retitle")), "0" * 12])
+    try:
+        daemon.start()
+        out = json.loads(daemon.ctl("snap", str(v.pid), "--json").stdout)
+        assert out["status"] == "complete", out
+        info = json.loads(daemon.ctl("info", str(out["id"]), "--json").stdout)
+        core = read_core(info["path"])
+    finally:
+        v.kill()
+    argv = info["cmdline"]
+    assert len(argv) == 2 and argv[1].isdigit() and len(argv[1]) == 12, argv
+    assert core.psargs == " ".join(argv)[:79], (core.psargs, argv)

@@ -156,3 +156,15 @@ def test_target_controlled_strings_survive(catalog: Catalog, take: Callable[...,
     got = catalog.get(e.id)
     assert "\n" in got.comm and "\x1b" in got.comm  # stored faithfully; ctl escapes on output
     assert "/" not in os.path.basename(got.path)
+
+
+def test_the_process_as_the_core_shows_it(catalog: Catalog, core_writer: Callable[..., object]) -> None:
+    """The context is read when the dump is queued, the core while the target is halted: where
+    the writer read a command line (or name), that one is listed, so info and core agree."""
+    e = catalog.reserve(rule="r", pid=7, comm="postgres", cmdline=["postgres: idle"], content="default")
+    info = core_writer(e.path, pid=7, comm="postmaster", cmdline=["postgres: UPDATE", "\udcfe"])
+    done = catalog.publish(e.id, info)  # type: ignore[arg-type]
+    assert done.comm == "postmaster" and done.cmdline == ["postgres: UPDATE", "\\udcfe"], done
+    e = catalog.reserve(rule="r", pid=7, comm="postgres", cmdline=["postgres: idle"], content="default")
+    done = catalog.publish(e.id, core_writer(e.path, pid=7))  # type: ignore[arg-type]
+    assert done.comm == "postgres" and done.cmdline == ["postgres: idle"], "nothing read: kept"

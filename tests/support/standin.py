@@ -7,7 +7,13 @@ import os
 from snapd.core.info import CoreInfo
 
 
-def write_like_core_writer(path: str, data: bytes = b"\x7fELF" + b"\0" * 4092, pid: int = 1) -> CoreInfo:
+def write_like_core_writer(
+    path: str,
+    data: bytes = b"\x7fELF" + b"\0" * 4092,
+    pid: int = 1,
+    comm: str = "",
+    cmdline: list[str] | None = None,
+) -> CoreInfo:
     """A stand-in for snapd.core.write_core that follows its publishing contract (temp file in
     the same directory, linked into place, never replacing), for catalog and ctl tests."""
 
@@ -27,7 +33,7 @@ def write_like_core_writer(path: str, data: bytes = b"\x7fELF" + b"\0" * 4092, p
     return CoreInfo(
         pid=pid,
         path=path,
-        comm="victim",
+        comm=comm,
         exe="/usr/bin/victim",
         threads=2,
         mappings=10,
@@ -40,4 +46,5 @@ def write_like_core_writer(path: str, data: bytes = b"\x7fELF" + b"\0" * 4092, p
         started=0.0,
         freeze_seconds=0.002,
         elapsed_seconds=0.05,
+        cmdline=cmdline or [],
     )

@@ -49,6 +49,10 @@ class CoreInfo:
     elapsed_seconds: float  # whole dump, from halting to the published file
     fallback: str = ""  # why a fork snapshot fell back to frozen mode, if it did
     copy: CopyReport | None = None
+    # argv as read while the target was halted (NT_PRPSINFO's pr_psargs is its first 80 bytes):
+    # the command line of the moment the core shows, which a process may rewrite at any time
+    # (setproctitle: postgres, nginx, sshd)
+    cmdline: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -280,6 +280,7 @@ class _Result:
     exe: str
     mode: SnapshotMode
     fallback: str
+    cmdline: list[str]
 
 
 def write_core(
@@ -397,6 +398,7 @@ def write_core(
         freeze_seconds=h.freeze_seconds,
         elapsed_seconds=time.monotonic() - t0,
         fallback=res.fallback,
+        cmdline=res.cmdline,
         copy=strategy.report(strat, stats, drain, frozen=res.mode is SnapshotMode.FROZEN),
     )
 
@@ -451,6 +453,11 @@ def _dump(h: Halted, out: CoreFile, req: _Request) -> _Result:
             child.dispose()
 
 
+def _result(snap: Snapshot, segs: list[Segment], copied: int, mode: SnapshotMode, fallback: str) -> _Result:
+    p = snap.proc
+    return _Result(segs, len(snap.threads), copied, p.comm, snap.exe, mode, fallback, procfs.argv(p.cmdline))
+
+
 def _frozen(
     h: Halted, out: CoreFile, snap: Snapshot, segs: list[Segment], req: _Request, fallback: str
 ) -> _Result:
@@ -469,7 +476,7 @@ def _frozen(
         with MemReader(h.pid) as mem:
             copied += out.copy(mem, forced, None, halted=True)
     h.resume()
-    return _Result(segs, len(snap.threads), copied, snap.proc.comm, snap.exe, SnapshotMode.FROZEN, fallback)
+    return _result(snap, segs, copied, SnapshotMode.FROZEN, fallback)
 
 
 def _from_child(
@@ -495,4 +502,4 @@ def _from_child(
     with contextlib.ExitStack() as stack:
         mems: list[Reader] = [stack.enter_context(MemReader(child.pid)) for _ in range(READERS)]
         copied += out.copy(mems, runs, cb)
-    return _Result(segs, len(snap.threads), copied, snap.proc.comm, snap.exe, SnapshotMode.FORK, "")
+    return _result(snap, segs, copied, SnapshotMode.FORK, "")

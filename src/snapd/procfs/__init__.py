@@ -129,6 +129,16 @@ def cmdline(pid: int) -> bytes:
     return proc_call(pid, lambda: read_bytes(f"/proc/{pid}/cmdline"))
 
 
+MAX_ARGV = 128 << 10  # bytes of a command line kept as argv (a catalog field, not a dump)
+
+
+def argv(raw: bytes) -> list[str]:
+    """/proc/PID/cmdline as a list of arguments (NUL-separated: fs/proc/base.c get_mm_cmdline),
+    at most MAX_ARGV bytes of it; bytes that are not UTF-8 kept as backslash escapes."""
+    raw = raw[:MAX_ARGV]
+    return [a.decode("utf-8", "backslashreplace") for a in raw.rstrip(b"\0").split(b"\0")] if raw else []
+
+
 def coredump_filter(pid: int) -> int:
     return proc_call(pid, lambda: int(read_bytes(f"/proc/{pid}/coredump_filter"), 16))
 

@@ -27,7 +27,6 @@ MAX_MAPS = 65536
 MAX_MAPS_BYTES = 8 << 20
 MAX_THREADS = 4096
 MAX_KSTACK_THREADS = 256
-MAX_CMDLINE = 128 << 10
 
 _LIMIT = re.compile(r"^(.*?)\s{2,}(\S+)\s+(\S+)\s*(\S*)\s*$")
 _UNIT_SUFFIXES = (".service", ".scope")
@@ -94,11 +93,7 @@ def capture(pid: int) -> dict[str, Any]:
     uid_field = st.get("Uid", "").split()
     ctx["uid"] = int(uid_field[0]) if uid_field else -1
 
-    def cmdline() -> list[str]:
-        raw = procfs.cmdline(pid)[:MAX_CMDLINE]
-        return [_s(a) for a in raw.rstrip(b"\0").split(b"\0")] if raw else []
-
-    section("cmdline", cmdline)
+    section("cmdline", lambda: procfs.argv(procfs.cmdline(pid)))
     section("cgroups", lambda: _s(procfs.read_bytes(f"{base}/cgroup")).splitlines())
     ctx["cgroup"] = cgroup_path(ctx.get("cgroups", []))
     ctx["unit"] = unit_of(ctx["cgroup"])

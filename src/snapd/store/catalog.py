@@ -276,10 +276,15 @@ class Catalog:
                 )
                 log.warning("core %d (%s): %s", core_id, name, why)
             else:
+                argv = json.dumps([db_text(a) for a in info.cmdline])
                 db.execute(
                     "UPDATE cores SET status = ?, size = ?, disk_bytes = ?, threads = ?, "
                     "freeze_seconds = ?, dump_seconds = ?, content = ?, snapshot = ?, info = ?, "
-                    "comm = CASE WHEN comm = '' THEN ? ELSE comm END, "
+                    # The process as the core shows it, where the writer read it while the
+                    # target was halted: a command line rewritten since the context was
+                    # captured (setproctitle) would make info and the core disagree.
+                    "comm = CASE WHEN ? = '' THEN comm ELSE ? END, "
+                    "cmdline = CASE WHEN ? = '[]' THEN cmdline ELSE ? END, "
                     "exe = CASE WHEN exe = '' THEN ? ELSE exe END WHERE id = ?",
                     (
                         COMPLETE,
@@ -292,6 +297,9 @@ class Catalog:
                         db_text(info.snapshot),
                         json.dumps(info.to_dict(), default=str),
                         db_text(info.comm),
+                        db_text(info.comm),
+                        argv,
+                        argv,
                         db_text(info.exe),
                         core_id,
                     ),
