@@ -50,9 +50,14 @@ def test_every_program_passes_the_verifier() -> None:
         funcs = {name.decode(): f for name, f in b.funcs.items()}
         counts = {name: verified_insns(f.fd) for name, f in sorted(funcs.items())}
         strings_refused = bool(p.strings_error)
-    # snapd_eval_plain is loaded only where the verifier refuses snapd_eval's string matcher
+        ustrings_refused = bool(p.ustrings_error)
+    # snapd_eval_plain is loaded only where the verifier refuses snapd_eval's string matcher,
+    # the uprobe programs' _plain pair where it refuses theirs
     evals = {"snapd_eval", "snapd_eval_plain"} & set(counts)
     assert evals == ({"snapd_eval_plain"} if strings_refused else {"snapd_eval"}), counts
+    ups = {"snapd_uprobe", "snapd_uretprobe", "snapd_uprobe_plain", "snapd_uretprobe_plain"} & set(counts)
+    plain = {"snapd_uprobe_plain", "snapd_uretprobe_plain"}
+    assert ups == (plain if ustrings_refused else {"snapd_uprobe", "snapd_uretprobe"}), counts
     want = {fn.decode() for fn, _table, _kind in TAIL_CALLS} - {"snapd_eval"}
     want |= {"snapd_sys_enter", "snapd_sys_exit"}
     want |= {"snapd_raw_enter", "snapd_signal_deliver", "snapd_signal_generate"}

@@ -61,10 +61,13 @@ def events(p: Probes, n: int, settle: float = 0.3) -> list[Event]:
     return got
 
 
-def fn_rule(pid: int, exe: str, when: str, at: str = "entry", symbol: str = "trg_marker") -> Rule:
+def fn_rule(
+    pid: int, exe: str, when: str, at: str = "entry", symbol: str = "trg_marker", name: str = "t"
+) -> Rule:
     return rule(
         f"target: {{pid: {pid}}}\n"
-        f"trigger:\n  function: {{binary: {exe}, symbol: {symbol}, at: {at}}}\n  when: {when}\n"
+        f"trigger:\n  function: {{binary: {exe}, symbol: {symbol}, at: {at}}}\n  when: {when}\n",
+        name,
     )
 
 
@@ -300,6 +303,92 @@ def test_usdt_python_function_entry(probes: Probes, spawn: Spawn) -> None:
     assert (ev.kind.value, ev.probe, ev.pid, ev.args[2]) == ("usdt", "python:function__entry", v.pid, line)
     probes.unload("t")
     wait_for(lambda: semaphore(v.pid, site.semaphore_offset) == 0, 10, "the semaphore cleared")
+
+
+def uarmed(probes: Probes, r: Rule) -> bool:
+    """As armed(), for a function/usdt rule: where the verifier refuses the matcher in the
+    uprobe programs, the refusal is the behaviour asserted."""
+    probes.compile()
+    if not probes.ustrings_error:
+        probes.load(r)
+        return True
+    with pytest.raises(RuleError, match="string comparisons cannot be armed: this kernel's verifier refuses"):
+        probes.load(r)
+    return False
+
+
+def test_a_refused_uprobe_matcher_leaves_every_other_uprobe_rule(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, victim: Victim
+) -> None:
+    """Where the verifier refuses the string matcher in snapd_uprobe, the _plain pair of the same
+    compile takes its place: a function rule fires, one with a string comparison is refused."""
+    text = probes_module.SOURCE.read_text()
+    entry = "    return uprobe_hit(ctx, 0, true);\n"
+    assert text.count(entry) == 1
+    refused = tmp_path / "probe.bpf.c"  # its includes resolve through cflags' -I
+    refused.write_text(text.replace(entry, "    return *(volatile int *)0;  // refused: a NULL read\n"))
+    monkeypatch.setattr(probes_module, "SOURCE", refused)
+    exe = os.readlink(f"/proc/{victim.pid}/exe")
+    with Probes() as p:
+        p.compile()
+        assert p.ustrings_error.startswith("this kernel's verifier refuses snapd's string matcher ("), (
+            p.ustrings_error
+        )
+        r = fn_rule(victim.pid, LIBC, 'arg2 ~ "/x*"', symbol="syscall", name="glob")
+        with pytest.raises(RuleError, match="string comparisons cannot be armed: this kernel's verifier"):
+            p.load(r)
+        p.load(fn_rule(victim.pid, exe, "arg0 == 42"))
+        command(victim, "c 42")
+        (ev,) = events(p, 1)
+        assert (ev.rule, ev.args[0]) == ("t", 42)
+
+
+@pytest.mark.lane
+def test_usdt_string_argument(probes: Probes, spawn: Spawn) -> None:
+    """DTrace's copyinstr(arg1) == "trg_fn": python:function__entry's arg1 is the function's
+    name (a char *), matched in the kernel; another function of the same file passes nothing."""
+    if not Path(PYTHON).exists():
+        pytest.skip("no /usr/bin/python3.11")
+    v = spawn([PYTHON, str(VICTIMS / "trg_py.py"), "profile"])
+    line = int(v.ready_line.split("line=")[1])
+    r = rule(
+        f"target: {{pid: {v.pid}}}\n"
+        f"trigger:\n  usdt: {{binary: {PYTHON}, probe: 'python:function__entry'}}\n"
+        '  when: arg1 == "trg_fn" and arg0 ~ "*/trg_py.py"\n'
+    )
+    if not uarmed(probes, r):
+        return
+    command(v, "o 5")
+    assert events(probes, 0) == [], "trg_other is not trg_fn"
+    command(v, "x 5")
+    (ev,) = events(probes, 1)
+    assert (ev.probe, ev.pid, ev.args[2]) == ("python:function__entry", v.pid, line)
+
+
+@pytest.mark.lane
+def test_function_string_argument(probes: Probes, victim: Victim) -> None:
+    """A libc function's string argument: syscall(SYS_openat, AT_FDCWD, path, ...) with the
+    path (arg2) matched by a glob; the same call with another path passes nothing."""
+    r = fn_rule(victim.pid, LIBC, 'arg0 == 257 and arg2 ~ "/nonexistent/snapd-mark-*"', symbol="syscall")
+    if not uarmed(probes, r):
+        return
+    command(victim, "o " + b"/nonexistent/other-1".hex())
+    assert events(probes, 0) == []
+    command(victim, "o " + b"/nonexistent/snapd-mark-1".hex())
+    (ev,) = events(probes, 1)
+    assert (ev.probe, ev.pid, ev.args[0]) == ("syscall", victim.pid, 257)
+
+
+def test_string_comparisons_of_uprobe_rules_name_an_argument() -> None:
+    for trig in (
+        "usdt: {binary: /bin/true, probe: 'a:b'}",
+        "function: {binary: /bin/true, symbol: main, at: return}",
+    ):
+        _, errors = parse_rule(
+            f'name: t\ntarget: {{pid: 1}}\ntrigger:\n  {trig}\n  when: arg0 > 1 and path ~ "/x"\n', "t.yaml"
+        )
+        assert [(e.line, e.col) for e in errors] == [(5, 22)], [str(e) for e in errors]
+        assert "arg0..arg5" in str(errors[0])
 
 
 @pytest.mark.lane

@@ -27,6 +27,7 @@ class Built:
     uretprobe: Any
     strings_error: str
     multi: bool = False
+    ustrings_error: str = ""  # the same for the uprobe programs (function/usdt rules)
 
 
 def _load_eval(b: Any, kind: int) -> tuple[Any, str]:
@@ -36,8 +37,30 @@ def _load_eval(b: Any, kind: int) -> tuple[Any, str]:
     try:
         return b.load_func(b"snapd_eval", kind), ""
     except Exception as err:
-        why = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        return b.load_func(b"snapd_eval_plain", kind), why
+        return b.load_func(b"snapd_eval_plain", kind), _why(err)
+
+
+def _why(err: Exception) -> str:
+    return str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+
+
+def _load_uprobes(b: Any, kind: int, how: int, refused: str) -> tuple[Any, Any, str]:
+    """snapd_uprobe and snapd_uretprobe, or their _plain pair (no string matcher) where the
+    verifier refuses the matcher; where it refused snapd_eval's (``refused``), at once."""
+    if not refused:
+        try:
+            return (
+                b.load_func(b"snapd_uprobe", kind, None, how),
+                b.load_func(b"snapd_uretprobe", kind, None, how),
+                "",
+            )
+        except Exception as err:
+            refused = _why(err)
+    plain = (
+        b.load_func(b"snapd_uprobe_plain", kind, None, how),
+        b.load_func(b"snapd_uretprobe_plain", kind, None, how),
+    )
+    return *plain, refused
 
 
 def program(source: Path, on_event: Callable[..., Any]) -> Built:
@@ -61,8 +84,7 @@ def program(source: Path, on_event: Callable[..., Any]) -> Built:
         b.load_func(b"snapd_cpu_sample", BPF.PERF_EVENT)
         multi = kernel.has(kernel.Feature.UPROBE_MULTI)
         how = bpflink.BPF_TRACE_UPROBE_MULTI if multi else -1
-        up = b.load_func(b"snapd_uprobe", BPF.KPROBE, None, how)
-        uret = b.load_func(b"snapd_uretprobe", BPF.KPROBE, None, how)
+        up, uret, ustrings_error = _load_uprobes(b, BPF.KPROBE, how, strings_error)
         b.load_func(b"snapd_signal_deliver", BPF.TRACEPOINT)
         b.load_func(b"snapd_signal_generate", BPF.TRACEPOINT)
         b[b"events"].open_ring_buffer(on_event)
@@ -71,4 +93,4 @@ def program(source: Path, on_event: Callable[..., Any]) -> Built:
     except BaseException:
         b.cleanup()
         raise
-    return Built(b, up, uret, strings_error, multi)
+    return Built(b, up, uret, strings_error, multi, ustrings_error)

@@ -1064,7 +1064,7 @@ static __always_inline void at_emit(struct pt_regs *ctx, u32 slot, u32 gen, u64 
 // is a link (a uprobe_multi link, or a perf event's) with a BPF cookie, the index of its
 // `usite`, which names the rule slot (snapd.probe.uattach). A uprobe event concerns exactly one rule, so it is evaluated inline
 // (snapd_eval is a TRACEPOINT program: a KPROBE program cannot tail-call it).
-static __always_inline int uprobe_hit(struct pt_regs *ctx, int at_return)
+static __always_inline int uprobe_hit(struct pt_regs *ctx, int at_return, bool strings)
 {
     // The cookie: the usite's index, and in its high half the process the link was made for
     // (snapd.probe.uprobes.cookie; 0: a system-wide link).
@@ -1131,6 +1131,10 @@ static __always_inline int uprobe_hit(struct pt_regs *ctx, int at_return)
     if (muted(slot, r, tgid, &now))
         return 0;
     count_up(CTR_SEEN);
+    // `arg1 == "name"`: the C strings arg0..arg5 point to, as fields str0..3 (the rows under
+    // SNAPD_UPROBE_NR, snapd.probe.strrows); only for a rule that has any (its reads name them)
+    if (strings && (r->reads & (0xfu << FIELD_STR0)))
+        str_fields(slot, SNAPD_UPROBE_NR, f);
     if (!eval_pred(r, f))
         return 0;
     if (!at_return)
@@ -1145,14 +1149,25 @@ static __always_inline int uprobe_hit(struct pt_regs *ctx, int at_return)
     return 0;
 }
 
+// As for snapd_eval: the _plain pair, without the string matcher, where the verifier refuses it.
 int snapd_uprobe(struct pt_regs *ctx)
 {
-    return uprobe_hit(ctx, 0);
+    return uprobe_hit(ctx, 0, true);
 }
 
 int snapd_uretprobe(struct pt_regs *ctx)
 {
-    return uprobe_hit(ctx, 1);
+    return uprobe_hit(ctx, 1, true);
+}
+
+int snapd_uprobe_plain(struct pt_regs *ctx)
+{
+    return uprobe_hit(ctx, 0, false);
+}
+
+int snapd_uretprobe_plain(struct pt_regs *ctx)
+{
+    return uprobe_hit(ctx, 1, false);
 }
 
 // ---- strings: `path ~ "glob"`, `data contains "s"` on syscalls (strings.bpf.c) ---------------

@@ -111,6 +111,7 @@ class Probes:
         self.pin_error = ""  # why the stopped map could not be pinned, if it could not
         self.compile_error: ProbeError | None = None
         self.strings_error = ""  # why string comparisons cannot be armed here, if they cannot
+        self.ustrings_error = ""  # the same for function/usdt rules
 
     # ---- BPF set-up ---------------------------------------------------------------------------
 
@@ -150,6 +151,15 @@ class Probes:
             why = built.strings_error
             self.strings_error = f"this kernel's verifier refuses snapd's string matcher ({why})"
             log.warning("probe: %s; rules with string comparisons are refused", self.strings_error)
+        if built.ustrings_error:
+            self.ustrings_error = (
+                f"this kernel's verifier refuses snapd's string matcher ({built.ustrings_error})"
+            )
+            if self.ustrings_error != self.strings_error:
+                log.warning(
+                    "probe: %s in uprobes; function and usdt rules with string comparisons are refused",
+                    self.ustrings_error,
+                )
         for ours, table in ((layout.RuleCfg, b"rules"), (layout.SysMask, b"sysmasks")):
             if not layout.same_layout(ours, b[table].Leaf):
                 b.cleanup()
@@ -246,6 +256,10 @@ class Probes:
 
     def _attach(self, ent: _Loaded) -> None:
         p, bit = ent.plan, 1 << ent.slot
+        if p.uprobe:
+            if self.ustrings_error and strrows.rows(p)[1]:
+                raise ProbeError(f"its string comparisons cannot be armed: {self.ustrings_error}")
+            strrows.write(self._bpf, ent.slot, p)  # before any of its probe sites is attached
         if p.syscalls:
             if self.strings_error and strrows.rows(p)[1]:
                 raise ProbeError(f"its string comparisons cannot be armed: {self.strings_error}")

@@ -1,6 +1,7 @@
-"""A syscall rule's string comparisons as rows of the program's maps (the strings section of
+"""A rule's string comparisons as rows of the program's maps (the strings section of
 probe.bpf.c): per comparison k its compiled pattern (``strpats[slot * MAX_STRS + k]``), per
-(syscall, k) where the string is (``strsrcs``), and their number (``strn[slot]``). Rows are
+(syscall, k) where the string is (``strsrcs``; a function/usdt rule's under UPROBE_NR: the C
+string its argument points to), and their number (``strn[slot]``). Rows are
 data compiled from validated patterns (snapd.probe.strings): no rule text reaches C."""
 
 from __future__ import annotations
@@ -11,15 +12,25 @@ from typing import Any
 
 from snapd.probe import strings
 from snapd.probe.plan import Plan
+from snapd.probe.trigger_layout import UPROBE_NR
 from snapd.rules import sysargs
 from snapd.rules.expr import MAX_STRS
 from snapd.rules.expr import strings as str_cmps
-from snapd.rules.model import SyscallTrigger
+from snapd.rules.model import FunctionTrigger, SyscallTrigger, UsdtTrigger
+from snapd.rules.probespec import STRING_ARGS
+from snapd.rules.sysargs import Source
 
 
 def rows(p: Plan) -> tuple[list[tuple[int, int, bytes]], list[bytes]]:
     """([(syscall nr, k, struct str_src bytes)], [struct str_pattern bytes by k])."""
     trig = p.rule.trigger
+    if isinstance(trig, (FunctionTrigger, UsdtTrigger)) and trig.when is not None:
+        cmps = str_cmps(trig.when)
+        srcs = [
+            (UPROBE_NR, sc.index, strings.pack_source(sysargs.StringArg(Source.CSTR, STRING_ARGS[sc.name])))
+            for sc in cmps
+        ]
+        return srcs, [strings.compile_pattern(sc.pattern).pack() for sc in cmps]
     if not isinstance(trig, SyscallTrigger) or trig.when is None:
         return [], []
     cmps = str_cmps(trig.when)

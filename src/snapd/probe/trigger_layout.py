@@ -20,6 +20,9 @@ USER_REGS = 27  # struct user_regs_struct, 27 x u64 (arch/x86/include/asm/user_6
 PT_REGS = 21  # struct pt_regs: the first 21 words of user_regs_struct, in the same order
 MAX_USITES = 4096  # uprobe/USDT attachment points (cookie = index)
 MAX_UINFLIGHT = 16384  # function calls between entry and return, over all threads
+#: the `nr` under which a function/usdt rule's string comparisons sit in strsrcs (a uprobe
+#: event has no syscall; emit() records -1 for it too)
+UPROBE_NR = -1
 
 
 class SiteFlag(IntFlag):
@@ -38,6 +41,7 @@ def cflags() -> list[str]:
         f"-DSNAPD_EVENT_STACK={EVENT_STACK}",
         f"-DSNAPD_MAX_USITES={MAX_USITES}",
         f"-DSNAPD_MAX_UINFLIGHT={MAX_UINFLIGHT}",
+        f"-DSNAPD_UPROBE_NR={UPROBE_NR}",
     ]
     out += [f"-DSTR_SRC_{m.name}={m.value}" for m in Source]
     out += [f"-DUA_{m.name}={m.value}" for m in ArgKind]
@@ -45,4 +49,4 @@ def cflags() -> list[str]:
     return out
 
 
-__all__ = ["EVENT_STACK", "MAX_USITES", "USER_REGS", "SiteFlag", "cflags"]
+__all__ = ["EVENT_STACK", "MAX_USITES", "UPROBE_NR", "USER_REGS", "SiteFlag", "cflags"]

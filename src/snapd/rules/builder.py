@@ -39,7 +39,7 @@ from snapd.rules.model import (
     Trigger,
     UsdtTrigger,
 )
-from snapd.rules.schema import STR, Ctx, Schema, what
+from snapd.rules.schema import STR, Ctx, Schema, quote_shift, what
 from snapd.template import name_problem
 from snapd.units import parse_duration, parse_percent, parse_size
 
@@ -314,7 +314,7 @@ class RuleBuilder:
             self._check_args(wnode, when, names)
             for sc in _expr.strings(when):
                 if why := sysargs.string_problem(names, sc.name):
-                    self.ctx.err(wnode, f"trigger.when: {sc.name}: {why}", offset=self._shift(wnode) + sc.pos)
+                    self.ctx.err(wnode, f"trigger.when: {sc.name}: {why}", offset=quote_shift(wnode) + sc.pos)
                     return None
         count = 1
         within: int | None = None
@@ -355,10 +355,6 @@ class RuleBuilder:
         trig = self._syscall(tm["syscall"][1], {})
         return trig.syscalls if trig is not None else None
 
-    @staticmethod
-    def _shift(wnode: Node) -> int:
-        return 1 if isinstance(wnode, ScalarNode) and wnode.style in ("'", '"') else 0
-
     def _when(
         self, m: dict[str, tuple[Node, Node]], aliases: _expr.Aliases | None = None
     ) -> probespec.When | None:
@@ -369,7 +365,7 @@ class RuleBuilder:
         text = self.s.string(wnode, "trigger.when", MAX_TEXT)
         if text is None:
             return None
-        shift = self._shift(wnode)
+        shift = quote_shift(wnode)
         try:
             when = _expr.parse(text, aliases)
             _expr.compile_expr(when)

@@ -17,7 +17,7 @@ from yaml.nodes import Node, SequenceNode
 
 from snapd.rules import expr as _expr
 from snapd.rules.model import FunctionTrigger, KeyMark, ProbeAt, SignalTrigger, UsdtTrigger
-from snapd.rules.schema import Schema
+from snapd.rules.schema import Schema, quote_shift
 
 #: a trigger's parsed `when`: (expression, its text, its node), all None when absent
 When = tuple[_expr.Expr | None, str | None, Node | None]
@@ -33,6 +33,9 @@ ENTRY_FIELDS = frozenset(_expr.Field(i) for i in range(6)) | {
 }
 RETURN_FIELDS = ENTRY_FIELDS | {_expr.Field.RET, _expr.Field.LATENCY}
 USDT_FIELDS = ENTRY_FIELDS | _expr.USDT_ONLY
+#: what a string comparison of a function/usdt rule may name: an argument holding a `char *`
+#: (DTrace's copyinstr(argN), bpftrace's str(argN)); the kernel reads it as a C string
+STRING_ARGS = {f"arg{i}": i for i in range(6)}
 
 
 def binary_problem(spec: str) -> str | None:
@@ -90,12 +93,18 @@ def _text(s: Schema, node: Node, where: str, max_len: int, check: Callable[[str]
 def _check_fields(
     s: Schema, wnode: Node, when: _expr.Expr, allowed: frozenset[_expr.Field], kind: str
 ) -> bool:
-    bad = sorted(when.fields() - allowed)
+    for sc in _expr.strings(when):
+        if sc.name not in STRING_ARGS:
+            s.ctx.err(
+                wnode,
+                f"trigger.when: {sc.name}: a {kind} trigger compares strings at arg0..arg5 "
+                "(each a pointer to a NUL-terminated string, read from the target)",
+                offset=quote_shift(wnode) + sc.pos,
+            )
+            return False
+    bad = sorted(when.fields() - allowed - _expr.STRS)
     if not bad:
         return True
-    if any(f in _expr.STRS for f in bad):
-        s.ctx.err(wnode, "trigger.when: string comparisons apply to syscall triggers only")
-        return False
     names = ", ".join(sorted(f.name.lower() for f in allowed))
     hint = " (ret and latency need at: return)" if kind == "function at entry" else ""
     s.ctx.err(

@@ -56,6 +56,11 @@ class Ctx:
         self.errors.append(RuleError(self.path, line, col, msg))
 
 
+def quote_shift(node: Node) -> int:
+    """Columns between a scalar's mark and its text: 1 for a quoted scalar (its quote)."""
+    return 1 if isinstance(node, ScalarNode) and node.style in ("'", '"') else 0
+
+
 def what(node: Node) -> str:
     return KNOWN_TAGS.get(node.tag, f"a {node.tag!r} value")
 
