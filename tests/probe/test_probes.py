@@ -18,7 +18,7 @@ import pytest
 from snapd.probe import Event, Probes
 from snapd.rules import RuleError, StopMode
 from snapd.rules import syscalls as sysnames
-from support.probes import drain, rule
+from support.probes import drain, refusing_source, rule
 from support.proc import proc_state, syscall_nr
 from support.victims import Victim, victim_name
 from support.waiting import MIN_WAIT_S, scaled, wait_for
@@ -348,12 +348,7 @@ def test_a_refused_string_matcher_leaves_every_other_trigger(
     the same compile takes its place: syscall rules fire, a string comparison is refused."""
     from snapd.probe import probes as probes_mod
 
-    text = probes_mod.SOURCE.read_text()
-    entry = "    return eval_next(ctx, true);\n"
-    assert text.count(entry) == 1
-    refused = tmp_path / "probe.bpf.c"  # its includes resolve through cflags' -I
-    refused.write_text(text.replace(entry, "    return *(volatile int *)0;  // refused: a NULL read\n"))
-    monkeypatch.setattr(probes_mod, "SOURCE", refused)
+    monkeypatch.setattr(probes_mod, "SOURCE", refusing_source(tmp_path, "    return eval_next(ctx, true);\n"))
     v = spawn([victim_path])
     ready_fields(v)
     with Probes() as p:

@@ -15,6 +15,8 @@ from tests.conftest import Victim, wait_for
 from snapd.probe import Event, Probes
 from snapd.probe import probes as probes_module
 from snapd.rules import Rule, RuleError, parse_rule
+from snapd.rules.model import FunctionTrigger, UsdtTrigger
+from support.probes import refusing_source
 from support.triggers import command as trg_command
 
 pytestmark = pytest.mark.kernel
@@ -305,28 +307,12 @@ def test_usdt_python_function_entry(probes: Probes, spawn: Spawn) -> None:
     wait_for(lambda: semaphore(v.pid, site.semaphore_offset) == 0, 10, "the semaphore cleared")
 
 
-def uarmed(probes: Probes, r: Rule) -> bool:
-    """As armed(), for a function/usdt rule: where the verifier refuses the matcher in the
-    uprobe programs, the refusal is the behaviour asserted."""
-    probes.compile()
-    if not probes.ustrings_error:
-        probes.load(r)
-        return True
-    with pytest.raises(RuleError, match="string comparisons cannot be armed: this kernel's verifier refuses"):
-        probes.load(r)
-    return False
-
-
 def test_a_refused_uprobe_matcher_leaves_every_other_uprobe_rule(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, victim: Victim
 ) -> None:
     """Where the verifier refuses the string matcher in snapd_uprobe, the _plain pair of the same
     compile takes its place: a function rule fires, one with a string comparison is refused."""
-    text = probes_module.SOURCE.read_text()
-    entry = "    return uprobe_hit(ctx, 0, true);\n"
-    assert text.count(entry) == 1
-    refused = tmp_path / "probe.bpf.c"  # its includes resolve through cflags' -I
-    refused.write_text(text.replace(entry, "    return *(volatile int *)0;  // refused: a NULL read\n"))
+    refused = refusing_source(tmp_path, "    return uprobe_hit(ctx, 0, true);\n")
     monkeypatch.setattr(probes_module, "SOURCE", refused)
     exe = os.readlink(f"/proc/{victim.pid}/exe")
     with Probes() as p:
@@ -356,7 +342,7 @@ def test_usdt_string_argument(probes: Probes, spawn: Spawn) -> None:
         f"trigger:\n  usdt: {{binary: {PYTHON}, probe: 'python:function__entry'}}\n"
         '  when: arg1 == "trg_fn" and arg0 ~ "*/trg_py.py"\n'
     )
-    if not uarmed(probes, r):
+    if not armed(probes, r):
         return
     command(v, "o 5")
     assert events(probes, 0) == [], "trg_other is not trg_fn"
@@ -370,7 +356,7 @@ def test_function_string_argument(probes: Probes, victim: Victim) -> None:
     """A libc function's string argument: syscall(SYS_openat, AT_FDCWD, path, ...) with the
     path (arg2) matched by a glob; the same call with another path passes nothing."""
     r = fn_rule(victim.pid, LIBC, 'arg0 == 257 and arg2 ~ "/nonexistent/snapd-mark-*"', symbol="syscall")
-    if not uarmed(probes, r):
+    if not armed(probes, r):
         return
     command(victim, "o " + b"/nonexistent/other-1".hex())
     assert events(probes, 0) == []
@@ -441,9 +427,11 @@ def sys_rule(pid: int, syscall: str, when: str) -> Rule:
 
 def armed(probes: Probes, r: Rule) -> bool:
     """Load a rule with a string comparison: True once armed. Where this kernel's verifier
-    refuses the string matcher (6.1: docs/kernels.md), the refusal is the behaviour asserted."""
+    refuses the string matcher (6.1: docs/kernels.md; for a function/usdt rule, the one in the
+    uprobe programs), the refusal is the behaviour asserted."""
     probes.compile()
-    if not probes.strings_error:
+    uprobe = isinstance(r.trigger, (FunctionTrigger, UsdtTrigger))
+    if not (probes.ustrings_error if uprobe else probes.strings_error):
         probes.load(r)
         return True
     with pytest.raises(RuleError, match="string comparisons cannot be armed: this kernel's verifier refuses"):
@@ -526,3 +514,21 @@ def test_function_event_carries_the_stack_at_the_event(probes: Probes, victim: V
     maps = Path(f"/proc/{victim.pid}/maps").read_text().splitlines()
     text = [ln for ln in maps if " r-xp " in ln and ln.endswith(exe)]
     assert any(int(a, 16) <= ret_addr < int(b, 16) for a, b in (ln.split()[0].split("-") for ln in text))
+
+
+def test_a_compared_string_counts_as_an_argument_read() -> None:
+    """python:function__entry has three operands: `arg3 == "x"` would read past them (a stale
+    pointer in per-CPU memory), so it is refused at the host check, as `arg3 == 1` is."""
+    if not Path(PYTHON).exists():
+        pytest.skip("no /usr/bin/python3.11")
+    from snapd.probe import uattach
+    from snapd.probe.symbols import ResolveError
+
+    r = rule(
+        f"target: {{pid: 1}}\ntrigger:\n  usdt: {{binary: {PYTHON}, probe: 'python:function__entry'}}\n"
+        '  when: arg3 == "x"\n'
+    )
+    assert isinstance(r.trigger, UsdtTrigger)
+    assert uattach.nargs_used(r.trigger) == 4
+    with pytest.raises(ResolveError, match="arg3 is used"):
+        uattach.host_check(r.trigger)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from snapd.probe import Event, Probes
 from snapd.rules import Rule, parse_rule
@@ -23,3 +24,16 @@ def drain(p: Probes, seconds: float = 0.3) -> list[Event]:
     while time.monotonic() < end:
         out += p.poll(50)
     return out
+
+
+def refusing_source(tmp_path: Path, entry: str) -> Path:
+    """A copy of probe.bpf.c in ``tmp_path`` whose line ``entry`` (once in the source) became a
+    NULL read, which every verifier refuses: how a test makes a kernel refuse one program.
+    Its includes still resolve (layout.cflags' -I); the caller points probes.SOURCE at it."""
+    from snapd.probe import probes as probes_mod
+
+    text = probes_mod.SOURCE.read_text()
+    assert text.count(entry) == 1, entry
+    refused = tmp_path / "probe.bpf.c"
+    refused.write_text(text.replace(entry, "    return *(volatile int *)0;  // refused: a NULL read\n"))
+    return refused

@@ -17,7 +17,6 @@ from snapd.probe.symbols import ResolveError
 from snapd.rules import syscalls as _sys
 from snapd.rules.error import RuleError
 from snapd.rules.expr import compile_expr
-from snapd.rules.expr import strings as expr_strings
 from snapd.rules.model import (
     CpuTrigger,
     EveryTrigger,
@@ -28,7 +27,7 @@ from snapd.rules.model import (
     SyscallTrigger,
     UsdtTrigger,
 )
-from snapd.rules.probespec import STRING_ARGS
+from snapd.rules.probespec import fields_read
 from snapd.sys.perf import try_cpu_clock
 
 #: struct sysmask argx, per ArgKind: the shift that keeps the type's width, bit 7 when signed
@@ -164,11 +163,10 @@ def rule_cfg(rule: Rule, cgroup: str | None) -> layout.RuleCfg:
         if trig.when is not None:
             code = compile_expr(trig.when)
             leaf.n_insns = len(code)
-            leaf.reads = sum(1 << f for f in trig.when.fields())
-            if not isinstance(trig, SyscallTrigger):
-                # a string comparison reads the pointer in its argument (a USDT operand is read
-                # only where `reads` names it: uprobe.bpf.c uprobe_args)
-                leaf.reads |= sum(1 << STRING_ARGS[sc.name] for sc in expr_strings(trig.when))
+            # a function/usdt rule's string comparison reads the pointer in its argument (a
+            # USDT operand is read only where `reads` names it: uprobe.bpf.c uprobe_args)
+            read = trig.when.fields() if isinstance(trig, SyscallTrigger) else fields_read(trig.when)
+            leaf.reads = sum(1 << f for f in read)
             for i, ins in enumerate(code):
                 leaf.insns[i].kind = ins.kind
                 leaf.insns[i].field = ins.field

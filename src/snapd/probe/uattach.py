@@ -29,6 +29,7 @@ from snapd.probe.symbols import ResolveError
 from snapd.probe.trigger_layout import MAX_USITES, SiteFlag
 from snapd.rules.expr import arg_index
 from snapd.rules.model import FunctionTrigger, ProbeTrigger, Rule, UsdtTrigger
+from snapd.rules.probespec import fields_read
 from snapd.sys import bpflink
 
 #: processes one rule may be attached in (each costs an fd or two and ~10 ms to attach)
@@ -36,8 +37,8 @@ MAX_PROCESSES = 1024
 
 
 def nargs_used(trig: ProbeTrigger) -> int:
-    """How many arguments the rule's `when` reads (arg0..argN-1)."""
-    fields = trig.when.fields() if trig.when is not None else frozenset()
+    """How many arguments the rule's `when` reads (arg0..argN-1), string comparisons' too."""
+    fields = fields_read(trig.when) if trig.when is not None else frozenset()
     used = [n for n in map(arg_index, fields) if n is not None]
     return max(used) + 1 if used else 0
 

@@ -38,6 +38,13 @@ USDT_FIELDS = ENTRY_FIELDS | _expr.USDT_ONLY
 STRING_ARGS = {f"arg{i}": i for i in range(6)}
 
 
+def fields_read(when: _expr.Expr) -> frozenset[_expr.Field]:
+    """What a function/usdt rule's `when` reads at the probe: its fields, and the argument
+    holding each string it compares (str0..3 themselves are the matcher's outcomes)."""
+    named = {_expr.Field(_expr.Field.ARG0 + STRING_ARGS[sc.name]) for sc in _expr.strings(when)}
+    return when.fields() | named
+
+
 def binary_problem(spec: str) -> str | None:
     """Why ``spec`` cannot name a binary (an absolute path or a library name), or None."""
     if not spec:
