@@ -110,8 +110,7 @@ class Probes:
         self.pinned: str | None = None  # the pinned path, once pinned
         self.pin_error = ""  # why the stopped map could not be pinned, if it could not
         self.compile_error: ProbeError | None = None
-        self.strings_error = ""  # why string comparisons cannot be armed here, if they cannot
-        self.ustrings_error = ""  # the same for function/usdt rules
+        self.strings_error = self.ustrings_error = ""  # why strings cannot be armed (syscall; uprobe)
 
     # ---- BPF set-up ---------------------------------------------------------------------------
 
@@ -147,19 +146,11 @@ class Probes:
         except Exception as err:
             raise ProbeError(f"cannot build the BPF program: {err}") from err
         b = built.bpf
-        if built.strings_error:
-            why = built.strings_error
-            self.strings_error = f"this kernel's verifier refuses snapd's string matcher ({why})"
-            log.warning("probe: %s; rules with string comparisons are refused", self.strings_error)
-        if built.ustrings_error:
-            self.ustrings_error = (
-                f"this kernel's verifier refuses snapd's string matcher ({built.ustrings_error})"
-            )
-            if self.ustrings_error != self.strings_error:
-                log.warning(
-                    "probe: %s in uprobes; function and usdt rules with string comparisons are refused",
-                    self.ustrings_error,
-                )
+        said = "this kernel's verifier refuses snapd's string matcher ({})"
+        self.strings_error = said.format(built.strings_error) if built.strings_error else ""
+        self.ustrings_error = said.format(built.ustrings_error) if built.ustrings_error else ""
+        for why in dict.fromkeys(w for w in (self.strings_error, self.ustrings_error) if w):
+            log.warning("probe: %s; rules with string comparisons are refused", why)
         for ours, table in ((layout.RuleCfg, b"rules"), (layout.SysMask, b"sysmasks")):
             if not layout.same_layout(ours, b[table].Leaf):
                 b.cleanup()
@@ -256,14 +247,12 @@ class Probes:
 
     def _attach(self, ent: _Loaded) -> None:
         p, bit = ent.plan, 1 << ent.slot
-        if p.uprobe:
-            if self.ustrings_error and strrows.rows(p)[1]:
-                raise ProbeError(f"its string comparisons cannot be armed: {self.ustrings_error}")
-            strrows.write(self._bpf, ent.slot, p)  # before any of its probe sites is attached
+        if p.uprobe or p.syscalls:
+            refused = self.ustrings_error if p.uprobe else self.strings_error
+            if refused and strrows.rows(p)[1]:
+                raise ProbeError(f"its string comparisons cannot be armed: {refused}")
+            strrows.write(self._bpf, ent.slot, p)  # before its probe sites or syscall masks name it
         if p.syscalls:
-            if self.strings_error and strrows.rows(p)[1]:
-                raise ProbeError(f"its string comparisons cannot be armed: {self.strings_error}")
-            strrows.write(self._bpf, ent.slot, p)  # before its syscalls' masks name the rule
             sysmasks.add(self._bpf, bit, p.syscalls)
             ent.syscall_nrs += [use.nr for use in p.syscalls]
             for tp in (tp for use in p.syscalls for tp in use.tracepoints):
