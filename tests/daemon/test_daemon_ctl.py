@@ -8,12 +8,16 @@ import json
 import os
 import stat
 import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from snapd.core.inspect import read_core
 from support.daemon import DaemonHarness, Victims
+from support.statedir import pending_rows
 from support.victims import Victim, build_victim
+from support.waiting import scaled, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -92,3 +96,22 @@ def test_info_shows_the_command_line_the_core_holds(daemon: DaemonHarness) -> No
     argv = info["cmdline"]
     assert len(argv) == 2 and argv[1].isdigit() and len(argv[1]) == 12, argv
     assert core.psargs == " ".join(argv)[:79], (core.psargs, argv)
+
+
+def test_status_says_idle_only_once_the_core_is_recorded(daemon: DaemonHarness, victims: Victims) -> None:
+    """`ctl status` answered between the dumper's result and its publication said idle while
+    the core's row was still 'pending': a script that waits for idle and then lists found the
+    core missing. Idle must mean recorded. Polled as fast as the socket answers, three dumps."""
+    v = victims(32)
+    daemon.start()
+    db = daemon.state / "catalog.db"
+    for _ in range(3):
+        with ThreadPoolExecutor(1) as pool:
+            snap = pool.submit(daemon.ctl, "snap", str(v.pid), "--snapshot", "frozen", "--json", timeout=120)
+            wait_for(lambda s=snap: not daemon.idle() or s.done(), 60, "the dump to start")
+            deadline = time.monotonic() + scaled(120)
+            while not daemon.idle():  # no pause between polls: the window is one loop turn
+                assert time.monotonic() < deadline, "the dump did not end"
+            assert pending_rows(db) == 0, daemon.cores()
+            assert json.loads(snap.result().stdout)["status"] == "complete"
+    v.cmd("p")

@@ -220,7 +220,12 @@ def test_daemon_targets_exit_exec_fork_mid_dump(
     wait_for(lambda: len(daemon.cores("--rule", "fork")) >= 4, 60, "cores of the forking victim")
     daemon.write_rule("x3.yaml", comm_rule("exec", "nothing-matches", "execve", "frozen"))
     daemon.write_rule("x4.yaml", comm_rule("fork", "nothing-matches", "clone", "fork"))
+    # The daemon sees the rewrites by inotify, in its own time; until then both rules fire, so
+    # an idle moment between two dumps is not the end. The reload puts them in force when it
+    # returns. Idle then means every core's row has left 'pending' (asserted below).
+    daemon.ctl("reload")
     wait_for(daemon.idle, 60, "the daemon to be idle")
+    db = daemon.state / "catalog.db"
     for x in (e, f):
         why = halted_why(x.pid)
         wait_for(lambda x=x: halted_why(x.pid) is None, 5, f"victim {x.pid} to run ({why})")
@@ -229,8 +234,8 @@ def test_daemon_targets_exit_exec_fork_mid_dump(
     listing = daemon.cores()
     check_listing(listing, cores_dir)
     assert not partials(cores_dir)
-    assert pending_rows(daemon.state / "catalog.db") == 0
-    assert integrity(daemon.state / "catalog.db") == "ok"
+    assert pending_rows(db) == 0
+    assert integrity(db) == "ok"
     summary: dict[str, dict[str, int]] = {}
     for c in listing:
         status = c["status"] if c["status"] == "complete" else "failed"

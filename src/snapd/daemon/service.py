@@ -298,6 +298,10 @@ class Daemon:
                     self.worker.on_readable()
                 elif callable(key.data):
                     key.data()
+            # A result the dumper sent is recorded before any ctl request is answered: `status`
+            # says idle only once the last core's row has left 'pending'.
+            for res in self.worker.take_results():
+                self.dumps.finish(res)
             if self.phase == "starting" and self.compiled.is_set():
                 self._became_ready()
             self.ctl.handle(0)
@@ -310,8 +314,6 @@ class Daemon:
                     self._targets_due = t + RESCAN_INTERVAL_S
                     for line in self.rules.note_targets():
                         log.info("%s", line)
-            for res in self.worker.take_results():
-                self.dumps.finish(res)
             now = time.monotonic()
             self.dumps.run_due(now)
             for client in self.clients:
