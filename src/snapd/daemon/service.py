@@ -155,6 +155,12 @@ class Daemon:
         with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(fd)
 
+    def _record_results(self) -> None:
+        """Publish or fail what the dumper finished. Until then its row is 'pending' while the
+        worker is no longer busy with it, so this runs before any ctl request is answered."""
+        for res in self.worker.take_results():
+            self.dumps.finish(res)
+
     def _dumps_idle(self) -> bool:
         return self.worker.busy is None and self.worker.waiting() == 0
 
@@ -298,10 +304,7 @@ class Daemon:
                     self.worker.on_readable()
                 elif callable(key.data):
                     key.data()
-            # A result the dumper sent is recorded before any ctl request is answered: `status`
-            # says idle only once the last core's row has left 'pending'.
-            for res in self.worker.take_results():
-                self.dumps.finish(res)
+            self._record_results()  # before the ctl requests: idle in `status` means recorded
             if self.phase == "starting" and self.compiled.is_set():
                 self._became_ready()
             self.ctl.handle(0)
@@ -316,6 +319,7 @@ class Daemon:
                         log.info("%s", line)
             now = time.monotonic()
             self.dumps.run_due(now)
+            self._record_results()  # a dumper that died as a job was sent (Worker.submit)
             for client in self.clients:
                 client.tick(now)
             if self.phase == "ready" and (
@@ -334,8 +338,7 @@ class Daemon:
         log.info("snapd daemon stopping")
         self.dumps.cancel_queued("cancelled: daemon stopped")
         self.worker.stop()  # the dump in flight finishes; its target is resumed either way
-        for res in self.worker.take_results():
-            self.dumps.finish(res)
+        self._record_results()
         for client in self.clients:
             client.close()  # reports left running run again at the next start
         self.compiled.wait(60)  # a compile in flight holds the probes
